@@ -1,0 +1,17 @@
+"""Datasets and protocols."""
+
+from .images import DataError, LabeledImages, Sample, image_folder, load_rgb, split_json
+from .protocols import base_new_labels, base_new_split, few_shot, few_shot_indices
+
+__all__ = [
+    "DataError",
+    "LabeledImages",
+    "Sample",
+    "base_new_labels",
+    "base_new_split",
+    "few_shot",
+    "few_shot_indices",
+    "image_folder",
+    "load_rgb",
+    "split_json",
+]

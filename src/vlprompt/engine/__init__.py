@@ -1,0 +1,7 @@
+"""The engine: one training loop for all methods, feature caching, schedules, DDP."""
+
+from .features import FeatureCache
+from .presets import PRESETS, preset
+from .trainer import FitResult, TrainConfig, fit
+
+__all__ = ["PRESETS", "FeatureCache", "FitResult", "TrainConfig", "fit", "preset"]

@@ -1,0 +1,311 @@
+"""The backbone adapter: the only code in vlprompt that knows CLIP internals.
+
+A :class:`Backbone` wraps a frozen open_clip ``CLIP`` model and exposes what prompt methods need:
+tokenization, token embeddings, a text encoder that runs on spliced embeddings (with exact
+truncation at the longest end-of-text position), an image encoder with optional pixel-space and
+token prompts, the logit scale, the eval preprocessing, and a stable identity that saved prompts
+record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import VisionTransformer
+from torch import Tensor, nn
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class BackboneError(ValueError):
+    """A backbone could not be loaded or cannot do what was asked."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a saved prompt records about the backbone it was trained on."""
+
+    model: str
+    pretrained: str
+    embed_dim: int
+    text_width: int
+    vision_width: int
+    preprocess: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "pretrained": self.pretrained,
+            "embed_dim": self.embed_dim,
+            "text_width": self.text_width,
+            "vision_width": self.vision_width,
+            "preprocess": self.preprocess,
+        }
+
+    @property
+    def key(self) -> str:
+        """A short hash that changes whenever the weights or preprocessing change."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class Backbone(nn.Module):
+    """A frozen CLIP-style model seen through the interface prompt methods need.
+
+    Args:
+        model: an open_clip ``CLIP`` or ``CustomTextCLIP`` with a causal text transformer.
+        tokenizer: open_clip's BPE tokenizer for the model.
+        preprocess: eval preprocessing settings (size, mean, std, interpolation, resize_mode).
+        name: model name (open_clip architecture, bundled name or file).
+        pretrained: pretrained tag or ``sha256:<hex>`` of the weight file.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, preprocess: dict[str, Any], name: str, pretrained: str):
+        super().__init__()
+        model.eval().requires_grad_(False)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.preprocess_cfg = dict(preprocess)
+        self._text = model.text if hasattr(model, "text") else model
+        if not hasattr(self._text, "token_embedding") or getattr(self._text, "attn_mask", None) is None:
+            raise BackboneError(f"{name}: prompt learning needs a causal CLIP text transformer")
+        if getattr(self._text, "text_pool_type", getattr(self._text, "pool_type", "argmax")) not in (
+            "argmax",
+            "eos",
+        ):
+            raise BackboneError(f"{name}: the text feature must be read at the end-of-text token")
+        self.identity = Identity(
+            model=name,
+            pretrained=pretrained,
+            embed_dim=self.embed_dim,
+            text_width=self.text_width,
+            vision_width=self.vision_width,
+            preprocess=_jsonable(self.preprocess_cfg),
+        )
+
+    # ------------------------------------------------------------------ dimensions
+    @property
+    def text_width(self) -> int:
+        return self._text.token_embedding.weight.shape[1]
+
+    @property
+    def embed_dim(self) -> int:
+        proj = self._text.text_projection
+        return proj.out_features if isinstance(proj, nn.Linear) else proj.shape[1]
+
+    @property
+    def vision_width(self) -> int:
+        visual = self.model.visual
+        if isinstance(visual, VisionTransformer):
+            return visual.class_embedding.shape[0]
+        return getattr(visual, "output_dim", self.embed_dim)
+
+    @property
+    def vision_layers(self) -> int:
+        """Number of transformer blocks in a ViT image tower (0 for other towers)."""
+        visual = self.model.visual
+        return len(visual.transformer.resblocks) if isinstance(visual, VisionTransformer) else 0
+
+    @property
+    def patch_size(self) -> int:
+        visual = self.model.visual
+        return visual.conv1.kernel_size[0] if isinstance(visual, VisionTransformer) else 0
+
+    @property
+    def image_size(self) -> int:
+        size = self.preprocess_cfg["size"]
+        return size if isinstance(size, int) else size[0]
+
+    @property
+    def context_length(self) -> int:
+        return self._text.positional_embedding.shape[0]
+
+    @property
+    def logit_scale(self) -> Tensor:
+        """exp of the model's (frozen) logit scale, e.g. 100 for released CLIP weights."""
+        return self.model.logit_scale.detach().exp()
+
+    @property
+    def device(self) -> torch.device:
+        return self._text.token_embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._text.transformer.get_cast_dtype()
+
+    # ------------------------------------------------------------------ text
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eot_token_id
+
+    def tokenize(self, texts: Sequence[str]) -> Tensor:
+        """Token ids [N, context_length] on the model's device."""
+        return self.tokenizer(list(texts)).to(self.device)
+
+    def eot_index(self, ids: Tensor) -> Tensor:
+        """Position of the (first) end-of-text token in each row of ``ids``."""
+        return (ids == self.eot_token_id).int().argmax(dim=-1)
+
+    def bpe_length(self, text: str) -> int:
+        """Number of BPE tokens of ``text`` without start and end tokens."""
+        return len(self.tokenizer.encode(text))
+
+    def token_embedding(self, ids: Tensor) -> Tensor:
+        """Word embeddings of token ids, float32."""
+        return self._text.token_embedding(ids.to(self.device)).float()
+
+    @property
+    def token_embedding_table(self) -> Tensor:
+        return self._text.token_embedding.weight
+
+    def word_vectors(self, words: Sequence[str]) -> Tensor:
+        """One vector per word or phrase: the mean embedding of its BPE tokens, float32 [N, width]."""
+        vectors = []
+        for word in words:
+            ids = self.tokenizer.encode(word)
+            if not ids:
+                raise BackboneError(f"{word!r} has no BPE tokens")
+            vectors.append(self.token_embedding(torch.tensor(ids)).mean(dim=0))
+        return torch.stack(vectors)
+
+    def encode_text_embeddings(self, embeds: Tensor, eot_index: Tensor) -> Tensor:
+        """Run the text tower on token embeddings and read features at ``eot_index``.
+
+        The transformer is causal and the feature is read at the end-of-text position, so the
+        sequence is cut after the longest end-of-text position in the batch: exact, and far cheaper
+        than the full context.
+
+        Args:
+            embeds: [N, L, width] token embeddings (start token, prompt, end token, padding).
+            eot_index: [N] position of the end-of-text token in each sequence.
+
+        Returns:
+            [N, embed_dim] text features (not normalized).
+        """
+        text = self._text
+        length = int(eot_index.max()) + 1
+        x = embeds[:, :length].to(self.dtype) + text.positional_embedding[:length].to(self.dtype)
+        x = text.transformer(x, attn_mask=text.attn_mask[:length, :length])
+        x = text.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eot_index]
+        proj = text.text_projection
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str], batch_size: int = 1024) -> Tensor:
+        """Features of plain texts (not normalized), in batches."""
+        out = []
+        for start in range(0, len(texts), batch_size):
+            ids = self.tokenize(texts[start : start + batch_size])
+            out.append(self.encode_text_embeddings(self._text.token_embedding(ids), self.eot_index(ids)))
+        return torch.cat(out).float()
+
+    # ------------------------------------------------------------------ image
+    def image_transform(self, train: bool = False):
+        """The model's own preprocessing (a torchvision transform)."""
+        cfg = self.preprocess_cfg
+        return open_clip.image_transform(
+            cfg["size"],
+            is_train=train,
+            mean=tuple(cfg["mean"]),
+            std=tuple(cfg["std"]),
+            interpolation=cfg.get("interpolation", "bicubic"),
+            resize_mode=cfg.get("resize_mode", "shortest"),
+        )
+
+    def encode_image(
+        self,
+        pixels: Tensor,
+        pixel_prompt: Tensor | None = None,
+        token_prompts: Tensor | None = None,
+        deep: bool = False,
+    ) -> Tensor:
+        """Image features (not normalized), with optional visual prompts.
+
+        Args:
+            pixels: [B, 3, H, W] preprocessed images.
+            pixel_prompt: added to the normalized pixels (broadcastable to ``pixels``).
+            token_prompts: [n, width] tokens inserted after the class token (after positional
+                embedding), or with ``deep=True`` [depth, n, width]: layer 0's set is inserted at
+                the input and set i replaces the prompt positions before transformer block i.
+            deep: see ``token_prompts``.
+        """
+        pixels = pixels.to(self.device, self.dtype)
+        if pixel_prompt is not None:
+            pixels = pixels + pixel_prompt.to(pixels.dtype)
+        if token_prompts is None:
+            return self.model.visual(pixels)
+        visual = self.model.visual
+        if not isinstance(visual, VisionTransformer):
+            raise BackboneError(
+                f"token prompts need a ViT image tower; {self.identity.model} has {type(visual).__name__}"
+            )
+        prompts = token_prompts.to(pixels.dtype)
+        if not deep:
+            prompts = prompts.unsqueeze(0)
+        depth, n = prompts.shape[0], prompts.shape[1]
+        if depth > self.vision_layers:
+            raise BackboneError(f"{depth} prompt layers given for a {self.vision_layers}-layer image tower")
+        batch = pixels.shape[0]
+        x = visual.conv1(pixels).flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).expand(batch, 1, -1)
+        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+        x = visual.patch_dropout(x)
+        x = torch.cat([x[:, :1], prompts[0].expand(batch, -1, -1), x[:, 1:]], dim=1)
+        x = visual.ln_pre(x)
+        blocks = visual.transformer
+        if not blocks.batch_first:
+            x = x.transpose(0, 1)
+        for i, block in enumerate(blocks.resblocks):
+            if 0 < i < depth:
+                x = _replace_prompt_tokens(x, prompts[i], n, blocks.batch_first)
+            x = block(x)
+        if not blocks.batch_first:
+            x = x.transpose(0, 1)
+        pooled, _ = visual._pool(x)
+        return pooled @ visual.proj if visual.proj is not None else pooled
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - a backbone is not called directly
+        raise TypeError("call encode_image / encode_text_embeddings on a Backbone")
+
+    def train(self, mode: bool = True) -> Backbone:
+        """The backbone stays in eval mode: it is frozen."""
+        return super().train(False)
+
+
+def _replace_prompt_tokens(x: Tensor, prompts: Tensor, n: int, batch_first: bool) -> Tensor:
+    """Replace the n prompt positions (right after the class token) with ``prompts``."""
+    if batch_first:
+        fresh = prompts.expand(x.shape[0], -1, -1)
+        return torch.cat([x[:, :1], fresh, x[:, 1 + n :]], dim=1)
+    fresh = prompts.unsqueeze(1).expand(-1, x.shape[1], -1)
+    return torch.cat([x[:1], fresh, x[1 + n :]], dim=0)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def normalize(x: Tensor) -> Tensor:
+    return F.normalize(x, dim=-1)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,178 @@
+"""Labelled image datasets: ImageFolder trees and CoOp split-JSON files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """Bad or missing input data; the message names the file, line or field."""
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open an image as RGB; a missing or corrupt file is a :class:`DataError` naming it."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DataError(f"cannot read image {path}: {err}") from None
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: int
+
+
+class LabeledImages(Dataset):
+    """A list of (image path, label) with class names; items are ``(transform(image), label)``.
+
+    Args:
+        samples: the images and their labels (0..C-1).
+        classnames: one name per label.
+        transform: PIL image -> tensor (e.g. ``backbone.image_transform()``).
+        skip_bad_images: check every image up front and drop missing or unreadable ones,
+            counting and reporting them (``self.skipped``); otherwise such a file is an error.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        classnames: Sequence[str],
+        transform: Callable | None = None,
+        skip_bad_images: bool = False,
+    ):
+        self.classnames = list(classnames)
+        self.transform = transform
+        self.skipped: list[str] = []
+        samples = list(samples)
+        for s in samples:
+            if not 0 <= s.label < len(self.classnames):
+                raise DataError(f"label {s.label} of {s.path} is out of range 0..{len(self.classnames) - 1}")
+        if skip_bad_images:
+            good = []
+            for s in samples:
+                try:
+                    load_rgb(s.path)
+                    good.append(s)
+                except DataError as err:
+                    self.skipped.append(str(err))
+            if self.skipped:
+                log.warning("skipped %d unreadable image(s), e.g. %s", len(self.skipped), self.skipped[0])
+            samples = good
+        else:
+            missing = [s.path for s in samples if not os.path.isfile(s.path)]
+            if missing:
+                more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+                raise DataError(
+                    f"image file not found: {missing[0]}{more}; pass skip_bad_images to skip such files"
+                )
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def labels(self) -> list[int]:
+        return [s.label for s in self.samples]
+
+    def __getitem__(self, index: int):
+        sample = self.samples[index]
+        image = load_rgb(sample.path)
+        return (self.transform(image) if self.transform else image), sample.label
+
+    def subset(self, indices: Sequence[int]) -> LabeledImages:
+        """The same dataset restricted to ``indices`` (no re-checking of files)."""
+        out = object.__new__(LabeledImages)
+        out.classnames, out.transform, out.skipped = self.classnames, self.transform, list(self.skipped)
+        out.samples = [self.samples[i] for i in indices]
+        return out
+
+    def with_transform(self, transform: Callable | None) -> LabeledImages:
+        out = self.subset(range(len(self)))
+        out.transform = transform
+        return out
+
+    def relabel(self, keep: Sequence[int]) -> LabeledImages:
+        """Keep only the images of labels ``keep``, renumbered 0..len(keep)-1 in that order."""
+        mapping = {old: new for new, old in enumerate(keep)}
+        out = self.subset([i for i, s in enumerate(self.samples) if s.label in mapping])
+        out.samples = [Sample(s.path, mapping[s.label]) for s in out.samples]
+        out.classnames = [self.classnames[k] for k in keep]
+        return out
+
+
+def image_folder(root: str | Path, transform: Callable | None = None, skip_bad_images: bool = False) -> LabeledImages:
+    """One sub-folder per class (sorted names are labels 0..C-1), images inside."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{root} has no class sub-folders")
+    samples = []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"class folder {root / name} has no images ({', '.join(IMAGE_SUFFIXES)})")
+        samples += [Sample(str(f), label) for f in files]
+    return LabeledImages(samples, classes, transform, skip_bad_images)
+
+
+def split_json(
+    split_file: str | Path,
+    image_root: str | Path,
+    split: str,
+    transform: Callable | None = None,
+    skip_bad_images: bool = False,
+) -> LabeledImages:
+    """One split of a CoOp split file: ``{"train"|"val"|"test": [[relpath, label, classname], ...]}``.
+
+    Class names come from all three splits, so every split shares one label space.
+    """
+    split_file = Path(split_file)
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {SPLITS}, not {split!r}")
+    try:
+        data = json.loads(split_file.read_text())
+    except FileNotFoundError:
+        raise DataError(f"split file not found: {split_file}") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{split_file}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{split_file}: expected an object with keys {list(SPLITS)}")
+    for key in SPLITS:
+        if key not in data:
+            raise DataError(f"{split_file}: missing key {key!r} (expected {list(SPLITS)})")
+    names: dict[int, str] = {}
+    for key in SPLITS:
+        for i, entry in enumerate(data[key]):
+            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[1], int)):
+                raise DataError(f"{split_file}: {key}[{i}] must be [relative path, label, class name], got {entry!r}")
+            label, name = entry[1], str(entry[2])
+            if label < 0:
+                raise DataError(f"{split_file}: {key}[{i}] has negative label {label}")
+            if names.setdefault(label, name) != name:
+                raise DataError(f"{split_file}: {key}[{i}] names label {label} {name!r}, elsewhere {names[label]!r}")
+    n = len(names)
+    if sorted(names) != list(range(n)):
+        bad = next(label for label in sorted(names) if label >= n)
+        raise DataError(f"{split_file}: label {bad} is out of range: labels must be 0..{n - 1}")
+    image_root = Path(image_root)
+    samples = [Sample(str(image_root / e[0]), e[1]) for e in data[split]]
+    return LabeledImages(samples, [names[i] for i in range(n)], transform, skip_bad_images)

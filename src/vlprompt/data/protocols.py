@@ -1,0 +1,65 @@
+"""Few-shot subsets and base/new class splits: pure functions of (dataset, K, seed)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import defaultdict
+from pathlib import Path
+
+from ..io import atomic_write_text
+from .images import DataError, LabeledImages
+
+
+def few_shot_indices(dataset: LabeledImages, shots: int, seed: int) -> list[int]:
+    """``shots`` images per class, drawn with ``random.Random(seed)``, in dataset order."""
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for i, label in enumerate(dataset.labels):
+        by_class[label].append(i)
+    rng = random.Random(seed)
+    chosen = []
+    for label in range(len(dataset.classnames)):
+        pool = by_class.get(label, [])
+        if len(pool) < shots:
+            raise DataError(
+                f"class {dataset.classnames[label]!r} has {len(pool)} image(s), fewer than the {shots} shots asked"
+            )
+        chosen += rng.sample(pool, shots)
+    return sorted(chosen)
+
+
+def few_shot(dataset: LabeledImages, shots: int, seed: int, index_file: str | Path | None = None) -> LabeledImages:
+    """A K-shot subset; with ``index_file`` the chosen images are persisted (and reused) as JSON."""
+    if shots <= 0:
+        return dataset
+    paths = [s.path for s in dataset.samples]
+    if index_file is not None and Path(index_file).is_file():
+        saved = json.loads(Path(index_file).read_text())
+        if saved.get("shots") == shots and saved.get("seed") == seed and len(saved.get("paths", [])) > 0:
+            where = {p: i for i, p in enumerate(paths)}
+            missing = [p for p in saved["paths"] if p not in where]
+            if missing:
+                raise DataError(f"{index_file}: {len(missing)} saved image(s) are not in the dataset, e.g. {missing[0]}")
+            return dataset.subset([where[p] for p in saved["paths"]])
+    indices = few_shot_indices(dataset, shots, seed)
+    if index_file is not None:
+        payload = {"shots": shots, "seed": seed, "paths": [paths[i] for i in indices]}
+        atomic_write_text(index_file, json.dumps(payload, indent=1))
+    return dataset.subset(indices)
+
+
+def base_new_labels(num_classes: int) -> tuple[list[int], list[int]]:
+    """Labels sorted; the first half (rounded up) is base, the rest new."""
+    half = math.ceil(num_classes / 2)
+    return list(range(half)), list(range(half, num_classes))
+
+
+def base_new_split(dataset: LabeledImages, which: str) -> LabeledImages:
+    """The ``"base"`` or ``"new"`` classes of a dataset (relabelled from 0), or ``"all"``."""
+    if which == "all":
+        return dataset
+    base, new = base_new_labels(len(dataset.classnames))
+    if which not in ("base", "new"):
+        raise DataError(f"classes must be 'all', 'base' or 'new', not {which!r}")
+    return dataset.relabel(base if which == "base" else new)

@@ -1,0 +1,35 @@
+"""The papers' training recipes as named presets of :class:`TrainConfig`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from .trainer import TrainConfig
+
+
+def _coop_epochs(shots: int) -> int:
+    return 50 if shots <= 1 else 100 if shots <= 4 else 200
+
+
+PRESETS: dict[str, Callable[[int], TrainConfig]] = {
+    # CoOp: SGD 0.002, batch 32, 1 constant warmup epoch at 1e-5, cosine per epoch; 50/100/200 epochs by shots.
+    "coop": lambda shots: TrainConfig(epochs=_coop_epochs(shots)),
+    # CoOp's ImageNet recipe: 50 epochs whatever the shots.
+    "coop-imagenet": lambda shots: TrainConfig(epochs=50),
+    # CoCoOp: as CoOp, 10 epochs, batch 1 in the paper.
+    "cocoop": lambda shots: TrainConfig(epochs=10, batch_size=1),
+    # Linear probe on frozen features (AdamW, cosine).
+    "linear-probe": lambda shots: TrainConfig(
+        epochs=100, optimizer="adamw", lr=1e-3, weight_decay=1e-4, schedule="cosine", warmup_epochs=0
+    ),
+}
+
+
+def preset(name: str, shots: int = 16, **overrides) -> TrainConfig:
+    """The named recipe for ``shots``-shot training, with field overrides."""
+    try:
+        config = PRESETS[name](shots)
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}") from None
+    return replace(config, **overrides)

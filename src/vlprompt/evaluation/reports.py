@@ -1,0 +1,58 @@
+"""Results over seeds as mean ± std tables (Markdown, CSV, JSON)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from collections.abc import Mapping, Sequence
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    values = list(values)
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(rows: Sequence[Mapping[str, object]], group: Sequence[str], metrics: Sequence[str]) -> list[dict]:
+    """Group per-seed result rows by ``group`` keys; mean and std of each metric, with the seed count."""
+    groups: dict[tuple, list[Mapping[str, object]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[g] for g in group), []).append(row)
+    out = []
+    for key, members in groups.items():
+        entry: dict[str, object] = dict(zip(group, key))
+        entry["seeds"] = len(members)
+        for m in metrics:
+            values = [float(r[m]) for r in members if r.get(m) is not None]
+            if values:
+                entry[m], entry[f"{m}_std"] = mean_std(values)
+        out.append(entry)
+    return out
+
+
+def markdown_table(summary: Sequence[Mapping[str, object]], group: Sequence[str], metrics: Sequence[str],
+                   scale: float = 100.0, digits: int = 1) -> str:
+    """A Markdown table with ``mean ± std`` cells (metrics multiplied by ``scale``)."""
+    header = list(group) + list(metrics)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in summary:
+        cells = [str(row[g]) for g in group]
+        for m in metrics:
+            if m in row:
+                cells.append(f"{scale * float(row[m]):.{digits}f} ± {scale * float(row[f'{m}_std']):.{digits}f}")
+            else:
+                cells.append("–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(summary: Sequence[Mapping[str, object]]) -> str:
+    keys: list[str] = []
+    for row in summary:
+        keys += [k for k in row if k not in keys]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(summary)
+    return buf.getvalue()

@@ -1,0 +1,67 @@
+"""CoCoOp: CoOp's context shifted per image by a meta-network (Zhou et al., CVPR 2022)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..backbones import Backbone
+from .base import MethodConfig, PromptMethod
+from .prompting import PromptLayout, phrase_embeddings
+
+
+@dataclass
+class CoCoOpConfig(MethodConfig):
+    """CoCoOp hyperparameters.
+
+    Attributes:
+        n_ctx: context length when ``ctx_init`` is empty (random N(0, 0.02) init).
+        ctx_init: phrase whose word embeddings initialise the context.
+        meta_reduction: hidden width of the meta-network = image feature dim // this.
+        chunk_size: prompts per text-encoder pass (all images × classes are batched).
+    """
+
+    n_ctx: int = 4
+    ctx_init: str = "a photo of a"
+    meta_reduction: int = 16
+    chunk_size: int = 8192
+
+
+class CoCoOp(PromptMethod):
+    """Conditional context: ``ctx + meta_net(normalize(image feature))`` for every image.
+
+    The reference loops over images and encodes all classes per image (batch size 1). Here the
+    prompts for all B images × C classes go through the text tower in one chunked, batched pass.
+    """
+
+    name = "cocoop"
+    Config = CoCoOpConfig
+    conditions_on_image = True
+
+    def __init__(self, backbone: Backbone, classes: Sequence[str], config: CoCoOpConfig | None = None):
+        super().__init__(backbone, list(classes), config)
+        cfg = self.config
+        if cfg.ctx_init:
+            init = phrase_embeddings(backbone, cfg.ctx_init)
+        else:
+            init = nn.init.normal_(backbone.token_embedding_table.new_empty(cfg.n_ctx, backbone.text_width), 0, 0.02)
+        self.ctx = nn.Parameter(init.float().to(backbone.device))
+        hidden = max(1, backbone.embed_dim // cfg.meta_reduction)
+        self.meta_net = nn.Sequential(
+            nn.Linear(backbone.embed_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, backbone.text_width)
+        ).to(backbone.device)
+        self.layout = PromptLayout(backbone, self.classes, self.ctx.shape[0])
+
+    def set_classes(self, backbone: Backbone, classes: Sequence[str]) -> None:
+        self.classes = list(classes)
+        self.layout = PromptLayout(backbone, self.classes, self.ctx.shape[0]).to(self.ctx.device)
+
+    def text_features(self, backbone: Backbone, image_features: Tensor | None = None) -> Tensor:
+        if image_features is None:
+            raise ValueError("CoCoOp's class features depend on the image: pass image_features")
+        shift = self.meta_net(F.normalize(image_features.float(), dim=-1))  # [B, d]
+        ctx = self.ctx.unsqueeze(0) + shift.unsqueeze(1)  # [B, n, d]
+        return self.layout.encode(backbone, ctx.unsqueeze(1), self.config.chunk_size)  # [B, C, D]

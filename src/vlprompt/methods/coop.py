@@ -1,0 +1,81 @@
+"""CoOp: learned context vectors in front of (or around) the class name (Zhou et al., IJCV 2022)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..backbones import Backbone
+from .base import MethodConfig, PromptMethod
+from .prompting import PromptLayout, phrase_embeddings
+
+
+@dataclass
+class CoOpConfig(MethodConfig):
+    """CoOp hyperparameters.
+
+    Attributes:
+        n_ctx: number of context vectors (ignored when ``ctx_init`` is given: its BPE length is used).
+        ctx_init: initialise the context from this phrase's word embeddings (e.g. "a photo of a").
+        class_specific: one context per class instead of one shared by all classes. Unlike the
+            reference code, this also works together with ``ctx_init``.
+        class_token_position: "end", "middle" or "front".
+        init_std: standard deviation of the random N(0, std) initialisation.
+    """
+
+    n_ctx: int = 16
+    ctx_init: str = ""
+    class_specific: bool = False
+    class_token_position: str = "end"
+    init_std: float = 0.02
+
+
+class CoOp(PromptMethod):
+    """Context optimisation: ``[ctx_1 .. ctx_n] [class].`` with learned ``ctx``."""
+
+    name = "coop"
+    Config = CoOpConfig
+
+    def __init__(self, backbone: Backbone, classes: Sequence[str], config: CoOpConfig | None = None):
+        super().__init__(backbone, list(classes), config)
+        cfg = self.config
+        if cfg.ctx_init:
+            init = phrase_embeddings(backbone, cfg.ctx_init)
+        else:
+            init = torch.randn(cfg.n_ctx, backbone.text_width) * cfg.init_std
+        if cfg.class_specific:
+            init = init.expand(len(self.classes), -1, -1).clone()
+            if not cfg.ctx_init:
+                init = torch.randn_like(init) * cfg.init_std
+        self.n_ctx = init.shape[-2]
+        self.ctx = nn.Parameter(init.to(backbone.device))
+        self.layout = PromptLayout(backbone, self.classes, self.n_ctx, cfg.class_token_position)
+
+    def set_classes(self, backbone: Backbone, classes: Sequence[str]) -> None:
+        if self.config.class_specific and len(classes) != self.ctx.shape[0]:
+            raise ValueError(
+                f"class-specific CoOp learned {self.ctx.shape[0]} contexts; it cannot score "
+                f"{len(classes)} other classes (train with class_specific=false to transfer)"
+            )
+        self.classes = list(classes)
+        self.layout = PromptLayout(backbone, self.classes, self.n_ctx, self.config.class_token_position)
+        self.layout.to(self.ctx.device)
+
+    def text_features(self, backbone: Backbone, image_features: Tensor | None = None) -> Tensor:
+        return self.layout.encode(backbone, self.ctx)
+
+    @torch.no_grad()
+    def nearest_words(self, backbone: Backbone, k: int = 3) -> list[list[tuple[str, float]]]:
+        """For each learned vector, the ``k`` nearest vocabulary words (Euclidean distance)."""
+        ctx = self.ctx.detach().reshape(-1, self.ctx.shape[-1]).float()
+        table = backbone.token_embedding_table.float()
+        dist = torch.cdist(ctx, table)
+        values, ids = dist.topk(k, largest=False)
+        decoder = backbone.tokenizer.decoder
+        return [
+            [(decoder[int(i)].replace("</w>", ""), float(v)) for v, i in zip(row_v, row_i)]
+            for row_v, row_i in zip(values, ids)
+        ]

@@ -1,0 +1,131 @@
+"""Splicing learned context vectors into tokenized prompts (shared by the text-prompt methods)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..backbones import Backbone
+
+CLASS_POSITIONS = ("end", "middle", "front")
+
+
+def clean_classname(name: str) -> str:
+    """Class names as CLIP reads them: underscores become spaces."""
+    return name.replace("_", " ").strip()
+
+
+class PromptLayout(nn.Module):
+    """Fixed token embeddings around ``n_ctx`` learned slots, for a list of class names.
+
+    Prompts are ``[SOT] [ctx_1..ctx_n] [class words] [.] [EOT]`` (class at the end), or with the class
+    words in the middle of the context or in front of it. The fixed parts are non-persistent buffers,
+    already cut after the longest end-of-text position (the rest can never change a feature).
+
+    Args:
+        backbone: supplies the tokenizer and the word embeddings.
+        classnames: one string per class.
+        n_ctx: number of learned context slots (BPE tokens).
+        position: where the class words go: ``end``, ``middle`` or ``front``.
+        suffix_template: text after the class words (default a period).
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        classnames: Sequence[str],
+        n_ctx: int,
+        position: str = "end",
+        suffix_template: str = ".",
+    ):
+        super().__init__()
+        if position not in CLASS_POSITIONS:
+            raise ValueError(f"class_token_position must be one of {CLASS_POSITIONS}, not {position!r}")
+        if not classnames:
+            raise ValueError("a prompt needs at least one class name")
+        self.n_ctx = n_ctx
+        self.position = position
+        names = [clean_classname(n) for n in classnames]
+        placeholder = " ".join(["X"] * n_ctx)
+        texts = [f"{placeholder} {name}{suffix_template}".strip() for name in names]
+        for name, text in zip(names, texts):
+            if backbone.bpe_length(text) + 2 > backbone.context_length:
+                raise ValueError(
+                    f"class name {name!r} is too long: its prompt needs more than "
+                    f"{backbone.context_length} tokens with {n_ctx} context tokens"
+                )
+        ids = backbone.tokenize(texts)
+        eot = backbone.eot_index(ids)
+        length = int(eot.max()) + 1
+        embeds = backbone.token_embedding(ids[:, :length])
+        self.register_buffer("prefix", embeds[:, :1].clone(), persistent=False)
+        self.register_buffer("suffix", embeds[:, 1 + n_ctx :].clone(), persistent=False)
+        self.register_buffer("eot_index", eot, persistent=False)
+        name_lens = [backbone.bpe_length(name) for name in names]
+        order = _class_position_order(name_lens, n_ctx, length, position)
+        self.register_buffer("order", order, persistent=False)
+
+    @property
+    def num_classes(self) -> int:
+        return self.prefix.shape[0]
+
+    def assemble(self, ctx: Tensor) -> Tensor:
+        """Prompt embeddings [*lead, C, L, d] from context ``ctx``.
+
+        Args:
+            ctx: [n, d] shared by all classes, [C, n, d] one per class, or [*lead, 1 or C, n, d]
+                (e.g. one context per image, [B, 1, n, d]).
+        """
+        if ctx.dim() == 2:
+            ctx = ctx.unsqueeze(0)
+        lead = ctx.shape[:-3]
+        classes = self.num_classes
+        ctx = ctx.expand(*lead, classes, -1, -1)
+        prefix = self.prefix.to(ctx.dtype).expand(*lead, -1, -1, -1)
+        suffix = self.suffix.to(ctx.dtype).expand(*lead, -1, -1, -1)
+        embeds = torch.cat([prefix, ctx, suffix], dim=-2)
+        if self.position != "end":
+            index = self.order[..., None].expand(*lead, -1, -1, embeds.shape[-1])
+            embeds = embeds.gather(-2, index)
+        return embeds
+
+    def encode(self, backbone: Backbone, ctx: Tensor, chunk_size: int = 0) -> Tensor:
+        """Text features [*lead, C, D] of the prompts built from ``ctx``, in chunks of prompts."""
+        embeds = self.assemble(ctx)
+        lead = embeds.shape[:-3]
+        flat = embeds.reshape(-1, *embeds.shape[-2:])
+        eot = self.eot_index.expand(*lead, -1).reshape(-1)
+        step = chunk_size if chunk_size > 0 else flat.shape[0]
+        feats = [
+            backbone.encode_text_embeddings(flat[i : i + step], eot[i : i + step])
+            for i in range(0, flat.shape[0], step)
+        ]
+        return torch.cat(feats).reshape(*lead, self.num_classes, -1)
+
+
+def _class_position_order(name_lens: Sequence[int], n_ctx: int, length: int, position: str) -> Tensor:
+    """For each class, where each output position reads from the class-at-end layout."""
+    rows = []
+    for n_name in name_lens:
+        start = list(range(1))
+        ctx = list(range(1, 1 + n_ctx))
+        name = list(range(1 + n_ctx, 1 + n_ctx + n_name))
+        rest = list(range(1 + n_ctx + n_name, length))
+        if position == "middle":
+            half = n_ctx // 2
+            rows.append(start + ctx[:half] + name + ctx[half:] + rest)
+        elif position == "front":
+            rows.append(start + name + ctx + rest)
+        else:
+            rows.append(start + ctx + name + rest)
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def phrase_embeddings(backbone: Backbone, phrase: str) -> Tensor:
+    """Word embeddings [n, d] of the BPE tokens of ``phrase`` (e.g. "a photo of a" gives 4)."""
+    ids = backbone.tokenizer.encode(phrase)
+    if not ids:
+        raise ValueError(f"context init phrase {phrase!r} has no tokens")
+    return backbone.token_embedding(torch.tensor(ids))

@@ -1,0 +1,126 @@
+"""Prompt files: a JSON config plus one safetensors file of the trainable tensors. Never a pickle."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .backbones import Backbone
+from .io import atomic_write, atomic_write_text
+from .methods import PromptMethod, method_class
+
+log = logging.getLogger(__name__)
+
+FORMAT = "vlprompt-prompt"
+FORMAT_VERSION = 1
+CONFIG_FILE = "prompt.json"
+TENSORS_FILE = "prompt.safetensors"
+_KNOWN_KEYS = {"format", "format_version", "method", "config", "backbone", "classes", "library_version", "extra"}
+
+
+class PromptFileError(ValueError):
+    """A prompt directory is missing, malformed, or does not fit the backbone."""
+
+
+class BackboneMismatchWarning(UserWarning):
+    """A prompt is loaded onto a backbone other than the one it was trained on."""
+
+
+def save_pretrained(method: PromptMethod, backbone: Backbone, directory: str | Path, extra: dict | None = None) -> Path:
+    """Write ``prompt.json`` and ``prompt.safetensors`` into ``directory`` (atomically)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "method": method.name,
+        "config": method.config.to_dict(),
+        "backbone": backbone.identity.to_dict(),
+        "classes": method.classes,
+        "library_version": __version__,
+        "extra": extra or {},
+    }
+    tensors = method.trainable_state()
+    atomic_write(directory / TENSORS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2))
+    return directory
+
+
+def read_prompt_config(directory: str | Path) -> dict[str, Any]:
+    """The prompt's JSON config, validated; unknown keys from newer versions are dropped with a warning."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise PromptFileError(f"{path} not found: a prompt directory holds {CONFIG_FILE} and {TENSORS_FILE}")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise PromptFileError(f"{path}: not valid JSON ({err})") from None
+    if config.get("format") != FORMAT:
+        raise PromptFileError(f"{path}: field 'format' is {config.get('format')!r}, expected {FORMAT!r}")
+    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+        warnings.warn(f"{path} was written by a newer vlprompt (format {config['format_version']})", stacklevel=2)
+    unknown = sorted(set(config) - _KNOWN_KEYS)
+    if unknown:
+        warnings.warn(f"{path}: ignoring unknown key(s) {unknown} from a newer version", stacklevel=2)
+    for key in ("method", "config", "backbone", "classes"):
+        if key not in config:
+            raise PromptFileError(f"{path}: missing field {key!r}")
+    return {k: v for k, v in config.items() if k in _KNOWN_KEYS}
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; anything else (a pickle, a torch file) is refused, never unpickled."""
+    path = Path(path)
+    if not path.is_file():
+        raise PromptFileError(f"{path} not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        kind = "a pickle / torch.save file" if head[:1] == b"\x80" or head[:2] == b"PK" else "not a safetensors file"
+        raise PromptFileError(
+            f"{path} is {kind}; vlprompt only loads safetensors and never unpickles prompt files ({err})"
+        ) from None
+
+
+def load_prompt(directory: str | Path, backbone: Backbone, strict_backbone: bool = False) -> PromptMethod:
+    """Rebuild a saved method on ``backbone``.
+
+    Args:
+        directory: a folder written by :func:`save_pretrained`.
+        backbone: the backbone to score with. A different width is an error; a different identity
+            (other weights or preprocessing) a :class:`BackboneMismatchWarning` (silence it with the
+            ``warnings`` module), or an error with ``strict_backbone``.
+    """
+    config = read_prompt_config(directory)
+    saved = config["backbone"]
+    for key in ("text_width", "embed_dim", "vision_width"):
+        if saved.get(key) != getattr(backbone.identity, key):
+            raise PromptFileError(
+                f"{directory}: prompt was trained on a backbone with {key}={saved.get(key)}, this backbone has "
+                f"{getattr(backbone.identity, key)} ({saved.get('model')} vs {backbone.identity.model})"
+            )
+    if saved != backbone.identity.to_dict():
+        message = (
+            f"{directory}: prompt was trained on {saved.get('model')} ({saved.get('pretrained')}), "
+            f"loading onto {backbone.identity.model} ({backbone.identity.pretrained})"
+        )
+        if strict_backbone:
+            raise PromptFileError(message)
+        warnings.warn(message, BackboneMismatchWarning, stacklevel=2)
+    cls = method_class(config["method"])
+    method = cls(backbone, config["classes"], cls.Config.from_dict(config["config"], cls.name))
+    tensors = load_tensors(Path(directory) / TENSORS_FILE)
+    missing, unexpected = method.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise PromptFileError(f"{directory}: tensors do not match {cls.name}: missing {missing}, unexpected {unexpected}")
+    return method.eval()
