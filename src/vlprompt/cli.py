@@ -7,13 +7,13 @@ import logging
 import sys
 from dataclasses import field, fields, make_dataclass
 from pathlib import Path
-from typing import Any, Optional, get_type_hints
+from typing import Any, get_type_hints
 
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from . import __version__
-from .backbones import Backbone, BackboneError, load_backbone
+from .backbones import Backbone, BackboneError
 from .data import DataError, load_rgb
 from .engine import PRESETS, TrainConfig
 from .engine import distributed as dist
@@ -27,7 +27,8 @@ log = logging.getLogger("vlprompt")
 _hints = get_type_hints(TrainConfig)
 #: TrainConfig with every field optional: only the fields a user sets override the preset.
 TrainOverrides = make_dataclass(
-    "TrainOverrides", [(f.name, Optional[_hints[f.name]], field(default=None)) for f in fields(TrainConfig)]  # noqa: UP045
+    "TrainOverrides",
+    [(f.name, _hints[f.name] | None, field(default=None)) for f in fields(TrainConfig)],
 )
 
 
@@ -37,13 +38,16 @@ def _common(parser: ArgumentParser) -> None:
 
 def _backbone_args(parser: ArgumentParser, optional: bool = False) -> None:
     default = BackboneConfig(name=None) if optional else BackboneConfig()  # type: ignore[arg-type]
-    parser.add_argument("--backbone", type=BackboneConfig, default=default,
-                        help="the frozen model" + (" (default: the one the prompt was trained on)" if optional else ""))
+    parser.add_argument(
+        "--backbone",
+        type=BackboneConfig,
+        default=default,
+        help="the frozen model" + (" (default: the one the prompt was trained on)" if optional else ""),
+    )
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="vlprompt", description="Prompt learning for CLIP-style models.",
-                            version=__version__)
+    parser = ArgumentParser(prog="vlprompt", description="Prompt learning for CLIP-style models.", version=__version__)
     commands = parser.add_subcommands(dest="command")
 
     train = ArgumentParser(description="Train a method on a dataset over several seeds (few-shot, base-to-new).")
@@ -52,14 +56,18 @@ def build_parser() -> ArgumentParser:
     train.add_argument("--data", type=DataConfig, default=DataConfig())
     train.add_argument("--method", type=str, default="coop", help=f"one of {', '.join(sorted(METHODS))}")
     train.add_argument("--method_options", type=dict[str, Any], default={}, help="method hyperparameters")
-    train.add_argument("--preset", type=Optional[str], default=None,  # noqa: UP045
-                       help=f"training recipe: {', '.join(sorted(PRESETS))} (default: the method's own if any)")
+    train.add_argument(
+        "--preset",
+        type=str | None,
+        default=None,
+        help=f"training recipe: {', '.join(sorted(PRESETS))} (default: the method's own if any)",
+    )
     train.add_argument("--train", type=TrainOverrides, default=TrainOverrides(), help="overrides of the recipe")
     train.add_argument("--seeds", type=list[int], default=[1, 2, 3])
     train.add_argument("--out", type=str, default="runs/train")
     train.add_argument("--resume", type=bool, default=False)
     train.add_argument("--overwrite", type=bool, default=False)
-    train.add_argument("--feature_cache_dir", type=Optional[str], default=None)  # noqa: UP045
+    train.add_argument("--feature_cache_dir", type=str | None, default=None)
     commands.add_subcommand("train", train, help="train prompts")
 
     ev = ArgumentParser(description="Evaluate a saved prompt on a dataset's test split.")
@@ -73,9 +81,13 @@ def build_parser() -> ArgumentParser:
     pr = ArgumentParser(description="Classify images with a saved prompt, or zero-shot from class names.")
     _common(pr)
     pr.add_argument("images", nargs="+", help="image files")
-    pr.add_argument("--prompt", type=Optional[str], default=None, help="a prompt directory")  # noqa: UP045
-    pr.add_argument("--classes", type=Optional[str], default=None,  # noqa: UP045
-                    help="zero-shot: comma-separated class names")
+    pr.add_argument("--prompt", type=str | None, default=None, help="a prompt directory")
+    pr.add_argument(
+        "--classes",
+        type=str | None,
+        default=None,
+        help="zero-shot: comma-separated class names",
+    )
     pr.add_argument("--template", type=str, default="a photo of a {}.")
     _backbone_args(pr, optional=True)
     pr.add_argument("--topk", type=int, default=5)
@@ -164,7 +176,7 @@ def cmd_predict(cfg: Namespace) -> int:
     pixels = torch.stack([transform(load_rgb(p)) for p in cfg.images])
     feats = method.image_features(backbone, pixels)
     probs = method(backbone, feats).softmax(dim=-1).cpu()
-    names = [" ".join(c) if isinstance(c, (list, tuple)) else str(c) for c in method.classes]
+    names = method.class_names()
     k = min(cfg.topk, len(names))
     if cfg.json:
         out = [{"image": p, "probabilities": dict(zip(names, map(float, row)))} for p, row in zip(cfg.images, probs)]

@@ -23,7 +23,16 @@ FORMAT = "vlprompt-prompt"
 FORMAT_VERSION = 1
 CONFIG_FILE = "prompt.json"
 TENSORS_FILE = "prompt.safetensors"
-_KNOWN_KEYS = {"format", "format_version", "method", "config", "backbone", "classes", "library_version", "extra"}
+_KNOWN_KEYS = {
+    "format",
+    "format_version",
+    "method",
+    "config",
+    "backbone",
+    "classes",
+    "library_version",
+    "extra",
+}
 
 
 class PromptFileError(ValueError):
@@ -122,5 +131,7 @@ def load_prompt(directory: str | Path, backbone: Backbone, strict_backbone: bool
     tensors = load_tensors(Path(directory) / TENSORS_FILE)
     missing, unexpected = method.load_state_dict(tensors, strict=False)
     if missing or unexpected:
-        raise PromptFileError(f"{directory}: tensors do not match {cls.name}: missing {missing}, unexpected {unexpected}")
+        raise PromptFileError(
+            f"{directory}: tensors do not match {cls.name}: missing {missing}, unexpected {unexpected}"
+        )
     return method.eval()

@@ -7,6 +7,7 @@ import json
 import logging
 import shutil
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,10 @@ class DataConfig:
         if self.format == "split-json":
             if not self.split_file:
                 raise DataError("data.split_file is required for format split-json")
-            return {s: split_json(self.split_file, self.root, s, transform, self.skip_bad_images) for s in ("train", "val", "test")}
+            return {
+                s: split_json(self.split_file, self.root, s, transform, self.skip_bad_images)
+                for s in ("train", "val", "test")
+            }
         if self.format == "imagefolder":
             dirs = {"train": self.train_dir, "val": self.val_dir, "test": self.test_dir}
             for split in ("train", "test"):
@@ -153,20 +157,35 @@ def run_classification(
     for seed in run.seeds:
         seed_dir = out / f"seed{seed}"
         seed_dir.mkdir(exist_ok=True)
-        train_set = few_shot(base_new_split(splits["train"], train_classes), run.data.shots, seed,
-                             seed_dir / "train_subset.json")
+        train_set = few_shot(
+            base_new_split(splits["train"], train_classes),
+            run.data.shots,
+            seed,
+            seed_dir / "train_subset.json",
+        )
         val_set = None
         if "val" in splits and len(splits["val"]):
             val_shots = min(run.data.shots, 4) if run.data.shots else 0
-            val_set = few_shot(base_new_split(splits["val"], train_classes), val_shots, seed, seed_dir / "val_subset.json")
+            val_set = few_shot(
+                base_new_split(splits["val"], train_classes), val_shots, seed, seed_dir / "val_subset.json"
+            )
         torch.manual_seed(seed)
         method = build_method(run.method, backbone, train_set.classnames, run.method_options)
         train_cfg = dataclasses.replace(run.train, seed=seed)
         result = None
         if any(p.requires_grad for p in method.parameters()):
-            scorer = (lambda m, b: evaluate(m, b, val_set, cache)["accuracy"]) if val_set else None
-            result = fit(method, backbone, train_set, train_cfg, scorer=scorer, run_dir=seed_dir, resume=run.resume,
-                         cache=cache, progress=progress)
+            scorer = partial(_val_accuracy, dataset=val_set, cache=cache) if val_set else None
+            result = fit(
+                method,
+                backbone,
+                train_set,
+                train_cfg,
+                scorer=scorer,
+                run_dir=seed_dir,
+                resume=run.resume,
+                cache=cache,
+                progress=progress,
+            )
         row: dict[str, Any] = {"method": run.method, "seed": seed, "shots": run.data.shots}
         if base_to_new:
             row["base"] = evaluate(method, backbone, base_new_split(splits["test"], "base"), cache)["accuracy"]
@@ -188,6 +207,10 @@ def run_classification(
     if dist.is_main():
         write_tables(out, rows, ["method", "shots"])
     return rows
+
+
+def _val_accuracy(method, backbone: Backbone, dataset: LabeledImages, cache: FeatureCache) -> float:
+    return evaluate(method, backbone, dataset, cache)["accuracy"]
 
 
 def metric_names(rows: list[dict[str, Any]]) -> list[str]:

@@ -105,8 +105,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         )
     if path.suffix == ".safetensors":
         return load_file(str(path))
-    if zipfile.is_zipfile(path) and any(n.endswith("/code/__torch__.py") or "/code/" in n
-                                        for n in zipfile.ZipFile(path).namelist()):
+    if zipfile.is_zipfile(path) and any(
+        n.endswith("/code/__torch__.py") or "/code/" in n for n in zipfile.ZipFile(path).namelist()
+    ):
         # OpenAI's released .pt files are TorchScript archives: read their tensors, run nothing.
         return torch.jit.load(str(path), map_location="cpu").state_dict()
     try:

@@ -79,9 +79,7 @@ class LabeledImages(Dataset):
             missing = [s.path for s in samples if not os.path.isfile(s.path)]
             if missing:
                 more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-                raise DataError(
-                    f"image file not found: {missing[0]}{more}; pass skip_bad_images to skip such files"
-                )
+                raise DataError(f"image file not found: {missing[0]}{more}; pass skip_bad_images to skip such files")
         self.samples = samples
 
     def __len__(self) -> int:

@@ -40,7 +40,9 @@ def few_shot(dataset: LabeledImages, shots: int, seed: int, index_file: str | Pa
             where = {p: i for i, p in enumerate(paths)}
             missing = [p for p in saved["paths"] if p not in where]
             if missing:
-                raise DataError(f"{index_file}: {len(missing)} saved image(s) are not in the dataset, e.g. {missing[0]}")
+                raise DataError(
+                    f"{index_file}: {len(missing)} saved image(s) are not in the dataset, e.g. {missing[0]}"
+                )
             return dataset.subset([where[p] for p in saved["paths"]])
     indices = few_shot_indices(dataset, shots, seed)
     if index_file is not None:

@@ -29,6 +29,8 @@ def lr_factor(
         return lambda t: linear_warmup(t) if t < warmup else 1.0
     if schedule == "cosine":
         span = max(1, total - warmup)
-        return lambda t: linear_warmup(t) if t < warmup else 0.5 * (1 + math.cos(math.pi * min(t - warmup, span) / span))
+        return lambda t: (
+            linear_warmup(t) if t < warmup else 0.5 * (1 + math.cos(math.pi * min(t - warmup, span) / span))
+        )
     const = warmup_lr / base_lr
     return lambda t: const if t < warmup else 0.5 * (1 + math.cos(math.pi * (t - warmup) / total))

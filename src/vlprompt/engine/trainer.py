@@ -216,12 +216,15 @@ def fit(
         mine = order[:, :, rank]  # [steps, accum, micro]
         batches = _feature_batches(features, mine) if use_cache else _image_batches(loader_set, mine, config)
         total_loss, total_correct, seen = 0.0, 0, 0
-        for step in range(steps_per_epoch):
+        for _ in range(steps_per_epoch):
             for m in range(config.grad_accum):
                 inputs, idx = next(batches)
                 target = labels[idx.to(device)]
                 sync = m == config.grad_accum - 1
-                with _maybe_no_sync(model, sync), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                with (
+                    _maybe_no_sync(model, sync),
+                    torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None),
+                ):
                     image_features = inputs if use_cache else method.image_features(backbone, inputs)
                     logits = model(backbone, image_features)
                     loss = F.cross_entropy(logits.float(), target, label_smoothing=config.label_smoothing)
@@ -249,7 +252,9 @@ def fit(
             method.eval()
             record["val_score"] = scorer(method, backbone)
             method.train()
-            if config.select == "best" and (result.selected_score is None or record["val_score"] > result.selected_score):
+            if config.select == "best" and (
+                result.selected_score is None or record["val_score"] > result.selected_score
+            ):
                 result.selected_epoch, result.selected_score = epoch + 1, record["val_score"]
                 best_state = copy.deepcopy(method.state_dict())
         if config.select == "last":
@@ -261,7 +266,9 @@ def fit(
             if dist.is_main():
                 _append_metrics(run_dir / METRICS, record)
             if last or (epoch + 1) % config.checkpoint_every == 0:
-                _save_checkpoint(run_dir / CHECKPOINT, method, optimizer, scheduler, scaler, epoch + 1, result, best_state)
+                _save_checkpoint(
+                    run_dir / CHECKPOINT, method, optimizer, scheduler, scaler, epoch + 1, result, best_state
+                )
         if on_epoch_end is not None:
             on_epoch_end(record)
     if config.select == "best" and best_state is not None:
@@ -369,4 +376,3 @@ def _append_metrics(path: Path, record: dict[str, Any]) -> None:
 def _rewrite_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     """Start metrics.jsonl from the checkpointed history (drops epochs a crash left unsaved)."""
     atomic_write(path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in history)))
-

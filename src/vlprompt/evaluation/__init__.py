@@ -3,4 +3,13 @@
 from .classification import accuracy, evaluate, harmonic_mean, predict_logits
 from .reports import csv_table, markdown_table, mean_std, summarize
 
-__all__ = ["accuracy", "csv_table", "evaluate", "harmonic_mean", "markdown_table", "mean_std", "predict_logits", "summarize"]
+__all__ = [
+    "accuracy",
+    "csv_table",
+    "evaluate",
+    "harmonic_mean",
+    "markdown_table",
+    "mean_std",
+    "predict_logits",
+    "summarize",
+]

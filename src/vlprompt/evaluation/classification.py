@@ -26,7 +26,9 @@ def predict_logits(
     if method.changes_image_tower:
         feats = torch.cat(
             [
-                method.image_features(backbone, torch.stack([data[i][0] for i in range(s, min(s + batch_size, len(data)))]))
+                method.image_features(
+                    backbone, torch.stack([data[i][0] for i in range(s, min(s + batch_size, len(data)))])
+                )
                 for s in range(0, len(data), batch_size)
             ]
         )
@@ -41,7 +43,10 @@ def accuracy(logits: Tensor, labels: Tensor) -> dict[str, float]:
     labels = labels.to(logits.device)
     correct = (logits.argmax(-1) == labels).float()
     per_class = [correct[labels == c].mean() for c in labels.unique()]
-    return {"accuracy": float(correct.mean()), "mean_per_class_accuracy": float(torch.stack(per_class).mean())}
+    return {
+        "accuracy": float(correct.mean()),
+        "mean_per_class_accuracy": float(torch.stack(per_class).mean()),
+    }
 
 
 def evaluate(

@@ -31,8 +31,13 @@ def summarize(rows: Sequence[Mapping[str, object]], group: Sequence[str], metric
     return out
 
 
-def markdown_table(summary: Sequence[Mapping[str, object]], group: Sequence[str], metrics: Sequence[str],
-                   scale: float = 100.0, digits: int = 1) -> str:
+def markdown_table(
+    summary: Sequence[Mapping[str, object]],
+    group: Sequence[str],
+    metrics: Sequence[str],
+    scale: float = 100.0,
+    digits: int = 1,
+) -> str:
     """A Markdown table with ``mean ± std`` cells (metrics multiplied by ``scale``)."""
     header = list(group) + list(metrics)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

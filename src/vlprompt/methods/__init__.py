@@ -7,11 +7,14 @@ from typing import Any
 from ..backbones import Backbone
 from .base import MethodConfig, PromptMethod, cosine_logits
 from .cocoop import CoCoOp, CoCoOpConfig
+from .compositional import CSP, AttrObjHeads, CZSLCoOp, CZSLZeroShot, PairMethod, PairProjection, pair_space
 from .coop import CoOp, CoOpConfig
 from .linear_probe import LinearProbe, LinearProbeConfig
 from .zeroshot import ZeroShot, ZeroShotConfig
 
-METHODS: dict[str, type[PromptMethod]] = {cls.name: cls for cls in (ZeroShot, CoOp, CoCoOp, LinearProbe)}
+CLASSIFICATION_METHODS = (ZeroShot, CoOp, CoCoOp, LinearProbe)
+COMPOSITIONAL_METHODS = (CZSLZeroShot, CZSLCoOp, CSP, AttrObjHeads, PairProjection)
+METHODS: dict[str, type[PromptMethod]] = {cls.name: cls for cls in CLASSIFICATION_METHODS + COMPOSITIONAL_METHODS}
 
 
 def method_class(name: str) -> type[PromptMethod]:
@@ -32,6 +35,15 @@ def build_method(
 
 
 __all__ = [
+    "CLASSIFICATION_METHODS",
+    "COMPOSITIONAL_METHODS",
+    "CSP",
+    "AttrObjHeads",
+    "CZSLCoOp",
+    "CZSLZeroShot",
+    "PairMethod",
+    "PairProjection",
+    "pair_space",
     "METHODS",
     "CoCoOp",
     "CoCoOpConfig",

@@ -23,9 +23,7 @@ class MethodConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - names)
         if unknown:
-            raise ValueError(
-                f"unknown option(s) {unknown} for method {method or cls.__name__}; valid: {sorted(names)}"
-            )
+            raise ValueError(f"unknown option(s) {unknown} for method {method or cls.__name__}; valid: {sorted(names)}")
         return cls(**options)
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,6 +61,10 @@ class PromptMethod(nn.Module):
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def class_names(self) -> list[str]:
+        """Display names of the classes scored, in logit order."""
+        return [str(c) for c in self.classes]
 
     # ---------------------------------------------------------------- scoring
     def image_features(self, backbone: Backbone, pixels: Tensor) -> Tensor:

@@ -51,7 +51,9 @@ class CoCoOp(PromptMethod):
         self.ctx = nn.Parameter(init.float().to(backbone.device))
         hidden = max(1, backbone.embed_dim // cfg.meta_reduction)
         self.meta_net = nn.Sequential(
-            nn.Linear(backbone.embed_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, backbone.text_width)
+            nn.Linear(backbone.embed_dim, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, backbone.text_width),
         ).to(backbone.device)
         self.layout = PromptLayout(backbone, self.classes, self.ctx.shape[0])
 
