@@ -18,11 +18,12 @@ from .data import DataError, load_rgb
 from .engine import PRESETS, TrainConfig
 from .engine import distributed as dist
 from .evaluation import evaluate
-from .methods import METHODS, ZeroShot, ZeroShotConfig
+from .methods import COMPOSITIONAL_METHODS, METHODS, ZeroShot, ZeroShotConfig
 from .prompts import PromptFileError, load_prompt, read_prompt_config
 from .runs import BackboneConfig, ClassificationRun, DataConfig, merged_train_config, run_classification
 
 log = logging.getLogger("vlprompt")
+COMPOSITIONAL = [m.name for m in COMPOSITIONAL_METHODS]
 
 _hints = get_type_hints(TrainConfig)
 #: TrainConfig with every field optional: only the fields a user sets override the preset.
@@ -93,6 +94,36 @@ def build_parser() -> ArgumentParser:
     pr.add_argument("--topk", type=int, default=5)
     pr.add_argument("--json", type=bool, default=False, help="print JSON with every class probability")
     commands.add_subcommand("predict", pr, help="predict the classes of images")
+
+    cz = ArgumentParser(description="Compositional zero-shot: train on seen pairs, test in the closed / open world.")
+    _common(cz)
+    _backbone_args(cz)
+    cz.add_argument("--root", type=str, required=True, help="CZSL dataset root (MIT-States, UT-Zappos, C-GQA format)")
+    cz.add_argument("--split", type=str, default="compositional-split-natural")
+    cz.add_argument("--method", type=str, default="csp", help=f"one of {', '.join(sorted(COMPOSITIONAL))}")
+    cz.add_argument("--method_options", type=dict[str, Any], default={})
+    cz.add_argument("--preset", type=str, default="csp-mit-states", help="csp-mit-states, csp-ut-zappos, csp-cgqa")
+    cz.add_argument("--train", type=TrainOverrides, default=TrainOverrides(), help="overrides of the recipe")
+    cz.add_argument("--seeds", type=list[int], default=[1, 2, 3])
+    cz.add_argument("--world", type=str, default="both", help="closed, open or both")
+    cz.add_argument("--calibrate", type=bool, default=True, help="open world: feasibility calibration on val")
+    cz.add_argument("--word_vectors", type=str, default="backbone", help="'backbone' or a GloVe text file")
+    cz.add_argument("--glove_fallback", type=str, default="error", help="missing GloVe word: error, zeros, skip")
+    cz.add_argument("--topk", type=int, default=1)
+    cz.add_argument("--skip_bad_images", type=bool, default=False)
+    cz.add_argument("--out", type=str, default="runs/czsl")
+    cz.add_argument("--resume", type=bool, default=False)
+    cz.add_argument("--overwrite", type=bool, default=False)
+    commands.add_subcommand("czsl", cz, help="compositional zero-shot training and evaluation")
+
+    dm = ArgumentParser(description="Every method on the built-in benchmark with the bundled tiny CLIP (offline).")
+    _common(dm)
+    dm.add_argument("--out", type=str, default="runs/demo")
+    dm.add_argument("--seeds", type=list[int], default=[1, 2, 3])
+    dm.add_argument("--methods", type=list[str] | None, default=None, help="a subset of the demo's methods")
+    dm.add_argument("--shots", type=int, default=16)
+    dm.add_argument("--overwrite", type=bool, default=False)
+    commands.add_subcommand("demo", dm, help="run the built-in demo")
 
     it = ArgumentParser(description="Nearest vocabulary words to each learned context vector.")
     _common(it)
@@ -190,6 +221,31 @@ def cmd_predict(cfg: Namespace) -> int:
     return 0
 
 
+def cmd_czsl(cfg: Namespace) -> int:
+    from .czsl_runs import CZSLRun, run_czsl
+
+    options = {k: v for k, v in vars(cfg).items() if k not in ("config", "backbone", "train", "preset", "__path__")}
+    run = CZSLRun(
+        backbone=BackboneConfig(**vars(cfg.backbone)),
+        train=merged_train_config(cfg.preset, 0, vars(cfg.train)),
+        **{k: (dict(v) if isinstance(v, Namespace) else v) for k, v in options.items()},
+    )
+    run_czsl(run)
+    if dist.is_main():
+        print((Path(run.out) / "results.md").read_text(), end="")
+        print(f"run directory: {run.out}")
+    return 0
+
+
+def cmd_demo(cfg: Namespace) -> int:
+    from .demo import run_demo
+
+    report = run_demo(cfg.out, list(cfg.seeds), cfg.methods, cfg.shots, cfg.overwrite)
+    print(report["table"], end="")
+    print(f"run directory: {cfg.out}")
+    return 0
+
+
 def cmd_interpret(cfg: Namespace) -> int:
     backbone = _load_backbone_for_prompt(cfg, cfg.prompt)
     method = load_prompt(cfg.prompt, backbone)
@@ -200,7 +256,14 @@ def cmd_interpret(cfg: Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "interpret": cmd_interpret}
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "predict": cmd_predict,
+    "czsl": cmd_czsl,
+    "demo": cmd_demo,
+    "interpret": cmd_interpret,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,7 @@ def predict_logits(
         )
     else:
         feats = (cache or FeatureCache()).features(backbone, data, progress=False)
-    text = None if method.conditions_on_image else method.text_features(backbone)
+    text = method.class_features(backbone)
     return torch.cat([method(backbone, feats[s : s + batch_size], text) for s in range(0, len(feats), batch_size)])
 
 

@@ -75,6 +75,10 @@ class PromptMethod(nn.Module):
         """[C, D] class features, or [B, C, D] when conditioned on each image."""
         raise NotImplementedError
 
+    def class_features(self, backbone: Backbone) -> Tensor | None:
+        """Class features to reuse for every batch at evaluation, or None if they depend on the image."""
+        return None if self.conditions_on_image else self.text_features(backbone)
+
     def forward(self, backbone: Backbone, image_features: Tensor, text_features: Tensor | None = None) -> Tensor:
         """Logits [B, C] = scale · cos(image, class). Pass ``text_features`` to reuse them."""
         if text_features is None:

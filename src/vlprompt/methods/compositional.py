@@ -212,8 +212,8 @@ class AttrObjHeads(PairMethod):
         obj = F.log_softmax(self.obj_head(x), dim=-1)
         return attr[:, self.pair_attr] + obj[:, self.pair_obj]
 
-    def text_features(self, backbone: Backbone, image_features: Tensor | None = None) -> Tensor:
-        raise NotImplementedError("attr-obj-heads scores pairs from two classifiers, not text features")
+    def class_features(self, backbone: Backbone) -> None:
+        return None
 
 
 @dataclass

@@ -46,5 +46,5 @@ class LinearProbe(PromptMethod):
     def forward(self, backbone: Backbone, image_features: Tensor, text_features: Tensor | None = None) -> Tensor:
         return self.head(F.normalize(image_features.float(), dim=-1))
 
-    def text_features(self, backbone: Backbone, image_features: Tensor | None = None) -> Tensor:
-        return self.head.weight
+    def class_features(self, backbone: Backbone) -> None:
+        return None

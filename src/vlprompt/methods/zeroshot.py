@@ -75,7 +75,7 @@ class ZeroShot(PromptMethod):
     def set_classes(self, backbone: Backbone, classes: Sequence[str]) -> None:
         self.classes = list(classes)
         feats = ensemble_text_features(backbone, self.classes, self.config.all_templates())
-        self.register_buffer("class_features", feats, persistent=False)
+        self.register_buffer("template_features", feats, persistent=False)
 
     def text_features(self, backbone: Backbone, image_features: Tensor | None = None) -> Tensor:
-        return self.class_features
+        return self.template_features

@@ -1,0 +1,128 @@
+"""``vlprompt demo``: every method on the built-in benchmark with the bundled tiny CLIP, offline, on CPU."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .backbones import load_backbone
+from .data.synthetic import build_benchmark
+from .engine import FeatureCache, TrainConfig
+from .evaluation import markdown_table, summarize
+from .io import atomic_write_text
+from .plots import plot_method_bars, plot_training_curves
+from .runs import ClassificationRun, DataConfig, prepare_out_dir, run_classification, write_config
+
+BACKBONE = "vlprompt/tiny-shapes"
+
+
+@dataclass(frozen=True)
+class DemoEntry:
+    """One row of the demo: a method, its options and a CPU-sized recipe."""
+
+    label: str
+    method: str
+    options: dict[str, Any]
+    train: TrainConfig
+
+
+_SGD = TrainConfig(epochs=20, batch_size=32, lr=0.002, schedule="coop", warmup_epochs=1)
+
+#: Few-shot classification on the "pairs" view (100 colour-shape classes, 16 shots).
+CLASSIFICATION: tuple[DemoEntry, ...] = (
+    DemoEntry("zeroshot", "zeroshot", {"templates": ["a photo of a {}."]}, _SGD),
+    DemoEntry("zeroshot-ensemble", "zeroshot", {"templates": ["a photo of a {}."], "ensemble": "coop7"}, _SGD),
+    DemoEntry("coop", "coop", {"n_ctx": 4}, replace(_SGD, lr=0.02)),
+    DemoEntry("cocoop", "cocoop", {}, replace(_SGD, epochs=4, batch_size=16, lr=0.02)),
+    DemoEntry(
+        "linear-probe",
+        "linear-probe",
+        {},
+        TrainConfig(
+            epochs=60, batch_size=64, optimizer="adamw", lr=1e-2, weight_decay=1e-4, schedule="cosine", warmup_epochs=0
+        ),
+    ),
+)
+
+
+def demo_methods() -> list[str]:
+    return [e.label for e in CLASSIFICATION] + list(czsl_demo_methods())
+
+
+def czsl_demo_methods() -> tuple[str, ...]:
+    from .czsl_runs import CZSL_DEMO
+
+    return tuple(e.label for e in CZSL_DEMO)
+
+
+def run_demo(
+    out: str | Path = "runs/demo",
+    seeds: list[int] | None = None,
+    methods: list[str] | None = None,
+    shots: int = 16,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Generate (or reuse) the benchmark, load the bundled model and run the chosen methods.
+
+    Returns the results (per seed and summarised) and writes the run directory: config.yaml,
+    results.json, results.md, and plots of training curves and per-method accuracy.
+    """
+    seeds = seeds or [1, 2, 3]
+    wanted = methods or demo_methods()
+    unknown = sorted(set(wanted) - set(demo_methods()))
+    if unknown:
+        raise ValueError(f"unknown demo method(s) {unknown}; choose from {demo_methods()}")
+    out = prepare_out_dir(out, resume=False, overwrite=overwrite)
+    write_config(out, {"command": "demo", "backbone": BACKBONE, "seeds": seeds, "methods": wanted, "shots": shots})
+    start = time.time()
+    paths = build_benchmark()
+    backbone = load_backbone(BACKBONE)
+    cache = FeatureCache()
+    report: dict[str, Any] = {"backbone": BACKBONE, "benchmark": str(paths.root), "seeds": seeds}
+    tables = []
+
+    rows = []
+    curves: dict[str, list[Path]] = {}
+    for entry in CLASSIFICATION:
+        if entry.label not in wanted:
+            continue
+        run = ClassificationRun(
+            data=DataConfig(root=str(paths.image_root), split_file=str(paths.splits["pairs"]), shots=shots),
+            method=entry.method,
+            method_options=entry.options,
+            train=entry.train,
+            seeds=seeds,
+            out=str(out / "classification" / entry.label),
+            overwrite=True,
+        )
+        for row in run_classification(run, backbone, cache, progress):
+            rows.append({**row, "method": entry.label})
+        curves[entry.label] = [out / "classification" / entry.label / f"seed{s}" / "metrics.jsonl" for s in seeds]
+    if rows:
+        summary = summarize(rows, ["method"], ["accuracy"])
+        table = markdown_table(summary, ["method"], ["accuracy"])
+        tables.append(
+            f"## Few-shot classification ({shots} shots, 100 colour-shape classes, benchmark domain)\n\n{table}"
+        )
+        report["classification"] = {"per_seed": rows, "summary": summary}
+        plot_method_bars(summary, "accuracy", out / "accuracy.png", title=f"{shots}-shot accuracy (mean ± std)")
+        plot_training_curves(curves, out / "training_curves.png")
+
+    czsl_wanted = [m for m in wanted if m in czsl_demo_methods()]
+    if czsl_wanted:
+        from .czsl_runs import run_czsl_demo
+
+        czsl = run_czsl_demo(paths.czsl_root, backbone, cache, out / "czsl", seeds, czsl_wanted, progress)
+        report["czsl"] = czsl["results"]
+        tables.append(czsl["table"])
+
+    report["seconds"] = round(time.time() - start, 1)
+    text = "\n".join(tables) + f"\nTotal time: {report['seconds']} s\n"
+    atomic_write_text(out / "results.json", json.dumps(report, indent=2))
+    atomic_write_text(out / "results.md", text)
+    report["table"] = text
+    return report

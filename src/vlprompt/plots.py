@@ -1,0 +1,66 @@
+"""Plots with matplotlib (Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .io import atomic_write  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=120))
+    plt.close(fig)
+
+
+def plot_training_curves(runs: Mapping[str, Sequence[Path]], path: str | Path) -> None:
+    """Training loss per epoch, one line per method (mean over its seeds' metrics.jsonl files)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, files in runs.items():
+        histories = [
+            [json.loads(line) for line in Path(f).read_text().splitlines()] for f in files if Path(f).is_file()
+        ]
+        histories = [h for h in histories if h]
+        if not histories:
+            continue
+        epochs = min(len(h) for h in histories)
+        loss = [sum(h[e]["loss"] for h in histories) / len(histories) for e in range(epochs)]
+        ax.plot(range(1, epochs + 1), loss, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, Path(path))
+
+
+def plot_method_bars(summary: Sequence[Mapping], metric: str, path: str | Path, title: str = "") -> None:
+    """A bar per method: mean × 100 with the std over seeds as error bars."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    labels = [str(r["method"]) for r in summary]
+    means = [100 * float(r[metric]) for r in summary]
+    stds = [100 * float(r.get(f"{metric}_std", 0.0)) for r in summary]
+    ax.bar(labels, means, yerr=stds, capsize=4, color="tab:blue")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(title)
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    _save(fig, Path(path))
+
+
+def plot_seen_unseen_curve(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | Path) -> None:
+    """CZSL: seen accuracy against unseen accuracy over the bias sweep, one line per method."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for label, (unseen, seen) in curves.items():
+        ax.plot([100 * u for u in unseen], [100 * s for s in seen], marker=".", label=label)
+    ax.set_xlabel("unseen accuracy (%)")
+    ax.set_ylabel("seen accuracy (%)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, Path(path))
