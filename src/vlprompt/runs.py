@@ -157,17 +157,22 @@ def run_classification(
     for seed in run.seeds:
         seed_dir = out / f"seed{seed}"
         seed_dir.mkdir(exist_ok=True)
+        main_dir = seed_dir if dist.is_main() else None  # rank 0 writes the subset index files
         train_set = few_shot(
             base_new_split(splits["train"], train_classes),
             run.data.shots,
             seed,
-            seed_dir / "train_subset.json",
+            main_dir and main_dir / "train_subset.json",
         )
         val_set = None
         if "val" in splits and len(splits["val"]):
             val_shots = min(run.data.shots, 4) if run.data.shots else 0
             val_set = few_shot(
-                base_new_split(splits["val"], train_classes), val_shots, seed, seed_dir / "val_subset.json"
+                base_new_split(splits["val"], train_classes),
+                val_shots,
+                seed,
+                main_dir and main_dir / "val_subset.json",
+                allow_fewer=True,
             )
         torch.manual_seed(seed)
         method = build_method(run.method, backbone, train_set.classnames, run.method_options)

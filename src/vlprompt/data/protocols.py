@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 from collections import defaultdict
@@ -11,25 +12,41 @@ from pathlib import Path
 from ..io import atomic_write_text
 from .images import DataError, LabeledImages
 
+log = logging.getLogger(__name__)
 
-def few_shot_indices(dataset: LabeledImages, shots: int, seed: int) -> list[int]:
-    """``shots`` images per class, drawn with ``random.Random(seed)``, in dataset order."""
+
+def few_shot_indices(dataset: LabeledImages, shots: int, seed: int, allow_fewer: bool = False) -> list[int]:
+    """``shots`` images per class, drawn with ``random.Random(seed)``, in dataset order.
+
+    A class with fewer images is an error, or with ``allow_fewer`` (CoOp's rule for validation)
+    contributes all of them, which is logged.
+    """
     by_class: dict[int, list[int]] = defaultdict(list)
     for i, label in enumerate(dataset.labels):
         by_class[label].append(i)
     rng = random.Random(seed)
-    chosen = []
+    chosen: list[int] = []
+    short: list[str] = []
     for label in range(len(dataset.classnames)):
         pool = by_class.get(label, [])
         if len(pool) < shots:
-            raise DataError(
+            message = (
                 f"class {dataset.classnames[label]!r} has {len(pool)} image(s), fewer than the {shots} shots asked"
             )
-        chosen += rng.sample(pool, shots)
+            if not allow_fewer:
+                raise DataError(message)
+            short.append(dataset.classnames[label])
+        chosen += rng.sample(pool, min(shots, len(pool)))
+    if short:
+        log.info(
+            "%d class(es) have fewer than %d images and contribute all they have, e.g. %r", len(short), shots, short[0]
+        )
     return sorted(chosen)
 
 
-def few_shot(dataset: LabeledImages, shots: int, seed: int, index_file: str | Path | None = None) -> LabeledImages:
+def few_shot(
+    dataset: LabeledImages, shots: int, seed: int, index_file: str | Path | None = None, allow_fewer: bool = False
+) -> LabeledImages:
     """A K-shot subset; with ``index_file`` the chosen images are persisted (and reused) as JSON."""
     if shots <= 0:
         return dataset
@@ -44,7 +61,7 @@ def few_shot(dataset: LabeledImages, shots: int, seed: int, index_file: str | Pa
                     f"{index_file}: {len(missing)} saved image(s) are not in the dataset, e.g. {missing[0]}"
                 )
             return dataset.subset([where[p] for p in saved["paths"]])
-    indices = few_shot_indices(dataset, shots, seed)
+    indices = few_shot_indices(dataset, shots, seed, allow_fewer)
     if index_file is not None:
         payload = {"shots": shots, "seed": seed, "paths": [paths[i] for i in indices]}
         atomic_write_text(index_file, json.dumps(payload, indent=1))

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from ..backbones import Backbone
 from ..data.images import LabeledImages
 from ..io import atomic_write
+from . import distributed as dist
 
 
 def _image_key(path: str) -> str:
@@ -77,7 +78,7 @@ class FeatureCache:
         return torch.stack([rows[index[k]] for k in image_keys]).to(backbone.device)
 
     def _save(self, key: str, index: dict[str, int], rows: list[Tensor]) -> None:
-        if self.directory is None:
+        if self.directory is None or not dist.is_main():
             return
         keys = sorted(index, key=index.get)
         table = {"features": torch.stack(rows).contiguous()}
