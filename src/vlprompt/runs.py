@@ -177,6 +177,8 @@ def run_classification(
         torch.manual_seed(seed)
         method = build_method(run.method, backbone, train_set.classnames, run.method_options)
         train_cfg = dataclasses.replace(run.train, seed=seed)
+        if val_set is None and train_cfg.select == "best":
+            raise DataError("train.select=best needs a validation split, and this dataset has none")
         result = None
         if any(p.requires_grad for p in method.parameters()):
             scorer = partial(_val_accuracy, dataset=val_set, cache=cache) if val_set else None

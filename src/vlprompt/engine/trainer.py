@@ -135,6 +135,8 @@ def fit(
         The history; ``method`` holds the selected (last or best) parameters afterwards.
     """
     config.validate()
+    if config.select == "best" and scorer is None:
+        raise ValueError("select='best' needs a validation scorer (e.g. a validation split)")
     start_time = time.time()
     world, rank = dist.world_size(), dist.rank()
     device = backbone.device
@@ -232,12 +234,12 @@ def fit(
                 total_loss += loss.item() * len(idx)
                 total_correct += int((logits.argmax(-1) == target).sum())
                 seen += len(idx)
+            lr_used = optimizer.param_groups[0]["lr"]  # the lr of this epoch's last step (as logged)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             if not per_epoch_schedule:
                 scheduler.step()
-        lr_used = optimizer.param_groups[0]["lr"]
         if per_epoch_schedule:
             scheduler.step()
         record = {

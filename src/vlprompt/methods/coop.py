@@ -72,7 +72,7 @@ class CoOp(PromptMethod):
         """For each learned vector, the ``k`` nearest vocabulary words (Euclidean distance)."""
         ctx = self.ctx.detach().reshape(-1, self.ctx.shape[-1]).float()
         table = backbone.token_embedding_table.float()
-        dist = torch.cdist(ctx, table)
+        dist = torch.cdist(ctx, table, compute_mode="donot_use_mm_for_euclid_dist")
         values, ids = dist.topk(k, largest=False)
         decoder = backbone.tokenizer.decoder
         return [

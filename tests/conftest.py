@@ -1,0 +1,107 @@
+"""Shared fixtures: offline settings, tiny random backbones and small on-disk image datasets."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from vlprompt.backbones import tiny_random_backbone  # noqa: E402
+
+# One intra-op thread: the tiny models gain nothing from more, and on shared busy cores OpenMP
+# threads that wait on each other make every op several times slower.
+torch.set_num_threads(1)
+
+#: Class names and their base colours (RGB) in the fixture datasets.
+CLASSES = {
+    "red_square": (220, 40, 40),
+    "green_square": (40, 200, 60),
+    "blue_square": (40, 60, 220),
+    "gold": (230, 200, 40),
+}
+IMAGES_PER_CLASS = 6
+
+
+def write_square_image(path: Path, colour: tuple[int, int, int], seed: int, size: int = 40) -> None:
+    """A noisy background with a coloured square at a random place, saved as PNG."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 80, size=(size, size, 3)).astype(np.int16)
+    side = int(rng.integers(size // 3, size // 2 + 1))
+    x, y = rng.integers(0, size - side, size=2)
+    square = np.array(colour, dtype=np.int16) + rng.integers(-20, 21, size=(side, side, 3))
+    img[y : y + side, x : x + side] = square
+    Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(path)
+
+
+def make_image_folder(root: Path, per_class: int = IMAGES_PER_CLASS, classes: dict | None = None) -> Path:
+    """An ImageFolder tree ``root/<class>/<i>.png``."""
+    classes = classes or CLASSES
+    for c, (name, colour) in enumerate(classes.items()):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            write_square_image(root / name / f"{i}.png", colour, seed=1000 * c + i)
+    return root
+
+
+def make_split_file(root: Path, path: Path) -> Path:
+    """A CoOp split JSON over an ImageFolder tree: per class images 0-3 train, 4 val, 5 test."""
+    split: dict[str, list] = {"train": [], "val": [], "test": []}
+    for label, name in enumerate(sorted(p.name for p in root.iterdir() if p.is_dir())):
+        files = sorted((root / name).glob("*.png"), key=lambda p: int(p.stem))
+        for i, f in enumerate(files):
+            key = "train" if i < 4 else "val" if i == 4 else "test"
+            split[key].append([f"{name}/{f.name}", label, name])
+    path.write_text(json.dumps(split))
+    return path
+
+
+@pytest.fixture(scope="session")
+def image_root(tmp_path_factory) -> Path:
+    """Read-only ImageFolder tree of 4 classes x 6 noisy coloured squares (40x40 PNG)."""
+    return make_image_folder(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="session")
+def split_file(image_root, tmp_path_factory) -> Path:
+    """Read-only CoOp split JSON for ``image_root``."""
+    return make_split_file(image_root, tmp_path_factory.mktemp("split") / "split.json")
+
+
+@pytest.fixture()
+def fresh_image_root(tmp_path) -> Path:
+    """A writable copy of the image tree (for tests that break files)."""
+    return make_image_folder(tmp_path / "images")
+
+
+@pytest.fixture(scope="session")
+def vit_backbone():
+    """The tiny random ViT backbone (frozen; tests must not modify it)."""
+    return tiny_random_backbone("vit")
+
+
+@pytest.fixture(scope="session")
+def resnet_backbone():
+    """The tiny random ModifiedResNet backbone."""
+    return tiny_random_backbone("resnet")
+
+
+def state_snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A deep copy of a module's state dict (parameters and persistent buffers)."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_state_equal(before: dict[str, torch.Tensor], module: torch.nn.Module) -> None:
+    """Every tensor of ``module`` is bit-identical to ``before``."""
+    after = module.state_dict()
+    assert before.keys() == after.keys()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert not changed, f"tensors changed: {changed[:5]}"

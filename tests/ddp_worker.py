@@ -1,0 +1,64 @@
+"""Worker for tests/test_ddp.py: trains the shared method table under torchrun, or in one process.
+
+Usage: ``torchrun --nproc_per_node 2 tests/ddp_worker.py IMAGE_ROOT OUT`` (or plain ``python`` for one
+process). Each method trains into ``OUT/<name>/rank<r>`` (its run directory: only rank 0 may write
+there) and every rank stores its final tensors as ``OUT/<name>/final_rank<r>.safetensors``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from vlprompt.backbones import tiny_random_backbone  # noqa: E402
+from vlprompt.data import image_folder  # noqa: E402
+from vlprompt.engine import FeatureCache, TrainConfig, fit  # noqa: E402
+from vlprompt.engine import distributed as dist  # noqa: E402
+from vlprompt.methods import build_method  # noqa: E402
+
+#: (run name, method, options): global batch 8, three epochs each.
+RUNS = [
+    ("coop", "coop", {"ctx_init": "a photo of a"}),
+    ("cocoop", "cocoop", {"meta_reduction": 4}),
+    ("linear-probe", "linear-probe", {"init": "zeroshot"}),
+]
+CONFIG = TrainConfig(epochs=3, batch_size=8, lr=0.001, schedule="constant", warmup_epochs=0, momentum=0.9)
+
+
+def build(run: str, backbone, classnames):
+    """The method of ``run`` with its seeded initialisation (identical on every process)."""
+    _, name, options = next(r for r in RUNS if r[0] == run)
+    torch.manual_seed(0)
+    return build_method(name, backbone, classnames, options)
+
+
+def train_all(image_root: str | Path, out: str | Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Train every run; returns this process's final tensors per run."""
+    torch.set_num_threads(1)
+    rank = dist.rank()
+    backbone = tiny_random_backbone("vit")
+    data = image_folder(image_root, backbone.image_transform())
+    cache = FeatureCache()
+    finals = {}
+    for run, _, _ in RUNS:
+        method = build(run, backbone, data.classnames)
+        fit(method, backbone, data, CONFIG, run_dir=Path(out) / run / f"rank{rank}", cache=cache, progress=False)
+        finals[run] = method.trainable_state()
+        save_file(finals[run], str(Path(out) / run / f"final_rank{rank}.safetensors"))
+    return finals
+
+
+if __name__ == "__main__":
+    distributed = dist.init_from_env()
+    for run, _, _ in RUNS:
+        (Path(sys.argv[2]) / run).mkdir(parents=True, exist_ok=True)
+    train_all(sys.argv[1], sys.argv[2])
+    if distributed:
+        dist.barrier()
+        torch.distributed.destroy_process_group()

@@ -1,0 +1,95 @@
+"""A real two-process DDP run on CPU (gloo, torchrun) equals one process on the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import ddp_worker
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vlprompt.engine.trainer import CHECKPOINT, METRICS
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(image_root, tmp_path_factory):
+    """Launch the 2-process run in the background, train one process here meanwhile."""
+    ddp_out = tmp_path_factory.mktemp("ddp")
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")]),
+    }
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT"):
+        env.pop(var, None)
+    if Path("/sys/class/net/lo").exists():
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+        str(WORKER), str(image_root), str(ddp_out),
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    single_out = tmp_path_factory.mktemp("single")
+    for run, _, _ in ddp_worker.RUNS:
+        (single_out / run).mkdir()
+    single = ddp_worker.train_all(image_root, single_out)
+    try:
+        log, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        log, _ = proc.communicate()
+        pytest.fail(f"torchrun timed out:\n{log[-4000:]}")
+    assert proc.returncode == 0, f"torchrun failed:\n{log[-4000:]}"
+    return ddp_out, single_out, single
+
+
+@pytest.mark.parametrize("run", [r for r, _, _ in ddp_worker.RUNS])
+def test_two_processes_equal_one_on_the_same_global_batch(runs, run, vit_backbone):
+    ddp_out, single_out, single = runs
+    rank0 = load_file(str(ddp_out / run / "final_rank0.safetensors"))
+    rank1 = load_file(str(ddp_out / run / "final_rank1.safetensors"))
+    assert rank0.keys() == rank1.keys() == single[run].keys()
+    for key, value in single[run].items():
+        assert torch.equal(rank0[key], rank1[key]), f"ranks disagree on {key}"
+        torch.testing.assert_close(rank0[key], value, atol=1e-6, rtol=0, msg=key)
+    # training moved the tensors (the comparison is not between two untouched inits)
+    start = ddp_worker.build(run, vit_backbone, ["blue_square", "gold", "green_square", "red_square"])
+    assert max((single[run][k] - v).abs().max() for k, v in start.trainable_state().items()) > 1e-3
+
+
+@pytest.mark.parametrize("run", [r for r, _, _ in ddp_worker.RUNS])
+def test_only_rank_zero_writes(runs, run):
+    ddp_out, single_out, _ = runs
+    assert not (ddp_out / run / "rank1").exists()
+    written = sorted(p.name for p in (ddp_out / run / "rank0").iterdir())
+    assert written == [CHECKPOINT, METRICS]
+    ddp_state = torch.load(ddp_out / run / "rank0" / CHECKPOINT, weights_only=True)
+    one_state = torch.load(single_out / run / "rank0" / CHECKPOINT, weights_only=True)
+    assert ddp_state["epoch"] == one_state["epoch"] == 3
+    assert ddp_state["method"].keys() == one_state["method"].keys()
+    for key, value in one_state["method"].items():
+        torch.testing.assert_close(ddp_state["method"][key], value, atol=1e-6, rtol=0)
+    assert len(ddp_state["torch_rng"]) == 2 and len(one_state["torch_rng"]) == 1  # every rank's RNG is saved
+    ddp_metrics = [json.loads(line) for line in (ddp_out / run / "rank0" / METRICS).read_text().splitlines()]
+    one_metrics = [json.loads(line) for line in (single_out / run / "rank0" / METRICS).read_text().splitlines()]
+    assert [m["epoch"] for m in ddp_metrics] == [1, 2, 3]
+    # losses and accuracies are averaged over both processes: the global numbers
+    assert [m["loss"] for m in ddp_metrics] == pytest.approx([m["loss"] for m in one_metrics], abs=1e-5)
+    assert [m["train_acc"] for m in ddp_metrics] == pytest.approx([m["train_acc"] for m in one_metrics], abs=1e-9)
