@@ -65,9 +65,7 @@ def read_pairs(path: str | Path) -> list[Pair]:
     for i in range(first, last + 1):
         names = lines[i].split()
         if len(names) != 2:
-            raise DataError(
-                f"{path}:{i + 1}: expected two names 'attr obj' separated by whitespace, got {lines[i]!r}"
-            )
+            raise DataError(f"{path}:{i + 1}: expected two names 'attr obj' separated by whitespace, got {lines[i]!r}")
         pairs.append((names[0], names[1]))
     if not pairs:
         raise DataError(f"{path}: no pairs (expected one 'attr obj' per line)")
@@ -89,6 +87,8 @@ class CZSLSplit:
         pairs: the closed-world columns, ``sorted(set(train + val + test))``.
         samples: the kept metadata entries of each phase, in metadata order.
         skipped: number of metadata entries left out, by reason (see :data:`SKIP_REASONS`).
+        attr2idx: attribute name -> index into ``attrs``.
+        obj2idx: object name -> index into ``objs``.
     """
 
     root: Path
@@ -101,6 +101,8 @@ class CZSLSplit:
     pairs: list[Pair]
     samples: dict[str, list[CZSLSample]] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
+    attr2idx: dict[str, int] = field(init=False, repr=False)
+    obj2idx: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.attr2idx = {a: i for i, a in enumerate(self.attrs)}
@@ -130,10 +132,11 @@ class CZSLSplit:
     @staticmethod
     def pair_index(columns: Sequence[Pair]) -> dict[Pair, int]:
         """Map each pair of ``columns`` to its position; duplicate columns are an error."""
-        index = {tuple(p): i for i, p in enumerate(columns)}
-        if len(index) != len(columns):
-            raise ValueError("the column list holds duplicate pairs")
-        return index  # type: ignore[return-value]
+        index: dict[Pair, int] = {}
+        for i, (a, o) in enumerate(columns):
+            if index.setdefault((a, o), i) != i:
+                raise ValueError(f"the column list holds ({a}, {o}) twice")
+        return index
 
     def seen_mask(self, columns: Sequence[Pair] | None = None) -> torch.Tensor:
         """Bool mask over ``columns`` (default :attr:`pairs`): True for train (seen) pairs."""
@@ -178,9 +181,7 @@ def _check_phase(phase: str) -> None:
         raise ValueError(f"phase must be one of {PHASES}, not {phase!r}")
 
 
-def load_czsl(
-    root: str | Path, split: str = DEFAULT_SPLIT, *, allow_novel_primitives: bool = False
-) -> CZSLSplit:
+def load_czsl(root: str | Path, split: str = DEFAULT_SPLIT, *, allow_novel_primitives: bool = False) -> CZSLSplit:
     """Read and check a CZSL split.
 
     Attributes and objects are the sorted (plain, case-sensitive) name sets over all three pair
@@ -193,6 +194,10 @@ def load_czsl(
     object of a val/test pair also occurs in some train pair, unless ``allow_novel_primitives`` is
     set (then such pairs are only counted and logged); every metadata entry is a dict with string
     ``image``, ``attr``, ``obj`` and ``set`` in ``train|val|test|NA``.
+
+    The same samples serve the closed and the open world. (The reference loaders test an entry's
+    pair against their column list, which in the open world is every attribute x object pair, so
+    there they also keep entries whose pair is in no pair file; this loader never does.)
 
     Args:
         root: dataset root.
@@ -214,9 +219,7 @@ def load_czsl(
     for phase in ("val", "test"):
         if not set(lists[phase]) - train_set:
             raise DataError(f"{files[phase]}: no unseen pairs (every {phase} pair is also a train pair)")
-        novel = [
-            (i + 1, a, o) for i, (a, o) in enumerate(lists[phase]) if a not in train_attrs or o not in train_objs
-        ]
+        novel = [(i + 1, a, o) for i, (a, o) in enumerate(lists[phase]) if a not in train_attrs or o not in train_objs]
         if novel:
             line, a, o = novel[0]
             name = a if a not in train_attrs else o
