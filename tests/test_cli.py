@@ -182,6 +182,19 @@ def test_czsl_closed_open_calibrated(tmp_path, capsys):
     assert len(line.split("%")[0].split()) == 4  # "1." attr obj probability
 
 
+def test_czsl_evaluates_a_saved_prompt(tmp_path, capsys):
+    root = make_czsl(tmp_path / "czsl")
+    out = tmp_path / "czsl_run"
+    args = ["czsl", *TINY, "--root", str(root), "--method", "czsl-coop", "--train.epochs", "1", "--seeds", "[3]"]
+    assert main([*args, "--train.batch_size", "6", "--world", "closed", "--out", str(out)]) == 0
+    trained = json.loads((out / "results.json").read_text())["per_seed"][0]
+    again = ["czsl", "--root", str(root), "--prompt", str(out / "seed3" / "prompt"), "--world", "closed"]
+    assert main([*again, "--out", str(tmp_path / "eval")]) == 0
+    evaluated = json.loads((tmp_path / "eval" / "results.json").read_text())["per_seed"][0]
+    for key in ("S", "U", "H", "AUC", "attr", "obj"):
+        assert evaluated[key] == pytest.approx(trained[key])
+
+
 def test_czsl_bad_world(tmp_path, capsys):
     root = make_czsl(tmp_path / "czsl")
     assert main(["czsl", *TINY, "--root", str(root), "--world", "half", "--out", str(tmp_path / "o")]) == 2

@@ -175,9 +175,13 @@ def test_few_shot_index_file_is_persisted_and_reused(tmp_path, image_root):
     chosen = [data.samples[i].path for i in (0, 1, 6, 7, 12, 13, 18, 19)]
     index.write_text(json.dumps({**saved, "paths": chosen}))
     assert [s.path for s in few_shot(data, 2, seed=1, index_file=index).samples] == chosen
-    # a file for other settings is not reused
-    other = few_shot(data, 3, seed=1, index_file=index)
-    assert len(other) == 12 and json.loads(index.read_text())["shots"] == 3
+    # a file for other settings is neither reused nor overwritten: it names what it holds
+    with pytest.raises(DataError, match="shots=2, seed=1, not shots=3, seed=1"):
+        few_shot(data, 3, seed=1, index_file=index)
+    assert json.loads(index.read_text())["paths"] == chosen
+    index.write_text("{not json")
+    with pytest.raises(DataError, match="shots2_seed1.json: not valid JSON"):
+        few_shot(data, 2, seed=1, index_file=index)
     index.write_text(json.dumps({"shots": 2, "seed": 1, "paths": ["/elsewhere/x.png"]}))
     with pytest.raises(DataError, match="not in the dataset, e.g. /elsewhere/x.png"):
         few_shot(data, 2, seed=1, index_file=index)

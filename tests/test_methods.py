@@ -193,8 +193,12 @@ def test_set_classes_keeps_context(vit_backbone):
         torch.testing.assert_close(coop.text_features(bb), fresh.text_features(bb), atol=1e-6, rtol=0)
 
     specific = CoOp(bb, NAMES[:3], CoOpConfig(n_ctx=4, class_specific=True))
-    with pytest.raises(ValueError, match="class-specific CoOp learned 3 contexts.*2 other classes"):
+    assert coop.transfers_to_new_classes and not specific.transfers_to_new_classes
+    with pytest.raises(ValueError, match="one context for each of its 3 classes, in order"):
         specific.set_classes(bb, NAMES[3:])
+    with pytest.raises(ValueError, match="in order"):  # same count, other classes: refused, not misapplied
+        specific.set_classes(bb, NAMES[1:4])
+    specific.set_classes(bb, NAMES[:3])
 
 
 def test_nearest_words(vit_backbone):

@@ -14,7 +14,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 
 from . import __version__
 from .backbones import Backbone, BackboneError
-from .data import DataError, load_rgb
+from .data import DataError, base_new_split, load_rgb
 from .engine import PRESETS, TrainConfig
 from .engine import distributed as dist
 from .evaluation import evaluate
@@ -77,6 +77,7 @@ def build_parser() -> ArgumentParser:
     _backbone_args(ev, optional=True)
     ev.add_argument("--data", type=DataConfig, default=DataConfig())
     ev.add_argument("--split", type=str, default="test")
+    ev.add_argument("--classes", type=str, default="all", help="all, base or new (the base-to-new halves)")
     commands.add_subcommand("eval", ev, help="evaluate a saved prompt")
 
     pr = ArgumentParser(description="Classify images with a saved prompt, or zero-shot from class names.")
@@ -97,8 +98,9 @@ def build_parser() -> ArgumentParser:
 
     cz = ArgumentParser(description="Compositional zero-shot: train on seen pairs, test in the closed / open world.")
     _common(cz)
-    _backbone_args(cz)
+    _backbone_args(cz, optional=True)
     cz.add_argument("--root", type=str, required=True, help="CZSL dataset root (MIT-States, UT-Zappos, C-GQA format)")
+    cz.add_argument("--prompt", type=str | None, default=None, help="evaluate this saved prompt instead of training")
     cz.add_argument("--split", type=str, default="compositional-split-natural")
     cz.add_argument("--method", type=str, default="csp", help=f"one of {', '.join(sorted(COMPOSITIONAL))}")
     cz.add_argument("--method_options", type=dict[str, Any], default={})
@@ -178,11 +180,12 @@ def cmd_eval(cfg: Namespace) -> int:
     data = DataConfig(**vars(cfg.data)).load(backbone.image_transform())
     if cfg.split not in data:
         raise DataError(f"split {cfg.split!r} not in the dataset (have {sorted(data)})")
-    dataset = data[cfg.split]
+    dataset = base_new_split(data[cfg.split], cfg.classes)
     if dataset.classnames != method.classes:
         method.set_classes(backbone, dataset.classnames)
     metrics = evaluate(method, backbone, dataset)
-    print(json.dumps({"prompt": cfg.prompt, "split": cfg.split, "n": len(dataset), **metrics}, indent=2))
+    summary = {"prompt": cfg.prompt, "split": cfg.split, "classes": cfg.classes, "n": len(dataset), **metrics}
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -225,12 +228,13 @@ def cmd_czsl(cfg: Namespace) -> int:
     from .czsl_runs import CZSLRun, run_czsl
 
     options = {k: v for k, v in vars(cfg).items() if k not in ("config", "backbone", "train", "preset", "__path__")}
+    backbone = _load_backbone_for_prompt(cfg, cfg.prompt)
     run = CZSLRun(
-        backbone=BackboneConfig(**vars(cfg.backbone)),
+        backbone=BackboneConfig(backbone.identity.model, cfg.backbone.pretrained, cfg.backbone.device),
         train=merged_train_config(cfg.preset, 0, vars(cfg.train)),
         **{k: (dict(v) if isinstance(v, Namespace) else v) for k, v in options.items()},
     )
-    run_czsl(run)
+    run_czsl(run, backbone)
     if dist.is_main():
         print((Path(run.out) / "results.md").read_text(), end="")
         print(f"run directory: {run.out}")

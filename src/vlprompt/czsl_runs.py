@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Iterator
@@ -15,11 +16,12 @@ from torch import Tensor
 
 from .backbones import Backbone
 from .data.czsl import CZSLSplit, load_czsl
-from .data.images import LabeledImages, Sample
+from .data.images import DataError, LabeledImages, Sample
 from .engine import FeatureCache, TrainConfig, fit, preset
 from .engine import distributed as dist
 from .evaluation import markdown_table, summarize
 from .evaluation.czsl import (
+    REFERENCE_GLOVE_ALIASES,
     CZSLResult,
     calibrate_feasibility,
     evaluate_split,
@@ -30,7 +32,7 @@ from .io import atomic_write_text
 from .methods import PromptMethod, build_method, method_class, pair_space
 from .methods.compositional import primitive_text
 from .plots import plot_seen_unseen_curve
-from .prompts import save_pretrained
+from .prompts import load_prompt, save_pretrained
 from .runs import BackboneConfig, prepare_out_dir, write_config, write_tables
 
 WORLDS = ("closed", "open", "both")
@@ -51,6 +53,7 @@ class CZSLRun:
         glove_fallback: what to do with a word the GloVe file lacks: "error", "zeros" or "skip".
         topk: top-k accuracy.
         skip_bad_images: leave out missing / unreadable images (counted and reported).
+        prompt: evaluate this saved prompt directory instead of training (seeds are ignored).
     """
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -58,7 +61,7 @@ class CZSLRun:
     split: str = "compositional-split-natural"
     method: str = "csp"
     method_options: dict[str, Any] = field(default_factory=dict)
-    train: TrainConfig = field(default_factory=lambda: CZSL_RECIPE)
+    train: TrainConfig = field(default_factory=lambda: preset("csp-mit-states"))
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     world: str = "both"
     calibrate: bool = True
@@ -69,34 +72,47 @@ class CZSLRun:
     out: str = "runs/czsl"
     resume: bool = False
     overwrite: bool = False
-
-
-#: CSP's recipe on MIT-States (the default of a CZSL run).
-CZSL_RECIPE = preset("csp-mit-states")
+    prompt: str | None = None
 
 
 def phase_images(split: CZSLSplit, phase: str, columns: list, skip_bad_images: bool = False) -> LabeledImages:
     """The images of ``phase`` as a labelled dataset whose labels index ``columns``."""
     index = split.pair_index(columns)
+    outside = [s for s in split.samples[phase] if (s.attr, s.obj) not in index]
+    if outside:
+        s = outside[0]
+        raise DataError(
+            f"{split.root}: {len(outside)} {phase} image(s) have a pair outside the {phase} label space, "
+            f"e.g. {s.image} ({s.attr} {s.obj})"
+        )
     samples = [Sample(str(split.image_dir / s.image), index[(s.attr, s.obj)]) for s in split.samples[phase]]
     names = [f"{a} {o}" for a, o in columns]
     return LabeledImages(samples, names, skip_bad_images=skip_bad_images)
 
 
-def pair_scores(
-    method: PromptMethod, backbone: Backbone, features: Tensor, columns: list, chunk: int = 1024
-) -> Iterator[Tensor]:
-    """Scores [chunk, len(columns)] of every image, chunk by chunk (pair features encoded once)."""
-    trained = method.classes["pairs"]
+@contextlib.contextmanager
+def scoring(method: PromptMethod, backbone: Backbone, columns: list) -> Iterator[Tensor | None]:
+    """Score ``columns`` inside the block; yields their class features, encoded once (no grad)."""
+    trained, was_training = method.classes["pairs"], method.training
     method.eval()
     method.set_classes(backbone, [list(p) for p in columns])
     try:
         with torch.no_grad():
             text = method.class_features(backbone)
-            for start in range(0, len(features), chunk):
-                yield method(backbone, features[start : start + chunk], text).float().cpu()
+        yield text
     finally:
         method.set_classes(backbone, trained)
+        method.train(was_training)
+
+
+def pair_scores(
+    method: PromptMethod, backbone: Backbone, features: Tensor, text: Tensor | None, chunk: int = 1024
+) -> Iterator[Tensor]:
+    """Scores of every image over the columns being scored (see :func:`scoring`), chunk by chunk."""
+    for start in range(0, len(features), chunk):
+        with torch.no_grad():
+            scores = method(backbone, features[start : start + chunk], text).float().cpu()
+        yield scores
 
 
 def _open_labels(split: CZSLSplit, images: LabeledImages, closed: list) -> Tensor:
@@ -110,14 +126,16 @@ def word_vectors(run: CZSLRun, split: CZSLSplit, backbone: Backbone) -> tuple[Te
         attrs = backbone.word_vectors([primitive_text(a) for a in split.attrs]).cpu()
         objs = backbone.word_vectors([primitive_text(o) for o in split.objs]).cpu()
         return attrs, objs
-    attrs = load_glove(run.word_vectors, split.attrs, fallback=run.glove_fallback)
-    objs = load_glove(run.word_vectors, split.objs, fallback=run.glove_fallback)
+    attrs = load_glove(run.word_vectors, split.attrs, fallback=run.glove_fallback, aliases=REFERENCE_GLOVE_ALIASES)
+    objs = load_glove(run.word_vectors, split.objs, fallback=run.glove_fallback, aliases=REFERENCE_GLOVE_ALIASES)
     return attrs.vectors, objs.vectors
 
 
 def _val_auc(method: PromptMethod, backbone: Backbone, split: CZSLSplit, features: Tensor, labels: Tensor) -> float:
-    scores = pair_scores(method, backbone, features, split.pairs)
-    return evaluate_split(scores, split, "val", "closed", pair_labels=labels).auc
+    with scoring(method, backbone, split.pairs) as text:
+        return evaluate_split(
+            pair_scores(method, backbone, features, text), split, "val", "closed", pair_labels=labels
+        ).auc
 
 
 def _row(result: CZSLResult, **keys: Any) -> dict[str, Any]:
@@ -136,11 +154,12 @@ def run_czsl(
     run: CZSLRun, backbone: Backbone | None = None, cache: FeatureCache | None = None, progress: bool = True
 ) -> list[dict[str, Any]]:
     """Train and evaluate ``run.method`` for every seed; write prompts, results, tables and curves."""
-    method_class(run.method).Config.from_dict(run.method_options, run.method)
+    if not run.prompt:
+        method_class(run.method).Config.from_dict(run.method_options, run.method)
     if run.world not in WORLDS:
         raise ValueError(f"world must be one of {WORLDS}, not {run.world!r}")
     out = prepare_out_dir(run.out, run.resume, run.overwrite)
-    write_config(out, {"command": "czsl", **dataclasses.asdict(run)})
+    write_config(out, {"command": "czsl", **dataclasses.asdict(run)}, run.resume)
     backbone = backbone or run.backbone.load()
     cache = cache or FeatureCache()
     split = load_czsl(run.root, run.split)
@@ -159,79 +178,88 @@ def run_czsl(
         feasibility = feasibility_scores(split, *word_vectors(run, split, backbone))
 
     rows, curves = [], {}
-    for seed in run.seeds:
-        seed_dir = out / f"seed{seed}"
-        seed_dir.mkdir(exist_ok=True)
-        torch.manual_seed(seed)
-        method = build_method(
-            run.method, backbone, pair_space(split.attrs, split.objs, split.train_pairs), run.method_options
-        )
-        fit_info: dict[str, Any] = {}
-        if any(p.requires_grad for p in method.parameters()):
-            scorer = partial(_val_auc, split=split, features=val_feats, labels=val_labels)
-            result = fit(
-                method,
-                backbone,
-                train_set,
-                replace(run.train, seed=seed),
-                scorer=scorer,
-                run_dir=seed_dir,
-                resume=run.resume,
-                cache=cache,
-                progress=progress,
+    for seed in [None] if run.prompt else run.seeds:
+        if run.prompt:
+            method = load_prompt(run.prompt, backbone)
+            method.set_classes(backbone, [list(p) for p in split.train_pairs])
+            seed_dir, keys, fit_info = None, {"method": method.name, "prompt": run.prompt}, {}
+        else:
+            seed_dir = out / f"seed{seed}"
+            seed_dir.mkdir(exist_ok=True)
+            torch.manual_seed(seed)
+            method = build_method(
+                run.method, backbone, pair_space(split.attrs, split.objs, split.train_pairs), run.method_options
             )
-            fit_info = {
-                "selected_epoch": result.selected_epoch,
-                "val_auc": result.selected_score,
-                "train_seconds": round(result.seconds, 2),
-            }
-        keys = {"method": run.method, "seed": seed}
+            keys, fit_info = {"method": run.method, "seed": seed}, {}
+            if any(p.requires_grad for p in method.parameters()):
+                scorer = partial(_val_auc, split=split, features=val_feats, labels=val_labels)
+                train_cfg = replace(run.train, seed=seed)
+                result = fit(
+                    method,
+                    backbone,
+                    train_set,
+                    train_cfg,
+                    scorer=scorer,
+                    run_dir=seed_dir,
+                    resume=run.resume,
+                    cache=cache,
+                    progress=progress,
+                )
+                fit_info = {
+                    "selected_epoch": result.selected_epoch,
+                    "val_auc": result.selected_score,
+                    "train_seconds": round(result.seconds, 2),
+                }
+        seed_rows = []
         if "closed" in worlds:
-            res = evaluate_split(
-                pair_scores(method, backbone, test_feats, closed),
-                split,
-                "test",
-                "closed",
-                pair_labels=test_labels,
-                topk=run.topk,
-            )
-            rows.append(_row(res, world="closed", **keys, **fit_info))
-            curves.setdefault(f"{run.method} closed", (res.unseen_acc, res.seen_acc))
+            with scoring(method, backbone, closed) as text:
+                res = evaluate_split(
+                    pair_scores(method, backbone, test_feats, text),
+                    split,
+                    "test",
+                    "closed",
+                    pair_labels=test_labels,
+                    topk=run.topk,
+                )
+            seed_rows.append(_row(res, world="closed", **keys, **fit_info))
+            curves.setdefault(f"{keys['method']} closed", (res.unseen_acc, res.seen_acc))
         if "open" in worlds:
             open_cols = split.open_world_pairs()
             open_test = _open_labels(split, test_set, closed)
-            res = evaluate_split(
-                pair_scores(method, backbone, test_feats, open_cols),
-                split,
-                "test",
-                "open",
-                pair_labels=open_test,
-                topk=run.topk,
-            )
-            rows.append(_row(res, world="open", **keys, **fit_info))
-            if feasibility is not None:
-                seen = split.seen_mask(open_cols)
-                calib = calibrate_feasibility(
-                    pair_scores(method, backbone, val_feats, open_cols),
-                    _open_labels(split, val_set, closed),
-                    seen,
-                    feasibility,
-                    topk=run.topk,
-                )
+            with scoring(method, backbone, open_cols) as text:  # open-world pair features encoded once
                 res = evaluate_split(
-                    pair_scores(method, backbone, test_feats, open_cols),
+                    pair_scores(method, backbone, test_feats, text),
                     split,
                     "test",
                     "open",
                     pair_labels=open_test,
-                    removed_mask=calib.removed_mask(feasibility, seen),
                     topk=run.topk,
                 )
-                rows.append(_row(res, world="open+calibrated", threshold=calib.threshold, **keys, **fit_info))
-        if dist.is_main():
+                seed_rows.append(_row(res, world="open", **keys, **fit_info))
+                if feasibility is not None:
+                    seen = split.seen_mask(open_cols)
+                    calib = calibrate_feasibility(
+                        pair_scores(method, backbone, val_feats, text),
+                        _open_labels(split, val_set, closed),
+                        seen,
+                        feasibility,
+                        topk=run.topk,
+                    )
+                    res = evaluate_split(
+                        pair_scores(method, backbone, test_feats, text),
+                        split,
+                        "test",
+                        "open",
+                        pair_labels=open_test,
+                        removed_mask=calib.removed_mask(feasibility, seen),
+                        topk=run.topk,
+                    )
+                    seed_rows.append(_row(res, world="open+calibrated", threshold=calib.threshold, **keys, **fit_info))
+        rows += seed_rows
+        if dist.is_main() and seed_dir is not None:
             method.set_classes(backbone, [list(p) for p in closed])
             save_pretrained(method, backbone, seed_dir / "prompt", extra={"seed": seed, "dataset": str(run.root)})
-            atomic_write_text(seed_dir / "results.json", json.dumps([r for r in rows if r["seed"] == seed], indent=2))
+            atomic_write_text(seed_dir / "results.json", json.dumps(seed_rows, indent=2))
     if dist.is_main():
         write_tables(out, rows, ["method", "world"])
         plot_seen_unseen_curve(curves, out / "seen_unseen_curve.png")
@@ -246,7 +274,7 @@ class CZSLDemoEntry:
     train: TrainConfig
 
 
-_DEMO_TRAIN = replace(CZSL_RECIPE, epochs=10, batch_size=128, lr=5e-4)
+_DEMO_TRAIN = replace(preset("csp-ut-zappos"), epochs=10)
 #: The CZSL part of ``vlprompt demo`` (UT-Zappos-like recipe, sized for a CPU).
 CZSL_DEMO: tuple[CZSLDemoEntry, ...] = (
     CZSLDemoEntry("czsl-zeroshot", "czsl-zeroshot", {}, _DEMO_TRAIN),

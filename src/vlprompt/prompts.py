@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import warnings
@@ -127,7 +128,13 @@ def load_prompt(directory: str | Path, backbone: Backbone, strict_backbone: bool
             raise PromptFileError(message)
         warnings.warn(message, BackboneMismatchWarning, stacklevel=2)
     cls = method_class(config["method"])
-    method = cls(backbone, config["classes"], cls.Config.from_dict(config["config"], cls.name))
+    options = dict(config["config"])
+    known = {f.name for f in dataclasses.fields(cls.Config)}
+    if set(options) - known:
+        warnings.warn(
+            f"{directory}: ignoring unknown {cls.name} option(s) {sorted(set(options) - known)}", stacklevel=2
+        )
+    method = cls(backbone, config["classes"], cls.Config.from_dict({k: options[k] for k in known & set(options)}))
     tensors = load_tensors(Path(directory) / TENSORS_FILE)
     missing, unexpected = method.load_state_dict(tensors, strict=False)
     if missing or unexpected:

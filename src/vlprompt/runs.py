@@ -86,7 +86,12 @@ class DataConfig:
             for split in ("train", "test"):
                 if not dirs[split]:
                     raise DataError(f"data.{split}_dir is required for format imagefolder")
-            return {s: image_folder(d, transform, self.skip_bad_images) for s, d in dirs.items() if d}
+            train = image_folder(dirs["train"], transform, self.skip_bad_images)
+            splits = {"train": train}
+            for split in ("val", "test"):
+                if dirs[split]:
+                    splits[split] = image_folder(dirs[split], transform, self.skip_bad_images, train.classnames)
+            return splits
         raise DataError(f"data.format must be 'split-json' or 'imagefolder', not {self.format!r}")
 
 
@@ -128,9 +133,18 @@ def prepare_out_dir(out: str | Path, resume: bool, overwrite: bool) -> Path:
     return out
 
 
-def write_config(run_dir: Path, config: dict[str, Any]) -> None:
+def write_config(run_dir: Path, config: dict[str, Any], resume: bool = False) -> None:
+    """Write the resolved ``config.yaml``; when resuming, the run's config must not have changed."""
+    path = run_dir / "config.yaml"
+    if resume and path.is_file():
+        saved = yaml.safe_load(path.read_text())
+        ignore = {"resume", "overwrite"}
+        changed = sorted(k for k in set(saved) | set(config) if k not in ignore and saved.get(k) != config.get(k))
+        if changed:
+            raise ValueError(f"cannot resume {run_dir}: its config differs in {changed} (start a new --out instead)")
+        return
     if dist.is_main():
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
 
 
 def run_classification(
@@ -145,7 +159,7 @@ def run_classification(
     """
     method_class(run.method).Config.from_dict(run.method_options, run.method)  # fail before any work
     out = prepare_out_dir(run.out, run.resume, run.overwrite)
-    write_config(out, {"command": "train", **dataclasses.asdict(run)})
+    write_config(out, {"command": "train", **dataclasses.asdict(run)}, run.resume)
     backbone = backbone or run.backbone.load()
     cache = cache or FeatureCache(run.feature_cache_dir)
     splits = run.data.load(backbone.image_transform())
@@ -176,6 +190,8 @@ def run_classification(
             )
         torch.manual_seed(seed)
         method = build_method(run.method, backbone, train_set.classnames, run.method_options)
+        if base_to_new and not method.transfers_to_new_classes:
+            raise ValueError(f"{run.method} with these options cannot score new classes: no base-to-new protocol")
         train_cfg = dataclasses.replace(run.train, seed=seed)
         if val_set is None and train_cfg.select == "best":
             raise DataError("train.select=best needs a validation split, and this dataset has none")

@@ -18,7 +18,6 @@ from typing import Any
 
 import open_clip
 import torch
-import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
@@ -155,9 +154,17 @@ class Backbone(nn.Module):
         """Position of the (first) end-of-text token in each row of ``ids``."""
         return (ids == self.eot_token_id).int().argmax(dim=-1)
 
+    def token_ids(self, text: str) -> list[int]:
+        """BPE token ids of ``text``, without start and end tokens."""
+        return list(self.tokenizer.encode(text))
+
+    def token_text(self, token_id: int) -> str:
+        """The text of one BPE token (without the end-of-word mark)."""
+        return self.tokenizer.decoder[int(token_id)].replace("</w>", "")
+
     def bpe_length(self, text: str) -> int:
         """Number of BPE tokens of ``text`` without start and end tokens."""
-        return len(self.tokenizer.encode(text))
+        return len(self.token_ids(text))
 
     def token_embedding(self, ids: Tensor) -> Tensor:
         """Word embeddings of token ids, float32."""
@@ -171,7 +178,7 @@ class Backbone(nn.Module):
         """One vector per word or phrase: the mean embedding of its BPE tokens, float32 [N, width]."""
         vectors = []
         for word in words:
-            ids = self.tokenizer.encode(word)
+            ids = self.token_ids(word)
             if not ids:
                 raise BackboneError(f"{word!r} has no BPE tokens")
             vectors.append(self.token_embedding(torch.tensor(ids)).mean(dim=0))
@@ -297,10 +304,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
-
-
-def normalize(x: Tensor) -> Tensor:
-    return F.normalize(x, dim=-1)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -56,6 +56,8 @@ def load_backbone(
         backbone = tiny_random_backbone("resnet" if name.endswith("resnet") else "vit")
     elif name.startswith("vlprompt/"):
         raise BackboneError(f"unknown bundled backbone {name!r}; available: {', '.join(available_backbones())}")
+    elif name.startswith(("hf-hub:", "local-dir:")):
+        backbone = _load_open_clip(name, pretrained)
     elif _looks_like_file(name):
         backbone = _load_openai_format(Path(name), quick_gelu=True if quick_gelu is None else quick_gelu)
     else:
@@ -105,9 +107,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         )
     if path.suffix == ".safetensors":
         return load_file(str(path))
-    if zipfile.is_zipfile(path) and any(
-        n.endswith("/code/__torch__.py") or "/code/" in n for n in zipfile.ZipFile(path).namelist()
-    ):
+    if _is_torchscript(path):
         # OpenAI's released .pt files are TorchScript archives: read their tensors, run nothing.
         return torch.jit.load(str(path), map_location="cpu").state_dict()
     try:
@@ -119,6 +119,13 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise BackboneError(f"{path}: expected a state dict, found {type(state).__name__}")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in n for n in archive.namelist())
 
 
 def _load_openai_format(path: Path, quick_gelu: bool) -> Backbone:

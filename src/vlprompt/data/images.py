@@ -115,14 +115,29 @@ class LabeledImages(Dataset):
         return out
 
 
-def image_folder(root: str | Path, transform: Callable | None = None, skip_bad_images: bool = False) -> LabeledImages:
-    """One sub-folder per class (sorted names are labels 0..C-1), images inside."""
+def image_folder(
+    root: str | Path,
+    transform: Callable | None = None,
+    skip_bad_images: bool = False,
+    classnames: Sequence[str] | None = None,
+) -> LabeledImages:
+    """One sub-folder per class (sorted names are labels 0..C-1), images inside.
+
+    Args:
+        classnames: the label space to use (e.g. the training split's); the folders must match it
+            exactly, so that a label means the same class in every split.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"{root} has no class sub-folders")
+    if classnames is not None and classes != sorted(classnames):
+        missing = sorted(set(classnames) - set(classes))
+        extra = sorted(set(classes) - set(classnames))
+        raise DataError(f"{root}: class folders differ from the training classes (missing {missing}, extra {extra})")
+    classes = list(classnames) if classnames is not None else classes
     samples = []
     for label, name in enumerate(classes):
         files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)

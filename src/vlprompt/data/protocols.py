@@ -52,8 +52,16 @@ def few_shot(
         return dataset
     paths = [s.path for s in dataset.samples]
     if index_file is not None and Path(index_file).is_file():
-        saved = json.loads(Path(index_file).read_text())
-        if saved.get("shots") == shots and saved.get("seed") == seed and len(saved.get("paths", [])) > 0:
+        try:
+            saved = json.loads(Path(index_file).read_text())
+        except json.JSONDecodeError as err:
+            raise DataError(f"{index_file}: not valid JSON ({err}); delete it to draw the subset again") from None
+        if saved.get("shots") != shots or saved.get("seed") != seed:
+            raise DataError(
+                f"{index_file} holds a subset for shots={saved.get('shots')}, seed={saved.get('seed')}, "
+                f"not shots={shots}, seed={seed}: use another run directory or delete the file"
+            )
+        if saved.get("paths"):
             where = {p: i for i, p in enumerate(paths)}
             missing = [p for p in saved["paths"] if p not in where]
             if missing:

@@ -13,35 +13,42 @@ def init_from_env() -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
+        backend = "gloo"
+        if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            backend = "cpu:gloo,cuda:nccl"  # gradients over nccl; small CPU reductions (metrics, RNG) over gloo
         dist.init_process_group(backend=backend)
     return True
 
 
 def is_distributed() -> bool:
+    """Whether this process is one of several in an initialised process group."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank() -> int:
+    """This process's rank (0 when not distributed)."""
     return dist.get_rank() if is_distributed() else 0
 
 
 def world_size() -> int:
+    """Number of processes (1 when not distributed)."""
     return dist.get_world_size() if is_distributed() else 1
 
 
 def is_main() -> bool:
+    """Rank 0: the process that writes files."""
     return rank() == 0
 
 
 def barrier() -> None:
+    """Wait for every process (no-op when not distributed)."""
     if is_distributed():
         dist.barrier()
 
 
 def default_device() -> torch.device:
+    """This process's GPU under torchrun (LOCAL_RANK), else the CPU."""
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")

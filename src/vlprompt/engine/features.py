@@ -67,9 +67,8 @@ class FeatureCache:
             loader = DataLoader(dataset.subset(todo), batch_size=self.batch_size, num_workers=self.num_workers)
             it = tqdm(loader, desc="image features", disable=not progress, leave=False)
             out = []
-            for pixels, _ in it:
-                with _autocast(backbone.device):
-                    out.append(backbone.encode_image(pixels).float().cpu())
+            for pixels, _ in it:  # fp32, like predict: cached and fresh features agree
+                out.append(backbone.encode_image(pixels).float().cpu())
             for i, row in zip(todo, torch.cat(out)):
                 if image_keys[i] not in index:
                     index[image_keys[i]] = len(rows)
@@ -85,8 +84,3 @@ class FeatureCache:
         metadata = {"keys": json.dumps(keys)}
         atomic_write(self.directory / f"{key}.safetensors", lambda tmp: save_file(table, tmp, metadata=metadata))
 
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    return torch.autocast("cpu", enabled=False)

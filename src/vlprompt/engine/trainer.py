@@ -90,6 +90,8 @@ class TrainConfig:
             raise ValueError(f"select must be 'last' or 'best', not {self.select!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
+        if self.select == "best" and self.eval_every < 1:
+            raise ValueError("select='best' compares epochs on validation: set eval_every >= 1")
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("epochs, batch_size and grad_accum must be positive")
 
@@ -198,6 +200,8 @@ def fit(
         result.selected_epoch, result.selected_score = state["selected_epoch"], state["selected_score"]
         random.setstate(_tuple_state(state["python_rng"]))
         torch.set_rng_state(state["torch_rng"][rank].cpu())
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"][rank].cpu(), device)
         if dist.is_main():
             log.info("resumed from %s at epoch %d", run_dir / CHECKPOINT, start_epoch)
     if run_dir and dist.is_main():
@@ -344,11 +348,9 @@ def _tuple_state(state: Any) -> Any:
 
 def _save_checkpoint(path, method, optimizer, scheduler, scaler, epoch, result: FitResult, best_state) -> None:
     """Every rank calls this (to gather RNG states); rank 0 writes atomically."""
-    torch_rng = [torch.get_rng_state()]
-    if dist.is_distributed():
-        gathered = [torch.empty_like(torch_rng[0]) for _ in range(dist.world_size())]
-        torch.distributed.all_gather(gathered, torch_rng[0])
-        torch_rng = gathered
+    device = next(method.parameters()).device
+    torch_rng = _gather(torch.get_rng_state())
+    cuda_rng = _gather(torch.cuda.get_rng_state(device)) if device.type == "cuda" else None
     state = {
         "method": method.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -361,9 +363,19 @@ def _save_checkpoint(path, method, optimizer, scheduler, scaler, epoch, result: 
         "best_state": best_state,
         "python_rng": list(_list_state(random.getstate())),
         "torch_rng": torch_rng,
+        "cuda_rng": cuda_rng,
     }
     if dist.is_main():
         atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def _gather(state: Tensor) -> list[Tensor]:
+    """Every rank's copy of a CPU state tensor (all ranks must call this)."""
+    if not dist.is_distributed():
+        return [state]
+    gathered = [torch.empty_like(state) for _ in range(dist.world_size())]
+    torch.distributed.all_gather(gathered, state)
+    return gathered
 
 
 def _list_state(state: Any) -> Any:

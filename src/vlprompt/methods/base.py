@@ -56,7 +56,12 @@ class PromptMethod(nn.Module):
     # ---------------------------------------------------------------- label set
     def set_classes(self, backbone: Backbone, classes: Any) -> None:
         """Score a new label set with the same learned tensors."""
-        raise NotImplementedError(f"{self.name} cannot change its classes after training")
+        raise ValueError(f"{self.name} learned one output per training class: it cannot score other classes")
+
+    @property
+    def transfers_to_new_classes(self) -> bool:
+        """Whether ``set_classes`` can score classes not seen in training (base-to-new)."""
+        return type(self).set_classes is not PromptMethod.set_classes
 
     @property
     def num_classes(self) -> int:
@@ -92,8 +97,9 @@ class PromptMethod(nn.Module):
 
 def cosine_logits(image_features: Tensor, text_features: Tensor, scale: Tensor | float) -> Tensor:
     """scale · normalize(image) · normalize(text)ᵀ, for [C, D] or per-image [B, C, D] text features."""
-    img = F.normalize(image_features.float(), dim=-1)
-    txt = F.normalize(text_features.float(), dim=-1)
-    if txt.dim() == 3:
-        return scale * torch.einsum("bd,bcd->bc", img, txt)
-    return scale * img @ txt.t()
+    with torch.autocast(image_features.device.type, enabled=False):  # logits in fp32 even under AMP
+        img = F.normalize(image_features.float(), dim=-1)
+        txt = F.normalize(text_features.float(), dim=-1)
+        if txt.dim() == 3:
+            return scale * torch.einsum("bd,bcd->bc", img, txt)
+        return scale * img @ txt.t()

@@ -20,8 +20,8 @@ from .zeroshot import ensemble_text_features
 
 
 def primitive_text(name: str) -> str:
-    """How a primitive name is read: lower-cased, '.' and '_' as spaces (Faux.Fur -> faux fur)."""
-    return name.replace(".", " ").replace("_", " ").lower().strip()
+    """How a primitive name is read, as CSP does: lower-cased, '.' as a space (Faux.Fur -> faux fur)."""
+    return name.replace(".", " ").lower().strip()
 
 
 def pair_space(attrs: list[str], objs: list[str], pairs: list) -> dict[str, Any]:
@@ -88,11 +88,13 @@ class CompositionalPrompt(PairMethod):
 
     learn_vocabulary: bool = True
     learn_context: bool = False
+    #: pairs encoded per text-tower pass (open-world C-GQA has 278,362 of them).
+    pair_chunk: int = 4096
 
     def __init__(self, backbone: Backbone, classes: dict[str, Any], config: MethodConfig | None = None):
         super().__init__(backbone, classes, config)
         ids = backbone.tokenize([self.config.template])[0]
-        x_id = backbone.tokenizer.encode("x")[0]
+        x_id = backbone.token_ids("x")[0]
         slots = (ids == x_id).nonzero().flatten().tolist()
         eot = int(backbone.eot_index(ids[None])[0])
         if len(slots) != 2 or slots[1] != slots[0] + 1 or slots[1] + 1 != eot:
@@ -117,21 +119,24 @@ class CompositionalPrompt(PairMethod):
         if self.training and dropout > 0:
             vocab = F.dropout(vocab, dropout)
         n_attrs = len(self.classes["attrs"])
-        attr = vocab[self.pair_attr].unsqueeze(1)
-        obj = vocab[n_attrs + self.pair_obj].unsqueeze(1)
-        count = attr.shape[0]
-        embeds = torch.cat(
-            [
-                self.start.expand(count, -1, -1),
-                self.context.expand(count, -1, -1),
-                attr,
-                obj,
-                self.end.expand(count, -1, -1),
-            ],
-            dim=1,
-        )
-        eot = torch.full((count,), embeds.shape[1] - 1, device=embeds.device)
-        return backbone.encode_text_embeddings(embeds, eot)
+        feats = []
+        for start in range(0, self.num_classes, self.pair_chunk):
+            attr = vocab[self.pair_attr[start : start + self.pair_chunk]].unsqueeze(1)
+            obj = vocab[n_attrs + self.pair_obj[start : start + self.pair_chunk]].unsqueeze(1)
+            count = attr.shape[0]
+            embeds = torch.cat(
+                [
+                    self.start.expand(count, -1, -1),
+                    self.context.expand(count, -1, -1),
+                    attr,
+                    obj,
+                    self.end.expand(count, -1, -1),
+                ],
+                dim=1,
+            )
+            eot = torch.full((count,), embeds.shape[1] - 1, device=embeds.device)
+            feats.append(backbone.encode_text_embeddings(embeds, eot))
+        return torch.cat(feats)
 
 
 class CSP(CompositionalPrompt):

@@ -54,11 +54,15 @@ class CoOp(PromptMethod):
         self.ctx = nn.Parameter(init.to(backbone.device))
         self.layout = PromptLayout(backbone, self.classes, self.n_ctx, cfg.class_token_position)
 
+    @property
+    def transfers_to_new_classes(self) -> bool:
+        return not self.config.class_specific
+
     def set_classes(self, backbone: Backbone, classes: Sequence[str]) -> None:
-        if self.config.class_specific and len(classes) != self.ctx.shape[0]:
+        if self.config.class_specific and list(classes) != self.classes:
             raise ValueError(
-                f"class-specific CoOp learned {self.ctx.shape[0]} contexts; it cannot score "
-                f"{len(classes)} other classes (train with class_specific=false to transfer)"
+                f"class-specific CoOp learned one context for each of its {len(self.classes)} classes, in order; "
+                "it cannot score other classes (train with class_specific=false to transfer)"
             )
         self.classes = list(classes)
         self.layout = PromptLayout(backbone, self.classes, self.n_ctx, self.config.class_token_position)
@@ -74,8 +78,7 @@ class CoOp(PromptMethod):
         table = backbone.token_embedding_table.float()
         dist = torch.cdist(ctx, table, compute_mode="donot_use_mm_for_euclid_dist")
         values, ids = dist.topk(k, largest=False)
-        decoder = backbone.tokenizer.decoder
         return [
-            [(decoder[int(i)].replace("</w>", ""), float(v)) for v, i in zip(row_v, row_i)]
+            [(backbone.token_text(int(i)), float(v)) for v, i in zip(row_v, row_i)]
             for row_v, row_i in zip(values, ids)
         ]

@@ -63,8 +63,8 @@ class PromptLayout(nn.Module):
         self.register_buffer("prefix", embeds[:, :1].clone(), persistent=False)
         self.register_buffer("suffix", embeds[:, 1 + n_ctx :].clone(), persistent=False)
         self.register_buffer("eot_index", eot, persistent=False)
-        name_lens = [backbone.bpe_length(name) for name in names]
-        order = _class_position_order(name_lens, n_ctx, length, position)
+        name_lens = [backbone.bpe_length(name) for name in names]  # class words between context and "."
+        order = _class_position_order(name_lens, n_ctx, length, position).to(backbone.device)
         self.register_buffer("order", order, persistent=False)
 
     @property
@@ -92,17 +92,22 @@ class PromptLayout(nn.Module):
         return embeds
 
     def encode(self, backbone: Backbone, ctx: Tensor, chunk_size: int = 0) -> Tensor:
-        """Text features [*lead, C, D] of the prompts built from ``ctx``, in chunks of prompts."""
+        """Text features of the prompts built from ``ctx``: [C, D], or [B, C, D] for per-image contexts.
+
+        Per-image contexts ([B, 1 or C, n, d]) are assembled and encoded a few images at a time, so
+        that at most ``chunk_size`` prompts exist at once (0: all at once).
+        """
+        if ctx.dim() <= 3:
+            return self._encode(backbone, ctx)
+        step = max(1, chunk_size // self.num_classes) if chunk_size > 0 else ctx.shape[0]
+        return torch.cat([self._encode(backbone, ctx[i : i + step]) for i in range(0, ctx.shape[0], step)])
+
+    def _encode(self, backbone: Backbone, ctx: Tensor) -> Tensor:
         embeds = self.assemble(ctx)
         lead = embeds.shape[:-3]
         flat = embeds.reshape(-1, *embeds.shape[-2:])
         eot = self.eot_index.expand(*lead, -1).reshape(-1)
-        step = chunk_size if chunk_size > 0 else flat.shape[0]
-        feats = [
-            backbone.encode_text_embeddings(flat[i : i + step], eot[i : i + step])
-            for i in range(0, flat.shape[0], step)
-        ]
-        return torch.cat(feats).reshape(*lead, self.num_classes, -1)
+        return backbone.encode_text_embeddings(flat, eot).reshape(*lead, self.num_classes, -1)
 
 
 def _class_position_order(name_lens: Sequence[int], n_ctx: int, length: int, position: str) -> Tensor:
@@ -125,7 +130,7 @@ def _class_position_order(name_lens: Sequence[int], n_ctx: int, length: int, pos
 
 def phrase_embeddings(backbone: Backbone, phrase: str) -> Tensor:
     """Word embeddings [n, d] of the BPE tokens of ``phrase`` (e.g. "a photo of a" gives 4)."""
-    ids = backbone.tokenizer.encode(phrase)
+    ids = backbone.token_ids(phrase)
     if not ids:
         raise ValueError(f"context init phrase {phrase!r} has no tokens")
     return backbone.token_embedding(torch.tensor(ids))
