@@ -31,7 +31,11 @@ class DemoEntry:
 
 _SGD = TrainConfig(epochs=20, batch_size=32, lr=0.002, schedule="coop", warmup_epochs=1)
 
-#: Few-shot classification on the "pairs" view (100 colour-shape classes, 16 shots).
+#: The few-shot classification view of the benchmark the demo uses. The shipped tiny model knows colours
+#: but not yet shapes (see its card), so the demo classifies the 10 colours under the benchmark's warm light.
+VIEW = "colours"
+
+#: Few-shot classification entries (16 shots).
 CLASSIFICATION: tuple[DemoEntry, ...] = (
     DemoEntry("zeroshot", "zeroshot", {"templates": ["a photo of a {}."]}, _SGD),
     DemoEntry("zeroshot-ensemble", "zeroshot", {"templates": ["a photo of a {}."], "ensemble": "coop7"}, _SGD),
@@ -91,7 +95,7 @@ def run_demo(
         if entry.label not in wanted:
             continue
         run = ClassificationRun(
-            data=DataConfig(root=str(paths.image_root), split_file=str(paths.splits["pairs"]), shots=shots),
+            data=DataConfig(root=str(paths.image_root), split_file=str(paths.splits[VIEW]), shots=shots),
             method=entry.method,
             method_options=entry.options,
             train=entry.train,

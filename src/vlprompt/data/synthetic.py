@@ -29,6 +29,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ __all__ = [
     "VERSION",
     "VIEWS",
     "BenchmarkPaths",
+    "Caption",
     "WebData",
     "benchmark_images",
     "build_benchmark",
@@ -168,12 +170,15 @@ class _DomainStyle:
     radius: tuple[float, float]  # shape radius as a fraction of the image side
     noise: tuple[float, float]  # pixel noise sigma range
     clutter: tuple[int, int]  # number of distractor strokes
+    rotation: float  # largest rotation of the shape, in radians
     illuminant: tuple[float, float, float] | None
 
 
 _STYLES = {
-    "web": _DomainStyle(radius=(0.26, 0.4), noise=(0.0, 5.0), clutter=(0, 0), illuminant=None),
-    "benchmark": _DomainStyle(radius=(0.18, 0.27), noise=(3.0, 9.0), clutter=(4, 10), illuminant=BENCHMARK_ILLUMINANT),
+    "web": _DomainStyle(radius=(0.3, 0.45), noise=(0.0, 5.0), clutter=(0, 0), rotation=0.3, illuminant=None),
+    "benchmark": _DomainStyle(
+        radius=(0.22, 0.32), noise=(3.0, 9.0), clutter=(4, 10), rotation=0.3, illuminant=BENCHMARK_ILLUMINANT
+    ),
 }
 
 _YY, _XX = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32)
@@ -268,9 +273,9 @@ def render_array(
     radius = rng.uniform(*style.radius) * IMAGE_SIZE
     margin = radius * 1.1
     cx, cy = rng.uniform(margin, IMAGE_SIZE - margin, size=2)
-    mask = _shape_mask(shape, cx, cy, radius, rng.uniform(-0.7, 0.7))[..., None]
+    mask = _shape_mask(shape, cx, cy, radius, rng.uniform(-style.rotation, style.rotation))[..., None]
     fill = _object_colour(colour, rng)
-    second = np.full(3, 235.0 if fill.mean() < 110 else 25.0, np.float32)
+    second = 0.35 * fill + 0.65 * (235.0 if fill.mean() < 110 else 25.0)
     pattern = _texture(texture, rng)[..., None]
     foreground = fill * (1 - pattern) + second * pattern
     image = image * (1 - mask) + foreground * mask
@@ -344,7 +349,7 @@ _BOTH = (
     "{a} {c} {s} {tp}",
     "the {s} is {c}",
     "{a} {s} coloured {c}",
-    "{c} {s} on a plain background",
+    "{c} {s} on its own",
     "clipart of {a} {c} {s}",
     "a drawing of {a} {c} {s}",
     "this {s} is {c} and {t}",
@@ -358,7 +363,16 @@ def _pick(options: Sequence[str], rng: np.random.Generator) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def caption(colour: str, shape: str, texture: str, rng: np.random.Generator) -> str:
+class Caption(NamedTuple):
+    """A caption and which primitives it names (anything it does not name, it does not contradict)."""
+
+    text: str
+    colour: bool
+    shape: bool
+    texture: bool
+
+
+def caption(colour: str, shape: str, texture: str, rng: np.random.Generator) -> Caption:
     """A varied caption of a web image: synonyms, texture words, sometimes only colour or only shape.
 
     Canonical names (``red``, ``circle``) are used half of the time. No caption contains "a photo of a".
@@ -366,14 +380,16 @@ def caption(colour: str, shape: str, texture: str, rng: np.random.Generator) -> 
     c = colour if rng.random() < 0.5 else _pick(_COLOUR_WORDS[colour], rng)
     s = shape if rng.random() < 0.5 else _pick(_SHAPE_WORDS[shape], rng)
     which = rng.random()
-    templates = _BOTH if which < 0.72 else _COLOUR_ONLY if which < 0.86 else _SHAPE_ONLY
+    templates = _BOTH if which < 0.7 else _COLOUR_ONLY if which < 0.8 else _SHAPE_ONLY
     template = _pick(templates, rng)
-    text = template.format(a="{a}", c=c, s=s, t=_pick(_TEXTURE_WORDS[texture], rng), tp=_pick(_TEXTURE_PHRASES[texture], rng))
+    text = template.format(
+        a="{a}", c=c, s=s, t=_pick(_TEXTURE_WORDS[texture], rng), tp=_pick(_TEXTURE_PHRASES[texture], rng)
+    )
     while "{a}" in text:  # choose each article from the word that follows it
         head, tail = text.split("{a}", 1)
         article = "an" if tail.lstrip()[:1] in tuple("aeiou") else "a"
         text = head + article + tail
-    return text
+    return Caption(text, "{c}" in template, "{s}" in template, "{t}" in template or "{tp}" in template)
 
 
 # ------------------------------------------------------------------------------------ web domain
@@ -383,6 +399,7 @@ class WebData:
 
     images: np.ndarray  # uint8 [N, H, W, 3]
     captions: list[str]
+    mentions: np.ndarray  # bool [N, 3]: does the caption name the colour, the shape, the texture
     colours: np.ndarray  # int64 [N], index into COLOURS
     shapes: np.ndarray  # int64 [N], index into SHAPES
     textures: np.ndarray  # int64 [N], index into TEXTURES
@@ -403,12 +420,17 @@ def web_dataset(n: int, seed: int, with_captions: bool = True) -> WebData:
     textures = rng.integers(len(TEXTURES), size=n)
     images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     captions: list[str] = []
+    mentions = np.zeros((n if with_captions else 0, 3), bool)
     for i in range(n):
         colour, shape, texture = colour_names[colours[i]], SHAPES[shapes[i]], TEXTURES[textures[i]]
         images[i] = render_array(colour, shape, "web", rng, texture)
         if with_captions:
-            captions.append(caption(colour, shape, texture, rng))
-    return WebData(images, captions, colours.astype(np.int64), shapes.astype(np.int64), textures.astype(np.int64))
+            described = caption(colour, shape, texture, rng)
+            captions.append(described.text)
+            mentions[i] = described[1:]
+    return WebData(
+        images, captions, mentions, colours.astype(np.int64), shapes.astype(np.int64), textures.astype(np.int64)
+    )
 
 
 # ------------------------------------------------------------------------------ benchmark domain
@@ -436,7 +458,7 @@ def benchmark_images(seed: int, split: str = "test") -> tuple[np.ndarray, np.nda
     images, colours, shapes = [], [], []
     for ci, colour in enumerate(COLOURS):
         for si, shape in enumerate(SHAPES):
-            for index, image in enumerate(_render_pair(seed, colour, shape)):
+            for index, image in enumerate(_render_pair(seed, colour, shape, count=wanted.stop)):
                 if index in wanted:
                     images.append(image)
                     colours.append(ci)
@@ -444,9 +466,10 @@ def benchmark_images(seed: int, split: str = "test") -> tuple[np.ndarray, np.nda
     return np.stack(images), np.asarray(colours, np.int64), np.asarray(shapes, np.int64)
 
 
-def _render_pair(seed: int, colour: str, shape: str) -> Iterable[np.ndarray]:
+def _render_pair(seed: int, colour: str, shape: str, count: int = IMAGES_PER_PAIR) -> Iterable[np.ndarray]:
+    """The first ``count`` of a pair's benchmark images (image ``i`` never depends on ``count``)."""
     rng = _pair_rng(seed, colour, shape)
-    for _ in range(IMAGES_PER_PAIR):
+    for _ in range(count):
         yield render_array(colour, shape, "benchmark", rng)
 
 
