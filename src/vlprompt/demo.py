@@ -110,7 +110,7 @@ def run_demo(
         summary = summarize(rows, ["method"], ["accuracy"])
         table = markdown_table(summary, ["method"], ["accuracy"])
         tables.append(
-            f"## Few-shot classification ({shots} shots, 100 colour-shape classes, benchmark domain)\n\n{table}"
+            f"## Few-shot classification ({shots} shots, view '{VIEW}', benchmark domain)\n\n{table}"
         )
         report["classification"] = {"per_seed": rows, "summary": summary}
         plot_method_bars(summary, "accuracy", out / "accuracy.png", title=f"{shots}-shot accuracy (mean ± std)")
