@@ -33,7 +33,7 @@ from .methods import PromptMethod, build_method, method_class, pair_space
 from .methods.compositional import primitive_text
 from .plots import plot_seen_unseen_curve
 from .prompts import load_prompt, save_pretrained
-from .runs import BackboneConfig, prepare_out_dir, write_config, write_tables
+from .runs import BackboneConfig, DemoEntry, prepare_out_dir, write_config, write_tables
 
 WORLDS = ("closed", "open", "both")
 
@@ -266,22 +266,14 @@ def run_czsl(
     return rows
 
 
-@dataclass(frozen=True)
-class CZSLDemoEntry:
-    label: str
-    method: str
-    options: dict[str, Any]
-    train: TrainConfig
-
-
 _DEMO_TRAIN = replace(preset("csp-ut-zappos"), epochs=10)
 #: The CZSL part of ``vlprompt demo`` (UT-Zappos-like recipe, sized for a CPU).
-CZSL_DEMO: tuple[CZSLDemoEntry, ...] = (
-    CZSLDemoEntry("czsl-zeroshot", "czsl-zeroshot", {}, _DEMO_TRAIN),
-    CZSLDemoEntry("czsl-coop", "czsl-coop", {}, _DEMO_TRAIN),
-    CZSLDemoEntry("csp", "csp", {"vocab_dropout": 0.2}, _DEMO_TRAIN),
-    CZSLDemoEntry("attr-obj-heads", "attr-obj-heads", {}, replace(_DEMO_TRAIN, lr=1e-2)),
-    CZSLDemoEntry("pair-projection", "pair-projection", {}, replace(_DEMO_TRAIN, lr=1e-3)),
+CZSL_DEMO: tuple[DemoEntry, ...] = (
+    DemoEntry("czsl-zeroshot", "czsl-zeroshot", {}, _DEMO_TRAIN),
+    DemoEntry("czsl-coop", "czsl-coop", {}, _DEMO_TRAIN),
+    DemoEntry("csp", "csp", {"vocab_dropout": 0.2}, _DEMO_TRAIN),
+    DemoEntry("attr-obj-heads", "attr-obj-heads", {}, replace(_DEMO_TRAIN, lr=1e-2)),
+    DemoEntry("pair-projection", "pair-projection", {}, replace(_DEMO_TRAIN, lr=1e-3)),
 )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,19 +14,9 @@ from .engine import FeatureCache, TrainConfig
 from .evaluation import markdown_table, summarize
 from .io import atomic_write_text
 from .plots import plot_method_bars, plot_training_curves
-from .runs import ClassificationRun, DataConfig, prepare_out_dir, run_classification, write_config
+from .runs import ClassificationRun, DataConfig, DemoEntry, prepare_out_dir, run_classification, write_config
 
 BACKBONE = "vlprompt/tiny-shapes"
-
-
-@dataclass(frozen=True)
-class DemoEntry:
-    """One row of the demo: a method, its options and a CPU-sized recipe."""
-
-    label: str
-    method: str
-    options: dict[str, Any]
-    train: TrainConfig
 
 
 _SGD = TrainConfig(epochs=20, batch_size=32, lr=0.002, schedule="coop", warmup_epochs=1)
@@ -109,9 +99,7 @@ def run_demo(
     if rows:
         summary = summarize(rows, ["method"], ["accuracy"])
         table = markdown_table(summary, ["method"], ["accuracy"])
-        tables.append(
-            f"## Few-shot classification ({shots} shots, view '{VIEW}', benchmark domain)\n\n{table}"
-        )
+        tables.append(f"## Few-shot classification ({shots} shots, view '{VIEW}', benchmark domain)\n\n{table}")
         report["classification"] = {"per_seed": rows, "summary": summary}
         plot_method_bars(summary, "accuracy", out / "accuracy.png", title=f"{shots}-shot accuracy (mean ± std)")
         plot_training_curves(curves, out / "training_curves.png")

@@ -120,6 +120,16 @@ class ClassificationRun:
     feature_cache_dir: str | None = None
 
 
+@dataclass(frozen=True)
+class DemoEntry:
+    """One row of the demo: a method, its options and a CPU-sized recipe."""
+
+    label: str
+    method: str
+    options: dict[str, Any]
+    train: TrainConfig
+
+
 def prepare_out_dir(out: str | Path, resume: bool, overwrite: bool) -> Path:
     """Create the run directory; a non-empty one needs ``resume`` or ``overwrite``."""
     out = Path(out)

@@ -136,16 +136,21 @@ def _load_openai_format(path: Path, quick_gelu: bool) -> Backbone:
             "for an open_clip checkpoint pass --backbone.name ARCH --backbone.pretrained FILE"
         )
     model = build_model_from_openai_state_dict(dict(state), quick_gelu=quick_gelu, cast_dtype=None).float()
+    preprocess = _openai_preprocess(model)
+    name = f"openai-format:{path.name}" + ("" if quick_gelu else ":gelu")
+    return Backbone(model, open_clip.tokenizer.SimpleTokenizer(), preprocess, name, "sha256:" + file_sha256(path))
+
+
+def _openai_preprocess(model: CLIP) -> dict:
+    """OpenAI's eval preprocessing at the model's input size."""
     size = model.visual.image_size
-    preprocess = {
+    return {
         "size": size if isinstance(size, int) else size[0],
         "mean": OPENAI_MEAN,
         "std": OPENAI_STD,
         "interpolation": "bicubic",
         "resize_mode": "shortest",
     }
-    name = f"openai-format:{path.name}" + ("" if quick_gelu else ":gelu")
-    return Backbone(model, open_clip.tokenizer.SimpleTokenizer(), preprocess, name, "sha256:" + file_sha256(path))
 
 
 def tiny_random_clip(kind: str = "vit", seed: int = 0, embed_dim: int = 32) -> CLIP:
@@ -172,12 +177,5 @@ def tiny_random_clip(kind: str = "vit", seed: int = 0, embed_dim: int = 32) -> C
 def tiny_random_backbone(kind: str = "vit", seed: int = 0) -> Backbone:
     """A :class:`Backbone` over :func:`tiny_random_clip`."""
     model = tiny_random_clip(kind, seed)
-    size = model.visual.image_size
-    preprocess = {
-        "size": size if isinstance(size, int) else size[0],
-        "mean": OPENAI_MEAN,
-        "std": OPENAI_STD,
-        "interpolation": "bicubic",
-        "resize_mode": "shortest",
-    }
+    preprocess = _openai_preprocess(model)
     return Backbone(model, open_clip.tokenizer.SimpleTokenizer(), preprocess, f"tiny-random-{kind}", f"seed{seed}")
