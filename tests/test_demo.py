@@ -9,6 +9,7 @@ import torch
 
 from vlprompt.backbones import load_backbone
 from vlprompt.cli import main
+from vlprompt.czsl_runs import CZSL_DEMO, CZSLRun, run_czsl
 from vlprompt.data import few_shot, split_json
 from vlprompt.data.synthetic import build_benchmark
 from vlprompt.demo import VIEW
@@ -54,3 +55,23 @@ def test_demo_runs_a_subset(bench, tmp_path, monkeypatch, capsys):
     assert {r["world"] for r in report["czsl"]["per_seed"]} == {"closed", "open", "open+calibrated"}
     assert (out / "accuracy.png").is_file() and "±" in capsys.readouterr().out
     assert main(["demo", "--out", str(out), "--seeds", "[1]", "--methods", "[zeroshot]"]) == 2  # not empty
+
+
+def test_csp_beats_coop_and_zero_shot_on_unseen_compositions(bench, shapes, cache, tmp_path):
+    """The demo's CZSL recipe, one seed, closed world, test split (unseen pairs included)."""
+    entries = {e.label: e for e in CZSL_DEMO}
+    auc = {}
+    for label in ("czsl-zeroshot", "czsl-coop", "csp"):
+        entry = entries[label]
+        run = CZSLRun(
+            root=str(bench.czsl_root),
+            method=entry.method,
+            method_options=entry.options,
+            train=entry.train,
+            seeds=[1],
+            world="closed",
+            out=str(tmp_path / label),
+        )
+        (row,) = run_czsl(run, shapes, cache, progress=False)
+        auc[label] = row["AUC"]
+    assert auc["csp"] >= auc["czsl-coop"] + 0.03 and auc["csp"] >= auc["czsl-zeroshot"] + 0.1, auc

@@ -34,7 +34,10 @@ def plot_training_curves(runs: Mapping[str, Sequence[Path]], path: str | Path) -
         ax.plot(range(1, epochs + 1), loss, label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss")
-    ax.legend()
+    if ax.lines:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no trained method", ha="center", va="center", transform=ax.transAxes)
     ax.grid(alpha=0.3)
     _save(fig, Path(path))
 

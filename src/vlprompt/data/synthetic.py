@@ -59,7 +59,7 @@ __all__ = [
     "web_dataset",
 ]
 
-VERSION = "v1"
+VERSION = "v2"
 """Changes whenever the images or splits change; part of the cache directory name."""
 
 IMAGE_SIZE = 48
@@ -176,8 +176,11 @@ class _DomainStyle:
 
 _STYLES = {
     "web": _DomainStyle(radius=(0.3, 0.45), noise=(0.0, 5.0), clutter=(0, 0), rotation=0.3, illuminant=None),
+    # Shapes a little smaller than on the web (mean radius 0.33 vs 0.375): the tiny model still sees
+    # them, while the warm illuminant is the shift that prompts must undo. Much smaller shapes (0.22 to
+    # 0.32) left its object accuracy near 40%, a ceiling no prompt can lift.
     "benchmark": _DomainStyle(
-        radius=(0.22, 0.32), noise=(3.0, 9.0), clutter=(4, 10), rotation=0.3, illuminant=BENCHMARK_ILLUMINANT
+        radius=(0.26, 0.4), noise=(3.0, 9.0), clutter=(4, 10), rotation=0.3, illuminant=BENCHMARK_ILLUMINANT
     ),
 }
 
@@ -561,6 +564,7 @@ def build_benchmark(root: str | Path | None = None, seed: int = 0) -> BenchmarkP
     try:
         _write_benchmark(tmp, seed)
         (tmp / _COMPLETE_MARKER).write_text(f"{VERSION} seed={seed}\n")
+        tmp.chmod(0o755)  # mkdtemp made it private
         if root.exists():
             root.rmdir()
         try:
