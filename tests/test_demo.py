@@ -53,7 +53,8 @@ def test_demo_runs_a_subset(bench, tmp_path, monkeypatch, capsys):
     report = json.loads((out / "results.json").read_text())
     assert report["classification"]["summary"][0]["method"] == "zeroshot"
     assert {r["world"] for r in report["czsl"]["per_seed"]} == {"closed", "open", "open+calibrated"}
-    assert (out / "accuracy.png").is_file() and "±" in capsys.readouterr().out
+    assert (out / "accuracy.png").is_file() and (out / "czsl_auc.png").is_file()
+    assert "±" in capsys.readouterr().out
     assert main(["demo", "--out", str(out), "--seeds", "[1]", "--methods", "[zeroshot]"]) == 2  # not empty
 
 

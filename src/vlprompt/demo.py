@@ -64,7 +64,7 @@ def run_demo(
     """Generate (or reuse) the benchmark, load the bundled model and run the chosen methods.
 
     Returns the results (per seed and summarised) and writes the run directory: config.yaml,
-    results.json, results.md, and plots of training curves and per-method accuracy.
+    results.json, results.md, and plots of training curves, per-method accuracy and CZSL closed-world AUC.
     """
     seeds = seeds or [1, 2, 3]
     wanted = methods or demo_methods()
@@ -112,6 +112,8 @@ def run_demo(
         czsl = run_czsl_demo(paths.czsl_root, backbone, cache, out / "czsl", seeds, czsl_wanted, progress)
         report["czsl"] = czsl["results"]
         tables.append(czsl["table"])
+        closed = [row for row in czsl["results"]["summary"] if row["world"] == "closed"]
+        plot_method_bars(closed, "AUC", out / "czsl_auc.png", title="CZSL closed-world AUC (mean ± std)")
 
     report["seconds"] = round(time.time() - start, 1)
     text = "\n".join(tables) + f"\nTotal time: {report['seconds']} s\n"
