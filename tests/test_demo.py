@@ -56,6 +56,13 @@ def test_demo_runs_a_subset(bench, tmp_path, monkeypatch, capsys):
     assert (out / "accuracy.png").is_file() and (out / "czsl_auc.png").is_file()
     assert "±" in capsys.readouterr().out
     assert main(["demo", "--out", str(out), "--seeds", "[1]", "--methods", "[zeroshot]"]) == 2  # not empty
+    shapes_out = tmp_path / "shapes"
+    assert (
+        main(["demo", "--out", str(shapes_out), "--seeds", "[1]", "--methods", "[zeroshot]", "--view", "shapes"]) == 0
+    )
+    assert "view 'shapes'" in (shapes_out / "results.md").read_text()
+    assert main(["demo", "--out", str(tmp_path / "bad"), "--view", "sizes"]) == 2
+    assert "unknown view 'sizes'" in capsys.readouterr().err
 
 
 def test_csp_beats_coop_and_zero_shot_on_unseen_compositions(bench, shapes, cache, tmp_path):

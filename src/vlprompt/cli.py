@@ -124,6 +124,7 @@ def build_parser() -> ArgumentParser:
     dm.add_argument("--seeds", type=list[int], default=[1, 2, 3])
     dm.add_argument("--methods", type=list[str] | None, default=None, help="a subset of the demo's methods")
     dm.add_argument("--shots", type=int, default=16)
+    dm.add_argument("--view", type=str, default="colours", help="classification view: colours, shapes or pairs")
     dm.add_argument("--overwrite", type=bool, default=False)
     commands.add_subcommand("demo", dm, help="run the built-in demo")
 
@@ -244,7 +245,7 @@ def cmd_czsl(cfg: Namespace) -> int:
 def cmd_demo(cfg: Namespace) -> int:
     from .demo import run_demo
 
-    report = run_demo(cfg.out, list(cfg.seeds), cfg.methods, cfg.shots, cfg.overwrite)
+    report = run_demo(cfg.out, list(cfg.seeds), cfg.methods, cfg.shots, cfg.overwrite, view=cfg.view)
     print(report["table"], end="")
     print(f"run directory: {cfg.out}")
     return 0
