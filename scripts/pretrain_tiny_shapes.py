@@ -16,6 +16,7 @@ of token ids); every other row of the 49,408-row table stays zero and is not sto
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -26,7 +27,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +38,11 @@ import torch.nn.functional as F
 from open_clip.model import CLIP
 from safetensors.torch import save_file
 
+from vlprompt.backbones.adapter import OPENAI_MEAN, OPENAI_STD
 from vlprompt.backbones.bundled import build_clip, dense_state_dict, sparse_state_dict
 from vlprompt.data import synthetic
 
 NAME = "vlprompt/tiny-shapes"
-MEAN = (0.48145466, 0.4578275, 0.40821073)
-STD = (0.26862954, 0.26130258, 0.27577711)
 MODEL_CFG: dict[str, Any] = {
     "embed_dim": 128,
     "vision_cfg": {
@@ -90,8 +90,8 @@ class Recipe:
 def to_pixels(images: np.ndarray) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> normalized float [N, 3, H, W] (the bundled model's eval preprocessing)."""
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
+    mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
@@ -145,6 +145,17 @@ def _param_groups(model: CLIP, table: torch.nn.Embedding, weight_decay: float) -
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+@contextlib.contextmanager
+def _threads(count: int) -> Iterator[None]:
+    """Run with ``count`` intra-op threads, then give the caller (the tests) back its own setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def pretrain(recipe: Recipe, log: bool = True) -> tuple[CLIP, torch.Tensor]:
     """Contrastive pretraining (symmetric InfoNCE, learnable temperature) on web images and captions.
 
@@ -152,66 +163,66 @@ def pretrain(recipe: Recipe, log: bool = True) -> tuple[CLIP, torch.Tensor]:
         The trained model (its token table holds the trained rows, zeros elsewhere) and the ids of
         those rows.
     """
-    torch.set_num_threads(recipe.threads)
-    torch.manual_seed(recipe.seed)
-    start = time.time()
-    data = synthetic.web_dataset(recipe.images, recipe.seed)
-    pixels_u8 = torch.from_numpy(data.images)
-    ids, eot = tokenize(data.captions)
-    used = torch.unique(ids)
-    remap = torch.zeros(MODEL_CFG["text_cfg"]["vocab_size"], dtype=torch.int64)
-    remap[used] = torch.arange(len(used))
-    compact = remap[ids]
-    labels = torch.from_numpy(np.stack([data.colours, data.shapes, data.textures], axis=1))
-    mentions = torch.from_numpy(data.mentions)
-    if log:
-        print(f"data: {len(data.captions)} images, {len(used)} token ids, {time.time() - start:.1f}s", flush=True)
+    with _threads(recipe.threads):
+        torch.manual_seed(recipe.seed)
+        start = time.time()
+        data = synthetic.web_dataset(recipe.images, recipe.seed)
+        pixels_u8 = torch.from_numpy(data.images)
+        ids, eot = tokenize(data.captions)
+        used = torch.unique(ids)
+        remap = torch.zeros(MODEL_CFG["text_cfg"]["vocab_size"], dtype=torch.int64)
+        remap[used] = torch.arange(len(used))
+        compact = remap[ids]
+        labels = torch.from_numpy(np.stack([data.colours, data.shapes, data.textures], axis=1))
+        mentions = torch.from_numpy(data.mentions)
+        if log:
+            print(f"data: {len(data.captions)} images, {len(used)} token ids, {time.time() - start:.1f}s", flush=True)
 
-    model = build_clip(MODEL_CFG)
-    table = torch.nn.Embedding(len(used), model.token_embedding.embedding_dim)
-    torch.nn.init.normal_(table.weight, std=recipe.token_init_std)
-    model.token_embedding.weight.requires_grad_(False)
-    model.train()
-    optimizer = torch.optim.AdamW(_param_groups(model, table, recipe.weight_decay), lr=recipe.lr, betas=(0.9, 0.98))
+        model = build_clip(MODEL_CFG)
+        table = torch.nn.Embedding(len(used), model.token_embedding.embedding_dim)
+        torch.nn.init.normal_(table.weight, std=recipe.token_init_std)
+        model.token_embedding.weight.requires_grad_(False)
+        model.train()
+        optimizer = torch.optim.AdamW(_param_groups(model, table, recipe.weight_decay), lr=recipe.lr, betas=(0.9, 0.98))
 
-    def lr_at(step: int) -> float:
-        if step < recipe.warmup:
-            return recipe.lr * (step + 1) / recipe.warmup
-        progress = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
-        return 0.5 * recipe.lr * (1 + math.cos(math.pi * progress))
+        def lr_at(step: int) -> float:
+            if step < recipe.warmup:
+                return recipe.lr * (step + 1) / recipe.warmup
+            progress = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+            return 0.5 * recipe.lr * (1 + math.cos(math.pi * progress))
 
-    generator = torch.Generator().manual_seed(recipe.seed)
-    batch = min(recipe.batch_size, recipe.images)
-    order, cursor = torch.randperm(recipe.images, generator=generator), 0
-    text_params = [table.weight] + [p for n, p in model.named_parameters() if _is_text(n)]
-    for step in range(recipe.steps):
-        for param in text_params:  # the text tower starts frozen: see Recipe.frozen_text_steps
-            param.requires_grad_(step >= recipe.frozen_text_steps)
-        if cursor + batch > recipe.images:
-            order, cursor = torch.randperm(recipe.images, generator=generator), 0
-        index, cursor = order[cursor : cursor + batch], cursor + batch
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
-        image_features = F.normalize(model.encode_image(to_pixels(pixels_u8[index].numpy())), dim=-1)
-        text_features = F.normalize(encode_text_ids(model, table, compact[index], eot[index]), dim=-1)
-        logits = model.logit_scale.exp() * image_features @ text_features.T
-        loss = contrastive_loss(logits, labels[index], mentions[index])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        generator = torch.Generator().manual_seed(recipe.seed)
+        batch = min(recipe.batch_size, recipe.images)
+        order, cursor = torch.randperm(recipe.images, generator=generator), 0
+        text_params = [table.weight] + [p for n, p in model.named_parameters() if _is_text(n)]
+        for step in range(recipe.steps):
+            for param in text_params:  # the text tower starts frozen: see Recipe.frozen_text_steps
+                param.requires_grad_(step >= recipe.frozen_text_steps)
+            if cursor + batch > recipe.images:
+                order, cursor = torch.randperm(recipe.images, generator=generator), 0
+            index, cursor = order[cursor : cursor + batch], cursor + batch
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step)
+            image_features = F.normalize(model.encode_image(to_pixels(pixels_u8[index].numpy())), dim=-1)
+            text_features = F.normalize(encode_text_ids(model, table, compact[index], eot[index]), dim=-1)
+            logits = model.logit_scale.exp() * image_features @ text_features.T
+            loss = contrastive_loss(logits, labels[index], mentions[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            if log and (step % 50 == 0 or step == recipe.steps - 1):
+                print(
+                    f"step {step:4d}  loss {loss.item():.3f}  scale {model.logit_scale.exp().item():.1f}  "
+                    f"{time.time() - start:.0f}s",
+                    flush=True,
+                )
+
         with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        if log and (step % 50 == 0 or step == recipe.steps - 1):
-            print(
-                f"step {step:4d}  loss {loss.item():.3f}  scale {model.logit_scale.exp().item():.1f}  "
-                f"{time.time() - start:.0f}s",
-                flush=True,
-            )
-
-    with torch.no_grad():
-        model.token_embedding.weight.zero_()
-        model.token_embedding.weight[used] = table.weight
-    return model.eval(), used
+            model.token_embedding.weight.zero_()
+            model.token_embedding.weight[used] = table.weight
+        return model.eval(), used
 
 
 # ------------------------------------------------------------------------------------ evaluation
@@ -232,29 +243,31 @@ def zero_shot(model: CLIP, recipe: Recipe) -> dict[str, float]:
 
     Also reports the colour and shape accuracy of the predicted pair, for the plain template.
     """
-    torch.set_num_threads(recipe.threads)
-    tokenizer = open_clip.get_tokenizer("ViT-B-32")
-    colours = list(synthetic.COLOURS)
-    pairs = [(c, s) for c in colours for s in synthetic.SHAPES]
-    text = {}
-    for key, template in TEMPLATES.items():
-        prompts = [template.format(colour=c, shape=s) for c, s in pairs]
-        text[key] = F.normalize(model.encode_text(tokenizer(prompts)), dim=-1)
-    metrics: dict[str, float] = {}
-    for domain, (images, colour_ids, shape_ids) in eval_sets(recipe).items():
-        features = torch.cat([model.encode_image(to_pixels(chunk)) for chunk in np.array_split(images, 8)])
-        features = F.normalize(features, dim=-1)
-        truth = torch.from_numpy(colour_ids * len(synthetic.SHAPES) + shape_ids)
-        for key in TEMPLATES:
-            predicted = (features @ text[key].T).argmax(dim=-1)
-            suffix = "" if key == "plain" else f"_{key}_template"
-            metrics[f"zero_shot_{domain}_pairs{suffix}"] = round(100 * (predicted == truth).float().mean().item(), 2)
-            if key == "plain":
-                colour_ok = predicted // len(synthetic.SHAPES) == truth // len(synthetic.SHAPES)
-                shape_ok = predicted % len(synthetic.SHAPES) == truth % len(synthetic.SHAPES)
-                metrics[f"zero_shot_{domain}_colour_of_pair"] = round(100 * colour_ok.float().mean().item(), 2)
-                metrics[f"zero_shot_{domain}_shape_of_pair"] = round(100 * shape_ok.float().mean().item(), 2)
-    return metrics
+    with _threads(recipe.threads):
+        tokenizer = open_clip.get_tokenizer("ViT-B-32")
+        colours = list(synthetic.COLOURS)
+        pairs = [(c, s) for c in colours for s in synthetic.SHAPES]
+        text = {}
+        for key, template in TEMPLATES.items():
+            prompts = [template.format(colour=c, shape=s) for c, s in pairs]
+            text[key] = F.normalize(model.encode_text(tokenizer(prompts)), dim=-1)
+        metrics: dict[str, float] = {}
+        for domain, (images, colour_ids, shape_ids) in eval_sets(recipe).items():
+            features = torch.cat([model.encode_image(to_pixels(chunk)) for chunk in np.array_split(images, 8)])
+            features = F.normalize(features, dim=-1)
+            truth = torch.from_numpy(colour_ids * len(synthetic.SHAPES) + shape_ids)
+            for key in TEMPLATES:
+                predicted = (features @ text[key].T).argmax(dim=-1)
+                suffix = "" if key == "plain" else f"_{key}_template"
+                metrics[f"zero_shot_{domain}_pairs{suffix}"] = round(
+                    100 * (predicted == truth).float().mean().item(), 2
+                )
+                if key == "plain":
+                    colour_ok = predicted // len(synthetic.SHAPES) == truth // len(synthetic.SHAPES)
+                    shape_ok = predicted % len(synthetic.SHAPES) == truth % len(synthetic.SHAPES)
+                    metrics[f"zero_shot_{domain}_colour_of_pair"] = round(100 * colour_ok.float().mean().item(), 2)
+                    metrics[f"zero_shot_{domain}_shape_of_pair"] = round(100 * shape_ok.float().mean().item(), 2)
+        return metrics
 
 
 # ---------------------------------------------------------------------------------------- output
@@ -264,8 +277,8 @@ def _manifest(recipe: Recipe, sha256: str, metrics: dict[str, float], rows: int,
         "model_cfg": MODEL_CFG,
         "preprocess": {
             "image_size": synthetic.IMAGE_SIZE,
-            "mean": list(MEAN),
-            "std": list(STD),
+            "mean": list(OPENAI_MEAN),
+            "std": list(OPENAI_STD),
             "interpolation": "bicubic",
             "resize_mode": "shortest",
         },
@@ -409,12 +422,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     recipe = Recipe(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe)})
     start = time.time()
-    threads = torch.get_num_threads()
-    try:
-        model, rows = pretrain(recipe, log=not args.quiet)
-        manifest = write_model(model, rows, recipe, args.out, start)
-    finally:
-        torch.set_num_threads(threads)  # leave a calling process (the tests) as it was
+    model, rows = pretrain(recipe, log=not args.quiet)
+    manifest = write_model(model, rows, recipe, args.out, start)
     if not args.quiet:
         print(json.dumps(manifest["metrics"], indent=2))
         print(f"wrote {args.out} in {time.time() - start:.0f}s")

@@ -97,7 +97,9 @@ def test_shipped_zero_shot_metrics_are_reproduced(script: ModuleType) -> None:
     fields = {f for f in script.Recipe.__dataclass_fields__}
     recipe = script.Recipe(**{k: v for k, v in manifest["recipe"].items() if k in fields})
     model, _, _ = bundled.load_bundled(NAME)
+    threads = torch.get_num_threads()
     measured = script.zero_shot(model, recipe)
+    assert torch.get_num_threads() == threads
     for key, value in manifest["metrics"].items():
         assert abs(measured[key] - value) <= 1.0, key
     # It knows colours and shapes on its web images, far above chance (1% for pairs, 10% for each part);

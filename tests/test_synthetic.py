@@ -43,7 +43,13 @@ def test_web_dataset_is_deterministic_and_covers_pairs() -> None:
 
 def test_captions_use_synonyms_and_single_primitives() -> None:
     rng = np.random.default_rng(0)
-    texts = [S.caption("red", "cross", "striped", rng).text for _ in range(400)]
+    captions = [S.caption("red", "cross", "striped", rng) for _ in range(400)]
+    texts = [c.text for c in captions]
+    for c in captions:  # the flags the contrastive loss relies on: what each caption names
+        assert c.colour == any(w in c.text for w in ("red", "crimson", "scarlet")), c
+        assert c.shape == any(w in c.text for w in ("cross", "plus sign")), c
+        assert c.texture == ("strip" in c.text), c
+    assert {(c.colour, c.shape) for c in captions} == {(True, True), (True, False), (False, True)}
     joined = " ".join(texts)
     for word in ("crimson", "scarlet", "plus sign", "red", "cross", "strip"):
         assert word in joined

@@ -124,7 +124,9 @@ def build_parser() -> ArgumentParser:
     dm.add_argument("--seeds", type=list[int], default=[1, 2, 3])
     dm.add_argument("--methods", type=list[str] | None, default=None, help="a subset of the demo's methods")
     dm.add_argument("--shots", type=int, default=16)
-    dm.add_argument("--view", type=str, default="colours", help="classification view: colours, shapes or pairs")
+    dm.add_argument(
+        "--view", type=str | None, default=None, help="classification view: colours (default), shapes or pairs"
+    )
     dm.add_argument("--overwrite", type=bool, default=False)
     commands.add_subcommand("demo", dm, help="run the built-in demo")
 

@@ -60,16 +60,17 @@ def run_demo(
     shots: int = 16,
     overwrite: bool = False,
     progress: bool = True,
-    view: str = VIEW,
+    view: str | None = None,
 ) -> dict[str, Any]:
     """Generate (or reuse) the benchmark, load the bundled model and run the chosen methods.
 
-    ``view`` is the benchmark's few-shot classification view (one of ``VIEWS``).
+    ``view`` is the benchmark's few-shot classification view (one of ``VIEWS``; default :data:`VIEW`).
 
     Returns the results (per seed and summarised) and writes the run directory: config.yaml,
     results.json, results.md, and plots of training curves, per-method accuracy and CZSL closed-world AUC.
     """
     seeds = seeds or [1, 2, 3]
+    view = view or VIEW
     wanted = methods or demo_methods()
     unknown = sorted(set(wanted) - set(demo_methods()))
     if unknown:

@@ -430,7 +430,7 @@ def web_dataset(n: int, seed: int, with_captions: bool = True) -> WebData:
         if with_captions:
             described = caption(colour, shape, texture, rng)
             captions.append(described.text)
-            mentions[i] = described[1:]
+            mentions[i] = described.colour, described.shape, described.texture
     return WebData(
         images, captions, mentions, colours.astype(np.int64), shapes.astype(np.int64), textures.astype(np.int64)
     )
