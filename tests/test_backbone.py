@@ -92,13 +92,15 @@ def test_vit_token_prompts(vit_backbone):
         empty = bb.encode_image(pixels, token_prompts=torch.zeros(0, bb.vision_width))
         shallow = bb.encode_image(pixels, token_prompts=torch.randn(3, bb.vision_width, generator=gen))
         deep = torch.randn(bb.vision_layers, 3, bb.vision_width, generator=gen)
-        deep_out = bb.encode_image(pixels, token_prompts=deep, deep=True)
+        deep_out = bb.encode_image(pixels, token_prompts=deep[0], deep_prompts=list(deep[1:]))
         deep_first_only = bb.encode_image(pixels, token_prompts=deep[0])
     torch.testing.assert_close(empty, plain, atol=1e-5, rtol=0)
     assert (shallow - plain).abs().max() > 1e-3
     assert (deep_out - deep_first_only).abs().max() > 1e-3  # later layers' prompts are used
-    with pytest.raises(BackboneError, match=r"prompt layers .* 2-layer image tower"):
-        bb.encode_image(pixels, token_prompts=torch.zeros(bb.vision_layers + 1, 1, bb.vision_width), deep=True)
+    with pytest.raises(BackboneError, match=r"3 prompt layers asked of a 2-layer tower"):
+        bb.encode_image(pixels, token_prompts=torch.zeros(1, bb.vision_width), deep_prompts=[torch.zeros(1, 48)] * 2)
+    with pytest.raises(BackboneError, match=r"3 prompt layers asked of a 2-layer image tower"):
+        bb.check_token_prompts(depth=3)
 
 
 def test_token_prompts_on_resnet_are_a_clear_error(resnet_backbone):
@@ -106,6 +108,8 @@ def test_token_prompts_on_resnet_are_a_clear_error(resnet_backbone):
     pixels = torch.zeros(1, 3, bb.image_size, bb.image_size)
     with pytest.raises(BackboneError, match="token prompts need a ViT image tower.*ModifiedResNet"):
         bb.encode_image(pixels, token_prompts=torch.zeros(2, bb.vision_width))
+    with pytest.raises(BackboneError, match="token prompts need a ViT image tower.*ModifiedResNet"):
+        bb.check_token_prompts()
     assert bb.vision_layers == 0 and bb.patch_size == 0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,15 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 class BackboneError(ValueError):
     """A backbone could not be loaded or cannot do what was asked."""
+
+
+#: Deep ("per-layer") token prompts for one tower. Either a sequence whose element ``i - 1`` (a
+#: tensor [n, width] or [N, n, width], or None to leave them be) *replaces* the n prompt positions
+#: before transformer block ``i`` (i = 1, 2, ...; block 0 sees the input prompts), as VPT-deep,
+#: IVLP and MaPLe do; or a function ``(i, previous) -> tensor | None`` of the block index and the
+#: prompt positions' current hidden states [N, n, width] (the previous block's output), for prompts
+#: that depend on the previous layer's. Fresh prompts get no positional embedding.
+DeepPrompts = Sequence[Tensor | None] | Callable[[int, Tensor], Tensor | None]
 
 
 @dataclass(frozen=True)
@@ -184,7 +193,13 @@ class Backbone(nn.Module):
             vectors.append(self.token_embedding(torch.tensor(ids)).mean(dim=0))
         return torch.stack(vectors)
 
-    def encode_text_embeddings(self, embeds: Tensor, eot_index: Tensor) -> Tensor:
+    def encode_text_embeddings(
+        self,
+        embeds: Tensor,
+        eot_index: Tensor,
+        deep_prompts: DeepPrompts | None = None,
+        n_prompts: int | None = None,
+    ) -> Tensor:
         """Run the text tower on token embeddings and read features at ``eot_index``.
 
         The transformer is causal and the feature is read at the end-of-text position, so the
@@ -192,8 +207,13 @@ class Backbone(nn.Module):
         than the full context.
 
         Args:
-            embeds: [N, L, width] token embeddings (start token, prompt, end token, padding).
+            embeds: [N, L, width] token embeddings (start token, prompt, end token, padding). Shallow
+                text prompts are part of them (spliced in by the method, they get positional
+                embeddings like every token).
             eot_index: [N] position of the end-of-text token in each sequence.
+            deep_prompts: per-layer prompts at positions ``1 .. n_prompts`` (right after the start
+                token, before end-of-text, so truncation stays exact); see :data:`DeepPrompts`.
+            n_prompts: how many positions the deep prompts occupy (default: from the first tensor).
 
         Returns:
             [N, embed_dim] text features (not normalized).
@@ -201,7 +221,14 @@ class Backbone(nn.Module):
         text = self._text
         length = int(eot_index.max()) + 1
         x = embeds[:, :length].to(self.dtype) + text.positional_embedding[:length].to(self.dtype)
-        x = text.transformer(x, attn_mask=text.attn_mask[:length, :length])
+        mask = text.attn_mask[:length, :length]
+        if deep_prompts is None:
+            x = text.transformer(x, attn_mask=mask)
+        else:
+            n = _prompt_count(deep_prompts, n_prompts)
+            if n + 1 > int(eot_index.min()):
+                raise BackboneError(f"{n} deep text prompts do not fit before the end-of-text token")
+            x = _run_blocks(text.transformer, x, deep_prompts, n, mask)
         x = text.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), eot_index]
         proj = text.text_projection
@@ -234,52 +261,57 @@ class Backbone(nn.Module):
         pixels: Tensor,
         pixel_prompt: Tensor | None = None,
         token_prompts: Tensor | None = None,
-        deep: bool = False,
+        deep_prompts: DeepPrompts | None = None,
     ) -> Tensor:
         """Image features (not normalized), with optional visual prompts.
+
+        Where prompt tokens sit (one rule for every method): right after the class token, after the
+        positional embedding (prompt tokens get none) and before ``ln_pre``, as in VPT. MaPLe and
+        IVLP append them after the patches instead; with no positional embedding the transformer is
+        permutation-equivariant, so both placements give the same features up to float rounding.
+        The pooled feature never includes prompt tokens (they are dropped before pooling, which
+        matters for average-pooled towers).
 
         Args:
             pixels: [B, 3, H, W] preprocessed images.
             pixel_prompt: added to the normalized pixels (broadcastable to ``pixels``).
-            token_prompts: [n, width] tokens inserted after the class token (after positional
-                embedding), or with ``deep=True`` [depth, n, width]: layer 0's set is inserted at
-                the input and set i replaces the prompt positions before transformer block i.
-            deep: see ``token_prompts``.
+            token_prompts: [n, width] or [B, n, width] prompt tokens inserted at the input.
+            deep_prompts: what replaces the n prompt positions before blocks 1, 2, ...; see
+                :data:`DeepPrompts`. Needs ``token_prompts`` (which sets n).
         """
         pixels = pixels.to(self.device, self.dtype)
         if pixel_prompt is not None:
             pixels = pixels + pixel_prompt.to(pixels.dtype)
         if token_prompts is None:
+            if deep_prompts is not None:
+                raise BackboneError("deep image prompts need token_prompts at the input (they set the count)")
             return self.model.visual(pixels)
-        visual = self.model.visual
-        if not isinstance(visual, VisionTransformer):
-            raise BackboneError(
-                f"token prompts need a ViT image tower; {self.identity.model} has {type(visual).__name__}"
-            )
-        prompts = token_prompts.to(pixels.dtype)
-        if not deep:
-            prompts = prompts.unsqueeze(0)
-        depth, n = prompts.shape[0], prompts.shape[1]
-        if depth > self.vision_layers:
-            raise BackboneError(f"{depth} prompt layers given for a {self.vision_layers}-layer image tower")
-        batch = pixels.shape[0]
+        visual = self._vision_transformer("token prompts")
+        batch, n = pixels.shape[0], token_prompts.shape[-2]
         x = visual.conv1(pixels).flatten(2).transpose(1, 2)
         cls = visual.class_embedding.to(x.dtype).expand(batch, 1, -1)
         x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
         x = visual.patch_dropout(x)
-        x = torch.cat([x[:, :1], prompts[0].expand(batch, -1, -1), x[:, 1:]], dim=1)
+        x = torch.cat([x[:, :1], _per_sample(token_prompts.to(x.dtype), batch), x[:, 1:]], dim=1)
         x = visual.ln_pre(x)
-        blocks = visual.transformer
-        if not blocks.batch_first:
-            x = x.transpose(0, 1)
-        for i, block in enumerate(blocks.resblocks):
-            if 0 < i < depth:
-                x = _replace_prompt_tokens(x, prompts[i], n, blocks.batch_first)
-            x = block(x)
-        if not blocks.batch_first:
-            x = x.transpose(0, 1)
+        x = _run_blocks(visual.transformer, x, deep_prompts, n)
+        x = torch.cat([x[:, :1], x[:, 1 + n :]], dim=1)  # pool over the class token and patches only
         pooled, _ = visual._pool(x)
         return pooled @ visual.proj if visual.proj is not None else pooled
+
+    def _vision_transformer(self, what: str) -> VisionTransformer:
+        visual = self.model.visual
+        if not isinstance(visual, VisionTransformer):
+            raise BackboneError(f"{what} need a ViT image tower; {self.identity.model} has {type(visual).__name__}")
+        if visual.attn_pool is not None:
+            raise BackboneError(f"{what} are not supported on image towers with attention pooling")
+        return visual
+
+    def check_token_prompts(self, depth: int = 1) -> None:
+        """Raise a clear :class:`BackboneError` unless image token prompts at ``depth`` layers can work."""
+        self._vision_transformer("token prompts")
+        if depth > self.vision_layers:
+            raise BackboneError(f"{depth} prompt layers asked of a {self.vision_layers}-layer image tower")
 
     def forward(self, *args, **kwargs):  # pragma: no cover - a backbone is not called directly
         raise TypeError("call encode_image / encode_text_embeddings on a Backbone")
@@ -289,13 +321,43 @@ class Backbone(nn.Module):
         return super().train(False)
 
 
-def _replace_prompt_tokens(x: Tensor, prompts: Tensor, n: int, batch_first: bool) -> Tensor:
-    """Replace the n prompt positions (right after the class token) with ``prompts``."""
-    if batch_first:
-        fresh = prompts.expand(x.shape[0], -1, -1)
-        return torch.cat([x[:, :1], fresh, x[:, 1 + n :]], dim=1)
-    fresh = prompts.unsqueeze(1).expand(-1, x.shape[1], -1)
-    return torch.cat([x[:1], fresh, x[1 + n :]], dim=0)
+def _per_sample(prompts: Tensor, batch: int) -> Tensor:
+    """[n, width] shared by the batch, or [batch, n, width] already per sample."""
+    return prompts.expand(batch, -1, -1) if prompts.dim() == 2 else prompts
+
+
+def _prompt_count(deep_prompts: DeepPrompts, n_prompts: int | None) -> int:
+    if n_prompts is not None:
+        return n_prompts
+    first = next((p for p in deep_prompts if isinstance(p, Tensor)), None) if not callable(deep_prompts) else None
+    if first is None:
+        raise BackboneError("pass n_prompts: the deep prompts give no tensor to count them from")
+    return first.shape[-2]
+
+
+def _run_blocks(
+    transformer: nn.Module, x: Tensor, deep_prompts: DeepPrompts | None, n: int, attn_mask: Tensor | None = None
+) -> Tensor:
+    """The transformer's blocks on batch-first ``x``, the n positions after position 0 refreshed per block."""
+    blocks = transformer.resblocks
+    if deep_prompts is not None and not callable(deep_prompts) and len(deep_prompts) >= len(blocks):
+        raise BackboneError(
+            f"{len(deep_prompts) + 1} prompt layers asked of a {len(blocks)}-layer tower (the input counts as one)"
+        )
+    for i, block in enumerate(blocks):
+        if i > 0 and deep_prompts is not None:
+            fresh = deep_prompts(i, x[:, 1 : 1 + n]) if callable(deep_prompts) else _layer(deep_prompts, i)
+            if fresh is not None:
+                x = torch.cat([x[:, :1], _per_sample(fresh.to(x.dtype), x.shape[0]), x[:, 1 + n :]], dim=1)
+        if transformer.batch_first:
+            x = block(x, attn_mask=attn_mask)
+        else:
+            x = block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+    return x
+
+
+def _layer(prompts: Sequence[Tensor | None], i: int) -> Tensor | None:
+    return prompts[i - 1] if i - 1 < len(prompts) else None
 
 
 def _jsonable(value: Any) -> Any:
