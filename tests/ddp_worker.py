@@ -16,10 +16,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
+from vlprompt import distributed as dist  # noqa: E402
 from vlprompt.backbones import tiny_random_backbone  # noqa: E402
 from vlprompt.data import image_folder  # noqa: E402
 from vlprompt.engine import FeatureCache, TrainConfig, fit  # noqa: E402
-from vlprompt.engine import distributed as dist  # noqa: E402
 from vlprompt.methods import build_method  # noqa: E402
 
 #: (run name, method, options): global batch 8, three epochs each.

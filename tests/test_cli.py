@@ -14,6 +14,7 @@ from vlprompt.backbones import tiny_random_backbone
 from vlprompt.cli import main
 from vlprompt.data.czsl import write_czsl
 from vlprompt.evaluation import harmonic_mean
+from vlprompt.methods.base import Batch
 from vlprompt.prompts import load_prompt
 
 TINY = ["--backbone.name", "tiny-random-vit"]
@@ -76,8 +77,12 @@ def test_unknown_method_lists_valid_ones(tmp_path, image_root, split_file, capsy
     args = ["train", *TINY, *_data(image_root, split_file), "--method", "coopp", "--out", str(tmp_path / "x")]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "coopp" in err and "cocoop" in err and "csp" in err
+    assert "coopp" in err and "cocoop" in err and "linear-probe" in err
+    assert "csp" not in err  # only the methods of this command
     assert not (tmp_path / "x").exists()
+    assert main([*args[:-4], "--method", "csp", "--out", str(tmp_path / "y")]) == 2
+    assert "run it with `vlprompt czsl`" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
 
 
 def test_base_to_new(tmp_path, image_root, split_file):
@@ -86,7 +91,7 @@ def test_base_to_new(tmp_path, image_root, split_file):
         assert {"base", "new", "hm"} <= set(row)
         assert row["hm"] == pytest.approx(harmonic_mean(row["base"], row["new"]))
     prompt = json.loads((out / "seed1" / "prompt" / "prompt.json").read_text())
-    assert prompt["classes"] == ["blue_square", "gold"]  # the base half of the sorted labels
+    assert prompt["labels"] == {"kind": "classes", "names": ["blue_square", "gold"]}  # the base half, sorted
 
 
 def test_eval_predict_interpret(tmp_path, image_root, split_file, capsys):
@@ -111,7 +116,7 @@ def test_eval_predict_interpret(tmp_path, image_root, split_file, capsys):
     from vlprompt.data import load_rgb
 
     pixels = torch.stack([transform(load_rgb(p)) for p in images])
-    expected = method(backbone, backbone.encode_image(pixels)).softmax(-1)
+    expected = method(backbone, Batch(pixels=pixels)).softmax(-1)
     for row, probs in zip(rows, expected):
         assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
         assert list(row["probabilities"].values()) == pytest.approx(probs.tolist(), abs=1e-6)
@@ -174,7 +179,7 @@ def test_czsl_closed_open_calibrated(tmp_path, capsys):
         assert r["selected_epoch"] in (1, 2)
     assert (out / "seen_unseen_curve.png").stat().st_size > 1000
     prompt = json.loads((out / "seed1" / "prompt" / "prompt.json").read_text())
-    assert prompt["method"] == "csp" and len(prompt["classes"]["pairs"]) == 9  # train ∪ val ∪ test pairs
+    assert prompt["method"] == "csp" and len(prompt["labels"]["pairs"]) == 9  # train ∪ val ∪ test pairs
     capsys.readouterr()
     image = str(root / "images" / "red_square" / "test0.png")
     assert main(["predict", image, "--prompt", str(out / "seed1" / "prompt"), "--topk", "1"]) == 0

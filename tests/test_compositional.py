@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from conftest import assert_state_equal, state_snapshot
 
 from vlprompt.engine import TrainConfig, fit
-from vlprompt.methods import COMPOSITIONAL_METHODS, build_method, pair_space
+from vlprompt.labels import PairSpace
+from vlprompt.methods import build_method, methods_for, pair_space
+from vlprompt.methods.base import Batch
 from vlprompt.methods.compositional import primitive_text
 from vlprompt.prompts import load_prompt, save_pretrained
 
@@ -58,7 +60,7 @@ def test_zero_shot_pairs_use_normal_tokenization(vit_backbone):
     expected = F.normalize(
         vit_backbone.encode_text(["a photo of faux fur boots ankle", "a photo of red circle"]), dim=-1
     )
-    torch.testing.assert_close(zs.class_features(vit_backbone)[:2], expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(zs.reusable_text_features(vit_backbone)[:2], expected, atol=1e-5, rtol=0)
 
 
 def _train_set(tmp_path, bb):
@@ -77,7 +79,7 @@ def _train_set(tmp_path, bb):
     return LabeledImages(samples, [" ".join(p) for p in SEEN], bb.image_transform())
 
 
-@pytest.mark.parametrize("name", [m.name for m in COMPOSITIONAL_METHODS if m.name != "czsl-zeroshot"])
+@pytest.mark.parametrize("name", [m for m in methods_for(PairSpace) if m != "czsl-zeroshot"])
 def test_trains_only_its_own_parameters_and_round_trips(name, vit_backbone, tmp_path):
     bb = vit_backbone
     torch.manual_seed(0)
@@ -98,12 +100,12 @@ def test_trains_only_its_own_parameters_and_round_trips(name, vit_backbone, tmp_
     open_world = [[a, o] for a in ATTRS for o in OBJS]
     method.set_classes(bb, open_world)
     feats = torch.randn(5, bb.embed_dim)
-    logits = method(bb, feats)
+    logits = method(bb, Batch(features=feats))
     assert logits.shape == (5, 9)
     save_pretrained(method, bb, tmp_path / "prompt")
     loaded = load_prompt(tmp_path / "prompt", bb)
-    assert loaded.classes["pairs"] == open_world
-    torch.testing.assert_close(loaded(bb, feats), logits, atol=1e-5, rtol=0)
+    assert loaded.labels.pairs == tuple(tuple(p) for p in open_world)
+    torch.testing.assert_close(loaded(bb, Batch(features=feats)), logits, atol=1e-5, rtol=0)
 
 
 def test_pairs_outside_the_vocabulary_are_refused(vit_backbone):

@@ -9,13 +9,13 @@ import torch
 
 from vlprompt.backbones import load_backbone
 from vlprompt.cli import main
-from vlprompt.czsl_runs import CZSL_DEMO, CZSLRun, run_czsl
 from vlprompt.data import few_shot, split_json
 from vlprompt.data.synthetic import build_benchmark
-from vlprompt.demo import VIEW
+from vlprompt.demo import CZSL_DEMO, VIEW
 from vlprompt.engine import FeatureCache, TrainConfig, fit
 from vlprompt.evaluation import evaluate
 from vlprompt.methods import build_method
+from vlprompt.runs import CZSLRun, run_czsl, train_overrides
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_csp_beats_coop_and_zero_shot_on_unseen_compositions(bench, shapes, cach
             root=str(bench.czsl_root),
             method=entry.method,
             method_options=entry.options,
-            train=entry.train,
+            train=train_overrides(entry.train),
             seeds=[1],
             world="closed",
             out=str(tmp_path / label),

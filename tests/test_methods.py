@@ -22,6 +22,7 @@ from vlprompt.methods import (
     ZeroShotConfig,
     build_method,
 )
+from vlprompt.methods.base import Batch
 from vlprompt.methods.zeroshot import COOP_ENSEMBLE_TEMPLATES, ENSEMBLES
 
 NAMES = ["golden_retriever", "tabby cat", "airliner", "sea anemone", "x"]
@@ -66,7 +67,9 @@ def test_ensemble_formula_by_hand(vit_backbone):
     assert (F.normalize(raw.mean(0), dim=-1) - expected).abs().max() > 1e-4
     # logits = 100 * cos
     img = torch.randn(3, bb.embed_dim)
-    torch.testing.assert_close(method(bb, img), 100 * F.normalize(img, dim=-1) @ expected.t(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        method(bb, Batch(features=img)), 100 * F.normalize(img, dim=-1) @ expected.t(), atol=1e-4, rtol=0
+    )
 
 
 def test_ensemble_template_sets(vit_backbone):
@@ -186,7 +189,7 @@ def test_set_classes_keeps_context(vit_backbone):
         coop.ctx.normal_(0, 0.3)
     ctx = coop.ctx.detach().clone()
     coop.set_classes(bb, NAMES[3:])
-    assert torch.equal(coop.ctx, ctx) and coop.classes == NAMES[3:] and coop.num_classes == 2
+    assert torch.equal(coop.ctx, ctx) and coop.labels.names == tuple(NAMES[3:]) and coop.num_classes == 2
     fresh = CoOp(bb, NAMES[3:], CoOpConfig(n_ctx=4))
     with torch.no_grad():
         fresh.ctx.copy_(ctx)
@@ -222,7 +225,7 @@ def cocoop_loop_loss(method: CoCoOp, bb: Backbone, image_features: torch.Tensor,
     for feat, label in zip(image_features, labels):
         shift = method.meta_net(F.normalize(feat, dim=-1))
         ctx = method.ctx + shift
-        embeds, eot = manual_prompt_embeddings(bb, ctx, method.classes)
+        embeds, eot = manual_prompt_embeddings(bb, ctx, method.labels.names)
         text = F.normalize(full_context_text_features(bb, embeds, eot), dim=-1)
         logits = bb.logit_scale * F.normalize(feat, dim=-1) @ text.t()
         losses.append(F.cross_entropy(logits[None], label[None]))
@@ -244,7 +247,7 @@ def test_cocoop_batched_equals_per_image_loop(vit_backbone):
             p.normal_(0, 0.5)
     feats = torch.randn(6, bb.embed_dim)
     labels = torch.tensor([0, 1, 2, 3, 4, 0])
-    batched = F.cross_entropy(method(bb, feats), labels)
+    batched = F.cross_entropy(method(bb, Batch(features=feats)), labels)
     grads_batched = _grads(method, batched)
     loop = cocoop_loop_loss(method, bb, feats, labels)
     grads_loop = _grads(method, loop)
@@ -266,8 +269,8 @@ def test_cocoop_chunked_equals_unchunked(vit_backbone):
     chunked.load_state_dict(whole.state_dict())
     feats = torch.randn(4, bb.embed_dim)
     labels = torch.tensor([1, 2, 3, 4])
-    loss_whole = F.cross_entropy(whole(bb, feats), labels)
-    loss_chunked = F.cross_entropy(chunked(bb, feats), labels)
+    loss_whole = F.cross_entropy(whole(bb, Batch(features=feats)), labels)
+    loss_chunked = F.cross_entropy(chunked(bb, Batch(features=feats)), labels)
     torch.testing.assert_close(loss_chunked, loss_whole, atol=1e-5, rtol=0)
     g_whole, g_chunked = _grads(whole, loss_whole), _grads(chunked, loss_chunked)
     for name in g_whole:
@@ -291,7 +294,7 @@ def test_linear_probe_zeroshot_init_equals_zero_shot_logits(vit_backbone):
     zero = ZeroShot(bb, NAMES)
     img = torch.randn(4, bb.embed_dim)
     with torch.no_grad():
-        torch.testing.assert_close(probe(bb, img), zero(bb, img), atol=1e-4, rtol=0)
+        torch.testing.assert_close(probe(bb, Batch(features=img)), zero(bb, Batch(features=img)), atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="init must be"):
         LinearProbe(bb, NAMES, LinearProbeConfig(init="xavier"))
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 from vlprompt.backbones import load_backbone
 from vlprompt.methods import ZeroShot, ZeroShotConfig
+from vlprompt.methods.base import Batch
 
 
 def _import_openai_clip():
@@ -115,7 +116,7 @@ def our_probs(backbone, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]
     pixels = backbone.image_transform()(image)
     method = ZeroShot(backbone, TEXTS, ZeroShotConfig(templates=["{}"]))
     with torch.no_grad():
-        logits = method(backbone, backbone.encode_image(pixels[None]))
+        logits = method(backbone, Batch(pixels=pixels[None]))
     return logits.softmax(dim=-1)[0], pixels
 
 

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 import vlprompt
 from vlprompt.backbones import Backbone, tiny_random_backbone, tiny_random_clip
 from vlprompt.methods import build_method
+from vlprompt.methods.base import Batch
 from vlprompt.prompts import (
     CONFIG_FILE,
     FORMAT,
@@ -48,7 +49,7 @@ def trained_looking(name: str, options: dict, backbone: Backbone, seed: int = 0)
 
 def logits(method, backbone, feats):
     with torch.no_grad():
-        return method(backbone, feats)
+        return method(backbone, Batch(features=feats))
 
 
 @pytest.mark.parametrize("kind", ["vit", "resnet"])
@@ -61,7 +62,7 @@ def test_round_trip_gives_identical_logits(tmp_path, name, options, kind, vit_ba
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # same backbone: no warning at all
         loaded = load_prompt(tmp_path / "prompt", bb)
-    assert type(loaded) is type(method) and loaded.classes == method.classes and not loaded.training
+    assert type(loaded) is type(method) and loaded.labels == method.labels and not loaded.training
     assert torch.equal(logits(loaded, bb, feats), logits(method, bb, feats))
     fresh = build_method(name, bb, CLASSES, options)  # a different init scores differently
     if name != "zeroshot":
@@ -76,8 +77,8 @@ def test_prompt_json_fields(tmp_path, vit_backbone):
     method = trained_looking("coop", {"n_ctx": 4}, vit_backbone)
     save_pretrained(method, vit_backbone, tmp_path, extra={"dataset": "squares"})
     config = json.loads((tmp_path / CONFIG_FILE).read_text())
-    assert config["format"] == FORMAT == "vlprompt-prompt" and config["format_version"] == FORMAT_VERSION == 1
-    assert config["method"] == "coop" and config["classes"] == CLASSES
+    assert config["format"] == FORMAT == "vlprompt-prompt" and config["format_version"] == FORMAT_VERSION == 2
+    assert config["method"] == "coop" and config["labels"] == {"kind": "classes", "names": CLASSES}
     assert config["config"] == {
         "n_ctx": 4,
         "ctx_init": "",
@@ -91,6 +92,19 @@ def test_prompt_json_fields(tmp_path, vit_backbone):
     assert config["library_version"] == vlprompt.__version__ and config["extra"] == {"dataset": "squares"}
     assert sorted(p.name for p in tmp_path.iterdir()) == [CONFIG_FILE, TENSORS_FILE]
     assert (tmp_path / TENSORS_FILE).stat().st_size < 4 * 32 * 4 + 1024  # a few hundred bytes
+
+
+def test_format_1_prompt_files_still_load(tmp_path, vit_backbone):
+    """Format 1 stored the label space as "classes": a list of names (or a pair dict)."""
+    method = trained_looking("coop", {"n_ctx": 4}, vit_backbone)
+    save_pretrained(method, vit_backbone, tmp_path)
+    config = json.loads((tmp_path / CONFIG_FILE).read_text())
+    config["format_version"] = 1
+    config["classes"] = config.pop("labels")["names"]
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
+    loaded = load_prompt(tmp_path, vit_backbone)
+    assert loaded.labels == method.labels
+    torch.testing.assert_close(loaded.text_features(vit_backbone), method.text_features(vit_backbone), atol=0, rtol=0)
 
 
 class _Trap:

@@ -1,3 +1,13 @@
 """vlprompt: prompt learning for CLIP-style vision-language models."""
 
 __version__ = "0.1.0"
+
+__all__ = ["Prediction", "Predictor", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in ("Predictor", "Prediction"):  # imported on first use: `import vlprompt` stays cheap
+        from . import predict
+
+        return getattr(predict, name)
+    raise AttributeError(f"module 'vlprompt' has no attribute {name!r}")

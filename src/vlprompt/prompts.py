@@ -16,12 +16,13 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .backbones import Backbone
 from .io import atomic_write, atomic_write_text
+from .labels import LabelSpaceError, label_space_from_json
 from .methods import PromptMethod, method_class
 
 log = logging.getLogger(__name__)
 
 FORMAT = "vlprompt-prompt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: typed label space under "labels" (1: "classes", a list of names or a pair dict)
 CONFIG_FILE = "prompt.json"
 TENSORS_FILE = "prompt.safetensors"
 _KNOWN_KEYS = {
@@ -30,6 +31,7 @@ _KNOWN_KEYS = {
     "method",
     "config",
     "backbone",
+    "labels",
     "classes",
     "library_version",
     "extra",
@@ -54,7 +56,7 @@ def save_pretrained(method: PromptMethod, backbone: Backbone, directory: str | P
         "method": method.name,
         "config": method.config.to_dict(),
         "backbone": backbone.identity.to_dict(),
-        "classes": method.classes,
+        "labels": method.labels.to_json(),
         "library_version": __version__,
         "extra": extra or {},
     }
@@ -80,9 +82,11 @@ def read_prompt_config(directory: str | Path) -> dict[str, Any]:
     unknown = sorted(set(config) - _KNOWN_KEYS)
     if unknown:
         warnings.warn(f"{path}: ignoring unknown key(s) {unknown} from a newer version", stacklevel=2)
-    for key in ("method", "config", "backbone", "classes"):
+    for key in ("method", "config", "backbone"):
         if key not in config:
             raise PromptFileError(f"{path}: missing field {key!r}")
+    if "labels" not in config and "classes" not in config:
+        raise PromptFileError(f"{path}: missing field 'labels'")
     return {k: v for k, v in config.items() if k in _KNOWN_KEYS}
 
 
@@ -134,7 +138,13 @@ def load_prompt(directory: str | Path, backbone: Backbone, strict_backbone: bool
         warnings.warn(
             f"{directory}: ignoring unknown {cls.name} option(s) {sorted(set(options) - known)}", stacklevel=2
         )
-    method = cls(backbone, config["classes"], cls.Config.from_dict({k: options[k] for k in known & set(options)}))
+    try:
+        labels = label_space_from_json(config["labels"] if "labels" in config else config["classes"])
+    except LabelSpaceError as err:
+        raise PromptFileError(f"{Path(directory) / CONFIG_FILE}: field 'labels': {err}") from None
+    if not isinstance(labels, cls.label_kind):
+        raise PromptFileError(f"{directory}: {cls.name} scores {cls.label_kind.kind}, the file holds {labels.kind}")
+    method = cls(backbone, labels, cls.Config.from_dict({k: options[k] for k in known & set(options)}))
     tensors = load_tensors(Path(directory) / TENSORS_FILE)
     missing, unexpected = method.load_state_dict(tensors, strict=False)
     if missing or unexpected:

@@ -1,6 +1,6 @@
-"""The engine: one training loop for all methods, feature caching, schedules, DDP."""
+"""The engine: one training loop for all methods, schedules and the papers' recipes."""
 
-from .features import FeatureCache
+from ..features import FeatureCache
 from .presets import PRESETS, preset
 from .trainer import FitResult, TrainConfig, fit
 

@@ -8,24 +8,23 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .. import distributed as dist
 from ..backbones import Backbone
 from ..data.images import LabeledImages
+from ..features import FeatureCache
 from ..io import atomic_write
-from ..methods import PromptMethod
-from . import distributed as dist
-from .features import FeatureCache
+from ..methods import Batch, PromptMethod
 from .schedules import lr_factor
 
 log = logging.getLogger(__name__)
@@ -44,14 +43,16 @@ class TrainConfig:
         batch_size: images per optimizer step, over all processes and accumulation steps.
         grad_accum: micro-batches per optimizer step (each process sees batch_size / (world · accum)).
         optimizer: "sgd", "adam" (L2 weight decay) or "adamw" (decoupled weight decay).
-        lr, momentum, weight_decay: optimizer settings (momentum for SGD only).
+        lr: the learning rate (peak of the schedule).
+        momentum: SGD momentum.
+        weight_decay: weight decay (L2 for SGD and Adam, decoupled for AdamW).
         schedule: "constant", "cosine" (per step, linear warmup) or "coop" (per epoch, constant
             warmup at ``warmup_lr``, cosine over ``epochs``).
         warmup_epochs: warmup length in epochs (converted to steps for per-step schedules).
         warmup_lr: the constant warmup lr of the "coop" schedule.
         precision: "auto" (bf16 autocast on GPU, fp32 on CPU), "fp32", "bf16" or "fp16". Prompt
             parameters always stay fp32.
-        seed: seeds Python and torch; data order is a function of (seed, epoch).
+        seed: seeds Python and torch; data order is a function of (seed, epoch) (runs set it per seed).
         cache_features: reuse frozen image features every epoch. ``None`` = automatic: on when the
             method leaves the image tower untouched and ``augment`` is off. With ``augment`` on, set
             it explicitly (True caches features of un-augmented images).
@@ -126,11 +127,14 @@ def fit(
 ) -> FitResult:
     """Train ``method`` on ``train_set`` (items: image tensor, label) with the frozen ``backbone``.
 
+    The method computes its logits and loss (:class:`~vlprompt.methods.PromptMethod`); this loop
+    only feeds batches, steps, accumulates, syncs, checkpoints and logs.
+
     Args:
         scorer: validation score for ``select="best"`` and ``eval_every`` (e.g. accuracy or AUC).
         run_dir: where metrics.jsonl and the resumable checkpoint go (rank 0 writes).
         resume: continue from ``run_dir/checkpoint.pt`` if it exists.
-        cache: a shared :class:`FeatureCache` (a private one otherwise).
+        cache: a shared :class:`~vlprompt.features.FeatureCache` (a private one otherwise).
         on_epoch_end: called with each epoch's record (after the checkpoint is written).
 
     Returns:
@@ -140,151 +144,248 @@ def fit(
     if config.select == "best" and scorer is None:
         raise ValueError("select='best' needs a validation scorer (e.g. a validation split)")
     start_time = time.time()
-    world, rank = dist.world_size(), dist.rank()
-    device = backbone.device
-    per_step = config.batch_size
-    n = len(train_set)
-    if n == 0:
-        raise ValueError("the training set is empty")
-    if n < per_step:
-        per_step = n
-    micro = per_step // (world * config.grad_accum)
-    if micro * world * config.grad_accum != per_step:
-        raise ValueError(
-            f"batch_size {per_step} must split evenly over {world} process(es) x {config.grad_accum} accumulation steps"
-        )
-    steps_per_epoch = n // per_step
-
-    use_cache = _resolve_cache(method, config)
-    labels = torch.tensor(train_set.labels, device=device)
-    if use_cache:
-        features = (cache or FeatureCache()).features(backbone, train_set, progress=progress and dist.is_main())
-    else:
-        features = None
-        transform = backbone.image_transform(train=config.augment)
-        loader_set = train_set.with_transform(transform)
-
-    params = [p for p in method.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(f"method {method.name} has nothing to train")
-    optimizer = _make_optimizer(params, config)
-    per_epoch_schedule = config.schedule == "coop"
-    total_ticks = config.epochs if per_epoch_schedule else config.epochs * steps_per_epoch
-    warmup_ticks = config.warmup_epochs if per_epoch_schedule else config.warmup_epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_factor(config.schedule, total_ticks, warmup_ticks, config.lr, config.warmup_lr)
-    )
-    amp_dtype = _amp_dtype(config.precision, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-
-    model: torch.nn.Module = method
-    if world > 1:
-        buffers = [name for name, _ in method.named_buffers()]
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(method, buffers)
-        model = DistributedDataParallel(method, broadcast_buffers=False)
-
+    plan = StepPlan.build(len(train_set), config)
+    feed = BatchFeed.build(method, backbone, train_set, config, cache, progress)
+    state = TrainingState.build(method, config, plan, backbone.device)
+    model = _distributed(method)
     run_dir = Path(run_dir) if run_dir else None
-    result = FitResult(feature_cache=use_cache)
-    start_epoch, best_state = 0, None
+    result = FitResult(feature_cache=feed.features is not None)
     random.seed(config.seed)
-    torch.manual_seed(config.seed + 7919 * rank)
+    torch.manual_seed(config.seed + 7919 * dist.rank())
     if resume and run_dir and (run_dir / CHECKPOINT).is_file():
-        state = torch.load(run_dir / CHECKPOINT, map_location=device, weights_only=True)
-        method.load_state_dict(state["method"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch = state["epoch"]
-        result.history = json.loads(state["history"])
-        best_state = state.get("best_state")
-        result.selected_epoch, result.selected_score = state["selected_epoch"], state["selected_score"]
-        random.setstate(_tuple_state(state["python_rng"]))
-        torch.set_rng_state(state["torch_rng"][rank].cpu())
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"][rank].cpu(), device)
-        if dist.is_main():
-            log.info("resumed from %s at epoch %d", run_dir / CHECKPOINT, start_epoch)
+        state.restore(run_dir / CHECKPOINT, method, result)
     if run_dir and dist.is_main():
         _rewrite_metrics(run_dir / METRICS, result.history)
-
     method.train()
     epochs = tqdm(
-        range(start_epoch, config.epochs),
+        range(state.epoch, config.epochs),
         desc=f"train {method.name}",
-        initial=start_epoch,
+        initial=state.epoch,
         total=config.epochs,
         disable=not (progress and dist.is_main()),
         leave=False,
     )
     for epoch in epochs:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
-        order = order[: steps_per_epoch * per_step].view(steps_per_epoch, config.grad_accum, world, micro)
-        mine = order[:, :, rank]  # [steps, accum, micro]
-        batches = _feature_batches(features, mine) if use_cache else _image_batches(loader_set, mine, config)
-        total_loss, total_correct, seen = 0.0, 0, 0
-        for _ in range(steps_per_epoch):
-            for m in range(config.grad_accum):
-                inputs, idx = next(batches)
-                target = labels[idx.to(device)]
-                sync = m == config.grad_accum - 1
-                with (
-                    _maybe_no_sync(model, sync),
-                    torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None),
-                ):
-                    image_features = inputs if use_cache else method.image_features(backbone, inputs)
-                    logits = model(backbone, image_features)
-                    loss = F.cross_entropy(logits.float(), target, label_smoothing=config.label_smoothing)
-                    scaler.scale(loss / config.grad_accum).backward()
-                total_loss += loss.item() * len(idx)
-                total_correct += int((logits.argmax(-1) == target).sum())
-                seen += len(idx)
-            lr_used = optimizer.param_groups[0]["lr"]  # the lr of this epoch's last step (as logged)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            if not per_epoch_schedule:
-                scheduler.step()
-        if per_epoch_schedule:
-            scheduler.step()
-        record = {
-            "epoch": epoch + 1,
-            "step": (epoch + 1) * steps_per_epoch,
-            "lr": lr_used,
-            "loss": _global_mean(total_loss, seen),
-            "train_acc": _global_mean(float(total_correct), seen),
-        }
-        last = epoch + 1 == config.epochs
-        if scorer is not None and (last or (config.eval_every and (epoch + 1) % config.eval_every == 0)):
-            method.eval()
-            record["val_score"] = scorer(method, backbone)
-            method.train()
-            if config.select == "best" and (
-                result.selected_score is None or record["val_score"] > result.selected_score
-            ):
-                result.selected_epoch, result.selected_score = epoch + 1, record["val_score"]
-                best_state = copy.deepcopy(method.state_dict())
-        if config.select == "last":
-            result.selected_epoch, result.selected_score = epoch + 1, record.get("val_score")
+        record = _train_epoch(model, method, backbone, feed, state, plan, config, epoch)
+        _validate(method, backbone, scorer, config, state, result, record)
         record["seconds"] = round(time.time() - start_time, 3)
         result.history.append(record)
         epochs.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.3f}")
+        state.epoch = epoch + 1
         if run_dir:
             if dist.is_main():
                 _append_metrics(run_dir / METRICS, record)
-            if last or (epoch + 1) % config.checkpoint_every == 0:
-                _save_checkpoint(
-                    run_dir / CHECKPOINT, method, optimizer, scheduler, scaler, epoch + 1, result, best_state
-                )
+            if state.epoch == config.epochs or state.epoch % config.checkpoint_every == 0:
+                state.save(run_dir / CHECKPOINT, method, result)
         if on_epoch_end is not None:
             on_epoch_end(record)
-    if config.select == "best" and best_state is not None:
-        method.load_state_dict(best_state)
+    if config.select == "best" and state.best is not None:
+        method.load_state_dict(state.best)
     method.eval()
     result.seconds = time.time() - start_time
     return result
 
 
-def _resolve_cache(method: PromptMethod, config: TrainConfig) -> bool:
+@dataclass(frozen=True)
+class StepPlan:
+    """How the training set splits into optimizer steps, accumulation micro-batches and ranks."""
+
+    n: int
+    per_step: int
+    micro: int
+    steps_per_epoch: int
+    accum: int
+    world: int
+
+    @classmethod
+    def build(cls, n: int, config: TrainConfig) -> StepPlan:
+        if n == 0:
+            raise ValueError("the training set is empty")
+        world = dist.world_size()
+        per_step = min(config.batch_size, n)
+        micro = per_step // (world * config.grad_accum)
+        if micro * world * config.grad_accum != per_step:
+            raise ValueError(
+                f"batch_size {per_step} must split evenly over {world} process(es) x {config.grad_accum} "
+                "accumulation steps"
+            )
+        return cls(n, per_step, micro, n // per_step, config.grad_accum, world)
+
+    def order(self, seed: int, epoch: int) -> Tensor:
+        """This rank's sample indices for ``epoch``: [steps, accum, micro], a function of (seed, epoch)."""
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        order = order[: self.steps_per_epoch * self.per_step]
+        return order.view(self.steps_per_epoch, self.accum, self.world, self.micro)[:, :, dist.rank()]
+
+
+@dataclass
+class BatchFeed:
+    """Where training batches come from: cached frozen features, or images through a DataLoader."""
+
+    targets: Tensor
+    features: Tensor | None
+    images: LabeledImages | None
+    num_workers: int
+
+    @classmethod
+    def build(cls, method, backbone, train_set, config, cache, progress) -> BatchFeed:
+        targets = torch.tensor(train_set.labels, device=backbone.device)
+        if _use_cache(method, config):
+            cache = cache or FeatureCache()
+            feats = cache.features(backbone, train_set, progress=progress, key_extra=method.cache_key())
+            return cls(targets, feats, None, config.num_workers)
+        images = train_set.with_transform(backbone.image_transform(train=config.augment))
+        return cls(targets, None, images, config.num_workers)
+
+    def batches(self, order: Tensor) -> Iterator[Batch]:
+        """One :class:`Batch` per micro-batch of ``order`` [steps, accum, micro], in order."""
+        flat = order.reshape(-1, order.shape[-1])
+        if self.features is not None:
+            for idx in flat:
+                idx = idx.to(self.features.device)
+                yield Batch(features=self.features[idx], targets=self.targets[idx], index=idx)
+            return
+        loader = DataLoader(
+            self.images,
+            batch_sampler=flat.tolist(),
+            num_workers=self.num_workers,
+            pin_memory=self.targets.device.type == "cuda",
+        )
+        for (pixels, _), idx in zip(loader, flat):
+            idx = idx.to(self.targets.device)
+            yield Batch(pixels=pixels, targets=self.targets[idx], index=idx)
+
+
+class TrainingState:
+    """Optimizer, schedule, loss scaler, the epoch reached and the best state so far; checkpointed."""
+
+    def __init__(self, optimizer, scheduler, scaler, amp_dtype, per_epoch_schedule: bool):
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.scaler = scaler
+        self.amp_dtype = amp_dtype
+        self.per_epoch_schedule = per_epoch_schedule
+        self.epoch = 0
+        self.best: dict[str, Tensor] | None = None
+
+    @classmethod
+    def build(cls, method: PromptMethod, config: TrainConfig, plan: StepPlan, device: torch.device) -> TrainingState:
+        groups = [g for g in method.param_groups() if g["params"]]
+        if not groups:
+            raise ValueError(f"method {method.name} has nothing to train")
+        optimizer = _make_optimizer(groups, config)
+        per_epoch = config.schedule == "coop"
+        total = config.epochs if per_epoch else config.epochs * plan.steps_per_epoch
+        warmup = config.warmup_epochs if per_epoch else config.warmup_epochs * plan.steps_per_epoch
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_factor(config.schedule, total, warmup, config.lr, config.warmup_lr)
+        )
+        amp_dtype = _amp_dtype(config.precision, device)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        return cls(optimizer, scheduler, scaler, amp_dtype, per_epoch)
+
+    def step(self) -> None:
+        """One optimizer step on the accumulated gradients (and a per-step schedule tick)."""
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if not self.per_epoch_schedule:
+            self.scheduler.step()
+
+    def end_epoch(self) -> None:
+        if self.per_epoch_schedule:
+            self.scheduler.step()
+
+    def save(self, path: Path, method: PromptMethod, result: FitResult) -> None:
+        """Every rank calls this (to gather RNG states); rank 0 writes atomically."""
+        device = next(method.parameters()).device
+        state = {
+            "method": method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "history": json.dumps(result.history),
+            "selected_epoch": result.selected_epoch,
+            "selected_score": result.selected_score,
+            "best_state": self.best,
+            "python_rng": list(_list_state(random.getstate())),
+            "torch_rng": _gather(torch.get_rng_state()),
+            "cuda_rng": _gather(torch.cuda.get_rng_state(device)) if device.type == "cuda" else None,
+        }
+        if dist.is_main():
+            atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+    def restore(self, path: Path, method: PromptMethod, result: FitResult) -> None:
+        device = next(method.parameters()).device
+        state = torch.load(path, map_location=device, weights_only=True)
+        method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch = state["epoch"]
+        self.best = state.get("best_state")
+        result.history = json.loads(state["history"])
+        result.selected_epoch, result.selected_score = state["selected_epoch"], state["selected_score"]
+        random.setstate(_tuple_state(state["python_rng"]))
+        torch.set_rng_state(state["torch_rng"][dist.rank()].cpu())
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"][dist.rank()].cpu(), device)
+        if dist.is_main():
+            log.info("resumed from %s at epoch %d", path, self.epoch)
+
+
+def _train_epoch(model, method, backbone, feed: BatchFeed, state: TrainingState, plan: StepPlan, config, epoch):
+    """One pass over the training set; returns the epoch's record (loss and accuracy over all ranks)."""
+    batches = feed.batches(plan.order(config.seed, epoch))
+    total_loss, total_correct, seen = 0.0, 0, 0
+    autocast = torch.autocast(backbone.device.type, dtype=state.amp_dtype, enabled=state.amp_dtype is not None)
+    for _ in range(plan.steps_per_epoch):
+        for m in range(plan.accum):
+            batch = next(batches)
+            with _maybe_no_sync(model, sync=m == plan.accum - 1), autocast:
+                logits = model(backbone, batch)
+                loss = method.loss(backbone, batch, logits, config.label_smoothing)
+                state.scaler.scale(loss / plan.accum).backward()
+            total_loss += loss.item() * len(batch)
+            total_correct += int((logits.argmax(-1) == batch.targets).sum())
+            seen += len(batch)
+        lr_used = state.optimizer.param_groups[0]["lr"]  # the lr of this epoch's last step (as logged)
+        state.step()
+    state.end_epoch()
+    return {
+        "epoch": epoch + 1,
+        "step": (epoch + 1) * plan.steps_per_epoch,
+        "lr": lr_used,
+        "loss": _global_mean(total_loss, seen),
+        "train_acc": _global_mean(float(total_correct), seen),
+    }
+
+
+def _validate(method, backbone, scorer, config: TrainConfig, state: TrainingState, result: FitResult, record) -> None:
+    """Score on validation when due; keep the selected epoch (and the best state) up to date."""
+    epoch = record["epoch"]
+    if scorer is not None and (epoch == config.epochs or (config.eval_every and epoch % config.eval_every == 0)):
+        method.eval()
+        record["val_score"] = scorer(method, backbone)
+        method.train()
+        if config.select == "best" and (result.selected_score is None or record["val_score"] > result.selected_score):
+            result.selected_epoch, result.selected_score = epoch, record["val_score"]
+            state.best = copy.deepcopy(method.state_dict())
+    if config.select == "last":
+        result.selected_epoch, result.selected_score = epoch, record.get("val_score")
+
+
+def _distributed(method: PromptMethod) -> torch.nn.Module:
+    """The method wrapped in DDP under torchrun (constant buffers are not broadcast), else itself."""
+    if dist.world_size() == 1:
+        return method
+    buffers = [name for name, _ in method.named_buffers()]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(method, buffers)
+    return DistributedDataParallel(method, broadcast_buffers=False)
+
+
+def _use_cache(method: PromptMethod, config: TrainConfig) -> bool:
     if method.changes_image_tower:
         if config.cache_features:
             raise ValueError(f"{method.name} changes the image tower: its image features cannot be cached")
@@ -300,7 +401,7 @@ def _resolve_cache(method: PromptMethod, config: TrainConfig) -> bool:
     return bool(config.cache_features)
 
 
-def _make_optimizer(params: list[Tensor], config: TrainConfig) -> torch.optim.Optimizer:
+def _make_optimizer(params: list[dict[str, Any]], config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.optimizer == "adam":
@@ -322,18 +423,6 @@ def _maybe_no_sync(model: torch.nn.Module, sync: bool):
     return contextlib.nullcontext()
 
 
-def _feature_batches(features: Tensor, order: Tensor):
-    for idx in order.reshape(-1, order.shape[-1]):
-        yield features[idx.to(features.device)], idx
-
-
-def _image_batches(dataset: LabeledImages, order: Tensor, config: TrainConfig):
-    flat = order.reshape(-1, order.shape[-1]).tolist()
-    loader = DataLoader(dataset, batch_sampler=flat, num_workers=config.num_workers)
-    for (pixels, _), idx in zip(loader, flat):
-        yield pixels, torch.tensor(idx)
-
-
 def _global_mean(total: float, count: int) -> float:
     if dist.is_distributed():
         t = torch.tensor([total, float(count)], dtype=torch.float64)
@@ -344,29 +433,6 @@ def _global_mean(total: float, count: int) -> float:
 
 def _tuple_state(state: Any) -> Any:
     return tuple(_tuple_state(s) for s in state) if isinstance(state, list) else state
-
-
-def _save_checkpoint(path, method, optimizer, scheduler, scaler, epoch, result: FitResult, best_state) -> None:
-    """Every rank calls this (to gather RNG states); rank 0 writes atomically."""
-    device = next(method.parameters()).device
-    torch_rng = _gather(torch.get_rng_state())
-    cuda_rng = _gather(torch.cuda.get_rng_state(device)) if device.type == "cuda" else None
-    state = {
-        "method": method.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "epoch": epoch,
-        "history": json.dumps(result.history),
-        "selected_epoch": result.selected_epoch,
-        "selected_score": result.selected_score,
-        "best_state": best_state,
-        "python_rng": list(_list_state(random.getstate())),
-        "torch_rng": torch_rng,
-        "cuda_rng": cuda_rng,
-    }
-    if dist.is_main():
-        atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def _gather(state: Tensor) -> list[Tensor]:

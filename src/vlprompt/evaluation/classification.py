@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
+from .. import distributed as dist
 from ..backbones import Backbone
 from ..data.images import LabeledImages
-from ..engine.features import FeatureCache
-from ..methods import PromptMethod
+from ..features import FeatureCache
+from ..methods import Batch, PromptMethod
 
 
 @torch.no_grad()
@@ -18,24 +21,28 @@ def predict_logits(
     dataset: LabeledImages,
     cache: FeatureCache | None = None,
     batch_size: int = 256,
+    progress: bool = False,
 ) -> Tensor:
-    """Logits [N, C] of every image; class features are encoded once unless image-conditioned."""
+    """Logits [N, C] of every image; class features are encoded once unless image-conditioned.
+
+    Methods that change the image tower see the images in batches (under torchrun each rank scores
+    its share, then the shares are gathered); the others score cached frozen features.
+    """
     method.eval()
-    transform = backbone.image_transform()
-    data = dataset.with_transform(transform)
+    data = dataset.with_transform(backbone.image_transform())
+    text = method.reusable_text_features(backbone)
     if method.changes_image_tower:
-        feats = torch.cat(
-            [
-                method.image_features(
-                    backbone, torch.stack([data[i][0] for i in range(s, min(s + batch_size, len(data)))])
-                )
-                for s in range(0, len(data), batch_size)
-            ]
-        )
-    else:
-        feats = (cache or FeatureCache()).features(backbone, data, progress=False)
-    text = method.class_features(backbone)
-    return torch.cat([method(backbone, feats[s : s + batch_size], text) for s in range(0, len(feats), batch_size)])
+        mine = dist.shard(list(range(len(data))))
+        loader = DataLoader(data.subset(mine), batch_size=batch_size, pin_memory=backbone.device.type == "cuda")
+        disable = not (progress and dist.is_main())
+        chunks = [torch.empty(0, method.num_classes)]
+        for pixels, _ in tqdm(loader, desc=f"score {method.name}", disable=disable, leave=False):
+            chunks.append(method.logits(backbone, Batch(pixels=pixels), text).float().cpu())
+        return dist.gather_shards(torch.cat(chunks), len(data)).to(backbone.device)
+    feats = (cache or FeatureCache()).features(backbone, data, progress=progress, key_extra=method.cache_key())
+    return torch.cat(
+        [method.logits(backbone, Batch(features=feats[s : s + batch_size]), text) for s in range(0, len(feats), batch_size)]
+    )
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> dict[str, float]:
@@ -50,10 +57,14 @@ def accuracy(logits: Tensor, labels: Tensor) -> dict[str, float]:
 
 
 def evaluate(
-    method: PromptMethod, backbone: Backbone, dataset: LabeledImages, cache: FeatureCache | None = None
+    method: PromptMethod,
+    backbone: Backbone,
+    dataset: LabeledImages,
+    cache: FeatureCache | None = None,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Accuracy metrics of ``method`` on ``dataset``."""
-    logits = predict_logits(method, backbone, dataset, cache)
+    logits = predict_logits(method, backbone, dataset, cache, progress=progress)
     return accuracy(logits, torch.tensor(dataset.labels))
 
 

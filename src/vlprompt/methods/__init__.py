@@ -1,44 +1,64 @@
-"""Prompt methods and their registry (explicit: every method is listed here)."""
+"""Prompt methods and their registry (explicit: every method is listed here, once)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..backbones import Backbone
-from .base import MethodConfig, PromptMethod, cosine_logits
+from ..labels import ClassNames, PairSpace
+from .base import Batch, MethodConfig, PromptMethod, cosine_logits
 from .cocoop import CoCoOp, CoCoOpConfig
 from .compositional import CSP, AttrObjHeads, CZSLCoOp, CZSLZeroShot, PairMethod, PairProjection, pair_space
 from .coop import CoOp, CoOpConfig
 from .linear_probe import LinearProbe, LinearProbeConfig
 from .zeroshot import ZeroShot, ZeroShotConfig
 
-CLASSIFICATION_METHODS = (ZeroShot, CoOp, CoCoOp, LinearProbe)
-COMPOSITIONAL_METHODS = (CZSLZeroShot, CZSLCoOp, CSP, AttrObjHeads, PairProjection)
-METHODS: dict[str, type[PromptMethod]] = {cls.name: cls for cls in CLASSIFICATION_METHODS + COMPOSITIONAL_METHODS}
+#: Every method, by its lowercase name. Registering a method here is all it takes to put it in the CLI
+#: of its protocol (by its ``label_kind``) and in the contract test suite.
+METHODS: dict[str, type[PromptMethod]] = {
+    cls.name: cls
+    for cls in (ZeroShot, CoOp, CoCoOp, LinearProbe, CZSLZeroShot, CZSLCoOp, CSP, AttrObjHeads, PairProjection)
+}
+
+#: Which command trains methods of each label space.
+COMMAND_OF_LABELS: dict[type, str] = {ClassNames: "train", PairSpace: "czsl"}
 
 
-def method_class(name: str) -> type[PromptMethod]:
-    """The method class registered under ``name`` (lowercase)."""
+def methods_for(label_kind: type) -> list[str]:
+    """Names of the methods that score ``label_kind`` (e.g. :class:`~vlprompt.labels.PairSpace`)."""
+    return sorted(name for name, cls in METHODS.items() if cls.label_kind is label_kind)
+
+
+def method_class(name: str, label_kind: type | None = None) -> type[PromptMethod]:
+    """The method class registered under ``name`` (lowercase), optionally checked against a protocol."""
     try:
-        return METHODS[name.lower()]
+        cls = METHODS[name.lower()]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(sorted(METHODS))}") from None
+        valid = methods_for(label_kind) if label_kind else sorted(METHODS)
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(valid)}") from None
+    if label_kind is not None and cls.label_kind is not label_kind:
+        command = COMMAND_OF_LABELS.get(cls.label_kind, "another command")
+        raise ValueError(
+            f"method {name!r} scores {cls.label_kind.kind}, not {label_kind.kind}: run it with `vlprompt {command}`; "
+            f"methods here: {', '.join(methods_for(label_kind))}"
+        )
+    return cls
 
 
 def build_method(
-    name: str, backbone: Backbone, classes: Any, options: dict[str, Any] | MethodConfig | None = None
+    name: str, backbone: Backbone, labels: Any, options: dict[str, Any] | MethodConfig | None = None
 ) -> PromptMethod:
     """Instantiate a registered method with options given as a dict or its config dataclass."""
     cls = method_class(name)
     config = options if isinstance(options, MethodConfig) else cls.Config.from_dict(options, cls.name)
-    return cls(backbone, classes, config)
+    return cls(backbone, labels, config)
 
 
 __all__ = [
-    "CLASSIFICATION_METHODS",
-    "COMPOSITIONAL_METHODS",
+    "COMMAND_OF_LABELS",
     "CSP",
     "AttrObjHeads",
+    "Batch",
     "CZSLCoOp",
     "CZSLZeroShot",
     "PairMethod",
@@ -58,4 +78,5 @@ __all__ = [
     "build_method",
     "cosine_logits",
     "method_class",
+    "methods_for",
 ]

@@ -1,8 +1,15 @@
-"""What every prompt method is: its trainable tensors, its constant buffers, and how it scores."""
+"""The method contract: what every prompt method holds, declares and computes.
+
+A method holds only its trainable tensors (saved in its prompt file) and constant buffers
+(registered non-persistent, rebuilt from the backbone). It scores a typed label space
+(:mod:`vlprompt.labels`), declares its capabilities as class flags, and owns its logits, its loss
+and its optimizer parameter groups; the engine only loops, steps, syncs, checkpoints and logs.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -10,9 +17,36 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import Backbone
+from ..labels import ClassNames, LabelSpace
 
 
-@dataclasses.dataclass
+@dataclass
+class Batch:
+    """One batch of images: cached frozen features or preprocessed pixels, and what is known of them.
+
+    Attributes:
+        features: [B, D] frozen image features (methods that leave the image tower untouched).
+        pixels: [B, 3, H, W] preprocessed images (methods that change the image tower, or no cache).
+        targets: [B] label indices (task-local where there are tasks); None at inference.
+        index: [B] positions of the samples in their dataset.
+        task: [B] task ids, where a run has tasks.
+    """
+
+    features: Tensor | None = None
+    pixels: Tensor | None = None
+    targets: Tensor | None = None
+    index: Tensor | None = None
+    task: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if (self.features is None) == (self.pixels is None):
+            raise ValueError("a batch holds either cached image features or pixels")
+
+    def __len__(self) -> int:
+        return len(self.features if self.features is not None else self.pixels)
+
+
+@dataclass
 class MethodConfig:
     """Base of every method's hyperparameters (defaults are the paper's)."""
 
@@ -33,66 +67,109 @@ class MethodConfig:
 class PromptMethod(nn.Module):
     """A prompt-learning method on a frozen backbone.
 
-    Subclasses hold only their trainable parameters (saved) and constant buffers (registered
-    non-persistent, rebuilt from the backbone), and declare what the engine must know:
-    ``changes_image_tower`` (the image features depend on learned tensors, so they cannot be cached)
-    and ``conditions_on_image`` (text features depend on each image).
+    Capabilities (class flags; the engine and the runs read only these):
+        changes_image_tower: image features depend on learned tensors, so they are never cached and
+            batches carry pixels.
+        conditions_on_image: class text features depend on each image (no reuse across images).
+        scores_with_text: logits are scaled cosines with class text features (False: a classifier
+            head on image features).
+        learns: has tensors to train (False: zero-shot).
+        transfers: can score classes it was not trained on (``set_classes`` with new labels).
+        has_context: holds learned context vectors ``ctx`` that ``nearest_words`` can interpret.
+        changes_backbone: owns a backbone delta (e.g. LoRA); it is saved in the prompt file and
+            folded into :meth:`cache_key`.
 
-    ``classes`` is the label set the method scores: a list of class names, or a method-specific
-    JSON-able description (e.g. attribute-object pairs). ``set_classes`` swaps it while keeping the
-    learned tensors (base-to-new transfer, evaluation on unseen pairs).
+    Args:
+        backbone: the frozen backbone (dimensions, tokenizer, word embeddings).
+        labels: the label space scored (a :data:`~vlprompt.labels.LabelSpace` of ``label_kind``,
+            or what ``label_kind.coerce`` accepts, e.g. a list of class names).
+        config: the method's hyperparameters.
     """
 
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
+    label_kind: ClassVar[type] = ClassNames
     changes_image_tower: ClassVar[bool] = False
     conditions_on_image: ClassVar[bool] = False
+    scores_with_text: ClassVar[bool] = True
+    learns: ClassVar[bool] = True
+    transfers: ClassVar[bool] = True
+    has_context: ClassVar[bool] = False
+    changes_backbone: ClassVar[bool] = False
 
-    def __init__(self, backbone: Backbone, classes: Any, config: MethodConfig | None = None):
+    def __init__(self, backbone: Backbone, labels: Any, config: MethodConfig | None = None):
         super().__init__()
         self.config = config if config is not None else self.Config()
-        self.classes = classes
+        self.labels: LabelSpace = self.label_kind.coerce(labels)
 
-    # ---------------------------------------------------------------- label set
-    def set_classes(self, backbone: Backbone, classes: Any) -> None:
-        """Score a new label set with the same learned tensors."""
-        raise ValueError(f"{self.name} learned one output per training class: it cannot score other classes")
-
+    # ---------------------------------------------------------------- label space
     @property
     def transfers_to_new_classes(self) -> bool:
-        """Whether ``set_classes`` can score classes not seen in training (base-to-new)."""
-        return type(self).set_classes is not PromptMethod.set_classes
+        """Whether ``set_classes`` can score labels not seen in training (base-to-new)."""
+        return self.transfers
+
+    def set_classes(self, backbone: Backbone, labels: Any) -> None:
+        """Score another label space with the same learned tensors (see :attr:`transfers`)."""
+        labels = self.label_kind.coerce(labels, self.labels)
+        if not self.transfers_to_new_classes and labels != self.labels:
+            raise ValueError(f"{self.name} learned one output per training class: it cannot score other classes")
+        self.labels = labels
+        self._labels_changed(backbone)
+
+    def _labels_changed(self, backbone: Backbone) -> None:
+        """Rebuild whatever depends on ``self.labels`` (constant buffers, layouts)."""
 
     @property
     def num_classes(self) -> int:
-        return len(self.classes)
+        return len(self.labels)
 
     def class_names(self) -> list[str]:
-        """Display names of the classes scored, in logit order."""
-        return [str(c) for c in self.classes]
+        """Display names of the labels scored, in logit order."""
+        return self.labels.display_names()
 
     # ---------------------------------------------------------------- scoring
-    def image_features(self, backbone: Backbone, pixels: Tensor) -> Tensor:
-        """Image features; methods that prompt the image tower override this."""
-        return backbone.encode_image(pixels)
+    def image_features(self, backbone: Backbone, batch: Batch) -> Tensor:
+        """The batch's image features: cached ones, or its pixels through the (prompted) image tower."""
+        if batch.features is not None:
+            return batch.features
+        return backbone.encode_image(batch.pixels)
 
     def text_features(self, backbone: Backbone, image_features: Tensor | None = None) -> Tensor:
-        """[C, D] class features, or [B, C, D] when conditioned on each image."""
-        raise NotImplementedError
+        """[C, D] class features, or [B, C, D] when ``conditions_on_image``."""
+        raise NotImplementedError(f"{self.name} does not score with text features")
 
-    def class_features(self, backbone: Backbone) -> Tensor | None:
-        """Class features to reuse for every batch at evaluation, or None if they depend on the image."""
-        return None if self.conditions_on_image else self.text_features(backbone)
+    def reusable_text_features(self, backbone: Backbone) -> Tensor | None:
+        """Class features to encode once and reuse for every evaluation batch (None: not reusable)."""
+        if self.scores_with_text and not self.conditions_on_image:
+            return self.text_features(backbone)
+        return None
 
-    def forward(self, backbone: Backbone, image_features: Tensor, text_features: Tensor | None = None) -> Tensor:
-        """Logits [B, C] = scale · cos(image, class). Pass ``text_features`` to reuse them."""
-        if text_features is None:
-            text_features = self.text_features(backbone, image_features)
-        return cosine_logits(image_features, text_features, backbone.logit_scale)
+    def logits(self, backbone: Backbone, batch: Batch, text: Tensor | None = None) -> Tensor:
+        """[B, C] logits = scale · cos(image, class); pass ``text`` to reuse encoded class features."""
+        image = self.image_features(backbone, batch)
+        if text is None:
+            text = self.text_features(backbone, image if self.conditions_on_image else None)
+        return cosine_logits(image, text, backbone.logit_scale)
 
+    def loss(self, backbone: Backbone, batch: Batch, logits: Tensor, label_smoothing: float = 0.0) -> Tensor:
+        """The training objective (cross-entropy over the label space; methods add regularisers)."""
+        return F.cross_entropy(logits.float(), batch.targets, label_smoothing=label_smoothing)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimizer parameter groups (one group of every trainable tensor by default)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def forward(self, backbone: Backbone, batch: Batch, text: Tensor | None = None) -> Tensor:
+        return self.logits(backbone, batch, text)
+
+    # ---------------------------------------------------------------- files and caches
     def trainable_state(self) -> dict[str, Tensor]:
         """The tensors a prompt file stores."""
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+
+    def cache_key(self) -> str:
+        """What image features depend on besides the backbone: empty unless a backbone delta exists."""
+        return ""
 
 
 def cosine_logits(image_features: Tensor, text_features: Tensor, scale: Tensor | float) -> Tensor:

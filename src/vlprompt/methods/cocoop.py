@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import Backbone
 from .base import MethodConfig, PromptMethod
-from .prompting import PromptLayout, phrase_embeddings
+from .coop import nearest_words
+from .prompting import PromptLayout, initial_context
 
 
 @dataclass
@@ -40,26 +42,22 @@ class CoCoOp(PromptMethod):
     name = "cocoop"
     Config = CoCoOpConfig
     conditions_on_image = True
+    has_context = True
 
     def __init__(self, backbone: Backbone, classes: Sequence[str], config: CoCoOpConfig | None = None):
-        super().__init__(backbone, list(classes), config)
+        super().__init__(backbone, classes, config)
         cfg = self.config
-        if cfg.ctx_init:
-            init = phrase_embeddings(backbone, cfg.ctx_init)
-        else:
-            init = nn.init.normal_(backbone.token_embedding_table.new_empty(cfg.n_ctx, backbone.text_width), 0, 0.02)
-        self.ctx = nn.Parameter(init.float().to(backbone.device))
+        self.ctx = nn.Parameter(initial_context(backbone, cfg.n_ctx, cfg.ctx_init).float().to(backbone.device))
         hidden = max(1, backbone.embed_dim // cfg.meta_reduction)
         self.meta_net = nn.Sequential(
             nn.Linear(backbone.embed_dim, hidden),
             nn.ReLU(inplace=True),
             nn.Linear(hidden, backbone.text_width),
         ).to(backbone.device)
-        self.layout = PromptLayout(backbone, self.classes, self.ctx.shape[0])
+        self._labels_changed(backbone)
 
-    def set_classes(self, backbone: Backbone, classes: Sequence[str]) -> None:
-        self.classes = list(classes)
-        self.layout = PromptLayout(backbone, self.classes, self.ctx.shape[0]).to(self.ctx.device)
+    def _labels_changed(self, backbone: Backbone) -> None:
+        self.layout = PromptLayout(backbone, self.labels.names, self.ctx.shape[0]).to(self.ctx.device)
 
     def text_features(self, backbone: Backbone, image_features: Tensor | None = None) -> Tensor:
         if image_features is None:
@@ -67,3 +65,8 @@ class CoCoOp(PromptMethod):
         shift = self.meta_net(F.normalize(image_features.float(), dim=-1))  # [B, d]
         ctx = self.ctx.unsqueeze(0) + shift.unsqueeze(1)  # [B, n, d]
         return self.layout.encode(backbone, ctx.unsqueeze(1), self.config.chunk_size)  # [B, C, D]
+
+    @torch.no_grad()
+    def nearest_words(self, backbone: Backbone, k: int = 3) -> list[list[tuple[str, float]]]:
+        """For each learned (image-independent) context vector, the ``k`` nearest vocabulary words."""
+        return nearest_words(backbone, self.ctx, k)

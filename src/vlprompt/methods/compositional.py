@@ -1,21 +1,21 @@
-"""Methods for compositional zero-shot learning: classes are (attribute, object) pairs.
+"""Methods for compositional zero-shot learning: the labels are (attribute, object) pairs.
 
-``classes`` is ``{"attrs": [...], "objs": [...], "pairs": [[attr, obj], ...]}``; the vocabulary
-(attributes and objects) is fixed at construction, the pairs scored can be swapped with
-``set_classes`` (train on seen pairs, evaluate on closed- or open-world pairs).
+The label space is a :class:`~vlprompt.labels.PairSpace`; its vocabulary (attributes and objects)
+is fixed at construction, the pairs scored can be swapped with ``set_classes`` (train on seen
+pairs, evaluate on closed- or open-world pairs).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import Backbone
-from .base import MethodConfig, PromptMethod
+from ..labels import PairSpace
+from .base import Batch, MethodConfig, PromptMethod
+from .coop import nearest_words
 from .zeroshot import ensemble_text_features
 
 
@@ -24,48 +24,34 @@ def primitive_text(name: str) -> str:
     return name.replace(".", " ").lower().strip()
 
 
-def pair_space(attrs: list[str], objs: list[str], pairs: list) -> dict[str, Any]:
-    """The JSON-able label space of a compositional method."""
-    return {"attrs": list(attrs), "objs": list(objs), "pairs": [list(p) for p in pairs]}
+def pair_space(attrs: list[str], objs: list[str], pairs: list) -> PairSpace:
+    """The label space of a compositional method."""
+    return PairSpace(tuple(attrs), tuple(objs), tuple(tuple(p) for p in pairs))
 
 
 class PairMethod(PromptMethod):
     """Shared bookkeeping: vocabulary indices of the pairs currently scored."""
 
-    def __init__(self, backbone: Backbone, classes: dict[str, Any], config: MethodConfig | None = None):
-        super().__init__(backbone, pair_space(classes["attrs"], classes["objs"], classes["pairs"]), config)
-        self.attr_index = {a: i for i, a in enumerate(self.classes["attrs"])}
-        self.obj_index = {o: i for i, o in enumerate(self.classes["objs"])}
-        self._set_pair_indices(self.classes["pairs"], backbone.device)
+    label_kind = PairSpace
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes["pairs"])
+    def __init__(self, backbone: Backbone, classes: PairSpace, config: MethodConfig | None = None):
+        super().__init__(backbone, classes, config)
+        self.attr_index = {a: i for i, a in enumerate(self.labels.attrs)}
+        self.obj_index = {o: i for i, o in enumerate(self.labels.objs)}
+        self._set_pair_indices(backbone.device)
 
-    def class_names(self) -> list[str]:
-        return [f"{a} {o}" for a, o in self.classes["pairs"]]
+    def _labels_changed(self, backbone: Backbone) -> None:
+        self._set_pair_indices(backbone.device)
 
-    def _set_pair_indices(self, pairs: list, device: torch.device) -> None:
-        try:
-            a = [self.attr_index[p[0]] for p in pairs]
-            o = [self.obj_index[p[1]] for p in pairs]
-        except KeyError as err:
-            raise ValueError(f"pair uses {err.args[0]!r}, which is not in this method's vocabulary") from None
+    def _set_pair_indices(self, device: torch.device) -> None:
+        a = [self.attr_index[attr] for attr, _ in self.labels.pairs]
+        o = [self.obj_index[obj] for _, obj in self.labels.pairs]
         self.register_buffer("pair_attr", torch.tensor(a, dtype=torch.long, device=device), persistent=False)
         self.register_buffer("pair_obj", torch.tensor(o, dtype=torch.long, device=device), persistent=False)
 
-    def set_classes(self, backbone: Backbone, classes: dict[str, Any] | list) -> None:
-        pairs = classes["pairs"] if isinstance(classes, dict) else classes
-        if isinstance(classes, dict) and (
-            classes["attrs"] != self.classes["attrs"] or classes["objs"] != self.classes["objs"]
-        ):
-            raise ValueError("a compositional method keeps its vocabulary: only the pairs can change")
-        self.classes = pair_space(self.classes["attrs"], self.classes["objs"], pairs)
-        self._set_pair_indices(self.classes["pairs"], backbone.device)
-
     def vocabulary_vectors(self, backbone: Backbone) -> Tensor:
         """Word-averaged BPE embeddings of attributes then objects [A + O, width]."""
-        names = [primitive_text(n) for n in self.classes["attrs"] + self.classes["objs"]]
+        names = [primitive_text(n) for n in self.labels.attrs + self.labels.objs]
         return backbone.word_vectors(names)
 
 
@@ -91,7 +77,7 @@ class CompositionalPrompt(PairMethod):
     #: pairs encoded per text-tower pass (open-world C-GQA has 278,362 of them).
     pair_chunk: int = 4096
 
-    def __init__(self, backbone: Backbone, classes: dict[str, Any], config: MethodConfig | None = None):
+    def __init__(self, backbone: Backbone, classes: PairSpace, config: MethodConfig | None = None):
         super().__init__(backbone, classes, config)
         ids = backbone.tokenize([self.config.template])[0]
         x_id = backbone.token_ids("x")[0]
@@ -118,7 +104,7 @@ class CompositionalPrompt(PairMethod):
         dropout = getattr(self.config, "vocab_dropout", 0.0)
         if self.training and dropout > 0:
             vocab = F.dropout(vocab, dropout)
-        n_attrs = len(self.classes["attrs"])
+        n_attrs = len(self.labels.attrs)
         feats = []
         for start in range(0, self.num_classes, self.pair_chunk):
             attr = vocab[self.pair_attr[start : start + self.pair_chunk]].unsqueeze(1)
@@ -158,8 +144,14 @@ class CZSLCoOp(CompositionalPrompt):
 
     name = "czsl-coop"
     Config = CZSLCoOpConfig
+    has_context = True
     learn_vocabulary = False
     learn_context = True
+
+    @torch.no_grad()
+    def nearest_words(self, backbone: Backbone, k: int = 3) -> list[list[tuple[str, float]]]:
+        """For each learned context vector, the ``k`` nearest vocabulary words."""
+        return nearest_words(backbone, self.context, k)
 
 
 @dataclass
@@ -174,17 +166,18 @@ class CZSLZeroShot(PairMethod):
 
     name = "czsl-zeroshot"
     Config = CZSLZeroShotConfig
+    learns = False
 
-    def __init__(self, backbone: Backbone, classes: dict[str, Any], config: CZSLZeroShotConfig | None = None):
+    def __init__(self, backbone: Backbone, classes: PairSpace, config: CZSLZeroShotConfig | None = None):
         super().__init__(backbone, classes, config)
         self._encode(backbone)
 
-    def set_classes(self, backbone: Backbone, classes: dict[str, Any] | list) -> None:
-        super().set_classes(backbone, classes)
+    def _labels_changed(self, backbone: Backbone) -> None:
+        super()._labels_changed(backbone)
         self._encode(backbone)
 
     def _encode(self, backbone: Backbone) -> None:
-        names = [f"{primitive_text(a)} {primitive_text(o)}" for a, o in self.classes["pairs"]]
+        names = [f"{primitive_text(a)} {primitive_text(o)}" for a, o in self.labels.pairs]
         feats = ensemble_text_features(backbone, names, [self.config.template])
         self.register_buffer("pair_features", feats, persistent=False)
 
@@ -205,20 +198,18 @@ class AttrObjHeads(PairMethod):
 
     name = "attr-obj-heads"
     Config = AttrObjHeadsConfig
+    scores_with_text = False
 
-    def __init__(self, backbone: Backbone, classes: dict[str, Any], config: MethodConfig | None = None):
+    def __init__(self, backbone: Backbone, classes: PairSpace, config: MethodConfig | None = None):
         super().__init__(backbone, classes, config)
-        self.attr_head = nn.Linear(backbone.embed_dim, len(self.classes["attrs"])).to(backbone.device)
-        self.obj_head = nn.Linear(backbone.embed_dim, len(self.classes["objs"])).to(backbone.device)
+        self.attr_head = nn.Linear(backbone.embed_dim, len(self.labels.attrs)).to(backbone.device)
+        self.obj_head = nn.Linear(backbone.embed_dim, len(self.labels.objs)).to(backbone.device)
 
-    def forward(self, backbone: Backbone, image_features: Tensor, text_features: Tensor | None = None) -> Tensor:
-        x = F.normalize(image_features.float(), dim=-1)
+    def logits(self, backbone: Backbone, batch: Batch, text: Tensor | None = None) -> Tensor:
+        x = F.normalize(self.image_features(backbone, batch).float(), dim=-1)
         attr = F.log_softmax(self.attr_head(x), dim=-1)
         obj = F.log_softmax(self.obj_head(x), dim=-1)
         return attr[:, self.pair_attr] + obj[:, self.pair_obj]
-
-    def class_features(self, backbone: Backbone) -> None:
-        return None
 
 
 @dataclass
@@ -236,7 +227,7 @@ class PairProjection(PairMethod):
     name = "pair-projection"
     Config = PairProjectionConfig
 
-    def __init__(self, backbone: Backbone, classes: dict[str, Any], config: PairProjectionConfig | None = None):
+    def __init__(self, backbone: Backbone, classes: PairSpace, config: PairProjectionConfig | None = None):
         super().__init__(backbone, classes, config)
         self.register_buffer("words", self.vocabulary_vectors(backbone), persistent=False)
         width, out = 2 * backbone.text_width, backbone.embed_dim
@@ -245,6 +236,6 @@ class PairProjection(PairMethod):
         self.projection = nn.Sequential(*layers).to(backbone.device)
 
     def text_features(self, backbone: Backbone, image_features: Tensor | None = None) -> Tensor:
-        n_attrs = len(self.classes["attrs"])
+        n_attrs = len(self.labels.attrs)
         pairs = torch.cat([self.words[self.pair_attr], self.words[n_attrs + self.pair_obj]], dim=-1)
         return self.projection(pairs)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..backbones import Backbone
 from .base import MethodConfig, PromptMethod
-from .prompting import PromptLayout, phrase_embeddings
+from .prompting import PromptLayout, initial_context
 
 
 @dataclass
@@ -38,35 +38,33 @@ class CoOp(PromptMethod):
 
     name = "coop"
     Config = CoOpConfig
+    has_context = True
 
     def __init__(self, backbone: Backbone, classes: Sequence[str], config: CoOpConfig | None = None):
-        super().__init__(backbone, list(classes), config)
+        super().__init__(backbone, classes, config)
         cfg = self.config
-        if cfg.ctx_init:
-            init = phrase_embeddings(backbone, cfg.ctx_init)
-        else:
-            init = torch.randn(cfg.n_ctx, backbone.text_width) * cfg.init_std
-        if cfg.class_specific:
-            init = init.expand(len(self.classes), -1, -1).clone()
-            if not cfg.ctx_init:
-                init = torch.randn_like(init) * cfg.init_std
+        n_classes = len(self.labels) if cfg.class_specific else 0
+        init = initial_context(backbone, cfg.n_ctx, cfg.ctx_init, cfg.init_std, n_classes)
         self.n_ctx = init.shape[-2]
         self.ctx = nn.Parameter(init.to(backbone.device))
-        self.layout = PromptLayout(backbone, self.classes, self.n_ctx, cfg.class_token_position)
+        self._labels_changed(backbone)
 
     @property
     def transfers_to_new_classes(self) -> bool:
         return not self.config.class_specific
 
-    def set_classes(self, backbone: Backbone, classes: Sequence[str]) -> None:
-        if self.config.class_specific and list(classes) != self.classes:
+    def set_classes(self, backbone: Backbone, classes) -> None:
+        labels = self.label_kind.coerce(classes)
+        if self.config.class_specific and labels != self.labels:
             raise ValueError(
-                f"class-specific CoOp learned one context for each of its {len(self.classes)} classes, in order; "
+                f"class-specific CoOp learned one context for each of its {len(self.labels)} classes, in order; "
                 "it cannot score other classes (train with class_specific=false to transfer)"
             )
-        self.classes = list(classes)
-        self.layout = PromptLayout(backbone, self.classes, self.n_ctx, self.config.class_token_position)
-        self.layout.to(self.ctx.device)
+        super().set_classes(backbone, labels)
+
+    def _labels_changed(self, backbone: Backbone) -> None:
+        layout = PromptLayout(backbone, self.labels.names, self.n_ctx, self.config.class_token_position)
+        self.layout = layout.to(self.ctx.device)
 
     def text_features(self, backbone: Backbone, image_features: Tensor | None = None) -> Tensor:
         return self.layout.encode(backbone, self.ctx)
@@ -74,11 +72,15 @@ class CoOp(PromptMethod):
     @torch.no_grad()
     def nearest_words(self, backbone: Backbone, k: int = 3) -> list[list[tuple[str, float]]]:
         """For each learned vector, the ``k`` nearest vocabulary words (Euclidean distance)."""
-        ctx = self.ctx.detach().reshape(-1, self.ctx.shape[-1]).float()
-        table = backbone.token_embedding_table.float()
-        dist = torch.cdist(ctx, table, compute_mode="donot_use_mm_for_euclid_dist")
-        values, ids = dist.topk(k, largest=False)
-        return [
-            [(backbone.token_text(int(i)), float(v)) for v, i in zip(row_v, row_i)]
-            for row_v, row_i in zip(values, ids)
-        ]
+        return nearest_words(backbone, self.ctx, k)
+
+
+def nearest_words(backbone: Backbone, ctx: Tensor, k: int = 3) -> list[list[tuple[str, float]]]:
+    """For each context vector (rows of ``ctx`` [..., d]), the ``k`` nearest vocabulary words."""
+    ctx = ctx.detach().reshape(-1, ctx.shape[-1]).float()
+    table = backbone.token_embedding_table.float()
+    dist = torch.cdist(ctx, table, compute_mode="donot_use_mm_for_euclid_dist")
+    values, ids = dist.topk(k, largest=False)
+    return [
+        [(backbone.token_text(int(i)), float(v)) for v, i in zip(row_v, row_i)] for row_v, row_i in zip(values, ids)
+    ]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import Backbone
-from .base import MethodConfig, PromptMethod
+from .base import Batch, MethodConfig, PromptMethod
 from .zeroshot import ensemble_text_features
 
 
@@ -31,20 +31,19 @@ class LinearProbe(PromptMethod):
 
     name = "linear-probe"
     Config = LinearProbeConfig
+    scores_with_text = False
+    transfers = False
 
     def __init__(self, backbone: Backbone, classes: Sequence[str], config: LinearProbeConfig | None = None):
-        super().__init__(backbone, list(classes), config)
-        self.head = nn.Linear(backbone.embed_dim, len(self.classes)).to(backbone.device)
+        super().__init__(backbone, classes, config)
+        self.head = nn.Linear(backbone.embed_dim, len(self.labels)).to(backbone.device)
         if self.config.init == "zeroshot":
             with torch.no_grad():
-                feats = ensemble_text_features(backbone, self.classes, [self.config.template])
+                feats = ensemble_text_features(backbone, self.labels.names, [self.config.template])
                 self.head.weight.copy_(feats * backbone.logit_scale)
                 self.head.bias.zero_()
         elif self.config.init != "random":
             raise ValueError(f"linear-probe init must be 'random' or 'zeroshot', not {self.config.init!r}")
 
-    def forward(self, backbone: Backbone, image_features: Tensor, text_features: Tensor | None = None) -> Tensor:
-        return self.head(F.normalize(image_features.float(), dim=-1))
-
-    def class_features(self, backbone: Backbone) -> None:
-        return None
+    def logits(self, backbone: Backbone, batch: Batch, text: Tensor | None = None) -> Tensor:
+        return self.head(F.normalize(self.image_features(backbone, batch).float(), dim=-1))

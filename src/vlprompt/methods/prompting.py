@@ -128,6 +128,19 @@ def _class_position_order(name_lens: Sequence[int], n_ctx: int, length: int, pos
     return torch.tensor(rows, dtype=torch.long)
 
 
+def initial_context(backbone: Backbone, n_ctx: int, ctx_init: str = "", std: float = 0.02, classes: int = 0) -> Tensor:
+    """Initial context vectors [n, d], or [classes, n, d] for class-specific context.
+
+    From ``ctx_init``'s word embeddings (its BPE length sets n), else drawn N(0, std) in one
+    ``nn.init.normal_`` call on a float32 tensor, as the reference CoOp and CoCoOp draw them.
+    """
+    if ctx_init:
+        init = phrase_embeddings(backbone, ctx_init)
+        return init.expand(classes, -1, -1).clone() if classes else init
+    shape = (classes, n_ctx, backbone.text_width) if classes else (n_ctx, backbone.text_width)
+    return nn.init.normal_(torch.empty(shape), std=std)
+
+
 def phrase_embeddings(backbone: Backbone, phrase: str) -> Tensor:
     """Word embeddings [n, d] of the BPE tokens of ``phrase`` (e.g. "a photo of a" gives 4)."""
     ids = backbone.token_ids(phrase)

@@ -67,14 +67,14 @@ class ZeroShot(PromptMethod):
 
     name = "zeroshot"
     Config = ZeroShotConfig
+    learns = False
 
     def __init__(self, backbone: Backbone, classes: Sequence[str], config: ZeroShotConfig | None = None):
-        super().__init__(backbone, list(classes), config)
-        self.set_classes(backbone, self.classes)
+        super().__init__(backbone, classes, config)
+        self._labels_changed(backbone)
 
-    def set_classes(self, backbone: Backbone, classes: Sequence[str]) -> None:
-        self.classes = list(classes)
-        feats = ensemble_text_features(backbone, self.classes, self.config.all_templates())
+    def _labels_changed(self, backbone: Backbone) -> None:
+        feats = ensemble_text_features(backbone, self.labels.names, self.config.all_templates())
         self.register_buffer("template_features", feats, persistent=False)
 
     def text_features(self, backbone: Backbone, image_features: Tensor | None = None) -> Tensor:

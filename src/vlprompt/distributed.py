@@ -52,3 +52,28 @@ def default_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
+
+
+def shard(items: list, which: int | None = None) -> list:
+    """This rank's share of ``items`` (every ``world``-th item from position ``rank``)."""
+    return items[(rank() if which is None else which) :: world_size()]
+
+
+def gather_shards(mine: torch.Tensor, total: int) -> torch.Tensor:
+    """Reassemble rows computed by :func:`shard` on every rank into ``total`` rows in the original order.
+
+    ``mine`` is a CPU tensor [len(shard(items)), ...]; every rank must call this.
+    """
+    if not is_distributed():
+        return mine
+    world = world_size()
+    longest = -(-total // world)
+    padded = mine.new_zeros((longest, *mine.shape[1:]))
+    padded[: len(mine)] = mine
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    out = mine.new_empty((total, *mine.shape[1:]))
+    for r, part in enumerate(parts):
+        count = len(range(r, total, world))
+        out[r::world] = part[:count]
+    return out

@@ -1,0 +1,172 @@
+"""Typed label spaces: what a method scores, and how a prompt file records it.
+
+- :class:`ClassNames`: one label per class name (classification).
+- :class:`PairSpace`: a vocabulary of attributes and objects and the (attribute, object) pairs scored
+  (compositional zero-shot); the pairs can change, the vocabulary cannot.
+- :class:`TaskSpace`: several named tasks, each with its own class names (multi-task).
+
+Each converts to and from plain JSON (``to_json`` / :func:`label_space_from_json`), tagged by ``kind``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+class LabelSpaceError(ValueError):
+    """A label space is malformed or does not fit the method."""
+
+
+@dataclass(frozen=True)
+class ClassNames:
+    """Class names in logit order."""
+
+    names: tuple[str, ...]
+    kind: ClassVar[str] = "classes"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", tuple(str(n) for n in self.names))
+        if not self.names:
+            raise LabelSpaceError("a label space needs at least one class name")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def display_names(self) -> list[str]:
+        return list(self.names)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "names": list(self.names)}
+
+    @classmethod
+    def coerce(cls, value: Any, current: LabelSpace | None = None) -> ClassNames:
+        """A :class:`ClassNames` from itself or a list of names."""
+        if isinstance(value, ClassNames):
+            return value
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise LabelSpaceError(f"expected a list of class names, got {type(value).__name__}")
+        return cls(tuple(value))
+
+
+@dataclass(frozen=True)
+class PairSpace:
+    """Attribute and object vocabularies and the (attribute, object) pairs scored, in logit order."""
+
+    attrs: tuple[str, ...]
+    objs: tuple[str, ...]
+    pairs: tuple[tuple[str, str], ...]
+    kind: ClassVar[str] = "pairs"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "attrs", tuple(self.attrs))
+        object.__setattr__(self, "objs", tuple(self.objs))
+        object.__setattr__(self, "pairs", tuple((str(a), str(o)) for a, o in self.pairs))
+        attrs, objs = set(self.attrs), set(self.objs)
+        for a, o in self.pairs:
+            if a not in attrs or o not in objs:
+                missing = a if a not in attrs else o
+                raise LabelSpaceError(f"pair ({a}, {o}) uses {missing!r}, which is not in the vocabulary")
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def display_names(self) -> list[str]:
+        return [f"{a} {o}" for a, o in self.pairs]
+
+    def with_pairs(self, pairs: Sequence[Sequence[str]]) -> PairSpace:
+        """The same vocabulary scoring other pairs."""
+        return PairSpace(self.attrs, self.objs, tuple(tuple(p) for p in pairs))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "attrs": list(self.attrs),
+            "objs": list(self.objs),
+            "pairs": [list(p) for p in self.pairs],
+        }
+
+    @classmethod
+    def coerce(cls, value: Any, current: LabelSpace | None = None) -> PairSpace:
+        """A :class:`PairSpace` from itself, or a list of pairs over ``current``'s vocabulary."""
+        if isinstance(value, PairSpace):
+            if current is not None and (value.attrs, value.objs) != (current.attrs, current.objs):
+                raise LabelSpaceError("a compositional method keeps its vocabulary: only the pairs can change")
+            return value
+        if isinstance(current, PairSpace) and isinstance(value, Sequence) and not isinstance(value, str):
+            return current.with_pairs(value)
+        raise LabelSpaceError(f"expected a PairSpace or a list of (attribute, object) pairs, got {value!r:.80}")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of a multi-task run: its name (as prompts read it) and its class names."""
+
+    name: str
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(self.classes))
+        if not self.classes:
+            raise LabelSpaceError(f"task {self.name!r} has no classes")
+
+
+@dataclass(frozen=True)
+class TaskSpace:
+    """Several tasks, each with its own classes; labels are task-local."""
+
+    tasks: tuple[Task, ...]
+    kind: ClassVar[str] = "tasks"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        names = [t.name for t in self.tasks]
+        if not names:
+            raise LabelSpaceError("a task space needs at least one task")
+        if len(set(names)) != len(names):
+            raise LabelSpaceError(f"task names must be unique, got {names}")
+
+    def __len__(self) -> int:
+        return sum(len(t.classes) for t in self.tasks)
+
+    def task(self, name: str) -> Task:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise LabelSpaceError(f"unknown task {name!r}; tasks: {[t.name for t in self.tasks]}")
+
+    def display_names(self) -> list[str]:
+        return [f"{t.name}: {c}" for t in self.tasks for c in t.classes]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "tasks": [{"name": t.name, "classes": list(t.classes)} for t in self.tasks]}
+
+    @classmethod
+    def coerce(cls, value: Any, current: LabelSpace | None = None) -> TaskSpace:
+        if isinstance(value, TaskSpace):
+            return value
+        raise LabelSpaceError(f"expected a TaskSpace, got {type(value).__name__}")
+
+
+LabelSpace = ClassNames | PairSpace | TaskSpace
+KINDS: dict[str, type] = {c.kind: c for c in (ClassNames, PairSpace, TaskSpace)}
+
+
+def label_space_from_json(value: Any) -> LabelSpace:
+    """Inverse of ``to_json``; also reads format-1 prompt files (a list of names, or a pair dict)."""
+    if isinstance(value, list):
+        return ClassNames(tuple(value))
+    if not isinstance(value, dict):
+        raise LabelSpaceError(f"a label space is a JSON object, got {type(value).__name__}")
+    kind = value.get("kind", "pairs" if "pairs" in value else None)
+    try:
+        if kind == "classes":
+            return ClassNames(tuple(value["names"]))
+        if kind == "pairs":
+            return PairSpace(tuple(value["attrs"]), tuple(value["objs"]), tuple(tuple(p) for p in value["pairs"]))
+        if kind == "tasks":
+            return TaskSpace(tuple(Task(t["name"], tuple(t["classes"])) for t in value["tasks"]))
+    except (KeyError, TypeError) as err:
+        raise LabelSpaceError(f"label space of kind {kind!r} is missing or has a malformed field: {err}") from None
+    raise LabelSpaceError(f"unknown label space kind {kind!r}; expected one of {sorted(KINDS)}")
