@@ -149,7 +149,7 @@ def _load_backbone_for_prompt(cfg: Namespace, prompt_dir: str | None) -> Backbon
                 f"{prompt_dir} was trained on weights from a local file ({name}); pass --backbone.name / "
                 "--backbone.pretrained to say where that file is"
             )
-        pretrained = identity.get("pretrained") if identity.get("pretrained") not in ("bundled", "random") else None
+        pretrained = identity.get("pretrained") if identity.get("pretrained") != "bundled" else None
     cfg_backbone = BackboneConfig(name=name or BackboneConfig.name, pretrained=pretrained, device=cfg.backbone.device)
     return cfg_backbone.load()
 

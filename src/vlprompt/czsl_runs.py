@@ -158,7 +158,7 @@ def run_czsl(
         method_class(run.method).Config.from_dict(run.method_options, run.method)
     if run.world not in WORLDS:
         raise ValueError(f"world must be one of {WORLDS}, not {run.world!r}")
-    out = prepare_out_dir(run.out, run.resume, run.overwrite)
+    out = prepare_out_dir(run.out, run.resume, run.overwrite, command="czsl")
     write_config(out, {"command": "czsl", **dataclasses.asdict(run)}, run.resume)
     backbone = backbone or run.backbone.load()
     cache = cache or FeatureCache()

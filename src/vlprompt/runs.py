@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -24,6 +23,7 @@ from .evaluation.reports import csv_table
 from .io import atomic_write_text
 from .methods import build_method, method_class
 from .prompts import save_pretrained
+from .rundir import prepare_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,8 @@ class BackboneConfig:
     Attributes:
         name: bundled name (vlprompt/tiny-shapes), open_clip architecture (ViT-B-32), hf-hub:/local-dir:
             name, or the path of a checkpoint in OpenAI's format.
-        pretrained: pretrained tag (openai, laion2b_s34b_b79k) or local open_clip checkpoint file.
+        pretrained: pretrained tag (openai, laion2b_s34b_b79k), local open_clip checkpoint file, or "random"
+            (random weights, only when asked for) for an open_clip architecture.
         device: "auto" (GPU when available), "cpu", "cuda", "cuda:1".
     """
 
@@ -130,17 +131,9 @@ class DemoEntry:
     train: TrainConfig
 
 
-def prepare_out_dir(out: str | Path, resume: bool, overwrite: bool) -> Path:
-    """Create the run directory; a non-empty one needs ``resume`` or ``overwrite``."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not resume:
-        if not overwrite:
-            raise FileExistsError(f"{out} is not empty: pass --overwrite to replace it or --resume to continue")
-        if dist.is_main():
-            shutil.rmtree(out)
-    dist.barrier()
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+def prepare_out_dir(out: str | Path, resume: bool, overwrite: bool, command: str | None = None) -> Path:
+    """Create the run directory (see :func:`vlprompt.rundir.prepare_run_dir`: only marked runs are overwritten)."""
+    return prepare_run_dir(out, resume, overwrite, command)
 
 
 def write_config(run_dir: Path, config: dict[str, Any], resume: bool = False) -> None:
@@ -168,7 +161,7 @@ def run_classification(
     Returns one row per seed: accuracy (and base / new / H for base-to-new).
     """
     method_class(run.method).Config.from_dict(run.method_options, run.method)  # fail before any work
-    out = prepare_out_dir(run.out, run.resume, run.overwrite)
+    out = prepare_out_dir(run.out, run.resume, run.overwrite, command="train")
     write_config(out, {"command": "train", **dataclasses.asdict(run)}, run.resume)
     backbone = backbone or run.backbone.load()
     cache = cache or FeatureCache(run.feature_cache_dir)

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..backbones import Backbone
-from ..data.images import LabeledImages
+from ..data.images import IMAGE_DECODING, LabeledImages
 from ..io import atomic_write
 from . import distributed as dist
 
@@ -40,7 +40,7 @@ class FeatureCache:
         self._tables: dict[str, tuple[dict[str, int], list[Tensor]]] = {}
 
     def _table_key(self, backbone: Backbone, dataset: LabeledImages) -> str:
-        blob = json.dumps([backbone.identity.key, repr(dataset.transform)]).encode()
+        blob = json.dumps([backbone.identity.key, repr(dataset.transform), IMAGE_DECODING]).encode()
         return hashlib.sha256(blob).hexdigest()[:20]
 
     def _table(self, key: str) -> tuple[dict[str, int], list[Tensor]]:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..backbones import Backbone
 from ..data.images import LabeledImages
-from ..io import atomic_write
+from ..io import atomic_write, load_checkpoint, tensors_sha256
 from ..methods import PromptMethod
 from . import distributed as dist
 from .features import FeatureCache
@@ -189,7 +189,7 @@ def fit(
     random.seed(config.seed)
     torch.manual_seed(config.seed + 7919 * rank)
     if resume and run_dir and (run_dir / CHECKPOINT).is_file():
-        state = torch.load(run_dir / CHECKPOINT, map_location=device, weights_only=True)
+        state = load_checkpoint(run_dir / CHECKPOINT, map_location=device)  # verifies the tensor checksums
         method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -353,6 +353,7 @@ def _save_checkpoint(path, method, optimizer, scheduler, scaler, epoch, result: 
     cuda_rng = _gather(torch.cuda.get_rng_state(device)) if device.type == "cuda" else None
     state = {
         "method": method.state_dict(),
+        "method_sha256": tensors_sha256(method.state_dict()),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
@@ -361,6 +362,7 @@ def _save_checkpoint(path, method, optimizer, scheduler, scaler, epoch, result: 
         "selected_epoch": result.selected_epoch,
         "selected_score": result.selected_score,
         "best_state": best_state,
+        "best_state_sha256": tensors_sha256(best_state) if best_state is not None else None,
         "python_rng": list(_list_state(random.getstate())),
         "torch_rng": torch_rng,
         "cuda_rng": cuda_rng,
