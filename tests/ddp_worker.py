@@ -20,22 +20,35 @@ from vlprompt import distributed as dist  # noqa: E402
 from vlprompt.backbones import tiny_random_backbone  # noqa: E402
 from vlprompt.data import image_folder  # noqa: E402
 from vlprompt.engine import FeatureCache, TrainConfig, fit  # noqa: E402
-from vlprompt.methods import build_method  # noqa: E402
+from vlprompt.labels import ClassNames, PairSpace  # noqa: E402
+from vlprompt.methods import METHODS, build_method  # noqa: E402
 
-#: (run name, method, options): global batch 8, three epochs each.
-RUNS = [
-    ("coop", "coop", {"ctx_init": "a photo of a"}),
-    ("cocoop", "cocoop", {"meta_reduction": 4}),
-    ("linear-probe", "linear-probe", {"init": "zeroshot"}),
-]
+#: Options per method (defaults otherwise). CSP's vocabulary dropout draws from each rank's own RNG
+#: stream, so with it on two processes cannot equal one; it is off here.
+OPTIONS = {
+    "coop": {"ctx_init": "a photo of a"},
+    "cocoop": {"meta_reduction": 4},
+    "linear-probe": {"init": "zeroshot"},
+    "csp": {"vocab_dropout": 0.0},
+}
+#: (run name, method, options) for every registered method that learns: global batch 8, three epochs.
+RUNS = [(name, name, OPTIONS.get(name, {})) for name, cls in METHODS.items() if cls.learns]
 CONFIG = TrainConfig(epochs=3, batch_size=8, lr=0.001, schedule="constant", warmup_epochs=0, momentum=0.9)
+#: The fixture folder's classes (sorted), and read as attribute-object pairs for compositional methods.
+CLASSES = ("blue_square", "gold", "green_square", "red_square")
+PAIRS = PairSpace(
+    ("blue", "gold", "green", "red"),
+    ("square", "coin"),
+    (("blue", "square"), ("gold", "coin"), ("green", "square"), ("red", "square")),
+)
 
 
-def build(run: str, backbone, classnames):
+def build(run: str, backbone, classnames=None):
     """The method of ``run`` with its seeded initialisation (identical on every process)."""
     _, name, options = next(r for r in RUNS if r[0] == run)
+    labels = ClassNames(CLASSES) if METHODS[name].label_kind is ClassNames else PAIRS
     torch.manual_seed(0)
-    return build_method(name, backbone, classnames, options)
+    return build_method(name, backbone, labels, options)
 
 
 def train_all(image_root: str | Path, out: str | Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -54,10 +67,22 @@ def train_all(image_root: str | Path, out: str | Path) -> dict[str, dict[str, to
     return finals
 
 
+def extract_features(image_root: str | Path, out: str | Path) -> torch.Tensor:
+    """Frozen features of every fixture image with a fresh cache; saves them and this rank's encode count."""
+    backbone = tiny_random_backbone("vit")
+    cache = FeatureCache(batch_size=4)
+    features = cache.features(backbone, image_folder(image_root, backbone.image_transform()), progress=False)
+    rank = dist.rank()
+    save_file({"features": features, "encoded": torch.tensor(cache.images_encoded)},
+              str(Path(out) / f"features_rank{rank}.safetensors"))  # fmt: skip
+    return features
+
+
 if __name__ == "__main__":
     distributed = dist.init_from_env()
     for run, _, _ in RUNS:
         (Path(sys.argv[2]) / run).mkdir(parents=True, exist_ok=True)
+    extract_features(sys.argv[1], sys.argv[2])
     train_all(sys.argv[1], sys.argv[2])
     if distributed:
         dist.barrier()

@@ -204,3 +204,47 @@ def test_czsl_bad_world(tmp_path, capsys):
     root = make_czsl(tmp_path / "czsl")
     assert main(["czsl", *TINY, "--root", str(root), "--world", "half", "--out", str(tmp_path / "o")]) == 2
     assert "world" in capsys.readouterr().err
+
+
+def _per_seed_metrics(out: Path) -> list[dict]:
+    rows = json.loads((out / "results.json").read_text())["per_seed"]
+    return [{k: v for k, v in r.items() if k != "train_seconds"} for r in rows]
+
+
+def test_config_yaml_replays_the_run(tmp_path, image_root, split_file):
+    out = _train(tmp_path, image_root, split_file, "--method_options", "{n_ctx: 4}", "--train.lr", "0.01")
+    config = out / "config.yaml"
+    assert config.read_text().startswith("# replay: vlprompt train --config")
+    replay = tmp_path / "replay"
+    assert main(["train", "--config", str(config), "--out", str(replay)]) == 0
+    assert _per_seed_metrics(replay) == _per_seed_metrics(out)
+    saved, replayed = (yaml.safe_load(p.read_text()) for p in (config, replay / "config.yaml"))
+    assert {**saved, "out": None} == {**replayed, "out": None}
+
+
+def test_czsl_config_yaml_replays_the_run(tmp_path, capsys):
+    root = make_czsl(tmp_path / "data")
+    out = tmp_path / "czsl"
+    args = ["czsl", *TINY, "--root", str(root), "--method", "csp", "--seeds", "[1]", "--train.epochs", "2"]
+    assert main([*args, "--out", str(out), "--world", "closed"]) == 0
+    assert main(["czsl", "--config", str(out / "config.yaml"), "--out", str(tmp_path / "again")]) == 0
+    assert _per_seed_metrics(tmp_path / "again") == _per_seed_metrics(out)
+
+
+def test_boolean_options_work_as_bare_flags(image_root, capsys):
+    from vlprompt.cli import expand_bare_flags
+
+    assert expand_bare_flags(["predict", "a.png", "--json", "--topk", "2"]) == [
+        "predict", "a.png", "--json", "true", "--topk", "2"
+    ]  # fmt: skip
+    assert expand_bare_flags(["czsl", "--calibrate", "false", "--resume"]) == [
+        "czsl",
+        "--calibrate",
+        "false",
+        "--resume",
+        "true",
+    ]
+    assert expand_bare_flags(["train", "--data.skip_bad_images"]) == ["train", "--data.skip_bad_images", "true"]
+    image = str(image_root / "gold" / "0.png")
+    assert main(["predict", image, *TINY, "--classes", "cat,dog", "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)[0]["probabilities"]) == {"cat", "dog"}

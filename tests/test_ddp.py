@@ -93,3 +93,13 @@ def test_only_rank_zero_writes(runs, run):
     # losses and accuracies are averaged over both processes: the global numbers
     assert [m["loss"] for m in ddp_metrics] == pytest.approx([m["loss"] for m in one_metrics], abs=1e-5)
     assert [m["train_acc"] for m in ddp_metrics] == pytest.approx([m["train_acc"] for m in one_metrics], abs=1e-9)
+
+
+def test_feature_extraction_is_sharded_over_the_ranks(runs, image_root, tmp_path):
+    ddp_out, _, _ = runs
+    single = ddp_worker.extract_features(image_root, tmp_path)
+    shares = [load_file(str(ddp_out / f"features_rank{r}.safetensors")) for r in (0, 1)]
+    for share in shares:  # every rank ends with all the features, equal to one process's
+        torch.testing.assert_close(share["features"], single, atol=1e-6, rtol=0)
+    counts = [int(s["encoded"]) for s in shares]
+    assert counts == [len(single) // 2, len(single) - len(single) // 2]  # each rank encoded only its half

@@ -108,7 +108,7 @@ def run_demo(
         raise ValueError(f"unknown demo method(s) {unknown}; choose from {demo_methods()}")
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; choose from {list(VIEWS)}")
-    out = prepare_out_dir(out, resume=False, overwrite=overwrite)
+    out = prepare_out_dir(out, resume=False, overwrite=overwrite, command="demo")
     config = {"command": "demo", "backbone": BACKBONE, "seeds": seeds, "methods": wanted, "shots": shots, "view": view}
     write_config(out, config, command="demo")
     start = time.time()

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from . import distributed as dist
 from .backbones import Backbone
-from .data.images import LabeledImages
+from .data.images import IMAGE_DECODING, LabeledImages
 from .io import atomic_write
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -64,8 +64,8 @@ class FeatureCache:
         self._tables: dict[str, tuple[dict[str, int], list[Tensor]]] = {}
 
     def _table_key(self, backbone: Backbone, dataset: LabeledImages, extra: str = "") -> str:
-        parts = [backbone.identity.key, repr(dataset.transform)]
-        if self.precision != "fp32":  # fp32 keys are those of earlier versions: their tables stay valid
+        parts = [backbone.identity.key, repr(dataset.transform), IMAGE_DECODING]
+        if self.precision != "fp32":
             parts.append(self.precision)
         if extra:
             parts.append(extra)

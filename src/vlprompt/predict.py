@@ -43,7 +43,7 @@ def backbone_for_prompt(
                 f"{prompt_dir} was trained on weights from a local file ({name}); pass --backbone.name / "
                 "--backbone.pretrained to say where that file is"
             )
-        pretrained = tag if tag not in ("bundled", "random", "") else None
+        pretrained = tag if tag not in ("bundled", "") else None
     return load_backbone(name, pretrained, device=device)
 
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .backbones import Backbone
-from .io import atomic_write, atomic_write_text
+from .io import atomic_write, atomic_write_text, non_finite, tensors_sha256
 from .labels import LabelSpaceError, label_space_from_json
 from .methods import PromptMethod, method_class
 
@@ -35,6 +35,7 @@ _KNOWN_KEYS = {
     "classes",
     "library_version",
     "extra",
+    "tensors_sha256",
 }
 
 
@@ -47,7 +48,11 @@ class BackboneMismatchWarning(UserWarning):
 
 
 def save_pretrained(method: PromptMethod, backbone: Backbone, directory: str | Path, extra: dict | None = None) -> Path:
-    """Write ``prompt.json`` and ``prompt.safetensors`` into ``directory`` (atomically)."""
+    """Write ``prompt.json`` and ``prompt.safetensors`` into ``directory`` (atomically).
+
+    ``prompt.json`` records the tensors' checksum (:func:`vlprompt.io.tensors_sha256`); tensors holding
+    NaN or infinity are refused.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = {
@@ -61,6 +66,13 @@ def save_pretrained(method: PromptMethod, backbone: Backbone, directory: str | P
         "extra": extra or {},
     }
     tensors = method.trainable_state()
+    bad = non_finite(tensors)
+    if bad:
+        raise PromptFileError(
+            f"cannot save the {method.name} prompt to {directory}: tensor(s) {bad} hold NaN or infinite values "
+            "(training diverged? try a lower learning rate or precision=fp32)"
+        )
+    config["tensors_sha256"] = tensors_sha256(tensors)
     atomic_write(directory / TENSORS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
     atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2))
     return directory
@@ -87,6 +99,8 @@ def read_prompt_config(directory: str | Path) -> dict[str, Any]:
             raise PromptFileError(f"{path}: missing field {key!r}")
     if "labels" not in config and "classes" not in config:
         raise PromptFileError(f"{path}: missing field 'labels'")
+    if not isinstance(config.get("tensors_sha256", ""), str):
+        raise PromptFileError(f"{path}: field 'tensors_sha256' must be a hex string")
     return {k: v for k, v in config.items() if k in _KNOWN_KEYS}
 
 
@@ -151,4 +165,19 @@ def load_prompt(directory: str | Path, backbone: Backbone, strict_backbone: bool
         raise PromptFileError(
             f"{directory}: tensors do not match {cls.name}: missing {missing}, unexpected {unexpected}"
         )
+    check_tensors(tensors, config.get("tensors_sha256"), Path(directory) / TENSORS_FILE)
     return method.eval()
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], expected: str | None, path: Path) -> None:
+    """Verify a prompt's tensors against the checksum its ``prompt.json`` records, and that they are finite."""
+    if expected is None:
+        log.debug("%s: no tensors_sha256 in %s (written before checksums); not verified", path, CONFIG_FILE)
+    elif tensors_sha256(tensors) != expected:
+        raise PromptFileError(
+            f"{path} is corrupted: its tensors do not match the tensors_sha256 checksum in {CONFIG_FILE} "
+            "(the file was altered or damaged after saving); save or copy the prompt again"
+        )
+    bad = non_finite(tensors)
+    if bad:
+        raise PromptFileError(f"{path}: tensor(s) {bad} hold NaN or infinite values; this prompt cannot be used")

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import urllib.error
+import urllib.parse
+import urllib.request
 import zipfile
 from pathlib import Path
 
 import open_clip
 import torch
+from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, build_model_from_openai_state_dict
 from safetensors.torch import load_file
 
 from .adapter import OPENAI_MEAN, OPENAI_STD, Backbone, BackboneError, file_sha256
 
+log = logging.getLogger(__name__)
+
 TINY_RANDOM = ("tiny-random-vit", "tiny-random-resnet")
+RANDOM = "random"  # pretrained="random": random weights, only when asked for
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
 
@@ -38,11 +46,14 @@ def load_backbone(
             - a bundled model (``vlprompt/tiny-shapes``) or a test model (``tiny-random-vit``,
               ``tiny-random-resnet``);
             - an open_clip architecture (``ViT-B-32``) with ``pretrained`` a tag (``openai``,
-              ``laion2b_s34b_b79k``) or a local open_clip checkpoint file;
+              ``laion2b_s34b_b79k``), a local open_clip checkpoint file, or ``"random"``;
             - an ``hf-hub:org/repo`` or ``local-dir:/path`` open_clip name;
             - a local checkpoint in OpenAI's released CLIP format (a state dict or TorchScript
               archive), whose architecture is inferred from its weights.
-        pretrained: pretrained tag or checkpoint file for an open_clip architecture.
+        pretrained: pretrained tag or checkpoint file for an open_clip architecture (required for one;
+            ``"random"`` asks for random weights, seeded so that a prompt trained on them loads again).
+            A tag whose weights are not cached fails at once when ``HF_HUB_OFFLINE=1`` is set or the
+            download server cannot be reached.
         device: where to put the model.
         quick_gelu: override the activation for OpenAI-format files (default: QuickGELU, as
             OpenAI's weights were trained with it).
@@ -77,26 +88,109 @@ def _load_open_clip(name: str, pretrained: str | None) -> Backbone:
             f"Offline choices: {', '.join(available_backbones())}; open_clip architectures: "
             f"{', '.join(open_clip.list_models()[:12])}, ..."
         )
-    if pretrained and _looks_like_file(pretrained) and not Path(pretrained).is_file():
+    if is_hub:
+        if name.startswith("hf-hub:"):
+            _check_download(name, name.removeprefix("hf-hub:"), [HF_CONFIG_NAME], None)
+        tag, pretrained = name.split(":", 1)[0], None  # open_clip ignores pretrained for these names
+    elif not pretrained:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise BackboneError(
+            f"{name} needs pretrained weights: pass --backbone.pretrained TAG|FILE (pretrained= in Python), "
+            f"a pretrained tag ({', '.join(tags) or 'open_clip knows none for it'}) or a local open_clip "
+            "checkpoint file; or --backbone.pretrained random to train on random weights"
+        )
+    elif pretrained == RANDOM:
+        tag, pretrained = RANDOM, None
+    elif open_clip.get_pretrained_cfg(name, pretrained):
+        tag = pretrained
+        _check_tag_download(name, pretrained)
+    elif Path(pretrained).is_file():
+        tag = "sha256:" + file_sha256(pretrained)
+    elif _looks_like_file(pretrained):
         raise BackboneError(f"checkpoint file {pretrained} does not exist")
+    else:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise BackboneError(
+            f"{pretrained!r} is neither a pretrained tag of {name} ({', '.join(tags) or 'none known'}) nor a file"
+        )
     try:
-        model = open_clip.create_model(name, pretrained=pretrained or None, weights_only=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # "random" weights are seeded: the same architecture gives the same model
+            model = open_clip.create_model(name, pretrained=pretrained, weights_only=True)
     except RuntimeError as err:
         if "download" not in str(err).lower() and "hub" not in str(err).lower():
             raise
         raise BackboneError(
-            f"weights for {name} (pretrained={pretrained!r}) are not available offline. Download them "
-            "once with network access (open_clip caches them in the Hugging Face cache), or pass a local "
-            "file: --backbone.pretrained /path/to/open_clip_model.safetensors, or --backbone.name "
-            "/path/to/ViT-B-32.pt for a checkpoint in OpenAI's format."
+            f"weights for {name} (pretrained={pretrained!r}) could not be downloaded ({err}). {_HOW_TO_SUPPLY}"
         ) from err
     tokenizer = open_clip.get_tokenizer(name)
     if not hasattr(tokenizer, "eot_token_id"):
         raise BackboneError(f"{name}: prompt splicing needs open_clip's BPE tokenizer")
-    tag = pretrained or "random"
-    if pretrained and Path(pretrained).is_file():
-        tag = "sha256:" + file_sha256(pretrained)
     return Backbone(model, tokenizer, model.visual.preprocess_cfg, name, tag)
+
+
+def _check_tag_download(name: str, tag: str) -> None:
+    """What a pretrained tag fetches: fail fast when it is not cached and there is no network."""
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    hub = cfg.get("hf_hub", "") if open_clip.pretrained.has_hf_hub() else ""
+    if hub:
+        repo, filename = os.path.split(hub)
+        filename = filename or HF_WEIGHTS_NAME
+        safe = [HF_SAFE_WEIGHTS_NAME] if filename == HF_WEIGHTS_NAME else []
+        if filename.endswith((".bin", ".pth")) and filename != HF_WEIGHTS_NAME:
+            safe = [filename[:-4] + ".safetensors"]
+        _check_download(f"{name} ({tag})", repo, [*safe, filename], None)
+    elif cfg.get("url"):
+        _check_download(f"{name} ({tag})", None, [], cfg["url"])
+
+
+def _check_download(what: str, repo: str | None, filenames: list[str], url: str | None) -> None:
+    """Return when a cached copy exists; else raise at once if offline / unreachable, or log the download."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if repo is not None:
+        if any(isinstance(try_to_load_from_cache(repo, f), str) for f in filenames):
+            return
+        source = f"the Hugging Face Hub repository {repo} ({constants.ENDPOINT}/{repo}, file {filenames[-1]})"
+        where, probe = f"the Hugging Face cache ({constants.HF_HUB_CACHE})", constants.ENDPOINT
+    else:
+        target = Path("~/.cache/clip").expanduser() / os.path.basename(url)
+        if target.is_file():
+            return
+        source, where, probe = url, str(target.parent), url
+    reason = "HF_HUB_OFFLINE is set" if hub_offline() else _unreachable(probe)
+    if reason:
+        raise BackboneError(
+            f"weights for {what} are not available offline: they would be downloaded from {source}, are not in "
+            f"{where}, and {reason}. {_HOW_TO_SUPPLY}"
+        )
+    log.info("downloading weights for %s from %s into %s", what, source, where)
+
+
+_HOW_TO_SUPPLY = (
+    "Download them once with network access (unset HF_HUB_OFFLINE; open_clip caches them in the Hugging Face "
+    "cache), or pass a local file: --backbone.pretrained /path/to/open_clip_model.safetensors, or --backbone.name "
+    "/path/to/ViT-B-32.pt for a checkpoint in OpenAI's format."
+)
+
+
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) asks for no network access, now or at import."""
+    from huggingface_hub import constants
+
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return constants.HF_HUB_OFFLINE or any(f.strip().upper() in {"1", "ON", "YES", "TRUE"} for f in flags)
+
+
+def _unreachable(url: str, timeout: float = 3.0) -> str | None:
+    """One short request to ``url``: None when a server answers, else why not (no retries)."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # a server answered
+    except (urllib.error.URLError, OSError) as err:
+        return f"{urllib.parse.urlsplit(url).netloc} cannot be reached ({getattr(err, 'reason', err)})"
+    return None
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:

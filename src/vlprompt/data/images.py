@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
@@ -16,6 +17,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
+#: Version of :func:`to_rgb`'s rules; part of the feature-cache key, so a change re-encodes cached images.
+IMAGE_DECODING = 2
 
 
 class DataError(ValueError):
@@ -23,14 +26,54 @@ class DataError(ValueError):
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image as RGB; a missing or corrupt file is a :class:`DataError` naming it."""
+    """Open an image as 8-bit RGB; a missing, corrupt or unconvertible file is a :class:`DataError` naming it.
+
+    Modes PIL converts wrongly are scaled here by their bit depth (see :func:`to_rgb`).
+    """
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return to_rgb(img, path)
     except FileNotFoundError:
         raise DataError(f"image file not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DataError(f"cannot read image {path}: {err}") from None
+
+
+def to_rgb(img: Image.Image, path: str | Path = "image") -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB, keeping the image's brightness.
+
+    - ``I;16``, ``I;16B``, ``I;16L``, ``I;16N`` (16-bit grey): value * 255 / 65535, rounded.
+    - ``I`` (32-bit signed grey, e.g. 16-bit PNGs in some Pillow versions, int32 TIFFs): read as 16-bit
+      (value * 255 / 65535) when every value is in 0..65535, else as 32-bit (value * 255 / (2**31 - 1)).
+      Negative values are a :class:`DataError`.
+    - ``F`` (32-bit float grey): values must lie in [0, 1] and become value * 255, rounded; NaN,
+      infinity or values outside [0, 1] are a :class:`DataError` (no range is guessed).
+    - Every other mode (1, L, P, LA, PA, RGBA, CMYK, YCbCr, ...) goes through PIL's ``convert("RGB")``:
+      alpha is dropped, not composited (as in torchvision's and open_clip's loaders).
+    """
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I" or mode.startswith("I;32") or mode == "F":
+        grey = np.asarray(img)
+        if mode == "F":
+            grey = grey.astype(np.float64)
+            if not np.isfinite(grey).all() or grey.min() < 0 or grey.max() > 1:
+                raise DataError(
+                    f"{path}: float image (mode F) with values in [{np.nanmin(grey):g}, {np.nanmax(grey):g}]; "
+                    "vlprompt reads float images only in [0, 1] (scale it, or save it as 8- or 16-bit integers)"
+                )
+            scaled = grey * 255.0
+        else:
+            grey = grey.astype(np.int64)
+            if grey.size and grey.min() < 0:
+                raise DataError(f"{path}: integer image (mode {mode}) with negative values; expected unsigned data")
+            top = 65535 if mode.startswith("I;16") or not grey.size or grey.max() <= 65535 else 2**31 - 1
+            scaled = grey * (255.0 / top)
+        grey8 = np.rint(scaled).clip(0, 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(grey8[..., None], 3, axis=-1))
+    try:
+        return img.convert("RGB")
+    except ValueError as err:
+        raise DataError(f"{path}: cannot convert image mode {mode} to RGB ({err})") from None
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from .. import distributed as dist
 from ..backbones import Backbone
 from ..data.images import LabeledImages
 from ..features import FeatureCache
-from ..io import atomic_write
+from ..io import atomic_write, load_checkpoint, tensors_sha256
 from ..methods import Batch, PromptMethod
 from .schedules import lr_factor
 
@@ -301,6 +301,7 @@ class TrainingState:
         device = next(method.parameters()).device
         state = {
             "method": method.state_dict(),
+            "method_sha256": tensors_sha256(method.state_dict()),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -309,6 +310,7 @@ class TrainingState:
             "selected_epoch": result.selected_epoch,
             "selected_score": result.selected_score,
             "best_state": self.best,
+            "best_state_sha256": tensors_sha256(self.best) if self.best is not None else None,
             "python_rng": list(_list_state(random.getstate())),
             "torch_rng": _gather(torch.get_rng_state()),
             "cuda_rng": _gather(torch.cuda.get_rng_state(device)) if device.type == "cuda" else None,
@@ -318,7 +320,7 @@ class TrainingState:
 
     def restore(self, path: Path, method: PromptMethod, result: FitResult) -> None:
         device = next(method.parameters()).device
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = load_checkpoint(path, map_location=device)  # verifies the tensor checksums
         method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -41,7 +41,10 @@ def predict_logits(
         return dist.gather_shards(torch.cat(chunks), len(data)).to(backbone.device)
     feats = (cache or FeatureCache()).features(backbone, data, progress=progress, key_extra=method.cache_key())
     return torch.cat(
-        [method.logits(backbone, Batch(features=feats[s : s + batch_size]), text) for s in range(0, len(feats), batch_size)]
+        [
+            method.logits(backbone, Batch(features=feats[s : s + batch_size]), text)
+            for s in range(0, len(feats), batch_size)
+        ]
     )
 
 

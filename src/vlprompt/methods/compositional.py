@@ -8,6 +8,7 @@ pairs, evaluate on closed- or open-world pairs).
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn

@@ -1,0 +1,193 @@
+"""The method contract, checked for every registered method on the tiny ViT and ResNet backbones.
+
+Registering a method in ``vlprompt.methods.METHODS`` puts it here: it builds on its label space,
+trains for a step through the common engine, gradients reach every trainable tensor and nothing
+else changes (the backbone stays bit-identical), a save/load round trip gives the same logits,
+``set_classes`` works where the method declares it transfers, and a resumed run equals an
+uninterrupted one. (Two-process DDP for every registered method: tests/test_ddp.py.)
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_state_equal, state_snapshot
+
+from vlprompt.data import image_folder
+from vlprompt.engine import FeatureCache, TrainConfig, fit
+from vlprompt.labels import ClassNames, PairSpace
+from vlprompt.methods import METHODS, Batch, CoOp, PromptMethod, build_method
+from vlprompt.prompts import load_prompt, save_pretrained
+
+#: Class names of the fixture image folder (sorted) and the same classes read as attribute-object pairs.
+CLASSES = ("blue_square", "gold", "green_square", "red_square")
+PAIRS = PairSpace(("blue", "gold", "green", "red"), ("square", "coin"),
+                  (("blue", "square"), ("gold", "coin"), ("green", "square"), ("red", "square")))  # fmt: skip
+#: Options that keep a method small on the tiny models (defaults otherwise).
+OPTIONS = {"cocoop": {"meta_reduction": 1}, "coop": {"n_ctx": 4}}  # a wide meta-net: no all-dead ReLU layer
+STEP = TrainConfig(epochs=1, batch_size=8, lr=0.05, schedule="constant", warmup_epochs=0, momentum=0.0)
+
+
+def labels_for(cls: type[PromptMethod]):
+    return ClassNames(CLASSES) if cls.label_kind is ClassNames else PAIRS
+
+
+def other_labels_for(cls: type[PromptMethod]):
+    if cls.label_kind is ClassNames:
+        return ClassNames(("purple_square", "orange"))
+    return PAIRS.with_pairs([("blue", "coin"), ("red", "coin"), ("gold", "square")])
+
+
+def make(name: str, backbone, seed: int = 0) -> PromptMethod:
+    torch.manual_seed(seed)
+    return build_method(name, backbone, labels_for(METHODS[name]), OPTIONS.get(name))
+
+
+def supported(name: str, kind: str) -> bool:
+    return not (METHODS[name].changes_image_tower and kind == "resnet")  # token prompts need a ViT
+
+
+CASES = [pytest.param(name, kind, id=f"{name}-{kind}") for name in METHODS for kind in ("vit", "resnet")]
+
+
+@pytest.fixture()
+def train_data(image_root, backbone):
+    return image_folder(image_root, backbone.image_transform())
+
+
+@pytest.fixture(scope="module")
+def cache():
+    return FeatureCache()
+
+
+@pytest.fixture()
+def backbone(request, vit_backbone, resnet_backbone):
+    return vit_backbone if request.param == "vit" else resnet_backbone
+
+
+def batch_for(method: PromptMethod, backbone, data, cache) -> Batch:
+    """The first 8 training images as the engine would feed them."""
+    subset = data.subset(range(8))
+    targets = torch.tensor(subset.labels)
+    if method.changes_image_tower:
+        pixels = torch.stack([subset[i][0] for i in range(len(subset))])
+        return Batch(pixels=pixels, targets=targets, index=torch.arange(8))
+    return Batch(features=cache.features(backbone, subset, progress=False), targets=targets, index=torch.arange(8))
+
+
+def check_one_step(method: PromptMethod, backbone, data, cache) -> None:
+    """Gradients reach every trainable tensor; a training epoch changes them and nothing else."""
+    trainable = {k for k, p in method.named_parameters() if p.requires_grad}
+    if not method.learns:
+        assert not trainable, f"{method.name} declares learns=False but has trainable tensors {sorted(trainable)}"
+        with pytest.raises(ValueError, match="nothing to train"):
+            fit(method, backbone, data, STEP, cache=cache, progress=False)
+        return
+    assert trainable, f"{method.name} declares learns=True but has no trainable tensor"
+    batch = batch_for(method, backbone, data, cache)
+    method.train()
+    logits = method(backbone, batch)
+    assert logits.shape == (8, method.num_classes)
+    method.loss(backbone, batch, logits).backward()
+    for name, p in method.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {name}"
+    method.zero_grad(set_to_none=True)
+    backbone_before = state_snapshot(backbone)
+    buffers_before = {k: v.clone() for k, v in method.named_buffers()}
+    params_before = {k: p.detach().clone() for k, p in method.named_parameters()}
+    fit(method, backbone, data, STEP, cache=cache, progress=False)
+    if not method.changes_backbone:
+        assert_state_equal(backbone_before, backbone)
+    for k, v in method.named_buffers():
+        assert torch.equal(v, buffers_before[k]), f"constant buffer {k} changed"
+    moved = [k for k, p in method.named_parameters() if not torch.equal(p.detach(), params_before[k])]
+    assert moved, f"training changed none of {method.name}'s tensors"
+
+
+@pytest.mark.parametrize("name,backbone", [c.values for c in CASES], ids=[c.id for c in CASES], indirect=["backbone"])
+def test_builds_trains_and_touches_only_its_own_tensors(name, backbone, train_data, cache, resnet_backbone):
+    kind = "resnet" if backbone is resnet_backbone else "vit"
+    if not supported(name, kind):
+        pytest.skip("token prompts need a ViT image tower")
+    method = make(name, backbone)
+    cls = METHODS[name]
+    for flag in ("changes_image_tower", "conditions_on_image", "scores_with_text", "learns", "transfers",
+                 "has_context", "changes_backbone"):  # fmt: skip
+        assert isinstance(getattr(cls, flag), bool), flag
+    assert isinstance(method.labels, cls.label_kind) and method.num_classes == len(method.labels)
+    assert set(method.trainable_state()) == {k for k, _ in method.named_parameters()}  # no persistent buffers
+    check_one_step(method, backbone, train_data, cache)
+
+
+@pytest.mark.parametrize("name,backbone", [c.values for c in CASES], ids=[c.id for c in CASES], indirect=["backbone"])
+def test_save_load_and_set_classes(name, backbone, train_data, cache, tmp_path, resnet_backbone):
+    if not supported(name, "resnet" if backbone is resnet_backbone else "vit"):
+        pytest.skip("token prompts need a ViT image tower")
+    method = make(name, backbone)
+    with torch.no_grad():  # move the tensors off their initialisation
+        for p in method.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    method.eval()
+    batch = batch_for(method, backbone, train_data, cache)
+    with torch.no_grad():
+        logits = method(backbone, batch)
+    save_pretrained(method, backbone, tmp_path / "prompt")
+    loaded = load_prompt(tmp_path / "prompt", backbone)
+    assert type(loaded) is type(method) and loaded.labels == method.labels
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(backbone, batch), logits, atol=1e-5, rtol=0)
+    other = other_labels_for(type(method))
+    if method.transfers_to_new_classes:
+        loaded.set_classes(backbone, other)
+        with torch.no_grad():
+            assert loaded(backbone, batch).shape == (8, len(other))
+        loaded.set_classes(backbone, method.labels)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(backbone, batch), logits, atol=1e-5, rtol=0)
+    else:
+        with pytest.raises(ValueError, match="cannot score other classes"):
+            loaded.set_classes(backbone, other)
+
+
+@pytest.mark.parametrize("name", [n for n, c in METHODS.items() if c.learns])
+def test_resume_equals_uninterrupted(name, vit_backbone, image_root, cache, tmp_path):
+    train_data = image_folder(image_root, vit_backbone.image_transform())
+    config = TrainConfig(epochs=2, batch_size=8, lr=0.05, schedule="cosine", warmup_epochs=0)
+    straight = make(name, vit_backbone)
+    fit(straight, vit_backbone, train_data, config, cache=cache, progress=False)
+    first = make(name, vit_backbone)
+    stop = {}
+
+    def interrupt(record):
+        if record["epoch"] == 1:
+            stop["state"] = {k: v.clone() for k, v in first.state_dict().items()}
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(first, vit_backbone, train_data, config, run_dir=tmp_path, cache=cache, progress=False,
+            on_epoch_end=interrupt)  # fmt: skip
+    resumed = make(name, vit_backbone, seed=123)  # another initialisation: the checkpoint wins
+    fit(resumed, vit_backbone, train_data, config, run_dir=tmp_path, resume=True, cache=cache, progress=False)
+    for key, value in straight.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+
+
+class _TouchesTheBackbone(CoOp):
+    """A deliberately broken method: it also nudges a backbone weight while scoring."""
+
+    name = "broken-coop"
+
+    def logits(self, backbone, batch, text=None):
+        with torch.no_grad():
+            backbone.model.ln_final.bias.add_(1e-3)
+        return super().logits(backbone, batch, text)
+
+
+def test_the_suite_catches_a_method_that_changes_the_backbone(image_root):
+    from vlprompt.backbones import tiny_random_backbone
+
+    backbone = tiny_random_backbone("vit")  # a private copy: this method damages it
+    data = image_folder(image_root, backbone.image_transform())
+    broken = _TouchesTheBackbone(backbone, ClassNames(CLASSES), OPTIONS["coop"] and CoOp.Config(n_ctx=4))
+    with pytest.raises(AssertionError, match="tensors changed"):
+        check_one_step(broken, backbone, data, FeatureCache())
