@@ -81,38 +81,7 @@ def _looks_like_file(name: str) -> bool:
 
 
 def _load_open_clip(name: str, pretrained: str | None) -> Backbone:
-    is_hub = name.startswith(("hf-hub:", "local-dir:"))
-    if not is_hub and name not in open_clip.list_models():
-        raise BackboneError(
-            f"unknown backbone {name!r}: not an open_clip architecture, hub name or local file. "
-            f"Offline choices: {', '.join(available_backbones())}; open_clip architectures: "
-            f"{', '.join(open_clip.list_models()[:12])}, ..."
-        )
-    if is_hub:
-        if name.startswith("hf-hub:"):
-            _check_download(name, name.removeprefix("hf-hub:"), [HF_CONFIG_NAME], None)
-        tag, pretrained = name.split(":", 1)[0], None  # open_clip ignores pretrained for these names
-    elif not pretrained:
-        tags = open_clip.list_pretrained_tags_by_model(name)
-        raise BackboneError(
-            f"{name} needs pretrained weights: pass --backbone.pretrained TAG|FILE (pretrained= in Python), "
-            f"a pretrained tag ({', '.join(tags) or 'open_clip knows none for it'}) or a local open_clip "
-            "checkpoint file; or --backbone.pretrained random to train on random weights"
-        )
-    elif pretrained == RANDOM:
-        tag, pretrained = RANDOM, None
-    elif open_clip.get_pretrained_cfg(name, pretrained):
-        tag = pretrained
-        _check_tag_download(name, pretrained)
-    elif Path(pretrained).is_file():
-        tag = "sha256:" + file_sha256(pretrained)
-    elif _looks_like_file(pretrained):
-        raise BackboneError(f"checkpoint file {pretrained} does not exist")
-    else:
-        tags = open_clip.list_pretrained_tags_by_model(name)
-        raise BackboneError(
-            f"{pretrained!r} is neither a pretrained tag of {name} ({', '.join(tags) or 'none known'}) nor a file"
-        )
+    tag, pretrained = _resolve_pretrained(name, pretrained)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # "random" weights are seeded: the same architecture gives the same model
@@ -127,6 +96,41 @@ def _load_open_clip(name: str, pretrained: str | None) -> Backbone:
     if not hasattr(tokenizer, "eot_token_id"):
         raise BackboneError(f"{name}: prompt splicing needs open_clip's BPE tokenizer")
     return Backbone(model, tokenizer, model.visual.preprocess_cfg, name, tag)
+
+
+def _resolve_pretrained(name: str, pretrained: str | None) -> tuple[str, str | None]:
+    """(identity tag, what open_clip should load) for an open_clip name, after every check that needs no model."""
+    is_hub = name.startswith(("hf-hub:", "local-dir:"))
+    if not is_hub and name not in open_clip.list_models():
+        raise BackboneError(
+            f"unknown backbone {name!r}: not an open_clip architecture, hub name or local file. "
+            f"Offline choices: {', '.join(available_backbones())}; open_clip architectures: "
+            f"{', '.join(open_clip.list_models()[:12])}, ..."
+        )
+    if is_hub:
+        if name.startswith("hf-hub:"):
+            _check_download(name, name.removeprefix("hf-hub:"), [HF_CONFIG_NAME], None)
+        return name.split(":", 1)[0], None  # open_clip ignores pretrained for these names
+    if not pretrained:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise BackboneError(
+            f"{name} needs pretrained weights: pass --backbone.pretrained TAG|FILE (pretrained= in Python), "
+            f"a pretrained tag ({', '.join(tags) or 'open_clip knows none for it'}) or a local open_clip "
+            "checkpoint file; or --backbone.pretrained random to train on random weights"
+        )
+    if pretrained == RANDOM:
+        return RANDOM, None
+    if open_clip.get_pretrained_cfg(name, pretrained):
+        _check_tag_download(name, pretrained)
+        return pretrained, pretrained
+    if Path(pretrained).is_file():
+        return "sha256:" + file_sha256(pretrained), pretrained
+    if _looks_like_file(pretrained):
+        raise BackboneError(f"checkpoint file {pretrained} does not exist")
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    raise BackboneError(
+        f"{pretrained!r} is neither a pretrained tag of {name} ({', '.join(tags) or 'none known'}) nor a file"
+    )
 
 
 def _check_tag_download(name: str, tag: str) -> None:
