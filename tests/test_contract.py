@@ -191,3 +191,48 @@ def test_the_suite_catches_a_method_that_changes_the_backbone(image_root):
     broken = _TouchesTheBackbone(backbone, ClassNames(CLASSES), OPTIONS["coop"] and CoOp.Config(n_ctx=4))
     with pytest.raises(AssertionError, match="tensors changed"):
         check_one_step(broken, backbone, data, FeatureCache())
+
+
+class _TunesLnFinal(CoOp):
+    """A method with a backbone delta (tests only): CoOp plus its own copy of the text tower's final LayerNorm bias."""
+
+    name = "coop-ln-delta"
+    changes_backbone = True
+
+    def __init__(self, backbone, classes, config=None):
+        super().__init__(backbone, classes, config)
+        self.ln_bias = torch.nn.Parameter(backbone.model.ln_final.bias.detach().clone())
+
+    def text_features(self, backbone, image_features=None):
+        embeds = self.layout.assemble(self.ctx)
+        return backbone.with_weights({"model.ln_final.bias": self.ln_bias}, "encode_text_embeddings",
+                                     embeds, self.layout.eot_index)  # fmt: skip
+
+    def cache_key(self) -> str:
+        from vlprompt.io import tensors_sha256
+
+        return tensors_sha256({"ln_bias": self.ln_bias})
+
+
+def test_a_backbone_delta_stays_with_its_method(vit_backbone, image_root, tmp_path, monkeypatch):
+    monkeypatch.setitem(METHODS, _TunesLnFinal.name, _TunesLnFinal)  # registered for the prompt round trip
+    data = image_folder(image_root, vit_backbone.image_transform())
+    torch.manual_seed(0)
+    method = _TunesLnFinal(vit_backbone, ClassNames(CLASSES), CoOp.Config(n_ctx=4))
+    key_before = method.cache_key()
+    backbone_before = state_snapshot(vit_backbone)
+    fit(method, vit_backbone, data, STEP, cache=FeatureCache(), progress=False)
+    assert_state_equal(backbone_before, vit_backbone)  # the delta never leaked into the shared backbone
+    assert not torch.equal(method.ln_bias, vit_backbone.model.ln_final.bias)  # ... and it was trained
+    assert method.cache_key() != key_before  # the feature-cache key follows the delta
+    plain = CoOp(vit_backbone, ClassNames(CLASSES), CoOp.Config(n_ctx=4))
+    with torch.no_grad():
+        plain.ctx.copy_(method.ctx)
+        assert (plain.text_features(vit_backbone) - method.text_features(vit_backbone)).abs().max() > 1e-4
+    save_pretrained(method, vit_backbone, tmp_path / "prompt")
+    loaded = load_prompt(tmp_path / "prompt", vit_backbone)
+    assert torch.equal(loaded.ln_bias, method.ln_bias)  # the delta is saved in the prompt file
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.text_features(vit_backbone), method.text_features(vit_backbone))
+    with pytest.raises(Exception, match="no backbone parameter"):
+        vit_backbone.with_weights({"model.nope": method.ln_bias}, "encode_text", ["a"])

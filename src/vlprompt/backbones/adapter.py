@@ -83,7 +83,6 @@ class Backbone(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.preprocess_cfg = dict(preprocess)
-        self._text = model.text if hasattr(model, "text") else model
         if not hasattr(self._text, "token_embedding") or getattr(self._text, "attn_mask", None) is None:
             raise BackboneError(f"{name}: prompt learning needs a causal CLIP text transformer")
         if getattr(self._text, "text_pool_type", getattr(self._text, "pool_type", "argmax")) not in (
@@ -99,6 +98,15 @@ class Backbone(nn.Module):
             vision_width=self.vision_width,
             preprocess=_jsonable(self.preprocess_cfg),
         )
+
+    @property
+    def _text(self) -> nn.Module:
+        """The text tower: the model itself (CLIP) or its ``text`` module (CustomTextCLIP).
+
+        A property, not a registered child: every weight has one name (``model.*``), so a weight swap
+        (:meth:`with_weights`) never meets an alias.
+        """
+        return self.model.text if hasattr(self.model, "text") else self.model
 
     # ------------------------------------------------------------------ dimensions
     @property
@@ -313,8 +321,23 @@ class Backbone(nn.Module):
         if depth > self.vision_layers:
             raise BackboneError(f"{depth} prompt layers asked of a {self.vision_layers}-layer image tower")
 
-    def forward(self, *args, **kwargs):  # pragma: no cover - a backbone is not called directly
-        raise TypeError("call encode_image / encode_text_embeddings on a Backbone")
+    def forward(self, encoder: str, *args, **kwargs):
+        """Dispatch to an encoder by name (``"encode_image"``, ...): what :meth:`with_weights` calls."""
+        if encoder not in ("encode_image", "encode_text_embeddings", "encode_text"):
+            raise TypeError(f"a Backbone is called with an encoder name, not {encoder!r}")
+        return getattr(self, encoder)(*args, **kwargs)
+
+    def with_weights(self, weights: dict[str, Tensor], encoder: str, *args, **kwargs) -> Tensor:
+        """Run ``encoder`` with some of the backbone's weights replaced, e.g. by a method's backbone delta.
+
+        ``weights`` maps parameter names (as in ``backbone.named_parameters()``, e.g.
+        ``"model.ln_final.bias"``) to tensors, which gradients reach. The swap lasts for this call only
+        (``torch.func.functional_call``), so other methods sharing the backbone never see it.
+        """
+        unknown = sorted(set(weights) - {name for name, _ in self.named_parameters()})
+        if unknown:
+            raise BackboneError(f"no backbone parameter(s) named {unknown}")
+        return torch.func.functional_call(self, weights, (encoder, *args), kwargs)
 
     def train(self, mode: bool = True) -> Backbone:
         """The backbone stays in eval mode: it is frozen."""
