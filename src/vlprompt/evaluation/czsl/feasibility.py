@@ -146,35 +146,9 @@ def load_glove(
     if fallback not in ("error", "zeros", "skip"):
         raise ValueError(f"fallback must be 'error', 'zeros' or 'skip', not {fallback!r}")
     path = Path(path)
-    aliases = {k.lower(): v for k, v in (aliases or {}).items()}
-    parts_of = []
-    for name in names:
-        key = name.lower()
-        key = aliases.get(key, key)
-        parts_of.append(key.split("_") if "_" in key else [key])
+    parts_of = _lookup_words(names, aliases)
     wanted = {p for parts in parts_of for p in parts}
-    found: dict[str, torch.Tensor] = {}
-    dim: int | None = None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                fields = line.rstrip("\n").rstrip(" ").split(" ")
-                if dim is None:
-                    dim = len(fields) - 1
-                    if dim < 1:
-                        raise DataError(f"{path}:{lineno}: expected a word followed by numbers")
-                if fields[0] not in wanted:
-                    continue
-                if len(fields) - 1 != dim:
-                    raise DataError(f"{path}:{lineno}: {len(fields) - 1} numbers for {fields[0]!r}, expected {dim}")
-                try:
-                    found[fields[0]] = torch.tensor([float(v) for v in fields[1:]], dtype=torch.float32)
-                except ValueError:
-                    raise DataError(f"{path}:{lineno}: cannot parse the vector of {fields[0]!r}") from None
-    except FileNotFoundError:
-        raise DataError(f"word-vector file not found: {path}") from None
-    if dim is None:
-        raise DataError(f"{path}: the file is empty")
+    found, dim = _read_vectors(path, wanted)
     missing = sorted(wanted - set(found))
     if missing:
         example = ", ".join(repr(w) for w in missing[:5])
@@ -190,3 +164,48 @@ def load_glove(
         vecs = [found.get(p, zero) for p in parts if p in found or fallback != "skip"]
         rows.append(torch.stack(vecs).mean(0) if vecs else zero)
     return WordVectors(names=tuple(names), vectors=torch.stack(rows), missing=tuple(missing))
+
+
+def _lookup_words(names: Sequence[str], aliases: Mapping[str, str] | None) -> list[list[str]]:
+    """The words to look up for each name: lower-cased, through ``aliases``, split at ``_``."""
+    aliases = {k.lower(): v for k, v in (aliases or {}).items()}
+    parts_of = []
+    for name in names:
+        key = name.lower()
+        key = aliases.get(key, key)
+        parts_of.append(key.split("_") if "_" in key else [key])
+    return parts_of
+
+
+def _read_vectors(path: Path, wanted: set[str]) -> tuple[dict[str, torch.Tensor], int]:
+    """The vectors of the ``wanted`` words in a word-vector file (the later line wins), and their size.
+
+    The size is set by the first line; only the wanted lines are parsed.
+    """
+    found: dict[str, torch.Tensor] = {}
+    dim: int | None = None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                fields = line.rstrip("\n").rstrip(" ").split(" ")
+                if dim is None:
+                    dim = len(fields) - 1
+                    if dim < 1:
+                        raise DataError(f"{path}:{lineno}: expected a word followed by numbers")
+                if fields[0] in wanted:
+                    found[fields[0]] = _parse_vector(fields, dim, f"{path}:{lineno}")
+    except FileNotFoundError:
+        raise DataError(f"word-vector file not found: {path}") from None
+    if dim is None:
+        raise DataError(f"{path}: the file is empty")
+    return found, dim
+
+
+def _parse_vector(fields: list[str], dim: int, where: str) -> torch.Tensor:
+    """float32 vector of one line split into ``[word, v1, ..., v_dim]``."""
+    if len(fields) - 1 != dim:
+        raise DataError(f"{where}: {len(fields) - 1} numbers for {fields[0]!r}, expected {dim}")
+    try:
+        return torch.tensor([float(v) for v in fields[1:]], dtype=torch.float32)
+    except ValueError:
+        raise DataError(f"{where}: cannot parse the vector of {fields[0]!r}") from None

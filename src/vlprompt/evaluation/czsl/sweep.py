@@ -179,46 +179,8 @@ def _summarize(scores: Scores, setup: _Setup, with_predictions: bool) -> _Summar
     width = max(1, min(split_block, math.isqrt(n_cols)))
     layout = _Layout.build(groups, width)
     counts = torch.stack([_side_counts(cols, setup.labels) for cols in groups], dim=1)  # [N, G, 2]
-    left_all = counts[:, :, 0]
-    right_all = layout.group_size[None, :] - counts[:, :, 1]
-    true = torch.empty(n)
-    sides = torch.empty(n, len(groups), 2, k)
-    attr_hit = torch.empty(n, dtype=torch.bool) if with_predictions else None
-    obj_hit = torch.empty(n, dtype=torch.bool) if with_predictions else None
-    removed = torch.cat([*setup.bins[: setup.first_bin], torch.empty(0, dtype=torch.long)])
-    fill = with_predictions and k > 1 and (setup.masked_cols.numel() > 0 or removed.numel() > 0)
-    # Columns outside the gathered groups that can still be the top-1 at bias 0: (score, first column).
-    extra = []
-    if setup.masked_cols.numel():
-        extra.append((MASKED_SCORE, int(setup.masked_cols[0])))
-    if removed.numel():
-        extra.append((float("-inf"), int(removed.min())))
     rows = max(1, block_elements // n_cols)
-    gathered_buf = torch.empty(min(rows, n), layout.order.numel())
-    unbiased_buf = torch.empty(min(rows, n), n_cols) if fill else None
-
-    def summarize_block(x: torch.Tensor, sl: slice) -> None:
-        m, t = x.shape[0], setup.labels[sl]
-        true[sl] = x.gather(1, t[:, None]).squeeze(1)
-        if torch.isnan(true[sl]).any():
-            raise ValueError("scores contain NaN")
-        gathered = torch.index_select(x, 1, layout.order, out=gathered_buf[:m])
-        gathered.index_fill_(1, layout.pads, float("-inf"))
-        sides[sl], block_top = _group_split_topk(gathered, layout, left_all[sl], right_all[sl], k)
-        if attr_hit is not None and obj_hit is not None:
-            assert setup.attr_of_pair is not None and setup.obj_of_pair is not None
-            if k == 1:
-                pred = _first_best(gathered, block_top[:, :, 0], layout, extra)[:, None]
-            else:
-                unbiased = x
-                if unbiased_buf is not None:
-                    unbiased = unbiased_buf[:m].copy_(x)
-                    unbiased.index_fill_(1, setup.masked_cols, MASKED_SCORE)
-                    unbiased.index_fill_(1, removed, float("-inf"))
-                pred = _top_unbiased(unbiased, k)
-            attr_hit[sl] = (setup.attr_of_pair[pred] == setup.attr_of_pair[t][:, None]).any(1)
-            obj_hit[sl] = (setup.obj_of_pair[pred] == setup.obj_of_pair[t][:, None]).any(1)
-
+    blocks = _BlockSummaries(setup, layout, counts, with_predictions, rows)
     row = 0
     for chunk in _iter_chunks(scores, n_cols):
         size = chunk.shape[0]
@@ -227,17 +189,83 @@ def _summarize(scores: Scores, setup: _Setup, with_predictions: bool) -> _Summar
         step = -(-size // -(-size // rows))  # equal blocks of at most `rows`
         for start in range(0, size, step):
             stop = min(start + step, size)
-            summarize_block(chunk[start:stop], slice(row + start, row + stop))
+            blocks.add(chunk[start:stop], slice(row + start, row + stop))
         row += size
         del chunk  # let the producer free it before making the next one
     if row != n:
         raise ValueError(f"the score chunks hold {row} rows, but there are {n} labels")
-    seen_side = sides[:, 0].masked_fill(torch.arange(k)[None, None, :] >= counts[:, 0, :, None], float("nan"))
+    seen_side = blocks.sides[:, 0].masked_fill(torch.arange(k)[None, None, :] >= counts[:, 0, :, None], float("nan"))
     unseen_count = torch.zeros(n, 2, dtype=torch.long)
     for cols in setup.bins:
         unseen_count += _side_counts(cols, setup.labels)
     masked_count = _side_counts(setup.masked_cols, setup.labels).clamp_max(k)
-    return _Summary(true, seen_side, sides[:, 1:], unseen_count, masked_count, attr_hit, obj_hit)
+    return _Summary(
+        blocks.true, seen_side, blocks.sides[:, 1:], unseen_count, masked_count, blocks.attr_hit, blocks.obj_hit
+    )
+
+
+class _BlockSummaries:
+    """The per-image outputs of :func:`_summarize`, filled one row block at a time by :meth:`add`.
+
+    Args:
+        setup: the inputs.
+        layout: the gathered column groups.
+        counts: ``[N, G, 2]`` columns of each group left and right of each image's true column.
+        with_predictions: also find the top-k at bias 0 (``attr_hit``, ``obj_hit``).
+        rows: most rows of one block (the size of the reused buffers).
+    """
+
+    def __init__(self, setup: _Setup, layout: _Layout, counts: torch.Tensor, with_predictions: bool, rows: int):
+        n, k = setup.labels.numel(), setup.topk
+        self.setup, self.layout, self.k = setup, layout, k
+        self.left_all = counts[:, :, 0]
+        self.right_all = layout.group_size[None, :] - counts[:, :, 1]
+        self.true = torch.empty(n)
+        self.sides = torch.empty(n, layout.group_size.numel(), 2, k)
+        self.attr_hit = torch.empty(n, dtype=torch.bool) if with_predictions else None
+        self.obj_hit = torch.empty(n, dtype=torch.bool) if with_predictions else None
+        self.removed = torch.cat([*setup.bins[: setup.first_bin], torch.empty(0, dtype=torch.long)])
+        fill = with_predictions and k > 1 and (setup.masked_cols.numel() > 0 or self.removed.numel() > 0)
+        self.extra = _outside_columns(setup, self.removed)
+        self.gathered_buf = torch.empty(min(rows, n), layout.order.numel())
+        self.unbiased_buf = torch.empty(min(rows, n), setup.n_cols) if fill else None
+
+    def add(self, x: torch.Tensor, sl: slice) -> None:
+        """Summarise the rows ``sl`` (image indices) whose scores are ``x``."""
+        m, t, layout = x.shape[0], self.setup.labels[sl], self.layout
+        self.true[sl] = x.gather(1, t[:, None]).squeeze(1)
+        if torch.isnan(self.true[sl]).any():
+            raise ValueError("scores contain NaN")
+        gathered = torch.index_select(x, 1, layout.order, out=self.gathered_buf[:m])
+        gathered.index_fill_(1, layout.pads, float("-inf"))
+        self.sides[sl], block_top = _group_split_topk(gathered, layout, self.left_all[sl], self.right_all[sl], self.k)
+        if self.attr_hit is not None and self.obj_hit is not None:
+            setup = self.setup
+            assert setup.attr_of_pair is not None and setup.obj_of_pair is not None
+            pred = self._predict(x, gathered, block_top)
+            self.attr_hit[sl] = (setup.attr_of_pair[pred] == setup.attr_of_pair[t][:, None]).any(1)
+            self.obj_hit[sl] = (setup.obj_of_pair[pred] == setup.obj_of_pair[t][:, None]).any(1)
+
+    def _predict(self, x: torch.Tensor, gathered: torch.Tensor, block_top: torch.Tensor) -> torch.Tensor:
+        """``[m, k]`` the top-k columns at bias 0 of the block's rows."""
+        if self.k == 1:
+            return _first_best(gathered, block_top[:, :, 0], self.layout, self.extra)[:, None]
+        unbiased = x
+        if self.unbiased_buf is not None:
+            unbiased = self.unbiased_buf[: x.shape[0]].copy_(x)
+            unbiased.index_fill_(1, self.setup.masked_cols, MASKED_SCORE)
+            unbiased.index_fill_(1, self.removed, float("-inf"))
+        return _top_unbiased(unbiased, self.k)
+
+
+def _outside_columns(setup: _Setup, removed: torch.Tensor) -> list[tuple[float, int]]:
+    """Columns outside the gathered groups that can still be the top-1 at bias 0: (score, first column)."""
+    extra = []
+    if setup.masked_cols.numel():
+        extra.append((MASKED_SCORE, int(setup.masked_cols[0])))
+    if removed.numel():
+        extra.append((float("-inf"), int(removed.min())))
+    return extra
 
 
 def _side_counts(cols: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
