@@ -428,8 +428,15 @@ def write_czsl(
     split_dir.mkdir(parents=True, exist_ok=True)
     for phase, pairs in lists.items():
         atomic_write_text(split_dir / f"{phase}_pairs.txt", "".join(f"{a} {o}\n" for a, o in pairs))
-    atomic_write(root / f"metadata_{split}.t7", lambda tmp: torch.save(entries, tmp))
+    atomic_write(root / f"metadata_{split}.t7", lambda tmp: _save_through_file(entries, tmp))
     return root
+
+
+def _save_through_file(obj: object, path: str) -> None:
+    """``torch.save`` through a file object, so the archive's record names (taken from a path's file
+    name) do not carry the temp file's random name and equal contents give equal bytes."""
+    with open(path, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def _sample_entry(i: int, sample: Mapping[str, Any]) -> dict[str, Any]:
