@@ -19,12 +19,9 @@ import argparse
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import math
-import shutil
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator, Sequence
@@ -41,6 +38,7 @@ from safetensors.torch import save_file
 from vlprompt.backbones.adapter import OPENAI_MEAN, OPENAI_STD
 from vlprompt.backbones.bundled import build_clip, dense_state_dict, sparse_state_dict
 from vlprompt.data import synthetic
+from vlprompt.io import atomic_directory, file_sha256
 
 NAME = "vlprompt/tiny-shapes"
 MODEL_CFG: dict[str, Any] = {
@@ -383,14 +381,12 @@ def write_model(model: CLIP, rows: torch.Tensor, recipe: Recipe, out: Path, star
     """
     state = sparse_state_dict({k: v.detach() for k, v in model.state_dict().items()}, rows)
     state = {k: v if k.endswith(".rows") else v.half().contiguous() for k, v in state.items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out, replace=True) as tmp:
         weights = tmp / "weights.safetensors"
         # One metadata key: safetensors writes its metadata map in hash order, so two keys would make
         # the bytes (and the sha256) differ from run to run. The name lives in the manifest.
         save_file(state, str(weights), metadata={"format": "pt"})
-        sha256 = hashlib.sha256(weights.read_bytes()).hexdigest()
+        sha256 = file_sha256(weights)
         stored = build_clip(MODEL_CFG)
         stored.load_state_dict({k: v.float() for k, v in dense_state_dict(state, stored.vocab_size).items()})
         metrics = zero_shot(stored.eval(), recipe)
@@ -399,16 +395,6 @@ def write_model(model: CLIP, rows: torch.Tensor, recipe: Recipe, out: Path, star
         (tmp / "CARD.md").write_text(_card(manifest))
         for path in tmp.iterdir():
             path.chmod(0o644)
-        tmp.chmod(0o755)  # mkdtemp made it private
-        backup = out.with_name(f".{out.name}.old")
-        shutil.rmtree(backup, ignore_errors=True)
-        if out.exists():
-            out.rename(backup)
-        tmp.rename(out)
-        shutil.rmtree(backup, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import open_clip
 import pytest
 import torch
-from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
 from vlprompt.backbones import Backbone, BackboneError, available_backbones, load_backbone
 from vlprompt.backbones.adapter import OPENAI_MEAN, OPENAI_STD
+from vlprompt.backbones.bundled import build_clip
 from vlprompt.methods import CoOp
 
 SHORT = ["a", "dog", "a photo of a cat."]
@@ -123,9 +123,14 @@ def test_pixel_prompt_is_added_to_pixels(vit_backbone):
 
 def _odd_sized_backbone() -> Backbone:
     torch.manual_seed(0)
-    vision = CLIPVisionCfg(layers=1, width=40, patch_size=8, image_size=24, head_width=20)
-    text = CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=4, layers=1)
-    model = CLIP(24, vision_cfg=vision, text_cfg=text, quick_gelu=True)
+    model = build_clip(
+        {
+            "embed_dim": 24,
+            "vision_cfg": {"layers": 1, "width": 40, "patch_size": 8, "image_size": 24, "head_width": 20},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 1},
+            "quick_gelu": True,
+        }
+    )
     prep = {"size": 24, "mean": OPENAI_MEAN, "std": OPENAI_STD}
     return Backbone(model, open_clip.tokenizer.SimpleTokenizer(), prep, "odd", "random")
 

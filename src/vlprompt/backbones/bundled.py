@@ -8,7 +8,6 @@ captions used; every other row is zero), which keeps the files a few MB.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,8 @@ from typing import Any
 import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, set_model_preprocess_cfg
 from safetensors.torch import load_file
+
+from ..io import file_sha256
 
 __all__ = [
     "BUNDLED",
@@ -90,14 +91,6 @@ def read_manifest(name: str) -> tuple[Path, dict[str, Any]]:
     return folder, json.loads(path.read_text())
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_bundled(name: str) -> tuple[CLIP, dict[str, Any], dict[str, Any]]:
     """Load a bundled model, offline, after checking its weight file's sha256.
 
@@ -117,7 +110,7 @@ def load_bundled(name: str) -> tuple[CLIP, dict[str, Any], dict[str, Any]]:
     weights = folder / manifest["weights"]
     if not weights.is_file():
         raise BundledModelError(f"bundled weight file {weights} is missing; reinstall vlprompt")
-    actual = _sha256(weights)
+    actual = file_sha256(weights)
     if actual != manifest["sha256"]:
         raise BundledModelError(
             f"bundled weight file {weights} is corrupted (sha256 {actual} != {manifest['sha256']}); "

@@ -13,10 +13,11 @@ from pathlib import Path
 import open_clip
 import torch
 from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
-from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, build_model_from_openai_state_dict
+from open_clip.model import CLIP, build_model_from_openai_state_dict
 from safetensors.torch import load_file
 
-from .adapter import OPENAI_MEAN, OPENAI_STD, Backbone, BackboneError, file_sha256
+from ..io import file_sha256
+from .adapter import OPENAI_MEAN, OPENAI_STD, Backbone, BackboneError
 
 log = logging.getLogger(__name__)
 
@@ -253,17 +254,19 @@ def _openai_preprocess(model: CLIP) -> dict:
 
 def tiny_random_clip(kind: str = "vit", seed: int = 0, embed_dim: int = 32) -> CLIP:
     """A tiny randomly initialised open_clip CLIP (for tests): ViT or ModifiedResNet image tower."""
+    from .bundled import build_clip
+
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
         if kind == "vit":
-            vision = CLIPVisionCfg(layers=2, width=48, patch_size=8, image_size=32, head_width=16)
+            vision = {"layers": 2, "width": 48, "patch_size": 8, "image_size": 32, "head_width": 16}
         elif kind == "resnet":
-            vision = CLIPVisionCfg(layers=(1, 1, 1, 1), width=16, image_size=64, head_width=16)
+            vision = {"layers": (1, 1, 1, 1), "width": 16, "image_size": 64, "head_width": 16}
         else:
             raise BackboneError(f"tiny random kind must be 'vit' or 'resnet', not {kind!r}")
-        text = CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=2)
-        model = CLIP(embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=True)
+        text = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}
+        model = build_clip({"embed_dim": embed_dim, "vision_cfg": vision, "text_cfg": text, "quick_gelu": True})
         with torch.no_grad():  # random models: make features differ clearly between prompts
             model.token_embedding.weight.normal_(0, 0.5)
             model.logit_scale.fill_(torch.log(torch.tensor(100.0)))

@@ -1,6 +1,6 @@
 """Datasets and protocols."""
 
-from .images import DataError, LabeledImages, Sample, image_folder, load_rgb, split_json
+from .images import DataError, LabeledImages, Sample, image_folder, load_rgb, split_json, write_split_json
 from .protocols import base_new_labels, base_new_split, few_shot, few_shot_indices
 
 __all__ = [
@@ -14,4 +14,5 @@ __all__ = [
     "image_folder",
     "load_rgb",
     "split_json",
+    "write_split_json",
 ]

@@ -273,23 +273,37 @@ def _read_metadata(path: Path, pair_set: set[Pair]) -> tuple[dict[str, list[CZSL
     samples: dict[str, list[CZSLSample]] = {p: [] for p in PHASES}
     skipped = dict.fromkeys(SKIP_REASONS, 0)
     for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise DataError(f"{path}: entry {i} is a {type(entry).__name__}, expected a dict")
-        for key in ("image", "attr", "obj", "set"):
-            if not isinstance(entry.get(key), str):
-                raise DataError(f"{path}: entry {i} needs a string {key!r}, got {entry.get(key)!r}")
-        image, attr, obj, phase = entry["image"], entry["attr"], entry["obj"], entry["set"]
-        if phase not in SET_VALUES:
-            raise DataError(f"{path}: entry {i} ({image}) has set {phase!r}, expected one of {SET_VALUES}")
-        if attr == "NA":
-            skipped["attr_NA"] += 1
-        elif phase == "NA":
-            skipped["set_NA"] += 1
-        elif (attr, obj) not in pair_set:
-            skipped["pair_not_in_split"] += 1
-        else:
+        image, attr, obj, phase = _metadata_entry(path, i, entry)
+        reason = _skip_reason(attr, obj, phase, pair_set)
+        if reason is None:
             samples[phase].append(CZSLSample(image, attr, obj))
+        else:
+            skipped[reason] += 1
     return samples, skipped
+
+
+def _metadata_entry(path: Path, i: int, entry: object) -> tuple[str, str, str, str]:
+    """``(image, attr, obj, set)`` of metadata entry ``i``, checked."""
+    if not isinstance(entry, dict):
+        raise DataError(f"{path}: entry {i} is a {type(entry).__name__}, expected a dict")
+    for key in ("image", "attr", "obj", "set"):
+        if not isinstance(entry.get(key), str):
+            raise DataError(f"{path}: entry {i} needs a string {key!r}, got {entry.get(key)!r}")
+    image, attr, obj, phase = entry["image"], entry["attr"], entry["obj"], entry["set"]
+    if phase not in SET_VALUES:
+        raise DataError(f"{path}: entry {i} ({image}) has set {phase!r}, expected one of {SET_VALUES}")
+    return image, attr, obj, phase
+
+
+def _skip_reason(attr: str, obj: str, phase: str, pair_set: set[Pair]) -> str | None:
+    """Why an entry is left out (one of :data:`SKIP_REASONS`), or ``None`` to keep it."""
+    if attr == "NA":
+        return "attr_NA"
+    if phase == "NA":
+        return "set_NA"
+    if (attr, obj) not in pair_set:
+        return "pair_not_in_split"
+    return None
 
 
 class CZSLDataset(Dataset):
@@ -409,24 +423,34 @@ def write_czsl(
         for i, pair in enumerate(pairs):
             if len(pair) != 2 or not all(isinstance(n, str) and n and n.split() == [n] for n in pair):
                 raise ValueError(f"{phase} pair {i} {pair!r}: names must be non-empty strings without spaces")
-    entries: list[dict[str, Any]] = []
-    for i, sample in enumerate(samples):
-        entry = dict(sample)
-        for key in ("image", "attr", "obj", "set"):
-            if not isinstance(entry.get(key), str):
-                raise ValueError(f"sample {i} needs a string {key!r}, got {entry.get(key)!r}")
-        if entry["set"] not in SET_VALUES:
-            raise ValueError(f"sample {i} has set {entry['set']!r}, expected one of {SET_VALUES}")
-        for key, value in entry.items():
-            if not isinstance(value, (str, int, float, bool, type(None))):
-                raise ValueError(f"sample {i} key {key!r}: only plain values can be saved, got {type(value)}")
-        entries.append(entry)
+    entries = [_sample_entry(i, sample) for i, sample in enumerate(samples)]
     split_dir = root / split
     split_dir.mkdir(parents=True, exist_ok=True)
     for phase, pairs in lists.items():
         atomic_write_text(split_dir / f"{phase}_pairs.txt", "".join(f"{a} {o}\n" for a, o in pairs))
-    atomic_write(root / f"metadata_{split}.t7", lambda tmp: torch.save(entries, tmp))
+    atomic_write(root / f"metadata_{split}.t7", lambda tmp: _save_through_file(entries, tmp))
     return root
+
+
+def _save_through_file(obj: object, path: str) -> None:
+    """``torch.save`` through a file object, so the archive's record names (taken from a path's file
+    name) do not carry the temp file's random name and equal contents give equal bytes."""
+    with open(path, "wb") as fh:
+        torch.save(obj, fh)
+
+
+def _sample_entry(i: int, sample: Mapping[str, Any]) -> dict[str, Any]:
+    """Sample ``i`` of :func:`write_czsl` as a plain dict, checked as :func:`load_czsl` will read it."""
+    entry = dict(sample)
+    for key in ("image", "attr", "obj", "set"):
+        if not isinstance(entry.get(key), str):
+            raise ValueError(f"sample {i} needs a string {key!r}, got {entry.get(key)!r}")
+    if entry["set"] not in SET_VALUES:
+        raise ValueError(f"sample {i} has set {entry['set']!r}, expected one of {SET_VALUES}")
+    for key, value in entry.items():
+        if not isinstance(value, (str, int, float, bool, type(None))):
+            raise ValueError(f"sample {i} key {key!r}: only plain values can be saved, got {type(value)}")
+    return entry
 
 
 __all__ = [

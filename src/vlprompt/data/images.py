@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
+
+from ..io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +206,15 @@ def split_json(
     split_file = Path(split_file)
     if split not in SPLITS:
         raise DataError(f"split must be one of {SPLITS}, not {split!r}")
+    data = _read_split_file(split_file)
+    classnames = _split_classnames(split_file, data)
+    image_root = Path(image_root)
+    samples = [Sample(str(image_root / e[0]), e[1]) for e in data[split]]
+    return LabeledImages(samples, classnames, transform, skip_bad_images)
+
+
+def _read_split_file(split_file: Path) -> dict:
+    """The parsed split file, checked to be an object with the keys :data:`SPLITS`."""
     try:
         data = json.loads(split_file.read_text())
     except FileNotFoundError:
@@ -215,6 +226,11 @@ def split_json(
     for key in SPLITS:
         if key not in data:
             raise DataError(f"{split_file}: missing key {key!r} (expected {list(SPLITS)})")
+    return data
+
+
+def _split_classnames(split_file: Path, data: dict) -> list[str]:
+    """Class name of each label 0..C-1, from the entries of all splits (checked to agree)."""
     names: dict[int, str] = {}
     for key in SPLITS:
         for i, entry in enumerate(data[key]):
@@ -229,6 +245,43 @@ def split_json(
     if sorted(names) != list(range(n)):
         bad = next(label for label in sorted(names) if label >= n)
         raise DataError(f"{split_file}: label {bad} is out of range: labels must be 0..{n - 1}")
-    image_root = Path(image_root)
-    samples = [Sample(str(image_root / e[0]), e[1]) for e in data[split]]
-    return LabeledImages(samples, [names[i] for i in range(n)], transform, skip_bad_images)
+    return [names[i] for i in range(n)]
+
+
+def write_split_json(path: str | Path, splits: Mapping[str, Sequence[Sequence[object]]]) -> Path:
+    """Write a CoOp split file ``{"train"|"val"|"test": [[relpath, label, classname], ...]}`` atomically.
+
+    The entries are checked as :func:`split_json` reads them (every label names one class, labels
+    are 0..C-1 over the three splits), so the file reads back with the same label space. The JSON
+    is compact, with the keys in the order ``train``, ``val``, ``test``.
+
+    Args:
+        path: the file to write (its folder is created if needed).
+        splits: exactly the keys ``"train"``, ``"val"`` and ``"test"``, each a list of
+            ``(relative path, int label, class name)`` entries (lists or tuples).
+
+    Returns:
+        The path written.
+
+    Raises:
+        DataError: a key is missing or unknown, or an entry is malformed or disagrees with another.
+    """
+    path = Path(path)
+    if sorted(splits) != sorted(SPLITS):
+        raise DataError(f"{path}: splits must have exactly the keys {list(SPLITS)}, got {sorted(splits)}")
+    data = {key: [_split_entry(path, key, i, e) for i, e in enumerate(splits[key])] for key in SPLITS}
+    _split_classnames(path, data)
+    atomic_write_text(path, json.dumps(data))
+    return path
+
+
+def _split_entry(path: Path, key: str, i: int, entry: Sequence[object]) -> list[object]:
+    """One entry to write, as the list ``[relative path, label, class name]``."""
+    ok = isinstance(entry, (list, tuple)) and len(entry) == 3
+    if ok:
+        relpath, label, name = entry
+        ok = isinstance(relpath, str) and isinstance(label, int) and not isinstance(label, bool)
+        ok = ok and isinstance(name, str)
+    if not ok:
+        raise DataError(f"{path}: {key}[{i}] must be [relative path, int label, class name], got {entry!r}")
+    return list(entry)

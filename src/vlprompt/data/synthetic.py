@@ -21,19 +21,19 @@ by all views: each pair has :data:`IMAGES_PER_PAIR` images, indices ``[0, 32)`` 
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
+
+from ..io import atomic_directory
+from .czsl import write_czsl
+from .images import write_split_json
 
 __all__ = [
     "BENCHMARK_ILLUMINANT",
@@ -538,8 +538,9 @@ def _paths(root: Path) -> BenchmarkPaths:
 def build_benchmark(root: str | Path | None = None, seed: int = 0) -> BenchmarkPaths:
     """Write the benchmark (or reuse a complete copy already there) and return its paths.
 
-    The directory is built in a temporary sibling and renamed into place, so a crash never leaves a
-    half-written benchmark behind. It holds 6,400 images of 48 px (64 per pair), shared by the views:
+    The directory is built in a temporary sibling and renamed into place (:func:`vlprompt.io.atomic_directory`),
+    so a crash never leaves a half-written benchmark behind. It holds 6,400 images of 48 px (64 per
+    pair), shared by the views:
 
     - the compositional split in the standard CZSL format: ``images/<colour>_<shape>/<i>.png``,
       ``compositional-split-natural/{train,val,test}_pairs.txt`` and
@@ -559,23 +560,9 @@ def build_benchmark(root: str | Path | None = None, seed: int = 0) -> BenchmarkP
         return _paths(root)
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} exists but holds no complete benchmark; remove it and build again")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    try:
+    with atomic_directory(root, complete=lambda built: (built / _COMPLETE_MARKER).is_file()) as tmp:
         _write_benchmark(tmp, seed)
         (tmp / _COMPLETE_MARKER).write_text(f"{VERSION} seed={seed}\n")
-        tmp.chmod(0o755)  # mkdtemp made it private
-        if root.exists():
-            root.rmdir()
-        try:
-            tmp.rename(root)
-        except OSError:
-            if not (root / _COMPLETE_MARKER).is_file():  # not a concurrent builder winning the race
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return _paths(root)
 
 
@@ -609,14 +596,9 @@ def _write_czsl_views(
         for colour, shape in split[subset]:
             names = relpaths[(colour, shape)][_SLICES["val"].start :]
             samples += [{"image": name, "attr": colour, "obj": shape, "set": subset} for name in names]
-    split_dir = root / _SPLIT_DIR
-    split_dir.mkdir()
     seen = split["train"]
-    for subset in ("train", "val", "test"):
-        pairs = seen if subset == "train" else seen + split[subset]
-        lines = [f"{c} {s}\n" for c, s in sorted(pairs)]
-        (split_dir / f"{subset}_pairs.txt").write_text("".join(lines))
-    torch.save(samples, root / f"metadata_{_SPLIT_DIR}.t7")
+    pairs = {subset: sorted(seen if subset == "train" else seen + split[subset]) for subset in ("train", "val", "test")}
+    write_czsl(root, pairs["train"], pairs["val"], pairs["test"], samples, split=_SPLIT_DIR)
 
 
 def _write_split_json(path: Path, view: str, relpaths: dict[tuple[str, str], list[str]]) -> None:
@@ -630,4 +612,4 @@ def _write_split_json(path: Path, view: str, relpaths: dict[tuple[str, str], lis
         split[subset] = [
             [names[i], labels[classname(c, s)], classname(c, s)] for (c, s), names in relpaths.items() for i in indices
         ]
-    path.write_text(json.dumps(split))
+    write_split_json(path, split)
