@@ -1,0 +1,175 @@
+"""The few-shot (and base-to-new) classification protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from ..backbones import Backbone
+from ..data import LabeledImages, base_new_split, few_shot, image_folder, split_json
+from ..data.images import DataError
+from ..evaluation import evaluate, harmonic_mean
+from ..features import FeatureCache
+from ..labels import ClassNames
+from ..methods import PromptMethod
+from .config import RunConfig
+from .loop import Protocol, run_seeds
+
+FORMATS = ("split-json", "imagefolder")
+CLASS_SPLITS = ("all", "base-to-new")
+
+
+@dataclass
+class DataConfig:
+    """A classification dataset and the protocol's view of it.
+
+    Attributes:
+        format: "split-json" (CoOp split file + image root) or "imagefolder" (one folder per class).
+        root: image root for split-json paths.
+        split_file: the CoOp split JSON ({"train", "val", "test"} lists of [path, label, class name]).
+        train_dir: class-folder tree of the training images ("imagefolder").
+        val_dir: class-folder tree of the validation images ("imagefolder", optional).
+        test_dir: class-folder tree of the test images ("imagefolder").
+        shots: K images per class for training (0 = all); validation uses min(K, 4).
+        classes: "all", or "base-to-new" (train on the first half of the labels, test on both halves).
+        skip_bad_images: drop missing or unreadable images (counted and reported) instead of failing.
+    """
+
+    format: str = "split-json"
+    root: str = ""
+    split_file: str = ""
+    train_dir: str = ""
+    val_dir: str = ""
+    test_dir: str = ""
+    shots: int = 16
+    classes: str = "all"
+    skip_bad_images: bool = False
+
+    def validate(self) -> None:
+        if self.format not in FORMATS:
+            raise DataError(f"--data.format must be one of {FORMATS}, not {self.format!r}")
+        if self.classes not in CLASS_SPLITS:
+            raise DataError(f"--data.classes must be one of {CLASS_SPLITS}, not {self.classes!r}")
+        if self.shots < 0:
+            raise DataError(f"--data.shots must be >= 0 (0: all images), not {self.shots}")
+        if self.format == "split-json" and not self.split_file:
+            raise DataError("--data.split_file is required for --data.format split-json")
+        for split in ("train", "test"):
+            if self.format == "imagefolder" and not getattr(self, f"{split}_dir"):
+                raise DataError(f"--data.{split}_dir is required for --data.format imagefolder")
+
+    def load(self, transform=None) -> dict[str, LabeledImages]:
+        """The train, val (may be absent) and test splits."""
+        self.validate()
+        if self.format == "split-json":
+            return {
+                s: split_json(self.split_file, self.root, s, transform, self.skip_bad_images)
+                for s in ("train", "val", "test")
+            }
+        train = image_folder(self.train_dir, transform, self.skip_bad_images)
+        splits = {"train": train}
+        for split in ("val", "test"):
+            folder = getattr(self, f"{split}_dir")
+            if folder:
+                splits[split] = image_folder(folder, transform, self.skip_bad_images, train.classnames)
+        return splits
+
+
+@dataclass
+class ClassificationRun(RunConfig):
+    """One method on one dataset over several seeds (few-shot, optionally base-to-new).
+
+    Attributes:
+        data: the dataset and the protocol's view of it.
+        feature_cache_dir: keep frozen image features here across runs (default: in memory).
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    feature_cache_dir: str | None = None
+
+
+class Classification(Protocol):
+    """Few-shot training on K images per class; test accuracy, or base / new / H for base-to-new."""
+
+    command = "train"
+    label_kind = ClassNames
+    group = ("method", "shots")
+
+    def __init__(self, run: ClassificationRun):
+        super().__init__(run)
+        self.base_to_new = run.data.classes == "base-to-new"
+
+    def shots(self) -> int:
+        return self.run.data.shots
+
+    def validate(self) -> None:
+        self.run.data.validate()
+
+    def prepare(self, backbone: Backbone, cache: FeatureCache) -> None:
+        self.splits = self.run.data.load(backbone.image_transform())
+        self.cache = cache
+        if not len(self.splits["test"]):
+            raise DataError("the test split is empty: nothing to evaluate on")
+
+    def seed_data(self, seed: int, seed_dir: Path | None):
+        shots, which = self.run.data.shots, "base" if self.base_to_new else "all"
+        train_set = few_shot(
+            base_new_split(self.splits["train"], which), shots, seed, seed_dir and seed_dir / "train_subset.json"
+        )
+        scorer = None
+        if "val" in self.splits and len(self.splits["val"]):
+            val_set = few_shot(
+                base_new_split(self.splits["val"], which),
+                min(shots, 4) if shots else 0,
+                seed,
+                seed_dir and seed_dir / "val_subset.json",
+                allow_fewer=True,
+            )
+            scorer = partial(_val_accuracy, dataset=val_set, cache=self.cache)
+        elif self.run.train_config(shots).select == "best":
+            raise DataError("--train.select best needs a validation split, and this dataset has none")
+        return train_set, ClassNames(tuple(train_set.classnames)), scorer
+
+    def check(self, method: PromptMethod) -> None:
+        if self.base_to_new and not method.transfers_to_new_classes:
+            raise ValueError(f"{method.name} with these options cannot score new classes: no base-to-new protocol")
+
+    def evaluate(self, method: PromptMethod, backbone: Backbone, keys: dict[str, Any]) -> list[dict[str, Any]]:
+        row: dict[str, Any] = {**keys, "shots": self.run.data.shots}
+        test = self.splits["test"]
+        if not self.base_to_new:
+            return [{**row, **evaluate(method, backbone, test, self.cache)}]
+        trained = method.labels
+        row["base"] = evaluate(method, backbone, base_new_split(test, "base"), self.cache)["accuracy"]
+        new_test = base_new_split(test, "new")
+        method.set_classes(backbone, new_test.classnames)
+        row["new"] = evaluate(method, backbone, new_test, self.cache)["accuracy"]
+        row["hm"] = harmonic_mean(row["base"], row["new"])
+        method.set_classes(backbone, trained)
+        return [row]
+
+    def prompt_extra(self, seed: int) -> dict[str, Any]:
+        return {"seed": seed, "shots": self.run.data.shots}
+
+    def seed_record(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return rows[0]  # one row a seed
+
+
+def _val_accuracy(method, backbone: Backbone, dataset: LabeledImages, cache: FeatureCache) -> float:
+    return evaluate(method, backbone, dataset, cache)["accuracy"]
+
+
+def run_classification(
+    run: ClassificationRun,
+    backbone: Backbone | None = None,
+    cache: FeatureCache | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train and test ``run.method`` for every seed; write prompts, per-seed results and tables.
+
+    Returns one row per seed: accuracy (and base / new / H for base-to-new).
+    """
+    cache = cache or FeatureCache(run.feature_cache_dir)
+    return run_seeds(run, Classification(run), backbone, cache, progress)

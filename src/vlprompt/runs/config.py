@@ -1,0 +1,98 @@
+"""The typed configs every run shares: the backbone, the training recipe, seeds and the run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import Any, get_type_hints
+
+import torch
+
+from .. import distributed as dist
+from ..backbones import Backbone, load_backbone
+from ..engine import PRESETS, TrainConfig, preset
+from ..predict import backbone_for_prompt
+
+DEFAULT_BACKBONE = "vlprompt/tiny-shapes"
+
+
+@dataclass
+class BackboneConfig:
+    """Which frozen model to use.
+
+    Attributes:
+        name: bundled name (vlprompt/tiny-shapes, the default), open_clip architecture (ViT-B-32),
+            hf-hub:/local-dir: name, or the path of a checkpoint in OpenAI's format. Commands that load a
+            saved prompt default to the backbone it was trained on.
+        pretrained: pretrained tag (openai, laion2b_s34b_b79k), local open_clip checkpoint file, or "random"
+            (random weights, only when asked for) for an open_clip architecture.
+        device: "auto" (GPU when available), "cpu", "cuda", "cuda:1".
+    """
+
+    name: str | None = None
+    pretrained: str | None = None
+    device: str = "auto"
+
+    def torch_device(self) -> torch.device:
+        return dist.default_device() if self.device == "auto" else torch.device(self.device)
+
+    def load(self, prompt: str | None = None) -> Backbone:
+        """The backbone; without a name, the one ``prompt`` was trained on, else the bundled default."""
+        if self.name is None and prompt:
+            return backbone_for_prompt(prompt, None, None, self.torch_device())
+        return load_backbone(self.name or DEFAULT_BACKBONE, self.pretrained, device=self.torch_device())
+
+
+_hints = get_type_hints(TrainConfig)
+#: :class:`TrainConfig` with every field optional: the fields a user sets override the preset's.
+TrainOverrides = make_dataclass(
+    "TrainOverrides",
+    [(f.name, _hints[f.name] | None, field(default=None)) for f in fields(TrainConfig)],
+)
+TrainOverrides.__doc__ = "Overrides of the training recipe (unset fields keep the preset's).\n" + (
+    TrainConfig.__doc__ or ""
+).split("\n", 1)[1]
+
+
+def train_overrides(config: TrainConfig | dict[str, Any] | None = None, **values: Any) -> Any:
+    """A :data:`TrainOverrides` setting every field of ``config`` (and ``values``)."""
+    base = dataclasses.asdict(config) if isinstance(config, TrainConfig) else dict(config or {})
+    return TrainOverrides(**{**base, **values})
+
+
+@dataclass
+class RunConfig:
+    """What every protocol's run has: a backbone, a method, a recipe, seeds and a run directory.
+
+    Attributes:
+        backbone: the frozen model.
+        method: the registered method name.
+        method_options: the method's hyperparameters (its config dataclass's fields).
+        preset: training recipe; default: the protocol's (the method's own where one exists).
+        train: overrides of the recipe's fields.
+        seeds: one run per seed; the table reports mean ± std over them.
+        out: the run directory.
+        resume: continue an interrupted run in ``out`` (finished seeds are not retrained).
+        overwrite: replace an existing run in ``out``.
+    """
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    method: str = "coop"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    preset: str | None = None
+    train: TrainOverrides = field(default_factory=TrainOverrides)  # type: ignore[valid-type]
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    out: str = "runs/train"
+    resume: bool = False
+    overwrite: bool = False
+
+    def default_preset(self) -> str | None:
+        """The recipe used when ``preset`` is not set."""
+        return self.method if self.method in PRESETS else None
+
+    def train_config(self, shots: int = 0) -> TrainConfig:
+        """The resolved recipe: the preset for ``shots`` with the fields set in ``train`` replaced."""
+        name = self.preset or self.default_preset()
+        base = preset(name, shots) if name else TrainConfig()
+        train = self.train if isinstance(self.train, dict) else dataclasses.asdict(self.train)
+        return dataclasses.replace(base, **{k: v for k, v in train.items() if v is not None})

@@ -1,0 +1,203 @@
+"""The per-seed run loop every protocol shares: run directory, seeding, build, fit, save, tables."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import yaml
+
+from .. import distributed as dist
+from ..backbones import Backbone
+from ..data.images import LabeledImages
+from ..engine import TrainConfig, fit
+from ..engine.trainer import Scorer
+from ..evaluation import markdown_table, summarize
+from ..evaluation.reports import csv_table
+from ..features import FeatureCache
+from ..io import atomic_write_text
+from ..labels import LabelSpace
+from ..methods import PromptMethod, build_method, method_class
+from ..prompts import load_prompt, save_pretrained
+from ..rundir import prepare_run_dir
+from .config import RunConfig
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+#: Metrics the tables know, in column order.
+METRICS = ("accuracy", "mean_per_class_accuracy", "base", "new", "hm", "S", "U", "H", "AUC", "attr", "obj")
+
+
+class Protocol:
+    """What a protocol adds to :func:`run_seeds`: its data, its label space, its evaluation, its tables.
+
+    Subclasses set ``command`` (the CLI command), ``label_kind`` (the label space its methods score)
+    and ``group`` (the table's row keys besides the metrics), and implement the hooks below.
+    """
+
+    command: ClassVar[str]
+    label_kind: ClassVar[type]
+    group: ClassVar[tuple[str, ...]]
+    #: the key under which a row reports the selected epoch's validation score (None: not reported).
+    val_key: ClassVar[str | None] = None
+
+    def __init__(self, run: RunConfig):
+        self.run = run
+
+    def shots(self) -> int:
+        """K for the preset's recipe (0: not a few-shot protocol)."""
+        return 0
+
+    def validate(self) -> None:
+        """Check the run's own options before any expensive work."""
+
+    def prepare(self, backbone: Backbone, cache: FeatureCache) -> None:
+        """Load the data once for all seeds."""
+
+    def seed_data(self, seed: int, seed_dir: Path | None) -> tuple[LabeledImages, LabelSpace, Scorer | None]:
+        """The training set, the label space to build the method on and the validation scorer."""
+        raise NotImplementedError
+
+    def check(self, method: PromptMethod) -> None:
+        """Refuse a method (with these options) that cannot run this protocol."""
+
+    def evaluate(self, method: PromptMethod, backbone: Backbone, keys: dict[str, Any]) -> list[dict[str, Any]]:
+        """Result rows of a trained (or loaded) method; ``keys`` go into every row."""
+        raise NotImplementedError
+
+    def saved_labels(self, method: PromptMethod) -> LabelSpace:
+        """The label space the saved prompt records."""
+        return method.labels
+
+    def prompt_extra(self, seed: int) -> dict[str, Any]:
+        return {"seed": seed}
+
+    def seed_record(self, rows: list[dict[str, Any]]) -> Any:
+        """What a seed's results.json holds (its rows)."""
+        return rows
+
+    def finish(self, out: Path, rows: list[dict[str, Any]]) -> None:
+        """Protocol-specific outputs after the tables (plots)."""
+
+
+def run_seeds(
+    run: RunConfig,
+    protocol: Protocol,
+    backbone: Backbone | None = None,
+    cache: FeatureCache | None = None,
+    progress: bool = True,
+    prompt: str | None = None,
+) -> list[dict[str, Any]]:
+    """Train and evaluate ``run.method`` once per seed (or evaluate the saved ``prompt`` once).
+
+    Writes ``config.yaml`` (replays the run), per seed ``seedN/{prompt/, metrics.jsonl, checkpoint.pt,
+    results.json}``, and ``results.{json,md,csv}`` (mean ± std over seeds).
+    """
+    train_config = validate_run(run, protocol, prompt)
+    out = prepare_out_dir(run.out, run.resume, run.overwrite, protocol.command)
+    write_config(out, run_record(run, train_config), run.resume, protocol.command)
+    backbone = backbone or run.backbone.load(prompt)
+    cache = cache or FeatureCache()
+    protocol.prepare(backbone, cache)
+    rows: list[dict[str, Any]] = []
+    if prompt:
+        method = load_prompt(prompt, backbone)
+        rows = protocol.evaluate(method, backbone, {"method": method.name, "prompt": prompt})
+    for seed in [] if prompt else run.seeds:
+        rows += _run_seed(run, protocol, train_config, seed, out, backbone, cache, progress)
+    if dist.is_main():
+        write_tables(out, rows, list(protocol.group))
+        protocol.finish(out, rows)
+    return rows
+
+
+def _run_seed(run, protocol, train_config: TrainConfig, seed: int, out: Path, backbone, cache, progress):
+    seed_dir = out / f"seed{seed}"
+    seed_dir.mkdir(exist_ok=True)
+    train_set, labels, scorer = protocol.seed_data(seed, seed_dir if dist.is_main() else None)
+    torch.manual_seed(seed)
+    method = build_method(run.method, backbone, labels, run.method_options)
+    protocol.check(method)
+    fit_info: dict[str, Any] = {}
+    if method.learns:
+        result = fit(
+            method,
+            backbone,
+            train_set,
+            dataclasses.replace(train_config, seed=seed),
+            scorer=scorer,
+            run_dir=seed_dir,
+            resume=run.resume,
+            cache=cache,
+            progress=progress,
+        )
+        fit_info = {"selected_epoch": result.selected_epoch}
+        if protocol.val_key:
+            fit_info[protocol.val_key] = result.selected_score
+        fit_info["train_seconds"] = round(result.seconds, 2)
+    rows = protocol.evaluate(method, backbone, {"method": run.method, "seed": seed, **fit_info})
+    if dist.is_main():
+        method.set_classes(backbone, protocol.saved_labels(method))
+        save_pretrained(method, backbone, seed_dir / "prompt", extra=protocol.prompt_extra(seed))
+        atomic_write_text(seed_dir / "results.json", json.dumps(protocol.seed_record(rows), indent=2))
+    return rows
+
+
+def validate_run(run: RunConfig, protocol: Protocol, prompt: str | None = None) -> TrainConfig:
+    """Every check that needs no data or model, so that a bad option fails before any work."""
+    if not prompt:
+        cls = method_class(run.method, protocol.label_kind)
+        cls.Config.from_dict(run.method_options, cls.name)
+        if not run.seeds:
+            raise ValueError("--seeds is empty: give at least one seed, e.g. --seeds [1]")
+    train_config = run.train_config(protocol.shots())
+    train_config.validate()
+    protocol.validate()
+    return train_config
+
+
+def run_record(run: RunConfig, train_config: TrainConfig) -> dict[str, Any]:
+    """The run as written to config.yaml: every option, with the recipe resolved field by field."""
+    record = dataclasses.asdict(run)
+    record["train"] = dataclasses.asdict(train_config)
+    return record
+
+
+def prepare_out_dir(out: str | Path, resume: bool, overwrite: bool, command: str | None = None) -> Path:
+    """Create the run directory (see :func:`vlprompt.rundir.prepare_run_dir`: only marked runs are overwritten)."""
+    return prepare_run_dir(out, resume, overwrite, command)
+
+
+def write_config(run_dir: Path, config: dict[str, Any], resume: bool = False, command: str = "") -> None:
+    """Write ``config.yaml`` (``vlprompt COMMAND --config`` replays it); a resumed run's must not change."""
+    path = run_dir / CONFIG_FILE
+    if resume and path.is_file():
+        saved = yaml.safe_load(path.read_text())
+        ignore = {"resume", "overwrite"}
+        changed = sorted(k for k in set(saved) | set(config) if k not in ignore and saved.get(k) != config.get(k))
+        if changed:
+            raise ValueError(f"cannot resume {run_dir}: its config differs in {changed} (start a new --out instead)")
+        return
+    if dist.is_main():
+        header = f"# replay: vlprompt {command} --config {path} --out NEW_DIR\n" if command else ""
+        atomic_write_text(path, header + yaml.safe_dump(config, sort_keys=False))
+
+
+def metric_names(rows: list[dict[str, Any]]) -> list[str]:
+    return [m for m in METRICS if any(m in r for r in rows)]
+
+
+def write_tables(out: Path, rows: list[dict[str, Any]], group: list[str]) -> str:
+    """results.json (per seed + summary), results.md and results.csv (mean ± std over seeds)."""
+    metrics = metric_names(rows)
+    summary = summarize(rows, group, metrics)
+    table = markdown_table(summary, group, metrics)
+    atomic_write_text(out / "results.json", json.dumps({"per_seed": rows, "summary": summary}, indent=2))
+    atomic_write_text(out / "results.md", table)
+    atomic_write_text(out / "results.csv", csv_table(summary))
+    return table
