@@ -86,7 +86,7 @@ def test_unknown_method_lists_valid_ones(tmp_path, image_root, split_file, capsy
 
 
 def test_base_to_new(tmp_path, image_root, split_file):
-    out = _train(tmp_path, image_root, split_file, "--data.classes", "base-to-new", "--method", "cocoop")
+    out = _train(tmp_path, image_root, split_file, "--data.class_split", "base-to-new", "--method", "cocoop")
     for row in json.loads((out / "results.json").read_text())["per_seed"]:
         assert {"base", "new", "hm"} <= set(row)
         assert row["hm"] == pytest.approx(harmonic_mean(row["base"], row["new"]))

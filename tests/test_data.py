@@ -205,5 +205,5 @@ def test_base_new_split_relabels(image_root):
     for s in new.samples:
         assert s.label == files.index(s.path) % 5 - 3
     assert base_new_split(data, "all") is data
-    with pytest.raises(DataError, match="classes must be 'all', 'base' or 'new'"):
+    with pytest.raises(DataError, match="class_split must be 'all', 'base' or 'new'"):
         base_new_split(data, "old")

@@ -40,14 +40,14 @@ class EvalCommand:
         backbone: the frozen model (default: the one the prompt was trained on).
         data: the dataset.
         split: the split to evaluate ("train", "val" or "test").
-        classes: "all", "base" or "new" (the halves of base-to-new).
+        class_split: "all", "base" or "new" (the halves of base-to-new).
     """
 
     prompt: str = ""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     data: DataConfig = field(default_factory=DataConfig)
     split: str = "test"
-    classes: str = "all"
+    class_split: str = "all"
 
 
 @dataclass
@@ -172,11 +172,11 @@ def cmd_eval(cfg: EvalCommand, _: Any) -> int:
     data = cfg.data.load(backbone.image_transform())
     if cfg.split not in data:
         raise DataError(f"--split {cfg.split!r} is not in the dataset (have {sorted(data)})")
-    dataset = base_new_split(data[cfg.split], cfg.classes)
+    dataset = base_new_split(data[cfg.split], cfg.class_split)
     if list(dataset.classnames) != method.class_names():
         method.set_classes(backbone, dataset.classnames)
     metrics = evaluate(method, backbone, dataset, progress=True)
-    summary = {"prompt": cfg.prompt, "split": cfg.split, "classes": cfg.classes, "n": len(dataset), **metrics}
+    summary = {"prompt": cfg.prompt, "split": cfg.split, "class_split": cfg.class_split, "n": len(dataset), **metrics}
     print(json.dumps(summary, indent=2))
     return 0
 

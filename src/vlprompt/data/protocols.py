@@ -88,5 +88,5 @@ def base_new_split(dataset: LabeledImages, which: str) -> LabeledImages:
         return dataset
     base, new = base_new_labels(len(dataset.classnames))
     if which not in ("base", "new"):
-        raise DataError(f"classes must be 'all', 'base' or 'new', not {which!r}")
+        raise DataError(f"class_split must be 'all', 'base' or 'new', not {which!r}")
     return dataset.relabel(base if which == "base" else new)

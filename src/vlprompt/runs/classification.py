@@ -33,7 +33,7 @@ class DataConfig:
         val_dir: class-folder tree of the validation images ("imagefolder", optional).
         test_dir: class-folder tree of the test images ("imagefolder").
         shots: K images per class for training (0 = all); validation uses min(K, 4).
-        classes: "all", or "base-to-new" (train on the first half of the labels, test on both halves).
+        class_split: "all", or "base-to-new" (train on the first half of the labels, test on both halves).
         skip_bad_images: drop missing or unreadable images (counted and reported) instead of failing.
     """
 
@@ -44,14 +44,14 @@ class DataConfig:
     val_dir: str = ""
     test_dir: str = ""
     shots: int = 16
-    classes: str = "all"
+    class_split: str = "all"
     skip_bad_images: bool = False
 
     def validate(self) -> None:
         if self.format not in FORMATS:
             raise DataError(f"--data.format must be one of {FORMATS}, not {self.format!r}")
-        if self.classes not in CLASS_SPLITS:
-            raise DataError(f"--data.classes must be one of {CLASS_SPLITS}, not {self.classes!r}")
+        if self.class_split not in CLASS_SPLITS:
+            raise DataError(f"--data.class_split must be one of {CLASS_SPLITS}, not {self.class_split!r}")
         if self.shots < 0:
             raise DataError(f"--data.shots must be >= 0 (0: all images), not {self.shots}")
         if self.format == "split-json" and not self.split_file:
@@ -99,7 +99,7 @@ class Classification(Protocol):
 
     def __init__(self, run: ClassificationRun):
         super().__init__(run)
-        self.base_to_new = run.data.classes == "base-to-new"
+        self.base_to_new = run.data.class_split == "base-to-new"
 
     def shots(self) -> int:
         return self.run.data.shots
