@@ -49,9 +49,10 @@ TrainOverrides = make_dataclass(
     "TrainOverrides",
     [(f.name, _hints[f.name] | None, field(default=None)) for f in fields(TrainConfig)],
 )
-TrainOverrides.__doc__ = "Overrides of the training recipe (unset fields keep the preset's).\n" + (
-    TrainConfig.__doc__ or ""
-).split("\n", 1)[1]
+TrainOverrides.__doc__ = (
+    "Overrides of the training recipe (unset fields keep the preset's).\n"
+    + (TrainConfig.__doc__ or "").split("\n", 1)[1]
+)
 
 
 def train_overrides(config: TrainConfig | dict[str, Any] | None = None, **values: Any) -> Any:

@@ -183,7 +183,9 @@ class Compositional(Protocol):
     def _evaluate(self, method, backbone, text, phase: str, world: str, removed: Tensor | None = None) -> CZSLResult:
         scores = pair_scores(method, backbone, self.features[phase], text)
         labels = self._labels(phase, world)
-        return evaluate_split(scores, self.split, phase, world, pair_labels=labels, removed_mask=removed, topk=self.run.topk)
+        return evaluate_split(
+            scores, self.split, phase, world, pair_labels=labels, removed_mask=removed, topk=self.run.topk
+        )
 
     def evaluate(self, method: PromptMethod, backbone: Backbone, keys: dict[str, Any]) -> list[dict[str, Any]]:
         rows = []
