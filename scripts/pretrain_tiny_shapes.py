@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from open_clip.model import CLIP
 from safetensors.torch import save_file
 
-from vlprompt.backbones.adapter import OPENAI_MEAN, OPENAI_STD
+from vlprompt.backbones.adapter import OPENAI_MEAN, OPENAI_STD, encode_text_tower
 from vlprompt.backbones.bundled import build_clip, dense_state_dict, sparse_state_dict
 from vlprompt.data import synthetic
 from vlprompt.io import atomic_directory, file_sha256
@@ -102,12 +102,8 @@ def tokenize(captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ------------------------------------------------------------------------------------- the model
 def encode_text_ids(model: CLIP, table: torch.nn.Embedding, ids: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
-    """CLIP's text tower on sequences cut at their longest end-of-text (exact: the mask is causal)."""
-    length = ids.shape[1]
-    x = table(ids) + model.positional_embedding[:length]
-    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-    x = model.ln_final(x)
-    return x[torch.arange(x.shape[0]), eot] @ model.text_projection
+    """The adapter's text tower on the captions' token rows, cut where ``tokenize`` cut every caption."""
+    return encode_text_tower(model, table(ids), eot, length=ids.shape[1])
 
 
 def contrastive_loss(logits: torch.Tensor, labels: torch.Tensor, mentions: torch.Tensor) -> torch.Tensor:

@@ -225,21 +225,7 @@ class Backbone(nn.Module):
         Returns:
             [N, embed_dim] text features (not normalized).
         """
-        text = self._text
-        length = int(eot_index.max()) + 1
-        x = embeds[:, :length].to(self.dtype) + text.positional_embedding[:length].to(self.dtype)
-        mask = text.attn_mask[:length, :length]
-        if deep_prompts is None:
-            x = text.transformer(x, attn_mask=mask)
-        else:
-            n = _prompt_count(deep_prompts, n_prompts)
-            if n + 1 > int(eot_index.min()):
-                raise BackboneError(f"{n} deep text prompts do not fit before the end-of-text token")
-            x = _run_blocks(text.transformer, x, deep_prompts, n, mask)
-        x = text.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), eot_index]
-        proj = text.text_projection
-        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+        return encode_text_tower(self._text, embeds, eot_index, deep_prompts, n_prompts)
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str], batch_size: int = 1024) -> Tensor:
@@ -341,6 +327,37 @@ class Backbone(nn.Module):
     def train(self, mode: bool = True) -> Backbone:
         """The backbone stays in eval mode: it is frozen."""
         return super().train(False)
+
+
+def encode_text_tower(
+    text: nn.Module,
+    embeds: Tensor,
+    eot_index: Tensor,
+    deep_prompts: DeepPrompts | None = None,
+    n_prompts: int | None = None,
+    length: int | None = None,
+) -> Tensor:
+    """An open_clip causal text tower (``CLIP`` or its ``text`` module) on token embeddings, read at ``eot_index``.
+
+    What :meth:`Backbone.encode_text_embeddings` runs, for code that trains the tower itself (the
+    bundled model's pretraining script). Sequences are cut after ``length`` positions, by default
+    after the longest end-of-text position of the batch: exact either way, the mask being causal.
+    """
+    length = int(eot_index.max()) + 1 if length is None else length
+    dtype = text.transformer.get_cast_dtype()
+    x = embeds[:, :length].to(dtype) + text.positional_embedding[:length].to(dtype)
+    mask = text.attn_mask[:length, :length]
+    if deep_prompts is None:
+        x = text.transformer(x, attn_mask=mask)
+    else:
+        n = _prompt_count(deep_prompts, n_prompts)
+        if n + 1 > int(eot_index.min()):
+            raise BackboneError(f"{n} deep text prompts do not fit before the end-of-text token")
+        x = _run_blocks(text.transformer, x, deep_prompts, n, mask)
+    x = text.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), eot_index]
+    proj = text.text_projection
+    return proj(x) if isinstance(proj, nn.Linear) else x @ proj
 
 
 def _per_sample(prompts: Tensor, batch: int) -> Tensor:
