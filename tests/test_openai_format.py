@@ -138,3 +138,26 @@ def test_quick_gelu_matters(checkpoint):
     probs, _ = our_probs(gelu, image)
     assert (probs - expected).abs().max() > 1e-4
     assert gelu.identity.model.endswith(":gelu")
+
+
+def test_a_run_on_a_local_openai_checkpoint_replays_from_its_config(checkpoint, image_root, split_file, tmp_path):
+    """config.yaml records the checkpoint's path, so `vlprompt train --config` loads the same weights again."""
+    import json
+
+    import yaml
+
+    from vlprompt.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--backbone.name", str(checkpoint), "--data.root", str(image_root), "--data.split_file",
+            str(split_file), "--data.shots", "2", "--train.epochs", "2", "--train.batch_size", "4",
+            "--method_options", "{n_ctx: 2}", "--seeds", "[1]", "--backbone.device", "cpu"]  # fmt: skip
+    assert main([*args, "--out", str(out)]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["backbone"]["name"] == str(checkpoint)
+    assert main(["train", "--config", str(out / "config.yaml"), "--out", str(tmp_path / "replay")]) == 0
+    rows = [json.loads((d / "results.json").read_text())["per_seed"] for d in (out, tmp_path / "replay")]
+    for row in rows:
+        row[0].pop("train_seconds")
+    assert rows[0] == rows[1]
+    prompt = json.loads((out / "seed1" / "prompt" / "prompt.json").read_text())
+    assert prompt["backbone"]["pretrained"].startswith("sha256:")
