@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .backbones import Backbone, load_backbone
+from .backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from .data.synthetic import VIEWS, build_benchmark
 from .engine import FeatureCache, TrainConfig, preset
 from .evaluation import markdown_table, summarize
@@ -25,7 +25,7 @@ from .runs import (
     write_config,
 )
 
-BACKBONE = "vlprompt/tiny-shapes"
+BACKBONE = DEFAULT_BACKBONE
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .backbones import Backbone, BackboneError, load_backbone
+from .backbones import DEFAULT_BACKBONE, Backbone, BackboneError, load_backbone
 from .data.images import load_rgb
 from .methods import Batch, PromptMethod, ZeroShot, ZeroShotConfig
 from .prompts import load_prompt, read_prompt_config
@@ -75,7 +75,7 @@ class Predictor:
     def zero_shot(
         cls,
         classes: Sequence[str],
-        backbone: Backbone | str = "vlprompt/tiny-shapes",
+        backbone: Backbone | str = DEFAULT_BACKBONE,
         pretrained: str | None = None,
         template: str = "a photo of a {}.",
         **kwargs,

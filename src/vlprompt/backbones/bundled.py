@@ -20,6 +20,7 @@ from ..io import file_sha256
 
 __all__ = [
     "BUNDLED",
+    "DEFAULT_BACKBONE",
     "BundledModelError",
     "build_clip",
     "dense_state_dict",
@@ -30,7 +31,10 @@ __all__ = [
 
 _HERE = Path(__file__).resolve().parent
 
-BUNDLED: dict[str, Path] = {"vlprompt/tiny-shapes": _HERE / "tiny_shapes"}
+DEFAULT_BACKBONE = "vlprompt/tiny-shapes"
+"""The backbone every command uses when none is named (bundled, offline)."""
+
+BUNDLED: dict[str, Path] = {DEFAULT_BACKBONE: _HERE / "tiny_shapes"}
 """Bundled model name -> folder holding its manifest, weights and card."""
 
 ROWS_KEY = "token_embedding.rows"

@@ -9,11 +9,9 @@ from typing import Any, get_type_hints
 import torch
 
 from .. import distributed as dist
-from ..backbones import Backbone, load_backbone
+from ..backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from ..engine import PRESETS, TrainConfig, preset
 from ..predict import backbone_for_prompt
-
-DEFAULT_BACKBONE = "vlprompt/tiny-shapes"
 
 
 @dataclass
