@@ -23,6 +23,20 @@ PRESETS: dict[str, Callable[[int], TrainConfig]] = {
     "linear-probe": lambda shots: TrainConfig(
         epochs=100, optimizer="adamw", lr=1e-3, weight_decay=1e-4, schedule="cosine", warmup_epochs=0
     ),
+    # VP (Bahng et al.): SGD lr 40, momentum 0.9, no weight decay, batch 256, 1000 epochs, linear warmup over
+    # 1000 steps then cosine to 0, per step.
+    "vp": lambda shots: TrainConfig(
+        epochs=1000, batch_size=256, lr=40.0, momentum=0.9, weight_decay=0.0, schedule="cosine", warmup_steps=1000
+    ),
+    # VP sized for a CPU: 30 epochs, batch 32, warmup 20 steps (the same lr and schedule shape).
+    "vp-cpu": lambda shots: TrainConfig(
+        epochs=30, batch_size=32, lr=40.0, momentum=0.9, weight_decay=0.0, schedule="cosine", warmup_steps=20
+    ),
+    # VPT (Jia et al.): SGD momentum 0.9, 100 epochs, batch 128, cosine with 10 warmup epochs; the paper searches
+    # lr over a grid scaled by batch/256: 0.25 of the grid gives 0.125 here, weight decay 1e-4 of its grid.
+    "vpt": lambda shots: TrainConfig(
+        epochs=100, batch_size=128, lr=0.125, momentum=0.9, weight_decay=1e-4, schedule="cosine", warmup_epochs=10
+    ),
     # CSP (and its CZSL baselines): Adam with L2 decay 1e-5, no schedule, 20 epochs, batch 128;
     # model selection by validation AUC. lr 5e-5 on MIT-States and C-GQA, 5e-4 on UT-Zappos
     # (with vocab_dropout 0.3 on MIT-States, 0.2 on UT-Zappos: a method option).

@@ -49,6 +49,8 @@ class TrainConfig:
         schedule: "constant", "cosine" (per step, linear warmup) or "coop" (per epoch, constant
             warmup at ``warmup_lr``, cosine over ``epochs``).
         warmup_epochs: warmup length in epochs (converted to steps for per-step schedules).
+        warmup_steps: warmup length in optimizer steps for per-step schedules; when set, it replaces
+            ``warmup_epochs`` (VP's recipe warms up over 1,000 steps).
         warmup_lr: the constant warmup lr of the "coop" schedule.
         precision: "auto" (bf16 autocast on GPU, fp32 on CPU), "fp32", "bf16" or "fp16". Prompt
             parameters always stay fp32.
@@ -73,6 +75,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "coop"
     warmup_epochs: int = 1
+    warmup_steps: int | None = None
     warmup_lr: float = 1e-5
     precision: str = "auto"
     seed: int = 1
@@ -277,6 +280,8 @@ class TrainingState:
         per_epoch = config.schedule == "coop"
         total = config.epochs if per_epoch else config.epochs * plan.steps_per_epoch
         warmup = config.warmup_epochs if per_epoch else config.warmup_epochs * plan.steps_per_epoch
+        if config.warmup_steps is not None and not per_epoch:
+            warmup = config.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_factor(config.schedule, total, warmup, config.lr, config.warmup_lr)
         )

@@ -11,13 +11,16 @@ from .cocoop import CoCoOp, CoCoOpConfig
 from .compositional import CSP, AttrObjHeads, CZSLCoOp, CZSLZeroShot, PairMethod, PairProjection, pair_space
 from .coop import CoOp, CoOpConfig
 from .linear_probe import LinearProbe, LinearProbeConfig
+from .vp import VP, VPConfig
+from .vpt import VPT, VPTConfig
 from .zeroshot import ZeroShot, ZeroShotConfig
 
 #: Every method, by its lowercase name. Registering a method here is all it takes to put it in the CLI
 #: of its protocol (by its ``label_kind``) and in the contract test suite.
 METHODS: dict[str, type[PromptMethod]] = {
     cls.name: cls
-    for cls in (ZeroShot, CoOp, CoCoOp, LinearProbe, CZSLZeroShot, CZSLCoOp, CSP, AttrObjHeads, PairProjection)
+    for cls in (ZeroShot, CoOp, CoCoOp, LinearProbe, VP, VPT)
+    + (CZSLZeroShot, CZSLCoOp, CSP, AttrObjHeads, PairProjection)
 }
 
 #: Which command trains methods of each label space.
@@ -73,6 +76,10 @@ __all__ = [
     "LinearProbeConfig",
     "MethodConfig",
     "PromptMethod",
+    "VP",
+    "VPConfig",
+    "VPT",
+    "VPTConfig",
     "ZeroShot",
     "ZeroShotConfig",
     "build_method",
