@@ -30,6 +30,9 @@ OPTIONS = {
     "cocoop": {"meta_reduction": 4},
     "linear-probe": {"init": "zeroshot"},
     "csp": {"vocab_dropout": 0.0},
+    "vp": {"prompt_size": 4},
+    "maple": {"depth": 2},  # the tiny towers have 2 blocks
+    "ivlp": {"depth_text": 2, "depth_vision": 2},
 }
 #: (run name, method, options) for every registered method that learns: global batch 8, three epochs.
 RUNS = [(name, name, OPTIONS.get(name, {})) for name, cls in METHODS.items() if cls.learns]

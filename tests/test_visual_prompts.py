@@ -36,7 +36,7 @@ def test_padding_prompt_is_the_papers_frame_added_after_normalisation(vit_backbo
     expected[:, :, p : size - p, size - p :] = vp.pad_right.detach()
     assert torch.equal(vp.prompt().detach(), expected)
     assert vp.pad_up.shape == (1, 3, p, size) and vp.pad_left.shape == (1, 3, size - 2 * p, p)  # corners: top/bottom
-    assert 0.8 < float(torch.cat([t.flatten() for t in vp.parameters()]).std()) < 1.2  # N(0, 1) init
+    assert 0.8 < float(torch.cat([t.detach().flatten() for t in vp.parameters()]).std()) < 1.2  # N(0, 1) init
     x = pixels_for(bb)
     with torch.no_grad():
         logits = vp(bb, Batch(pixels=x))

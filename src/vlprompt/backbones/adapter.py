@@ -131,6 +131,11 @@ class Backbone(nn.Module):
         return len(visual.transformer.resblocks) if isinstance(visual, VisionTransformer) else 0
 
     @property
+    def text_layers(self) -> int:
+        """Number of transformer blocks in the text tower."""
+        return len(self._text.transformer.resblocks)
+
+    @property
     def patch_size(self) -> int:
         visual = self.model.visual
         return visual.conv1.kernel_size[0] if isinstance(visual, VisionTransformer) else 0

@@ -37,6 +37,10 @@ PRESETS: dict[str, Callable[[int], TrainConfig]] = {
     "vpt": lambda shots: TrainConfig(
         epochs=100, batch_size=128, lr=0.125, momentum=0.9, weight_decay=1e-4, schedule="cosine", warmup_epochs=10
     ),
+    # MaPLe and IVLP (Khattak et al.): SGD lr 0.0035, batch 4, 5 epochs, one constant warmup epoch at 1e-5, cosine
+    # per epoch (Dassl's recipe, as CoOp's).
+    "maple": lambda shots: TrainConfig(epochs=5, batch_size=4, lr=0.0035),
+    "ivlp": lambda shots: TrainConfig(epochs=5, batch_size=4, lr=0.0035),
     # CSP (and its CZSL baselines): Adam with L2 decay 1e-5, no schedule, 20 epochs, batch 128;
     # model selection by validation AUC. lr 5e-5 on MIT-States and C-GQA, 5e-4 on UT-Zappos
     # (with vocab_dropout 0.3 on MIT-States, 0.2 on UT-Zappos: a method option).

@@ -10,7 +10,9 @@ from .base import Batch, MethodConfig, PromptMethod, cosine_logits
 from .cocoop import CoCoOp, CoCoOpConfig
 from .compositional import CSP, AttrObjHeads, CZSLCoOp, CZSLZeroShot, PairMethod, PairProjection, pair_space
 from .coop import CoOp, CoOpConfig
+from .ivlp import IVLP, IVLPConfig
 from .linear_probe import LinearProbe, LinearProbeConfig
+from .maple import MaPLe, MaPLeConfig
 from .vp import VP, VPConfig
 from .vpt import VPT, VPTConfig
 from .zeroshot import ZeroShot, ZeroShotConfig
@@ -19,7 +21,7 @@ from .zeroshot import ZeroShot, ZeroShotConfig
 #: of its protocol (by its ``label_kind``) and in the contract test suite.
 METHODS: dict[str, type[PromptMethod]] = {
     cls.name: cls
-    for cls in (ZeroShot, CoOp, CoCoOp, LinearProbe, VP, VPT)
+    for cls in (ZeroShot, CoOp, CoCoOp, LinearProbe, VP, VPT, IVLP, MaPLe)
     + (CZSLZeroShot, CZSLCoOp, CSP, AttrObjHeads, PairProjection)
 }
 
@@ -72,8 +74,12 @@ __all__ = [
     "CoCoOpConfig",
     "CoOp",
     "CoOpConfig",
+    "IVLP",
+    "IVLPConfig",
     "LinearProbe",
     "LinearProbeConfig",
+    "MaPLe",
+    "MaPLeConfig",
     "MethodConfig",
     "PromptMethod",
     "VP",

@@ -30,6 +30,9 @@ class PromptLayout(nn.Module):
         n_ctx: number of learned context slots (BPE tokens).
         position: where the class words go: ``end``, ``middle`` or ``front``.
         suffix_template: text after the class words (default a period).
+        prefix_text: the words the prompt starts with, whose first ``n_ctx`` tokens are the learned
+            slots (MaPLe's and IVLP's "a photo of a {class}." with "a photo" learned and "of a" kept);
+            default ``n_ctx`` placeholder tokens. Only with the class at the end.
     """
 
     def __init__(
@@ -39,16 +42,19 @@ class PromptLayout(nn.Module):
         n_ctx: int,
         position: str = "end",
         suffix_template: str = ".",
+        prefix_text: str = "",
     ):
         super().__init__()
         if position not in CLASS_POSITIONS:
             raise ValueError(f"class_token_position must be one of {CLASS_POSITIONS}, not {position!r}")
+        if prefix_text and (position != "end" or backbone.bpe_length(prefix_text) < n_ctx):
+            raise ValueError(f"prefix text {prefix_text!r} needs the class at the end and at least {n_ctx} tokens")
         if not classnames:
             raise ValueError("a prompt needs at least one class name")
         self.n_ctx = n_ctx
         self.position = position
         names = [clean_classname(n) for n in classnames]
-        placeholder = " ".join(["X"] * n_ctx)
+        placeholder = prefix_text or " ".join(["X"] * n_ctx)
         texts = [f"{placeholder} {name}{suffix_template}".strip() for name in names]
         for name, text in zip(names, texts):
             if backbone.bpe_length(text) + 2 > backbone.context_length:

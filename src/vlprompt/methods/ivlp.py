@@ -1,0 +1,89 @@
+"""IVLP: independent deep prompts on both towers, no coupling (Khattak et al., CVPR 2023 baseline).
+
+Follows muzairkhattak/multimodal-prompt-learning (``trainers/independentVL.py`` and the IVLP blocks of
+its ``clip/model.py``): text context from the first ``n_ctx_text`` tokens of "a photo of a" with
+fresh N(0, 0.02) text prompts replacing the prompt positions before text blocks 1 .. depth_text-1;
+N(0, 0.02) image prompt tokens at the input and fresh ones before image blocks 1 .. depth_vision-1.
+Widths come from the model; everything stays fp32; the text tower runs with exact truncation; image
+prompts sit after the class token (the release appends them; same features up to rounding). The
+initial random prompts are drawn in vlprompt's order (the release draws them while building CLIP).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..backbones import Backbone
+from .base import Batch, MethodConfig, PromptMethod
+from .coop import nearest_words
+from .maple import context_and_layout
+from .prompting import PromptLayout
+
+
+@dataclass
+class IVLPConfig(MethodConfig):
+    """IVLP hyperparameters (the paper's: 2 + 2 context tokens, depth 9 on both towers).
+
+    Attributes:
+        n_ctx_text: learned text context tokens (the first of ``ctx_init``).
+        n_ctx_vision: image prompt tokens per block.
+        ctx_init: the text prompt's opening words.
+        depth_text: text blocks that see prompts, counting the input.
+        depth_vision: image blocks that see prompts, counting the input.
+        init_std: std of the N(0, std) prompts.
+    """
+
+    n_ctx_text: int = 2
+    n_ctx_vision: int = 2
+    ctx_init: str = "a photo of a"
+    depth_text: int = 9
+    depth_vision: int = 9
+    init_std: float = 0.02
+
+
+class IVLP(PromptMethod):
+    """Independent vision-language prompting: deep prompts on each tower, learned separately."""
+
+    name = "ivlp"
+    Config = IVLPConfig
+    changes_image_tower = True
+    has_context = True
+
+    def __init__(self, backbone: Backbone, classes: Sequence[str], config: IVLPConfig | None = None):
+        super().__init__(backbone, classes, config)
+        cfg = self.config
+        if min(cfg.depth_text, cfg.depth_vision, cfg.n_ctx_text, cfg.n_ctx_vision) < 1:
+            raise ValueError("ivlp needs depths and context sizes >= 1")
+        backbone.check_token_prompts(cfg.depth_vision)
+        if cfg.depth_text > backbone.text_layers:
+            raise ValueError(f"ivlp depth_text {cfg.depth_text} exceeds the {backbone.text_layers}-layer text tower")
+        ctx, self.prefix_text = context_and_layout(
+            backbone, self.labels.names, cfg.n_ctx_text, cfg.ctx_init, cfg.init_std
+        )
+        self.ctx = nn.Parameter(ctx)
+        shape = (cfg.depth_text - 1, cfg.n_ctx_text, backbone.text_width)
+        self.deep_text = nn.Parameter(nn.init.normal_(torch.empty(shape), std=cfg.init_std))
+        shape = (cfg.depth_vision, cfg.n_ctx_vision, backbone.vision_width)
+        self.vision = nn.Parameter(nn.init.normal_(torch.empty(shape), std=cfg.init_std))
+        self.to(backbone.device)
+        self._labels_changed(backbone)
+
+    def _labels_changed(self, backbone: Backbone) -> None:
+        layout = PromptLayout(backbone, self.labels.names, self.config.n_ctx_text, prefix_text=self.prefix_text)
+        self.layout = layout.to(self.ctx.device)
+
+    def text_features(self, backbone: Backbone, image_features: Tensor | None = None) -> Tensor:
+        embeds = self.layout.assemble(self.ctx)
+        return backbone.encode_text_embeddings(embeds, self.layout.eot_index, deep_prompts=list(self.deep_text))
+
+    def image_features(self, backbone: Backbone, batch: Batch) -> Tensor:
+        return backbone.encode_image(batch.pixels, token_prompts=self.vision[0], deep_prompts=list(self.vision[1:]))
+
+    @torch.no_grad()
+    def nearest_words(self, backbone: Backbone, k: int = 3) -> list[list[tuple[str, float]]]:
+        """For each learned (input-layer) text context vector, the ``k`` nearest vocabulary words."""
+        return nearest_words(backbone, self.ctx, k)

@@ -1,0 +1,100 @@
+"""MaPLe: multi-modal prompt learning, text prompts coupled to the image tower (Khattak et al., CVPR 2023).
+
+Follows muzairkhattak/multimodal-prompt-learning (``trainers/maple.py`` and its ``clip/model.py``):
+the prompt is "a photo of a {class}." with its first ``n_ctx`` tokens learned (so "of a" stay fixed
+words); the learned context, projected by ``Linear(text width, vision width)``, is the image tower's
+input prompt; for blocks 1 .. depth-1 a separate learned text prompt replaces the text tower's prompt
+positions and, through its own projection, the image tower's. The deep projections start as copies of
+one initialisation, as the reference's ``_get_clones`` makes them.
+
+Where this differs, deliberately: widths come from the model (the release hard-codes 512 / 768);
+everything stays fp32 (the release casts every visual and deep prompt to fp16 with ``.half()`` even
+in fp32 runs, which moves logits by about 1e-4); the text tower runs with exact truncation; image
+prompt tokens sit after the class token (the release appends them; same features up to rounding).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..backbones import Backbone
+from .base import Batch, MethodConfig, PromptMethod
+from .coop import nearest_words
+from .prompting import PromptLayout, initial_context
+
+
+@dataclass
+class MaPLeConfig(MethodConfig):
+    """MaPLe hyperparameters (the paper's).
+
+    Attributes:
+        n_ctx: learned context tokens (the first ``n_ctx`` of ``ctx_init``; random N(0, 0.02) when
+            ``ctx_init`` is empty or shorter).
+        ctx_init: the prompt's opening words.
+        depth: blocks that see prompts, counting the input (J; 1 = shallow MaPLe).
+        init_std: std of the N(0, std) deep text prompts.
+    """
+
+    n_ctx: int = 2
+    ctx_init: str = "a photo of a"
+    depth: int = 9
+    init_std: float = 0.02
+
+
+def context_and_layout(backbone: Backbone, names: Sequence[str], n_ctx: int, ctx_init: str, std: float):
+    """The first ``n_ctx`` token embeddings of ``ctx_init`` (or N(0, std)) and the prompt layout around them."""
+    if ctx_init and backbone.bpe_length(ctx_init) >= n_ctx:
+        return initial_context(backbone, 0, ctx_init)[:n_ctx].clone(), ctx_init
+    return initial_context(backbone, n_ctx, "", std), ""
+
+
+class MaPLe(PromptMethod):
+    """Coupled prompts: text context and deep text prompts, each projected into the image tower."""
+
+    name = "maple"
+    Config = MaPLeConfig
+    changes_image_tower = True
+    has_context = True
+
+    def __init__(self, backbone: Backbone, classes: Sequence[str], config: MaPLeConfig | None = None):
+        super().__init__(backbone, classes, config)
+        cfg = self.config
+        if cfg.depth < 1 or cfg.n_ctx < 1:
+            raise ValueError(f"maple needs depth >= 1 and n_ctx >= 1, not depth={cfg.depth}, n_ctx={cfg.n_ctx}")
+        backbone.check_token_prompts(cfg.depth)
+        if cfg.depth > backbone.text_layers:
+            raise ValueError(f"maple depth {cfg.depth} exceeds the {backbone.text_layers}-layer text tower")
+        text_width, vision_width = backbone.text_width, backbone.vision_width
+        ctx, self.prefix_text = context_and_layout(backbone, self.labels.names, cfg.n_ctx, cfg.ctx_init, cfg.init_std)
+        self.ctx = nn.Parameter(ctx)
+        self.proj = nn.Linear(text_width, vision_width)
+        self.deep_text = nn.ParameterList(
+            nn.Parameter(nn.init.normal_(torch.empty(cfg.n_ctx, text_width), std=cfg.init_std))
+            for _ in range(cfg.depth - 1)
+        )
+        one = nn.Linear(text_width, vision_width)
+        self.deep_proj = nn.ModuleList(copy.deepcopy(one) for _ in range(cfg.depth - 1))
+        self.to(backbone.device)
+        self._labels_changed(backbone)
+
+    def _labels_changed(self, backbone: Backbone) -> None:
+        layout = PromptLayout(backbone, self.labels.names, self.config.n_ctx, prefix_text=self.prefix_text)
+        self.layout = layout.to(self.ctx.device)
+
+    def text_features(self, backbone: Backbone, image_features: Tensor | None = None) -> Tensor:
+        embeds = self.layout.assemble(self.ctx)
+        return backbone.encode_text_embeddings(embeds, self.layout.eot_index, deep_prompts=list(self.deep_text))
+
+    def image_features(self, backbone: Backbone, batch: Batch) -> Tensor:
+        deep = [proj(prompts) for proj, prompts in zip(self.deep_proj, self.deep_text)]
+        return backbone.encode_image(batch.pixels, token_prompts=self.proj(self.ctx), deep_prompts=deep)
+
+    @torch.no_grad()
+    def nearest_words(self, backbone: Backbone, k: int = 3) -> list[list[tuple[str, float]]]:
+        """For each learned (input-layer) text context vector, the ``k`` nearest vocabulary words."""
+        return nearest_words(backbone, self.ctx, k)
