@@ -7,6 +7,7 @@ there) and every rank stores its final tensors as ``OUT/<name>/final_rank<r>.saf
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -37,6 +38,8 @@ OPTIONS = {
 #: (run name, method, options) for every registered method that learns: global batch 8, three epochs.
 RUNS = [(name, name, OPTIONS.get(name, {})) for name, cls in METHODS.items() if cls.learns]
 CONFIG = TrainConfig(epochs=3, batch_size=8, lr=0.001, schedule="constant", warmup_epochs=0, momentum=0.9)
+#: Learning rates other than CONFIG's: VP's N(0, 1) pixel prompts need a large one (the paper uses 40).
+LR = {"vp": 1.0}
 #: The fixture folder's classes (sorted), and read as attribute-object pairs for compositional methods.
 CLASSES = ("blue_square", "gold", "green_square", "red_square")
 PAIRS = PairSpace(
@@ -64,7 +67,8 @@ def train_all(image_root: str | Path, out: str | Path) -> dict[str, dict[str, to
     finals = {}
     for run, _, _ in RUNS:
         method = build(run, backbone, data.classnames)
-        fit(method, backbone, data, CONFIG, run_dir=Path(out) / run / f"rank{rank}", cache=cache, progress=False)
+        config = dataclasses.replace(CONFIG, lr=LR.get(run, CONFIG.lr))
+        fit(method, backbone, data, config, run_dir=Path(out) / run / f"rank{rank}", cache=cache, progress=False)
         finals[run] = method.trainable_state()
         save_file(finals[run], str(Path(out) / run / f"final_rank{rank}.safetensors"))
     return finals
