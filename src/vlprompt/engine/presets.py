@@ -41,6 +41,8 @@ PRESETS: dict[str, Callable[[int], TrainConfig]] = {
     # per epoch (Dassl's recipe, as CoOp's).
     "maple": lambda shots: TrainConfig(epochs=5, batch_size=4, lr=0.0035),
     "ivlp": lambda shots: TrainConfig(epochs=5, batch_size=4, lr=0.0035),
+    # UPT (Zang et al.): SGD lr 0.002, batch 32, cosine with one warmup epoch (CoOp's recipe for 16 shots).
+    "upt": lambda shots: TrainConfig(epochs=_coop_epochs(shots)),
     # CSP (and its CZSL baselines): Adam with L2 decay 1e-5, no schedule, 20 epochs, batch 128;
     # model selection by validation AUC. lr 5e-5 on MIT-States and C-GQA, 5e-4 on UT-Zappos
     # (with vocab_dropout 0.3 on MIT-States, 0.2 on UT-Zappos: a method option).

@@ -13,6 +13,7 @@ from .coop import CoOp, CoOpConfig
 from .ivlp import IVLP, IVLPConfig
 from .linear_probe import LinearProbe, LinearProbeConfig
 from .maple import MaPLe, MaPLeConfig
+from .upt import UPT, UPTConfig
 from .vp import VP, VPConfig
 from .vpt import VPT, VPTConfig
 from .zeroshot import ZeroShot, ZeroShotConfig
@@ -21,7 +22,7 @@ from .zeroshot import ZeroShot, ZeroShotConfig
 #: of its protocol (by its ``label_kind``) and in the contract test suite.
 METHODS: dict[str, type[PromptMethod]] = {
     cls.name: cls
-    for cls in (ZeroShot, CoOp, CoCoOp, LinearProbe, VP, VPT, IVLP, MaPLe)
+    for cls in (ZeroShot, CoOp, CoCoOp, LinearProbe, VP, VPT, IVLP, MaPLe, UPT)
     + (CZSLZeroShot, CZSLCoOp, CSP, AttrObjHeads, PairProjection)
 }
 
@@ -82,6 +83,8 @@ __all__ = [
     "MaPLeConfig",
     "MethodConfig",
     "PromptMethod",
+    "UPT",
+    "UPTConfig",
     "VP",
     "VPConfig",
     "VPT",
