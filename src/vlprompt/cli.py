@@ -95,7 +95,7 @@ class DemoCommand:
     Attributes:
         out: the demo's run directory.
         seeds: one run per seed.
-        methods: a subset of the demo's methods (default: all).
+        methods: the demo rows to run (default: one row per method family; [all]: every row).
         shots: K images per class for the few-shot table.
         view: the few-shot view of the benchmark: colours (default), shapes or pairs.
         overwrite: replace an existing demo run in ``out``.

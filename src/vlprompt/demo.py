@@ -30,15 +30,20 @@ BACKBONE = DEFAULT_BACKBONE
 
 @dataclass(frozen=True)
 class DemoEntry:
-    """One row of the demo: a method, its options and a CPU-sized recipe."""
+    """One row of the demo: a method, its options, a CPU-sized recipe, and whether the default demo runs it."""
 
     label: str
     method: str
     options: dict[str, Any]
     train: TrainConfig
+    default: bool = True
 
 
 _SGD = TrainConfig(epochs=20, batch_size=32, lr=0.002, schedule="coop", warmup_epochs=1)
+#: Image-side prompts: per-step cosine with warmup (VP's lr is the paper's 40).
+_VISUAL = TrainConfig(epochs=10, batch_size=32, momentum=0.9, schedule="cosine", warmup_epochs=1)
+#: Two-tower prompts: MaPLe's recipe (lr 0.0035 at batch 4) at batch 32, its lr scaled with the batch.
+_TWO_TOWER = replace(_SGD, epochs=10, lr=0.02)
 
 #: The demo's default few-shot classification view: the 10 colours, which the benchmark's warm illuminant
 #: shifts. ``--view pairs`` (100 classes) works too, but CoCoOp encodes every class prompt for every image,
@@ -59,6 +64,13 @@ CLASSIFICATION: tuple[DemoEntry, ...] = (
             epochs=60, batch_size=64, optimizer="adamw", lr=1e-2, weight_decay=1e-4, schedule="cosine", warmup_epochs=0
         ),
     ),
+    # Prompts that change the image tower see pixels every step (no feature cache): 10 epochs each. The default
+    # demo runs one row per family, VP (image side) and MaPLe (both towers); `--methods all` runs every row.
+    DemoEntry("vp", "vp", {"prompt_size": 8}, replace(_VISUAL, lr=40.0, weight_decay=0.0, warmup_steps=10)),
+    DemoEntry("vpt-deep", "vpt", {"n_tokens": 8, "deep": True}, replace(_VISUAL, lr=0.5), default=False),
+    DemoEntry("ivlp", "ivlp", {"depth_text": 3, "depth_vision": 3}, _TWO_TOWER, default=False),
+    DemoEntry("maple", "maple", {"depth": 3}, _TWO_TOWER),
+    DemoEntry("upt", "upt", {}, _TWO_TOWER, default=False),
 )
 
 
@@ -77,7 +89,13 @@ CZSL_DEMO: tuple[DemoEntry, ...] = (
 
 
 def demo_methods() -> list[str]:
+    """Every row the demo can run."""
     return [e.label for e in CLASSIFICATION] + list(czsl_demo_methods())
+
+
+def default_demo_methods() -> list[str]:
+    """The rows `vlprompt demo` runs unless ``--methods`` names others (``--methods all``: every row)."""
+    return [e.label for e in CLASSIFICATION + CZSL_DEMO if e.default]
 
 
 def czsl_demo_methods() -> tuple[str, ...]:
@@ -102,7 +120,7 @@ def run_demo(
     """
     seeds = seeds or [1, 2, 3]
     view = view or VIEW
-    wanted = methods or demo_methods()
+    wanted = demo_methods() if methods == ["all"] else (methods or default_demo_methods())
     unknown = sorted(set(wanted) - set(demo_methods()))
     if unknown:
         raise ValueError(f"unknown demo method(s) {unknown}; choose from {demo_methods()}")
