@@ -23,9 +23,9 @@ from .. import distributed as dist
 from ..backbones import Backbone
 from ..data.images import LabeledImages
 from ..features import FeatureCache
-from ..io import atomic_write, load_checkpoint, tensors_sha256
+from ..io import atomic_write, atomic_write_bytes, load_checkpoint, tensors_sha256, torch_bytes
 from ..methods import Batch, PromptMethod
-from .schedules import lr_factor
+from .schedules import SCHEDULES, lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ class TrainConfig:
         eval_every: evaluate on validation every N epochs (0: only at the end).
         select: "last" epoch or "best" validation score (the metric is recorded).
         checkpoint_every: write the resumable checkpoint every N epochs.
+        checkpoint_every_steps: also write it every N optimizer steps within an epoch (0: only at epoch
+            ends), for long epochs; a resumed run continues at the exact step.
         num_workers: DataLoader workers for image loading.
         label_smoothing: cross-entropy label smoothing.
     """
@@ -81,20 +83,33 @@ class TrainConfig:
     eval_every: int = 0
     select: str = "last"
     checkpoint_every: int = 1
+    checkpoint_every_steps: int = 0
     num_workers: int = 0
     label_smoothing: float = 0.0
 
     def validate(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}")
-        if self.select not in ("last", "best"):
-            raise ValueError(f"select must be 'last' or 'best', not {self.select!r}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
+        """Every option in range (messages name the CLI flags, ``--train.<field>``)."""
+        choices = {
+            "optimizer": OPTIMIZERS,
+            "schedule": SCHEDULES,
+            "select": ("last", "best"),
+            "precision": ("auto", "fp32", "bf16", "fp16"),
+        }
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"--train.{name} must be one of {', '.join(valid)}, not {getattr(self, name)!r}")
+        minimum = {"epochs": 1, "batch_size": 1, "grad_accum": 1, "checkpoint_every": 1, "checkpoint_every_steps": 0}
+        minimum |= dict.fromkeys(("warmup_epochs", "eval_every", "num_workers", "momentum", "weight_decay"), 0)
+        minimum |= {"warmup_lr": 0, "label_smoothing": 0}
+        for name, low in minimum.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"--train.{name} must be >= {low}, not {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"--train.lr must be > 0, not {self.lr}")
+        if self.label_smoothing >= 1:
+            raise ValueError(f"--train.label_smoothing must be < 1, not {self.label_smoothing}")
         if self.select == "best" and self.eval_every < 1:
-            raise ValueError("select='best' compares epochs on validation: set eval_every >= 1")
-        if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("epochs, batch_size and grad_accum must be positive")
+            raise ValueError("--train.select best compares epochs on validation: set --train.eval_every 1 (or more)")
 
 
 @dataclass
@@ -316,7 +331,7 @@ class TrainingState:
             "cuda_rng": _gather(torch.cuda.get_rng_state(device)) if device.type == "cuda" else None,
         }
         if dist.is_main():
-            atomic_write(path, lambda tmp: torch.save(state, tmp))
+            atomic_write_bytes(path, torch_bytes(state))
 
     def restore(self, path: Path, method: PromptMethod, result: FitResult) -> None:
         device = next(method.parameters()).device

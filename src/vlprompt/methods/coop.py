@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones import Backbone
-from .base import MethodConfig, PromptMethod
-from .prompting import PromptLayout, initial_context
+from .base import MethodConfig, PromptMethod, option
+from .prompting import CLASS_POSITIONS, PromptLayout, initial_context
 
 
 @dataclass
@@ -26,11 +26,11 @@ class CoOpConfig(MethodConfig):
         init_std: standard deviation of the random N(0, std) initialisation.
     """
 
-    n_ctx: int = 16
+    n_ctx: int = option(16, low=1)
     ctx_init: str = ""
     class_specific: bool = False
-    class_token_position: str = "end"
-    init_std: float = 0.02
+    class_token_position: str = option("end", choices=CLASS_POSITIONS)
+    init_std: float = option(0.02, low=0.0)
 
 
 class CoOp(PromptMethod):
