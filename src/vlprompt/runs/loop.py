@@ -199,7 +199,7 @@ def check_config_unchanged(run_dir: Path, config: dict[str, Any], resume: bool) 
         raise ValueError(f"cannot resume {run_dir}: {path} is not valid YAML ({err})") from None
     if not isinstance(saved, dict):
         raise ValueError(f"cannot resume {run_dir}: {path} does not hold a run config")
-    ignore = {"resume", "overwrite"}
+    ignore = {"resume", "overwrite", "out"}  # a moved or copied run directory resumes too
     changed = sorted(k for k in set(saved) | set(config) if k not in ignore and saved.get(k) != config.get(k))
     if changed:
         raise ValueError(f"cannot resume {run_dir}: its config differs in {changed} (start a new --out instead)")
