@@ -62,6 +62,20 @@ def _new_temp_file(path: Path) -> str:
         return tmp
 
 
+def remove_stale_temp_files(directory: str | Path) -> list[Path]:
+    """Delete the ``.<name>.<random>.tmp`` files an interrupted :func:`atomic_write` left in ``directory``.
+
+    Only for a directory no other process is writing to (a run being resumed). Returns what was removed.
+    """
+    stale = [p for p in Path(directory).glob(".*.tmp") if _TEMP_NAME.fullmatch(p.name) and p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from . import distributed as dist
-from .io import atomic_write_text
+from .io import atomic_write_text, remove_stale_temp_files
 
 MARKER = ".vlprompt-run"
 FORMAT = "vlprompt-run"
@@ -88,6 +88,8 @@ def prepare_run_dir(out: str | Path, resume: bool, overwrite: bool, command: str
     if dist.is_main():
         if delete:
             shutil.rmtree(out)
+        elif resume and out.is_dir():
+            remove_stale_temp_files(out)  # left by a write that a crash interrupted
         if not is_run_dir(out):
             mark_run_dir(out, command)
     dist.barrier()

@@ -23,7 +23,7 @@ from .. import distributed as dist
 from ..backbones import Backbone
 from ..data.images import LabeledImages
 from ..features import FeatureCache
-from ..io import atomic_write, atomic_write_bytes, load_checkpoint, tensors_sha256, torch_bytes
+from ..io import atomic_write, atomic_write_bytes, load_checkpoint, remove_stale_temp_files, tensors_sha256, torch_bytes
 from ..methods import Batch, PromptMethod
 from .schedules import SCHEDULES, lr_factor
 
@@ -167,10 +167,19 @@ def fit(
     result = FitResult(feature_cache=feed.features is not None)
     random.seed(config.seed)
     torch.manual_seed(config.seed + 7919 * dist.rank())
+    if resume and run_dir and dist.is_main():
+        remove_stale_temp_files(run_dir)  # left by a write that a crash interrupted
     if resume and run_dir and (run_dir / CHECKPOINT).is_file():
         state.restore(run_dir / CHECKPOINT, method, result)
+    start_time -= state.seconds_before  # a resumed run's time counts the whole run
     if run_dir and dist.is_main():
         _rewrite_metrics(run_dir / METRICS, result.history)
+
+    def save_mid_epoch() -> None:
+        state.seconds_before = time.time() - start_time
+        state.save(run_dir / CHECKPOINT, method, result)
+
+    mid_epoch = save_mid_epoch if run_dir and config.checkpoint_every_steps else None
     method.train()
     epochs = tqdm(
         range(state.epoch, config.epochs),
@@ -181,7 +190,7 @@ def fit(
         leave=False,
     )
     for epoch in epochs:
-        record = _train_epoch(model, method, backbone, feed, state, plan, config, epoch)
+        record = _train_epoch(model, method, backbone, feed, state, plan, config, epoch, mid_epoch)
         _validate(method, backbone, scorer, config, state, result, record)
         record["seconds"] = round(time.time() - start_time, 3)
         result.history.append(record)
@@ -191,6 +200,7 @@ def fit(
             if dist.is_main():
                 _append_metrics(run_dir / METRICS, record)
             if state.epoch == config.epochs or state.epoch % config.checkpoint_every == 0:
+                state.seconds_before = time.time() - start_time
                 state.save(run_dir / CHECKPOINT, method, result)
         if on_epoch_end is not None:
             on_epoch_end(record)
@@ -252,8 +262,12 @@ class BatchFeed:
         images = train_set.with_transform(backbone.image_transform(train=config.augment))
         return cls(targets, None, images, config.num_workers)
 
-    def batches(self, order: Tensor) -> Iterator[Batch]:
-        """One :class:`Batch` per micro-batch of ``order`` [steps, accum, micro], in order."""
+    def batches(self, order: Tensor, seed: int = 0) -> Iterator[Batch]:
+        """One :class:`Batch` per micro-batch of ``order`` [steps, accum, micro], in order.
+
+        The DataLoader draws its worker seeds from a generator seeded with ``seed``, not from the global
+        RNG, so starting it mid-epoch (a resumed run) leaves the global RNG as an uninterrupted run has it.
+        """
         flat = order.reshape(-1, order.shape[-1])
         if self.features is not None:
             for idx in flat:
@@ -265,14 +279,26 @@ class BatchFeed:
             batch_sampler=flat.tolist(),
             num_workers=self.num_workers,
             pin_memory=self.targets.device.type == "cuda",
+            generator=torch.Generator().manual_seed(seed),
         )
         for (pixels, _), idx in zip(loader, flat):
             idx = idx.to(self.targets.device)
             yield Batch(pixels=pixels, targets=self.targets[idx], index=idx)
 
 
+@dataclass
+class EpochProgress:
+    """How far the current epoch got: optimizer steps taken and this rank's running loss / accuracy sums."""
+
+    step: int = 0
+    loss: float = 0.0
+    correct: float = 0.0
+    seen: float = 0.0
+    lr: float = 0.0
+
+
 class TrainingState:
-    """Optimizer, schedule, loss scaler, the epoch reached and the best state so far; checkpointed."""
+    """Optimizer, schedule, loss scaler, the epoch and step reached and the best state so far; checkpointed."""
 
     def __init__(self, optimizer, scheduler, scaler, amp_dtype, per_epoch_schedule: bool):
         self.optimizer = optimizer
@@ -281,6 +307,8 @@ class TrainingState:
         self.amp_dtype = amp_dtype
         self.per_epoch_schedule = per_epoch_schedule
         self.epoch = 0
+        self.progress = EpochProgress()
+        self.seconds_before = 0.0  # training time of the run before this process (resumed runs)
         self.best: dict[str, Tensor] | None = None
 
     @classmethod
@@ -321,6 +349,12 @@ class TrainingState:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
+            "step_in_epoch": self.progress.step,
+            "epoch_sums": _gather(
+                torch.tensor([self.progress.loss, self.progress.correct, self.progress.seen], dtype=torch.float64)
+            ),
+            "epoch_lr": self.progress.lr,
+            "train_seconds": self.seconds_before,
             "history": json.dumps(result.history),
             "selected_epoch": result.selected_epoch,
             "selected_score": result.selected_score,
@@ -341,6 +375,10 @@ class TrainingState:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch = state["epoch"]
+        sums = state.get("epoch_sums")
+        loss, correct, seen = sums[dist.rank()].tolist() if sums is not None else (0.0, 0.0, 0.0)
+        self.progress = EpochProgress(state.get("step_in_epoch", 0), loss, correct, seen, state.get("epoch_lr", 0.0))
+        self.seconds_before = state.get("train_seconds", 0.0)
         self.best = state.get("best_state")
         result.history = json.loads(state["history"])
         result.selected_epoch, result.selected_score = state["selected_epoch"], state["selected_score"]
@@ -349,33 +387,44 @@ class TrainingState:
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"][dist.rank()].cpu(), device)
         if dist.is_main():
-            log.info("resumed from %s at epoch %d", path, self.epoch)
+            log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.progress.step)
 
 
-def _train_epoch(model, method, backbone, feed: BatchFeed, state: TrainingState, plan: StepPlan, config, epoch):
-    """One pass over the training set; returns the epoch's record (loss and accuracy over all ranks)."""
-    batches = feed.batches(plan.order(config.seed, epoch))
-    total_loss, total_correct, seen = 0.0, 0, 0
+def _train_epoch(
+    model, method, backbone, feed: BatchFeed, state: TrainingState, plan: StepPlan, config, epoch, mid_epoch=None
+):
+    """One pass over the training set (from ``state.progress.step`` on, for a resumed run); returns its record.
+
+    ``mid_epoch`` writes the checkpoint every ``config.checkpoint_every_steps`` optimizer steps.
+    """
+    progress = state.progress
+    order = plan.order(config.seed, epoch)
+    batches = feed.batches(order[progress.step :], seed=config.seed * 100_003 + epoch * 1_009 + progress.step)
     autocast = torch.autocast(backbone.device.type, dtype=state.amp_dtype, enabled=state.amp_dtype is not None)
-    for _ in range(plan.steps_per_epoch):
+    for step in range(progress.step, plan.steps_per_epoch):
         for m in range(plan.accum):
             batch = next(batches)
             with _maybe_no_sync(model, sync=m == plan.accum - 1), autocast:
                 logits = model(backbone, batch)
                 loss = method.loss(backbone, batch, logits, config.label_smoothing)
                 state.scaler.scale(loss / plan.accum).backward()
-            total_loss += loss.item() * len(batch)
-            total_correct += int((logits.argmax(-1) == batch.targets).sum())
-            seen += len(batch)
-        lr_used = state.optimizer.param_groups[0]["lr"]  # the lr of this epoch's last step (as logged)
+            progress.loss += loss.item() * len(batch)
+            progress.correct += int((logits.argmax(-1) == batch.targets).sum())
+            progress.seen += len(batch)
+        progress.lr = state.optimizer.param_groups[0]["lr"]  # the lr of this epoch's last step (as logged)
         state.step()
+        progress.step = step + 1
+        every = config.checkpoint_every_steps
+        if mid_epoch is not None and progress.step % every == 0 and progress.step < plan.steps_per_epoch:
+            mid_epoch()
     state.end_epoch()
+    state.progress = EpochProgress()
     return {
         "epoch": epoch + 1,
         "step": (epoch + 1) * plan.steps_per_epoch,
-        "lr": lr_used,
-        "loss": _global_mean(total_loss, seen),
-        "train_acc": _global_mean(float(total_correct), seen),
+        "lr": progress.lr,
+        "loss": _global_mean(progress.loss, int(progress.seen)),
+        "train_acc": _global_mean(progress.correct, int(progress.seen)),
     }
 
 
