@@ -643,3 +643,16 @@ def test_full_disk_is_a_message_and_leaves_the_previous_state_intact(mount_tmpfs
 
 def test_the_matrix_is_large_enough():
     assert len(CASES) >= 60
+
+
+def test_interpret_on_the_bundled_model_names_only_meaningful_tokens():
+    from vlprompt.backbones import load_backbone
+
+    backbone = load_backbone("vlprompt/tiny-shapes")
+    table = backbone.token_embedding_table
+    meaningful = {backbone.token_text(int(i)) for i in table.abs().sum(-1).nonzero().flatten()}
+    assert len(meaningful) < len(table) // 100  # most rows are zeros
+    method = build_method("coop", backbone, ["red circle", "blue square"], {"n_ctx": 3})
+    words = method.nearest_words(backbone, k=5)
+    assert len(words) == 3 and all(len(row) == 5 for row in words)
+    assert {w for row in words for w, _ in row} <= meaningful

@@ -79,8 +79,14 @@ def nearest_words(backbone: Backbone, ctx: Tensor, k: int = 3) -> list[list[tupl
     """For each context vector (rows of ``ctx`` [..., d]), the ``k`` nearest vocabulary words."""
     ctx = ctx.detach().reshape(-1, ctx.shape[-1]).float()
     table = backbone.token_embedding_table.float()
-    dist = torch.cdist(ctx, table, compute_mode="donot_use_mm_for_euclid_dist")
-    values, ids = dist.topk(k, largest=False)
+    # Only rows that carry meaning: a model may store unused token rows as zeros (the bundled
+    # vlprompt/tiny-shapes keeps 97 of its 49,408), and ties among them mean nothing.
+    meaningful = table.abs().sum(-1).nonzero().flatten()
+    if len(meaningful) == 0:
+        raise ValueError("the backbone's token embedding table is all zeros: no words to compare with")
+    dist = torch.cdist(ctx, table[meaningful], compute_mode="donot_use_mm_for_euclid_dist")
+    values, rows = dist.topk(min(k, len(meaningful)), largest=False)
     return [
-        [(backbone.token_text(int(i)), float(v)) for v, i in zip(row_v, row_i)] for row_v, row_i in zip(values, ids)
+        [(backbone.token_text(int(meaningful[r])), float(v)) for v, r in zip(row_v, row_r)]
+        for row_v, row_r in zip(values, rows)
     ]
