@@ -83,9 +83,7 @@ class MethodConfig:
             )
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls)}
-        checked = {
-            k: _check_option(fields[k], hints[k], v, f"{source}: option {k!r} of {method}") for k, v in options.items()
-        }
+        checked = {k: _check_option(fields[k], hints[k], v, f"{source} ({method}): {k}") for k, v in options.items()}
         return cls(**checked)
 
     def to_dict(self) -> dict[str, Any]:
