@@ -8,20 +8,24 @@ the Python API take the same options; boolean options also work as bare flags (`
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
+import os
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 
 from . import __version__
 from . import distributed as dist
 from .backbones import BackboneError
 from .data import DataError, base_new_split
+from .data.protocols import CLASS_SPLITS
 from .labels import ClassNames, LabelSpaceError, PairSpace
 from .methods import methods_for
 from .prompts import PromptFileError
@@ -29,6 +33,9 @@ from .runs import BackboneConfig, ClassificationRun, CZSLRun, DataConfig, run_cl
 
 log = logging.getLogger("vlprompt")
 BOOL_WORDS = {"true", "false", "yes", "no", "1", "0", "null"}
+DEBUG_FLAG = "--debug"
+#: errors that mean "bad options or input": one message, exit code 2 (all our own errors are ValueErrors).
+USER_ERRORS = (ValueError, DataError, BackboneError, PromptFileError, LabelSpaceError)
 
 
 @dataclass
@@ -48,6 +55,13 @@ class EvalCommand:
     data: DataConfig = field(default_factory=DataConfig)
     split: str = "test"
     class_split: str = "all"
+
+    def validate(self) -> None:
+        _require_prompt(self.prompt)
+        if self.class_split not in CLASS_SPLITS:
+            raise ValueError(f"--class_split must be 'all', 'base' or 'new', not {self.class_split!r}")
+        self.backbone.validate()
+        self.data.validate()
 
 
 @dataclass
@@ -72,6 +86,20 @@ class PredictCommand:
     json: bool = False
     batch_size: int = 64
 
+    def validate(self) -> None:
+        if (self.prompt is None) == (self.classes is None):
+            raise ValueError("give either --prompt DIR or --classes (zero-shot), not both")
+        if self.topk < 1:
+            raise ValueError(f"--topk must be >= 1, not {self.topk}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch_size must be >= 1, not {self.batch_size}")
+        if self.classes is not None and not self.class_names():
+            raise ValueError("--classes needs at least one class name")
+        self.backbone.validate()
+
+    def class_names(self) -> list[str]:
+        return [c.strip() for c in (self.classes or "").split(",") if c.strip()]
+
 
 @dataclass
 class InterpretCommand:
@@ -86,6 +114,12 @@ class InterpretCommand:
     prompt: str = ""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     k: int = 3
+
+    def validate(self) -> None:
+        _require_prompt(self.prompt)
+        if self.k < 1:
+            raise ValueError(f"--k must be >= 1, not {self.k}")
+        self.backbone.validate()
 
 
 @dataclass
@@ -108,6 +142,17 @@ class DemoCommand:
     view: str | None = None
     overwrite: bool = False
 
+    def validate(self) -> None:
+        if self.shots < 0:
+            raise ValueError(f"--shots must be >= 0 (0: all images), not {self.shots}")
+        if not self.seeds:
+            raise ValueError("--seeds is empty: give at least one seed, e.g. --seeds [1]")
+
+
+def _require_prompt(prompt: str) -> None:
+    if not prompt:
+        raise ValueError("--prompt is required: a prompt directory (e.g. RUN/seed1/prompt)")
+
 
 #: subcommand -> (config dataclass, help)
 COMMAND_CONFIGS: dict[str, tuple[type, str]] = {
@@ -126,12 +171,17 @@ _METHOD_HELP = {
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
-        prog="vlprompt", description="Prompt learning for CLIP-style models.", version=__version__, allow_abbrev=False
+        prog="vlprompt",
+        description="Prompt learning for CLIP-style models.",
+        version=__version__,
+        allow_abbrev=False,
+        exit_on_error=False,
     )
     commands = parser.add_subcommands(dest="command")
     for name, (config, help_text) in COMMAND_CONFIGS.items():
-        sub = ArgumentParser(description=(config.__doc__ or "").split("\n")[0], allow_abbrev=False)
+        sub = ArgumentParser(description=(config.__doc__ or "").split("\n")[0], allow_abbrev=False, exit_on_error=False)
         sub.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of these options")
+        sub.add_argument(DEBUG_FLAG, action="store_true", help="show the full traceback of an error")
         if name == "predict":
             sub.add_argument("images", nargs="+", help="image files")
         sub.add_class_arguments(config, None, as_group=False)
@@ -167,6 +217,7 @@ def cmd_eval(cfg: EvalCommand, _: Any) -> int:
     from .evaluation import evaluate
     from .prompts import load_prompt
 
+    cfg.validate()
     backbone = cfg.backbone.load(cfg.prompt)
     method = load_prompt(cfg.prompt, backbone)
     data = cfg.data.load(backbone.image_transform())
@@ -184,18 +235,12 @@ def cmd_eval(cfg: EvalCommand, _: Any) -> int:
 def cmd_predict(cfg: PredictCommand, namespace: Any) -> int:
     from .predict import Predictor
 
-    if (cfg.prompt is None) == (cfg.classes is None):
-        raise ValueError("give either --prompt DIR or --classes (zero-shot), not both")
-    if cfg.topk < 1:
-        raise ValueError(f"--topk must be >= 1, not {cfg.topk}")
+    cfg.validate()
     backbone = cfg.backbone.load(cfg.prompt)
     if cfg.prompt is not None:
         predictor = Predictor.from_prompt(cfg.prompt, backbone, batch_size=cfg.batch_size)
     else:
-        names = [c.strip() for c in cfg.classes.split(",") if c.strip()]
-        if not names:
-            raise ValueError("--classes needs at least one class name")
-        predictor = Predictor.zero_shot(names, backbone, template=cfg.template, batch_size=cfg.batch_size)
+        predictor = Predictor.zero_shot(cfg.class_names(), backbone, template=cfg.template, batch_size=cfg.batch_size)
     images = list(namespace.images)
     predictions = predictor.predict(images, topk=cfg.topk, progress=len(images) > cfg.batch_size)
     if cfg.json:
@@ -212,6 +257,7 @@ def cmd_predict(cfg: PredictCommand, namespace: Any) -> int:
 def cmd_demo(cfg: DemoCommand, _: Any) -> int:
     from .demo import run_demo
 
+    cfg.validate()
     report = run_demo(cfg.out, list(cfg.seeds), cfg.methods, cfg.shots, cfg.overwrite, view=cfg.view)
     print(report["table"], end="")
     print(f"run directory: {cfg.out}")
@@ -221,6 +267,7 @@ def cmd_demo(cfg: DemoCommand, _: Any) -> int:
 def cmd_interpret(cfg: InterpretCommand, _: Any) -> int:
     from .prompts import load_prompt
 
+    cfg.validate()
     backbone = cfg.backbone.load(cfg.prompt)
     method = load_prompt(cfg.prompt, backbone)
     if not method.has_context:
@@ -269,20 +316,101 @@ def expand_bare_flags(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``vlprompt`` console script."""
+    """Entry point of the ``vlprompt`` console script.
+
+    A bad option or input is one line on stderr and exit code 2; any other failure is one line and
+    exit code 1. ``--debug`` (anywhere on the command line) shows the traceback instead.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv
+    argv = [a for a in argv if a != DEBUG_FLAG]
+    command = next((a for a in argv if a in COMMAND_CONFIGS), None)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = build_parser()
-    namespace = parser.parse_args(expand_bare_flags(list(sys.argv[1:] if argv is None else argv)))
-    dist.init_from_env()
-    command = namespace.command
-    sub = namespace[command]
-    config_cls = COMMAND_CONFIGS[command][0]
+    quiet_third_party_logs(debug)
+    prog = f"vlprompt {command}" if command else "vlprompt"
     try:
-        config = _config(config_cls, parser.instantiate(namespace)[command])
+        parser = build_parser()
+        try:
+            namespace = parser.parse_args(expand_bare_flags(argv))
+        except ArgumentError as err:
+            if debug:
+                raise
+            print(f"{prog}: error: {parse_error_message(str(err))}", file=sys.stderr)
+            print(f"(`{prog} --help` lists the options)", file=sys.stderr)
+            return 2
+        dist.init_from_env()
+        sub = namespace[command]
+        config = _config(COMMAND_CONFIGS[command][0], parser.instantiate(namespace)[command])
         return COMMANDS[command](config, sub)
-    except (DataError, BackboneError, PromptFileError, LabelSpaceError, FileExistsError, ValueError) as err:
-        print(f"vlprompt {command}: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:  # noqa: BLE001 - every failure is one message; --debug shows the traceback
+        if debug:
+            raise
+        code, message = describe_error(err)
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        if code != 2:
+            print(f"(an unexpected error: rerun with {DEBUG_FLAG} for the traceback)", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prog}: interrupted (a run continues where it stopped with --resume true)", file=sys.stderr)
+        return 130
+
+
+def describe_error(err: Exception) -> tuple[int, str]:
+    """(exit code, one-line message): 2 for bad options or inputs, 1 for anything unexpected."""
+    if isinstance(err, USER_ERRORS):
+        return 2, str(err)
+    if isinstance(err, OSError):
+        return 2, os_error_message(err)
+    return 1, f"{type(err).__name__}: {err}"
+
+
+def os_error_message(err: OSError) -> str:
+    """A file-system error as one line: what failed, on which file, and what to do."""
+    what = err.strerror or str(err)
+    where = f" ({err.filename})" if err.filename else ""
+    hint = {
+        errno.ENOSPC: "free some space or choose another --out; files written before are unchanged",
+        errno.EDQUOT: "free some space or choose another --out; files written before are unchanged",
+        errno.EACCES: "choose a folder you can write to (--out) or fix its permissions",
+        errno.EPERM: "choose a folder you can write to (--out) or fix its permissions",
+        errno.EROFS: "the file system is read-only: choose another --out",
+    }.get(err.errno)
+    return f"{what}{where}" + (f": {hint}" if hint else "")
+
+
+def parse_error_message(message: str) -> str:
+    """jsonargparse's message for a bad value, shortened to the flag, the expected types and the value."""
+    key = re.match(r'Parser key "([^"]+)":', message)
+    if not key:
+        return message.strip()
+    expected = re.findall(r"Expected a <class '(\w+)'>", message)
+    given = re.search(r"Given value: (.*)$|Got value: (.*)$", message, re.MULTILINE)
+    names = [
+        {"NoneType": "null", "int": "an integer", "float": "a number", "str": "a string"}.get(t, t) for t in expected
+    ]
+    value = next((g for g in given.groups() if g is not None), "") if given else ""
+    names = [n for n in names if n != "null"] or names  # every override may be null: not worth saying
+    if not names:
+        return f"--{key.group(1)}: " + " ".join(message[key.end() :].split())
+    return f"--{key.group(1)}: expected {' or '.join(dict.fromkeys(names))}, got {value!r}"
+
+
+class _HideOpenClipInfo(logging.Filter):
+    """Drops open_clip's INFO lines (it logs every model it builds on the root logger)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or f"{os.sep}open_clip{os.sep}" not in record.pathname
+
+
+def quiet_third_party_logs(debug: bool) -> None:
+    """Hide open_clip's INFO lines unless ``--debug`` asks for everything."""
+    for handler in logging.getLogger().handlers:
+        for f in [f for f in handler.filters if isinstance(f, _HideOpenClipInfo)]:
+            handler.removeFilter(f)
+        if not debug:
+            handler.addFilter(_HideOpenClipInfo())
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from . import distributed as dist
 from .backbones import Backbone
 from .data.images import IMAGE_DECODING, LabeledImages
-from .io import atomic_write
+from .io import CorruptFileError, atomic_write
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -29,6 +29,24 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 def _image_key(path: str) -> str:
     stat = os.stat(path)
     return f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def _read_table(file: Path) -> tuple[list[str], list[Tensor]]:
+    """A persisted feature table (safetensors: never unpickled); anything else names the file to delete."""
+    try:
+        with safe_open(str(file), framework="pt") as fh:
+            keys = json.loads(fh.metadata()["keys"])
+            rows = list(fh.get_tensor("features"))
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError) as err:
+        raise CorruptFileError(
+            f"feature cache file {file} is not a vlprompt feature table ({err}); it is never unpickled: "
+            "delete it and its features are computed again"
+        ) from None
+    if len(keys) != len(rows):
+        raise CorruptFileError(
+            f"feature cache file {file} is corrupted ({len(keys)} keys, {len(rows)} rows): delete it"
+        )
+    return keys, rows
 
 
 class FeatureCache:
@@ -77,9 +95,7 @@ class FeatureCache:
             rows: list[Tensor] = []
             file = self.directory / f"{key}.safetensors" if self.directory else None
             if file is not None and file.is_file():
-                with safe_open(str(file), framework="pt") as fh:
-                    keys = json.loads(fh.metadata()["keys"])
-                    rows = list(fh.get_tensor("features"))
+                keys, rows = _read_table(file)
                 index = {k: i for i, k in enumerate(keys)}
             self._tables[key] = (index, rows)
         return self._tables[key]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
+import pickle
+import re
 import secrets
 import shutil
 import tempfile
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor
 
 
@@ -35,6 +39,13 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # e.g. a full disk: name the file meant, not the temp file; the old one is intact
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+    except SafetensorError as err:  # its I/O errors are text: "... (os error 28)"
+        code = re.search(r"os error (\d+)", str(err))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from err
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -51,8 +62,35 @@ def _new_temp_file(path: Path) -> str:
         return tmp
 
 
+def remove_stale_temp_files(directory: str | Path) -> list[Path]:
+    """Delete the ``.<name>.<random>.tmp`` files an interrupted :func:`atomic_write` left in ``directory``.
+
+    Only for a directory no other process is writing to (a run being resumed). Returns what was removed.
+    """
+    stale = [p for p in Path(directory).glob(".*.tmp") if _TEMP_NAME.fullmatch(p.name) and p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def torch_bytes(obj: Any) -> bytes:
+    """``torch.save(obj)`` into memory: written with :func:`atomic_write_bytes`, a full disk is a plain
+    ``OSError`` (torch's own writer reports it as an obscure RuntimeError), and the archive's record
+    names do not carry a temp file's random name, so equal contents give equal bytes."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def tensors_sha256(tensors: Mapping[str, Tensor]) -> str:
@@ -78,6 +116,21 @@ def non_finite(tensors: Mapping[str, Tensor]) -> list[str]:
     ]
 
 
+def torch_load_failure(path: Path, err: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in a few words."""
+    if path.is_file() and path.stat().st_size == 0:
+        return "the file is empty (0 bytes)"
+    text = str(err)
+    if "Weights only load failed" in text or isinstance(err, pickle.UnpicklingError):
+        found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL [\w.]+|Unsupported operand \d+", text)
+        detail = f" ({found.group(0).strip()})" if found else ""
+        return (
+            f"it holds Python objects other than tensors{detail}, and vlprompt loads torch files only with "
+            "torch.load(weights_only=True), which refuses to unpickle them"
+        )
+    return f"it is truncated or not a torch file ({text.splitlines()[0] if text else type(err).__name__})"
+
+
 def load_checkpoint(path: str | Path, map_location: Any = None) -> dict[str, Any]:
     """``torch.load(weights_only=True)`` a training checkpoint and verify its tensor checksums.
 
@@ -88,7 +141,8 @@ def load_checkpoint(path: str | Path, map_location: Any = None) -> dict[str, Any
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - re-raised with the file named
-        raise CorruptFileError(f"checkpoint {path} is corrupted or unreadable ({err}); {_RESTART}") from None
+        reason = torch_load_failure(path, err)
+        raise CorruptFileError(f"checkpoint {path} is corrupted or unreadable: {reason}; {_RESTART}") from None
     if not isinstance(state, dict):
         raise CorruptFileError(f"checkpoint {path} is corrupted: expected a dict, found {type(state).__name__}")
     for key in ("method", "best_state"):

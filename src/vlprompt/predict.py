@@ -1,8 +1,8 @@
 """Prediction for practitioners: a saved prompt (or class names, zero-shot) in, labels and probabilities out.
 
-    >>> from vlprompt import Predictor
-    >>> Predictor.from_prompt("runs/pets/seed1/prompt").predict(["cat.jpg"])[0].label
-    >>> Predictor.zero_shot(["cat", "dog"], "ViT-B-32", "openai").predict([pil_image], topk=2)
+>>> from vlprompt import Predictor
+>>> Predictor.from_prompt("runs/pets/seed1/prompt").predict(["cat.jpg"])[0].label
+>>> Predictor.zero_shot(["cat", "dog"], "ViT-B-32", "openai").predict([pil_image], topk=2)
 """
 
 from __future__ import annotations

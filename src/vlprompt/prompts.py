@@ -11,13 +11,14 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from . import __version__
 from .backbones import Backbone
-from .io import atomic_write, atomic_write_text, non_finite, tensors_sha256
+from .io import atomic_write_bytes, atomic_write_text, non_finite, tensors_sha256
 from .labels import LabelSpaceError, label_space_from_json
 from .methods import PromptMethod, method_class
+from .methods.base import MethodOptionError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def save_pretrained(method: PromptMethod, backbone: Backbone, directory: str | P
             "(training diverged? try a lower learning rate or precision=fp32)"
         )
     config["tensors_sha256"] = tensors_sha256(tensors)
-    atomic_write(directory / TENSORS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    atomic_write_bytes(directory / TENSORS_FILE, save(tensors, metadata={"format": FORMAT}))
     atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2))
     return directory
 
@@ -158,15 +159,37 @@ def load_prompt(directory: str | Path, backbone: Backbone, strict_backbone: bool
         raise PromptFileError(f"{Path(directory) / CONFIG_FILE}: field 'labels': {err}") from None
     if not isinstance(labels, cls.label_kind):
         raise PromptFileError(f"{directory}: {cls.name} scores {cls.label_kind.kind}, the file holds {labels.kind}")
-    method = cls(backbone, labels, cls.Config.from_dict({k: options[k] for k in known & set(options)}))
+    config_path = Path(directory) / CONFIG_FILE
+    try:
+        method_config = cls.Config.from_dict({k: options[k] for k in known & set(options)}, cls.name, f"{config_path}")
+    except MethodOptionError as err:
+        raise PromptFileError(str(err)) from None
+    method = cls(backbone, labels, method_config)
     tensors = load_tensors(Path(directory) / TENSORS_FILE)
-    missing, unexpected = method.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise PromptFileError(
-            f"{directory}: tensors do not match {cls.name}: missing {missing}, unexpected {unexpected}"
-        )
+    check_shapes(method, tensors, Path(directory))
+    method.load_state_dict(tensors)
     check_tensors(tensors, config.get("tensors_sha256"), Path(directory) / TENSORS_FILE)
     return method.eval()
+
+
+def check_shapes(method: PromptMethod, tensors: dict[str, torch.Tensor], directory: Path) -> None:
+    """The saved tensors are exactly those the config in prompt.json builds, with the same shapes."""
+    expected = {k: tuple(v.shape) for k, v in method.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    wrong = [
+        f"{k} {list(found[k])} (the config needs {list(expected[k])})"
+        for k in sorted(expected)
+        if k in found and found[k] != expected[k]
+    ]
+    if missing or unexpected or wrong:
+        details = [f"missing {missing}"] * bool(missing) + [f"unexpected {unexpected}"] * bool(unexpected)
+        details += [f"shape of {', '.join(wrong)}"] * bool(wrong)
+        raise PromptFileError(
+            f"{directory}: tensors do not match {method.name}: {'; '.join(details)}. The config and labels in "
+            f"{CONFIG_FILE} ({len(method.labels)} labels, options {method.config.to_dict()}) need other tensors than "
+            f"{TENSORS_FILE} holds: was {CONFIG_FILE} edited, or do the two files come from different prompts?"
+        )
 
 
 def check_tensors(tensors: dict[str, torch.Tensor], expected: str | None, path: Path) -> None:

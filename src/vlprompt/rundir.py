@@ -9,12 +9,13 @@ working directory, one of its parents, the home directory or the filesystem root
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 from . import __version__
 from . import distributed as dist
-from .io import atomic_write_text
+from .io import atomic_write_text, remove_stale_temp_files
 
 MARKER = ".vlprompt-run"
 FORMAT = "vlprompt-run"
@@ -43,6 +44,14 @@ def mark_run_dir(path: str | Path, command: str | None = None) -> Path:
     marker = {"format": FORMAT, "version": VERSION, "command": command, "library_version": __version__}
     atomic_write_text(path / MARKER, json.dumps(marker, indent=2))
     return path
+
+
+def _check_writable(out: Path) -> None:
+    """``out`` (or the folder it would be created in) can be written to."""
+    existing = out if out.exists() else next((p for p in out.absolute().parents if p.exists()), None)
+    if existing is not None and existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == out else f" (it would be created in {existing})"
+        raise RunDirError(f"cannot write to --out {out}{where}: permission denied or a read-only file system")
 
 
 def protected_reason(path: str | Path) -> str | None:
@@ -74,19 +83,23 @@ def prepare_run_dir(out: str | Path, resume: bool, overwrite: bool, command: str
         RunDirError: ``out`` is not a vlprompt run, is protected, or is not a directory.
     """
     out = Path(out)
-    delete = _check(out, resume, overwrite)
+    delete = check_run_dir(out, resume, overwrite)
     dist.barrier()  # every rank has checked before rank 0 changes anything
     if dist.is_main():
         if delete:
             shutil.rmtree(out)
+        elif resume and out.is_dir():
+            remove_stale_temp_files(out)  # left by a write that a crash interrupted
         if not is_run_dir(out):
             mark_run_dir(out, command)
     dist.barrier()
     return out
 
 
-def _check(out: Path, resume: bool, overwrite: bool) -> bool:
-    """Raise if ``out`` cannot be used as asked; return whether it must be deleted first."""
+def check_run_dir(out: str | Path, resume: bool, overwrite: bool) -> bool:
+    """Raise if ``out`` cannot be used as asked (changes nothing); return whether it must be deleted first."""
+    out = Path(out)
+    _check_writable(out)
     if out.is_symlink():
         raise RunDirError(f"{out} is a symbolic link: pass the real directory as --out (vlprompt does not follow it)")
     if out.exists() and not out.is_dir():

@@ -7,6 +7,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -14,9 +15,10 @@ import open_clip
 import torch
 from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from open_clip.model import CLIP, build_model_from_openai_state_dict
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ..io import file_sha256
+from ..io import file_sha256, torch_load_failure
 from .adapter import OPENAI_MEAN, OPENAI_STD, Backbone, BackboneError
 
 log = logging.getLogger(__name__)
@@ -81,14 +83,40 @@ def _looks_like_file(name: str) -> bool:
     return os.path.sep in name or name.endswith(_CHECKPOINT_SUFFIXES) or Path(name).is_file()
 
 
+def check_backbone(name: str, pretrained: str | None = None) -> None:
+    """Every check of a backbone name and pretrained tag that needs neither the model nor the network."""
+    from .bundled import BUNDLED
+
+    if name in BUNDLED or name in TINY_RANDOM or name.startswith(("hf-hub:", "local-dir:")):
+        return
+    if name.startswith("vlprompt/"):
+        raise BackboneError(f"unknown bundled backbone {name!r}; available: {', '.join(available_backbones())}")
+    if _looks_like_file(name):
+        if not Path(name).is_file():
+            raise BackboneError(f"--backbone.name {name}: checkpoint file does not exist")
+        return
+    _resolve_pretrained(name, pretrained, check_download=False)
+
+
 def _load_open_clip(name: str, pretrained: str | None) -> Backbone:
     tag, pretrained = _resolve_pretrained(name, pretrained)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # "random" weights are seeded: the same architecture gives the same model
             model = open_clip.create_model(name, pretrained=pretrained, weights_only=True)
-    except RuntimeError as err:
-        if "download" not in str(err).lower() and "hub" not in str(err).lower():
+    except Exception as err:
+        if pretrained and Path(pretrained).is_file():  # a local checkpoint: say why it cannot be read
+            text = str(err)
+            fits = "Error(s) in loading state_dict" not in text
+            reason = (
+                torch_load_failure(Path(pretrained), err)
+                if fits
+                else f"its tensors do not fit ({text.splitlines()[1:2]})"
+            )
+            raise BackboneError(
+                f"--backbone.pretrained {pretrained}: cannot load it as {name} weights: {reason}"
+            ) from None
+        if not isinstance(err, RuntimeError) or ("download" not in str(err).lower() and "hub" not in str(err).lower()):
             raise
         raise BackboneError(
             f"weights for {name} (pretrained={pretrained!r}) could not be downloaded ({err}). {_HOW_TO_SUPPLY}"
@@ -99,8 +127,12 @@ def _load_open_clip(name: str, pretrained: str | None) -> Backbone:
     return Backbone(model, tokenizer, model.visual.preprocess_cfg, name, tag)
 
 
-def _resolve_pretrained(name: str, pretrained: str | None) -> tuple[str, str | None]:
-    """(identity tag, what open_clip should load) for an open_clip name, after every check that needs no model."""
+def _resolve_pretrained(name: str, pretrained: str | None, check_download: bool = True) -> tuple[str, str | None]:
+    """(identity tag, what open_clip should load) for an open_clip name, after every check that needs no model.
+
+    With ``check_download`` a tag whose weights are not cached is checked to be downloadable (see
+    :func:`_check_download`).
+    """
     is_hub = name.startswith(("hf-hub:", "local-dir:"))
     if not is_hub and name not in open_clip.list_models():
         raise BackboneError(
@@ -109,7 +141,7 @@ def _resolve_pretrained(name: str, pretrained: str | None) -> tuple[str, str | N
             f"{', '.join(open_clip.list_models()[:12])}, ..."
         )
     if is_hub:
-        if name.startswith("hf-hub:"):
+        if name.startswith("hf-hub:") and check_download:
             _check_download(name, name.removeprefix("hf-hub:"), [HF_CONFIG_NAME], None)
         return name.split(":", 1)[0], None  # open_clip ignores pretrained for these names
     if not pretrained:
@@ -122,7 +154,8 @@ def _resolve_pretrained(name: str, pretrained: str | None) -> tuple[str, str | N
     if pretrained == RANDOM:
         return RANDOM, None
     if open_clip.get_pretrained_cfg(name, pretrained):
-        _check_tag_download(name, pretrained)
+        if check_download:
+            _check_tag_download(name, pretrained)
         return pretrained, pretrained
     if Path(pretrained).is_file():
         return "sha256:" + file_sha256(pretrained), pretrained
@@ -205,14 +238,23 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             "or an open_clip checkpoint on a machine with network access and pass its path."
         )
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise BackboneError(f"{path}: not a readable safetensors file ({err})") from None
     if _is_torchscript(path):
         # OpenAI's released .pt files are TorchScript archives: read their tensors, run nothing.
-        return torch.jit.load(str(path), map_location="cpu").state_dict()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, not for reading
+                return torch.jit.load(str(path), map_location="cpu").state_dict()
+        except Exception as err:  # noqa: BLE001 - torch raises RuntimeError and others for a bad archive
+            first = str(err).split("  (Could this")[0].splitlines()[0] if str(err) else type(err).__name__
+            raise BackboneError(f"{path}: not a valid TorchScript archive ({first})") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - re-raised with the file named
-        raise BackboneError(f"{path}: not a readable checkpoint (loaded with weights_only=True): {err}") from err
+        raise BackboneError(f"{path}: not a readable checkpoint: {torch_load_failure(path, err)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

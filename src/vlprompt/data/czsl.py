@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..io import atomic_write, atomic_write_text
+from ..io import atomic_write_bytes, atomic_write_text, torch_bytes, torch_load_failure
 from .images import DataError, load_rgb
 
 log = logging.getLogger(__name__)
@@ -266,8 +266,8 @@ def _read_metadata(path: Path, pair_set: set[Pair]) -> tuple[dict[str, list[CZSL
         raise DataError(f"metadata file not found: {path}")
     try:
         entries = torch.load(path, weights_only=True)
-    except Exception as err:  # torch raises several types for bad or unsafe pickles
-        raise DataError(f"cannot load metadata {path} with weights_only=True: {err}") from None
+    except Exception as err:  # noqa: BLE001 - torch raises several types for bad or unsafe pickles
+        raise DataError(f"cannot load CZSL metadata {path}: {torch_load_failure(path, err)}") from None
     if not isinstance(entries, list):
         raise DataError(f"{path}: expected a list of dicts, got {type(entries).__name__}")
     samples: dict[str, list[CZSLSample]] = {p: [] for p in PHASES}
@@ -428,15 +428,8 @@ def write_czsl(
     split_dir.mkdir(parents=True, exist_ok=True)
     for phase, pairs in lists.items():
         atomic_write_text(split_dir / f"{phase}_pairs.txt", "".join(f"{a} {o}\n" for a, o in pairs))
-    atomic_write(root / f"metadata_{split}.t7", lambda tmp: _save_through_file(entries, tmp))
+    atomic_write_bytes(root / f"metadata_{split}.t7", torch_bytes(entries))
     return root
-
-
-def _save_through_file(obj: object, path: str) -> None:
-    """``torch.save`` through a file object, so the archive's record names (taken from a path's file
-    name) do not carry the temp file's random name and equal contents give equal bytes."""
-    with open(path, "wb") as fh:
-        torch.save(obj, fh)
 
 
 def _sample_entry(i: int, sample: Mapping[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 SPLITS = ("train", "val", "test")
 #: Version of :func:`to_rgb`'s rules; part of the feature-cache key, so a change re-encodes cached images.
 IMAGE_DECODING = 2
+#: How to leave bad images out, in every place the option exists.
+SKIP_HINT = (
+    "to leave such files out (counted and reported), pass --data.skip_bad_images true (vlprompt train, eval), "
+    "--skip_bad_images true (vlprompt czsl) or skip_bad_images=True (Python)"
+)
 
 
 class DataError(ValueError):
@@ -37,6 +42,10 @@ def load_rgb(path: str | Path) -> Image.Image:
             return to_rgb(img, path)
     except FileNotFoundError:
         raise DataError(f"image file not found: {path}") from None
+    except Image.DecompressionBombError as err:
+        raise DataError(
+            f"cannot read image {path}: {err} Raise PIL.Image.MAX_IMAGE_PIXELS in Python if the image is genuine"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DataError(f"cannot read image {path}: {err}") from None
 
@@ -124,7 +133,7 @@ class LabeledImages(Dataset):
             missing = [s.path for s in samples if not os.path.isfile(s.path)]
             if missing:
                 more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-                raise DataError(f"image file not found: {missing[0]}{more}; pass skip_bad_images to skip such files")
+                raise DataError(f"image file not found: {missing[0]}{more}; {SKIP_HINT}")
         self.samples = samples
 
     def __len__(self) -> int:

@@ -15,6 +15,10 @@ from .images import DataError, LabeledImages
 log = logging.getLogger(__name__)
 
 
+#: the halves of a base-to-new split, or every class.
+CLASS_SPLITS = ("all", "base", "new")
+
+
 def few_shot_indices(dataset: LabeledImages, shots: int, seed: int, allow_fewer: bool = False) -> list[int]:
     """``shots`` images per class, drawn with ``random.Random(seed)``, in dataset order.
 
@@ -87,6 +91,6 @@ def base_new_split(dataset: LabeledImages, which: str) -> LabeledImages:
     if which == "all":
         return dataset
     base, new = base_new_labels(len(dataset.classnames))
-    if which not in ("base", "new"):
+    if which not in CLASS_SPLITS:
         raise DataError(f"class_split must be 'all', 'base' or 'new', not {which!r}")
     return dataset.relabel(base if which == "base" else new)

@@ -23,9 +23,9 @@ from .. import distributed as dist
 from ..backbones import Backbone
 from ..data.images import LabeledImages
 from ..features import FeatureCache
-from ..io import atomic_write, load_checkpoint, tensors_sha256
+from ..io import atomic_write, atomic_write_bytes, load_checkpoint, remove_stale_temp_files, tensors_sha256, torch_bytes
 from ..methods import Batch, PromptMethod
-from .schedules import lr_factor
+from .schedules import SCHEDULES, lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ class TrainConfig:
         eval_every: evaluate on validation every N epochs (0: only at the end).
         select: "last" epoch or "best" validation score (the metric is recorded).
         checkpoint_every: write the resumable checkpoint every N epochs.
+        checkpoint_every_steps: also write it every N optimizer steps within an epoch (0: only at epoch
+            ends), for long epochs; a resumed run continues at the exact step.
         num_workers: DataLoader workers for image loading.
         label_smoothing: cross-entropy label smoothing.
     """
@@ -84,20 +86,35 @@ class TrainConfig:
     eval_every: int = 0
     select: str = "last"
     checkpoint_every: int = 1
+    checkpoint_every_steps: int = 0
     num_workers: int = 0
     label_smoothing: float = 0.0
 
     def validate(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}")
-        if self.select not in ("last", "best"):
-            raise ValueError(f"select must be 'last' or 'best', not {self.select!r}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
+        """Every option in range (messages name the CLI flags, ``--train.<field>``)."""
+        choices = {
+            "optimizer": OPTIMIZERS,
+            "schedule": SCHEDULES,
+            "select": ("last", "best"),
+            "precision": ("auto", "fp32", "bf16", "fp16"),
+        }
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"--train.{name} must be one of {', '.join(valid)}, not {getattr(self, name)!r}")
+        minimum = {"epochs": 1, "batch_size": 1, "grad_accum": 1, "checkpoint_every": 1, "checkpoint_every_steps": 0}
+        minimum |= dict.fromkeys(("warmup_epochs", "eval_every", "num_workers", "momentum", "weight_decay"), 0)
+        minimum |= {"warmup_lr": 0, "label_smoothing": 0}
+        for name, low in minimum.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"--train.{name} must be >= {low}, not {getattr(self, name)}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"--train.warmup_steps must be >= 0, not {self.warmup_steps}")
+        if not self.lr > 0:
+            raise ValueError(f"--train.lr must be > 0, not {self.lr}")
+        if self.label_smoothing >= 1:
+            raise ValueError(f"--train.label_smoothing must be < 1, not {self.label_smoothing}")
         if self.select == "best" and self.eval_every < 1:
-            raise ValueError("select='best' compares epochs on validation: set eval_every >= 1")
-        if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("epochs, batch_size and grad_accum must be positive")
+            raise ValueError("--train.select best compares epochs on validation: set --train.eval_every 1 (or more)")
 
 
 @dataclass
@@ -155,10 +172,19 @@ def fit(
     result = FitResult(feature_cache=feed.features is not None)
     random.seed(config.seed)
     torch.manual_seed(config.seed + 7919 * dist.rank())
+    if resume and run_dir and dist.is_main():
+        remove_stale_temp_files(run_dir)  # left by a write that a crash interrupted
     if resume and run_dir and (run_dir / CHECKPOINT).is_file():
         state.restore(run_dir / CHECKPOINT, method, result)
+    start_time -= state.seconds_before  # a resumed run's time counts the whole run
     if run_dir and dist.is_main():
         _rewrite_metrics(run_dir / METRICS, result.history)
+
+    def save_mid_epoch() -> None:
+        state.seconds_before = time.time() - start_time
+        state.save(run_dir / CHECKPOINT, method, result)
+
+    mid_epoch = save_mid_epoch if run_dir and config.checkpoint_every_steps else None
     method.train()
     epochs = tqdm(
         range(state.epoch, config.epochs),
@@ -169,7 +195,7 @@ def fit(
         leave=False,
     )
     for epoch in epochs:
-        record = _train_epoch(model, method, backbone, feed, state, plan, config, epoch)
+        record = _train_epoch(model, method, backbone, feed, state, plan, config, epoch, mid_epoch)
         _validate(method, backbone, scorer, config, state, result, record)
         record["seconds"] = round(time.time() - start_time, 3)
         result.history.append(record)
@@ -179,6 +205,7 @@ def fit(
             if dist.is_main():
                 _append_metrics(run_dir / METRICS, record)
             if state.epoch == config.epochs or state.epoch % config.checkpoint_every == 0:
+                state.seconds_before = time.time() - start_time
                 state.save(run_dir / CHECKPOINT, method, result)
         if on_epoch_end is not None:
             on_epoch_end(record)
@@ -240,8 +267,12 @@ class BatchFeed:
         images = train_set.with_transform(backbone.image_transform(train=config.augment))
         return cls(targets, None, images, config.num_workers)
 
-    def batches(self, order: Tensor) -> Iterator[Batch]:
-        """One :class:`Batch` per micro-batch of ``order`` [steps, accum, micro], in order."""
+    def batches(self, order: Tensor, seed: int = 0) -> Iterator[Batch]:
+        """One :class:`Batch` per micro-batch of ``order`` [steps, accum, micro], in order.
+
+        The DataLoader draws its worker seeds from a generator seeded with ``seed``, not from the global
+        RNG, so starting it mid-epoch (a resumed run) leaves the global RNG as an uninterrupted run has it.
+        """
         flat = order.reshape(-1, order.shape[-1])
         if self.features is not None:
             for idx in flat:
@@ -253,14 +284,26 @@ class BatchFeed:
             batch_sampler=flat.tolist(),
             num_workers=self.num_workers,
             pin_memory=self.targets.device.type == "cuda",
+            generator=torch.Generator().manual_seed(seed),
         )
         for (pixels, _), idx in zip(loader, flat):
             idx = idx.to(self.targets.device)
             yield Batch(pixels=pixels, targets=self.targets[idx], index=idx)
 
 
+@dataclass
+class EpochProgress:
+    """How far the current epoch got: optimizer steps taken and this rank's running loss / accuracy sums."""
+
+    step: int = 0
+    loss: float = 0.0
+    correct: float = 0.0
+    seen: float = 0.0
+    lr: float = 0.0
+
+
 class TrainingState:
-    """Optimizer, schedule, loss scaler, the epoch reached and the best state so far; checkpointed."""
+    """Optimizer, schedule, loss scaler, the epoch and step reached and the best state so far; checkpointed."""
 
     def __init__(self, optimizer, scheduler, scaler, amp_dtype, per_epoch_schedule: bool):
         self.optimizer = optimizer
@@ -269,6 +312,8 @@ class TrainingState:
         self.amp_dtype = amp_dtype
         self.per_epoch_schedule = per_epoch_schedule
         self.epoch = 0
+        self.progress = EpochProgress()
+        self.seconds_before = 0.0  # training time of the run before this process (resumed runs)
         self.best: dict[str, Tensor] | None = None
 
     @classmethod
@@ -311,6 +356,12 @@ class TrainingState:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
+            "step_in_epoch": self.progress.step,
+            "epoch_sums": _gather(
+                torch.tensor([self.progress.loss, self.progress.correct, self.progress.seen], dtype=torch.float64)
+            ),
+            "epoch_lr": self.progress.lr,
+            "train_seconds": self.seconds_before,
             "history": json.dumps(result.history),
             "selected_epoch": result.selected_epoch,
             "selected_score": result.selected_score,
@@ -321,7 +372,7 @@ class TrainingState:
             "cuda_rng": _gather(torch.cuda.get_rng_state(device)) if device.type == "cuda" else None,
         }
         if dist.is_main():
-            atomic_write(path, lambda tmp: torch.save(state, tmp))
+            atomic_write_bytes(path, torch_bytes(state))
 
     def restore(self, path: Path, method: PromptMethod, result: FitResult) -> None:
         device = next(method.parameters()).device
@@ -331,6 +382,10 @@ class TrainingState:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch = state["epoch"]
+        sums = state.get("epoch_sums")
+        loss, correct, seen = sums[dist.rank()].tolist() if sums is not None else (0.0, 0.0, 0.0)
+        self.progress = EpochProgress(state.get("step_in_epoch", 0), loss, correct, seen, state.get("epoch_lr", 0.0))
+        self.seconds_before = state.get("train_seconds", 0.0)
         self.best = state.get("best_state")
         result.history = json.loads(state["history"])
         result.selected_epoch, result.selected_score = state["selected_epoch"], state["selected_score"]
@@ -339,33 +394,44 @@ class TrainingState:
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"][dist.rank()].cpu(), device)
         if dist.is_main():
-            log.info("resumed from %s at epoch %d", path, self.epoch)
+            log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.progress.step)
 
 
-def _train_epoch(model, method, backbone, feed: BatchFeed, state: TrainingState, plan: StepPlan, config, epoch):
-    """One pass over the training set; returns the epoch's record (loss and accuracy over all ranks)."""
-    batches = feed.batches(plan.order(config.seed, epoch))
-    total_loss, total_correct, seen = 0.0, 0, 0
+def _train_epoch(
+    model, method, backbone, feed: BatchFeed, state: TrainingState, plan: StepPlan, config, epoch, mid_epoch=None
+):
+    """One pass over the training set (from ``state.progress.step`` on, for a resumed run); returns its record.
+
+    ``mid_epoch`` writes the checkpoint every ``config.checkpoint_every_steps`` optimizer steps.
+    """
+    progress = state.progress
+    order = plan.order(config.seed, epoch)
+    batches = feed.batches(order[progress.step :], seed=config.seed * 100_003 + epoch * 1_009 + progress.step)
     autocast = torch.autocast(backbone.device.type, dtype=state.amp_dtype, enabled=state.amp_dtype is not None)
-    for _ in range(plan.steps_per_epoch):
+    for step in range(progress.step, plan.steps_per_epoch):
         for m in range(plan.accum):
             batch = next(batches)
             with _maybe_no_sync(model, sync=m == plan.accum - 1), autocast:
                 logits = model(backbone, batch)
                 loss = method.loss(backbone, batch, logits, config.label_smoothing)
                 state.scaler.scale(loss / plan.accum).backward()
-            total_loss += loss.item() * len(batch)
-            total_correct += int((logits.argmax(-1) == batch.targets).sum())
-            seen += len(batch)
-        lr_used = state.optimizer.param_groups[0]["lr"]  # the lr of this epoch's last step (as logged)
+            progress.loss += loss.item() * len(batch)
+            progress.correct += int((logits.argmax(-1) == batch.targets).sum())
+            progress.seen += len(batch)
+        progress.lr = state.optimizer.param_groups[0]["lr"]  # the lr of this epoch's last step (as logged)
         state.step()
+        progress.step = step + 1
+        every = config.checkpoint_every_steps
+        if mid_epoch is not None and progress.step % every == 0 and progress.step < plan.steps_per_epoch:
+            mid_epoch()
     state.end_epoch()
+    state.progress = EpochProgress()
     return {
         "epoch": epoch + 1,
         "step": (epoch + 1) * plan.steps_per_epoch,
-        "lr": lr_used,
-        "loss": _global_mean(total_loss, seen),
-        "train_acc": _global_mean(float(total_correct), seen),
+        "lr": progress.lr,
+        "loss": _global_mean(progress.loss, int(progress.seen)),
+        "train_acc": _global_mean(progress.correct, int(progress.seen)),
     }
 
 

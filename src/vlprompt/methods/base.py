@@ -9,6 +9,8 @@ and its optimizer parameter groups; the engine only loops, steps, syncs, checkpo
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -46,22 +48,82 @@ class Batch:
         return len(self.features if self.features is not None else self.pixels)
 
 
+class MethodOptionError(ValueError):
+    """A method option of the wrong type, out of its range, or unknown."""
+
+
+def option(default: Any = dataclasses.MISSING, *, low=None, high=None, choices=None, **kwargs) -> Any:
+    """A method config field with its valid range (``low <= value <= high``) or ``choices``, checked on load."""
+    metadata = {"low": low, "high": high, "choices": tuple(choices) if choices is not None else None}
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
 @dataclass
 class MethodConfig:
-    """Base of every method's hyperparameters (defaults are the paper's)."""
+    """Base of every method's hyperparameters (defaults are the paper's).
+
+    Field types are checked on load, and fields made with :func:`option` against their range or choices.
+    """
 
     @classmethod
-    def from_dict(cls, options: dict[str, Any] | None, method: str = "") -> MethodConfig:
-        """Build from a plain dict, rejecting unknown keys with the list of valid ones."""
+    def from_dict(
+        cls, options: dict[str, Any] | None, method: str = "", source: str = "--method_options"
+    ) -> MethodConfig:
+        """Build from a plain dict, rejecting unknown keys, wrong types and values out of range.
+
+        ``source`` names where the options came from in error messages (a CLI flag or a file).
+        """
         options = dict(options or {})
+        method = method or cls.__name__
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - names)
         if unknown:
-            raise ValueError(f"unknown option(s) {unknown} for method {method or cls.__name__}; valid: {sorted(names)}")
-        return cls(**options)
+            raise MethodOptionError(
+                f"{source}: unknown option(s) {unknown} for method {method}; valid: {sorted(names)}"
+            )
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        checked = {k: _check_option(fields[k], hints[k], v, f"{source} ({method}): {k}") for k, v in options.items()}
+        return cls(**checked)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+
+
+def _check_option(f: dataclasses.Field, hint: Any, value: Any, where: str) -> Any:
+    """``value`` converted to the field's type (an int where a float is asked), or a MethodOptionError."""
+    value = _check_type(hint, value, where)
+    low, high, choices = (f.metadata.get(k) for k in ("low", "high", "choices"))
+    if choices is not None and value not in choices:
+        raise MethodOptionError(f"{where} must be one of {list(choices)}, not {value!r}")
+    if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
+        bounds = f">= {low}" if high is None else f"<= {high}" if low is None else f"in [{low}, {high}]"
+        raise MethodOptionError(f"{where} must be {bounds}, not {value!r}")
+    return value
+
+
+def _check_type(hint: Any, value: Any, where: str) -> Any:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        for arg in args:
+            try:
+                return _check_type(arg, value, where)
+            except MethodOptionError:
+                continue
+        expected = " or ".join(_TYPE_WORDS.get(a, str(a)) for a in args)
+        raise MethodOptionError(f"{where} must be {expected}, not {value!r}")
+    if typing.get_origin(hint) in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise MethodOptionError(f"{where} must be a list, not {value!r}")
+        return [_check_type(args[0], v, where) for v in value] if args else list(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in _TYPE_WORDS and (type(value) is not hint):
+        raise MethodOptionError(f"{where} must be {_TYPE_WORDS[hint]}, not {value!r}")
+    return value
 
 
 class PromptMethod(nn.Module):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import Backbone
-from .base import MethodConfig, PromptMethod
+from .base import MethodConfig, PromptMethod, option
 from .coop import nearest_words
 from .prompting import PromptLayout, initial_context
 
@@ -26,10 +26,10 @@ class CoCoOpConfig(MethodConfig):
         chunk_size: prompts per text-encoder pass (all images × classes are batched).
     """
 
-    n_ctx: int = 4
+    n_ctx: int = option(4, low=1)
     ctx_init: str = "a photo of a"
-    meta_reduction: int = 16
-    chunk_size: int = 8192
+    meta_reduction: int = option(16, low=1)
+    chunk_size: int = option(8192, low=1)
 
 
 class CoCoOp(PromptMethod):

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..backbones import Backbone
 from ..labels import PairSpace
-from .base import Batch, MethodConfig, PromptMethod
+from .base import Batch, MethodConfig, PromptMethod, option
 from .coop import nearest_words
 from .zeroshot import ensemble_text_features
 
@@ -67,7 +67,7 @@ class CSPConfig(MethodConfig):
     """
 
     template: str = "a photo of X X"
-    vocab_dropout: float = 0.3
+    vocab_dropout: float = option(0.3, low=0.0, high=1.0)
 
 
 class CompositionalPrompt(PairMethod):
@@ -219,7 +219,7 @@ class PairProjectionConfig(MethodConfig):
     hidden: width of the hidden layer of the projection (0: a single linear map).
     """
 
-    hidden: int = 0
+    hidden: int = option(0, low=0)
 
 
 class PairProjection(PairMethod):

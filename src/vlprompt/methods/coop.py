@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones import Backbone
-from .base import MethodConfig, PromptMethod
-from .prompting import PromptLayout, initial_context
+from .base import MethodConfig, PromptMethod, option
+from .prompting import CLASS_POSITIONS, PromptLayout, initial_context
 
 
 @dataclass
@@ -26,11 +26,11 @@ class CoOpConfig(MethodConfig):
         init_std: standard deviation of the random N(0, std) initialisation.
     """
 
-    n_ctx: int = 16
+    n_ctx: int = option(16, low=1)
     ctx_init: str = ""
     class_specific: bool = False
-    class_token_position: str = "end"
-    init_std: float = 0.02
+    class_token_position: str = option("end", choices=CLASS_POSITIONS)
+    init_std: float = option(0.02, low=0.0)
 
 
 class CoOp(PromptMethod):
@@ -79,8 +79,14 @@ def nearest_words(backbone: Backbone, ctx: Tensor, k: int = 3) -> list[list[tupl
     """For each context vector (rows of ``ctx`` [..., d]), the ``k`` nearest vocabulary words."""
     ctx = ctx.detach().reshape(-1, ctx.shape[-1]).float()
     table = backbone.token_embedding_table.float()
-    dist = torch.cdist(ctx, table, compute_mode="donot_use_mm_for_euclid_dist")
-    values, ids = dist.topk(k, largest=False)
+    # Only rows that carry meaning: a model may store unused token rows as zeros (the bundled
+    # vlprompt/tiny-shapes keeps 97 of its 49,408), and ties among them mean nothing.
+    meaningful = table.abs().sum(-1).nonzero().flatten()
+    if len(meaningful) == 0:
+        raise ValueError("the backbone's token embedding table is all zeros: no words to compare with")
+    dist = torch.cdist(ctx, table[meaningful], compute_mode="donot_use_mm_for_euclid_dist")
+    values, rows = dist.topk(min(k, len(meaningful)), largest=False)
     return [
-        [(backbone.token_text(int(i)), float(v)) for v, i in zip(row_v, row_i)] for row_v, row_i in zip(values, ids)
+        [(backbone.token_text(int(meaningful[r])), float(v)) for v, r in zip(row_v, row_r)]
+        for row_v, row_r in zip(values, rows)
     ]

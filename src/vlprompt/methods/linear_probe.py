@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import Backbone
-from .base import Batch, MethodConfig, PromptMethod
+from .base import Batch, MethodConfig, PromptMethod, option
 from .zeroshot import ensemble_text_features
 
 
@@ -22,7 +22,7 @@ class LinearProbeConfig(MethodConfig):
     template: template for the zero-shot initialisation.
     """
 
-    init: str = "random"
+    init: str = option("random", choices=("random", "zeroshot"))
     template: str = "a photo of a {}."
 
 

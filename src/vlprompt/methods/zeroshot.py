@@ -11,7 +11,7 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import Tensor
 
 from ..backbones import Backbone
-from .base import MethodConfig, PromptMethod
+from .base import MethodConfig, PromptMethod, option
 from .prompting import clean_classname
 
 #: The 7 templates of CoOp's prompt-ensembling baseline (selected from CLIP's ImageNet 80).
@@ -43,7 +43,7 @@ class ZeroShotConfig(MethodConfig):
     """
 
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
-    ensemble: str = ""
+    ensemble: str = option("", choices=ENSEMBLES)
 
     def all_templates(self) -> list[str]:
         if self.ensemble not in ENSEMBLES:

@@ -9,7 +9,8 @@ from typing import Any, get_type_hints
 import torch
 
 from .. import distributed as dist
-from ..backbones import DEFAULT_BACKBONE, Backbone, load_backbone
+from ..backbones import DEFAULT_BACKBONE, Backbone, BackboneError, load_backbone
+from ..backbones.loading import check_backbone
 from ..engine import PRESETS, TrainConfig, preset
 from ..predict import backbone_for_prompt
 
@@ -32,7 +33,33 @@ class BackboneConfig:
     device: str = "auto"
 
     def torch_device(self) -> torch.device:
-        return dist.default_device() if self.device == "auto" else torch.device(self.device)
+        """The device asked for, checked to exist here."""
+        if self.device == "auto":
+            return dist.default_device()
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, ValueError):
+            raise BackboneError(
+                f"--backbone.device {self.device!r} is not a device: use auto, cpu, cuda or cuda:N"
+            ) from None
+        if device.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if count == 0:
+                raise BackboneError(
+                    f"--backbone.device {self.device}: no CUDA GPU is available here (torch.cuda.is_available() is "
+                    "False); use --backbone.device auto (a GPU when there is one) or cpu"
+                )
+            if device.index is not None and device.index >= count:
+                raise BackboneError(
+                    f"--backbone.device {self.device}: this machine has {count} GPU(s), cuda:0..{count - 1}"
+                )
+        return device
+
+    def validate(self) -> None:
+        """Check the device and the name / pretrained tag without loading anything."""
+        self.torch_device()
+        if self.name is not None:
+            check_backbone(self.name, self.pretrained)
 
     def load(self, prompt: str | None = None) -> Backbone:
         """The backbone; without a name, the one ``prompt`` was trained on, else the bundled default."""

@@ -23,7 +23,7 @@ from ..io import atomic_write_text
 from ..labels import LabelSpace
 from ..methods import PromptMethod, build_method, method_class
 from ..prompts import load_prompt, save_pretrained
-from ..rundir import prepare_run_dir
+from ..rundir import check_run_dir, prepare_run_dir
 from .config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -99,11 +99,14 @@ def run_seeds(
     results.json}``, and ``results.{json,md,csv}`` (mean ± std over seeds).
     """
     train_config = validate_run(run, protocol, prompt)
-    out = prepare_out_dir(run.out, run.resume, run.overwrite, protocol.command)
-    write_config(out, run_record(run, train_config), run.resume, protocol.command)
+    record = run_record(run, train_config)
+    check_run_dir(run.out, run.resume, run.overwrite)  # before any work; the directory is made once inputs load
+    check_config_unchanged(Path(run.out), record, run.resume)
     backbone = backbone or run.backbone.load(prompt)
     cache = cache or FeatureCache()
     protocol.prepare(backbone, cache)
+    out = prepare_out_dir(run.out, run.resume, run.overwrite, protocol.command)
+    write_config(out, record, run.resume, protocol.command)
     rows: list[dict[str, Any]] = []
     if prompt:
         method = load_prompt(prompt, backbone)
@@ -158,6 +161,7 @@ def validate_run(run: RunConfig, protocol: Protocol, prompt: str | None = None) 
     train_config = run.train_config(protocol.shots())
     train_config.validate()
     protocol.validate()
+    run.backbone.validate()
     return train_config
 
 
@@ -177,15 +181,28 @@ def write_config(run_dir: Path, config: dict[str, Any], resume: bool = False, co
     """Write ``config.yaml`` (``vlprompt COMMAND --config`` replays it); a resumed run's must not change."""
     path = run_dir / CONFIG_FILE
     if resume and path.is_file():
-        saved = yaml.safe_load(path.read_text())
-        ignore = {"resume", "overwrite"}
-        changed = sorted(k for k in set(saved) | set(config) if k not in ignore and saved.get(k) != config.get(k))
-        if changed:
-            raise ValueError(f"cannot resume {run_dir}: its config differs in {changed} (start a new --out instead)")
+        check_config_unchanged(run_dir, config, resume)
         return
     if dist.is_main():
         header = f"# replay: vlprompt {command} --config {path} --out NEW_DIR\n" if command else ""
         atomic_write_text(path, header + yaml.safe_dump(config, sort_keys=False))
+
+
+def check_config_unchanged(run_dir: Path, config: dict[str, Any], resume: bool) -> None:
+    """A resumed run's options must be those in its ``config.yaml``."""
+    path = run_dir / CONFIG_FILE
+    if not (resume and path.is_file()):
+        return
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"cannot resume {run_dir}: {path} is not valid YAML ({err})") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"cannot resume {run_dir}: {path} does not hold a run config")
+    ignore = {"resume", "overwrite", "out"}  # a moved or copied run directory resumes too
+    changed = sorted(k for k in set(saved) | set(config) if k not in ignore and saved.get(k) != config.get(k))
+    if changed:
+        raise ValueError(f"cannot resume {run_dir}: its config differs in {changed} (start a new --out instead)")
 
 
 def metric_names(rows: list[dict[str, Any]]) -> list[str]:
