@@ -102,3 +102,12 @@ def test_csp_beats_coop_and_zero_shot_on_unseen_compositions(bench, shapes, cach
         (row,) = run_czsl(run, shapes, cache, progress=False)
         auc[label] = row["AUC"]
     assert auc["csp"] >= auc["czsl-coop"] + 0.03 and auc["csp"] >= auc["czsl-zeroshot"] + 0.1, auc
+
+
+def test_demo_row_selection():
+    from vlprompt.demo import demo_methods, selected_demo_methods
+
+    default = selected_demo_methods(None)
+    assert {"vp", "maple", "coop", "csp"} <= set(default) and not {"vpt-deep", "ivlp", "upt"} & set(default)
+    assert selected_demo_methods(["all"]) == demo_methods() and {"vpt-deep", "ivlp", "upt"} <= set(demo_methods())
+    assert selected_demo_methods(["upt"]) == ["upt"]

@@ -94,8 +94,13 @@ def demo_methods() -> list[str]:
 
 
 def default_demo_methods() -> list[str]:
-    """The rows `vlprompt demo` runs unless ``--methods`` names others (``--methods all``: every row)."""
+    """The rows `vlprompt demo` runs unless ``--methods`` names others."""
     return [e.label for e in CLASSIFICATION + CZSL_DEMO if e.default]
+
+
+def selected_demo_methods(methods: list[str] | None) -> list[str]:
+    """The rows to run: the default ones (None), every row (``["all"]``), or those named."""
+    return demo_methods() if methods == ["all"] else list(methods or default_demo_methods())
 
 
 def czsl_demo_methods() -> tuple[str, ...]:
@@ -120,7 +125,7 @@ def run_demo(
     """
     seeds = seeds or [1, 2, 3]
     view = view or VIEW
-    wanted = demo_methods() if methods == ["all"] else (methods or default_demo_methods())
+    wanted = selected_demo_methods(methods)
     unknown = sorted(set(wanted) - set(demo_methods()))
     if unknown:
         raise ValueError(f"unknown demo method(s) {unknown}; choose from {demo_methods()}")
