@@ -108,5 +108,5 @@ def test_ivlp_equals_the_reference_procedure(vit_backbone):
         text = reference_text(bb, ivlp.ctx, list(ivlp.deep_text), 2)
         image = reference_image(bb, x, ivlp.vision[0], list(ivlp.vision[1:]))
         torch.testing.assert_close(ivlp(bb, Batch(pixels=x)), 100 * image @ text.t(), atol=1e-4, rtol=0)
-    with pytest.raises(ValueError, match="depth_text 3 exceeds the 2-layer text tower"):
+    with pytest.raises(ValueError, match="ivlp text depth 3 exceeds the 2-layer text tower"):
         IVLP(bb, NAMES, IVLPConfig(depth_text=3, depth_vision=2))

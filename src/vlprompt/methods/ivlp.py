@@ -18,10 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones import Backbone
-from .base import Batch, MethodConfig, PromptMethod
-from .coop import nearest_words
-from .maple import context_and_layout
-from .prompting import PromptLayout
+from .base import Batch, MethodConfig
+from .maple import PhraseContextPrompts
 
 
 @dataclass
@@ -45,13 +43,11 @@ class IVLPConfig(MethodConfig):
     init_std: float = 0.02
 
 
-class IVLP(PromptMethod):
+class IVLP(PhraseContextPrompts):
     """Independent vision-language prompting: deep prompts on each tower, learned separately."""
 
     name = "ivlp"
     Config = IVLPConfig
-    changes_image_tower = True
-    has_context = True
 
     def __init__(self, backbone: Backbone, classes: Sequence[str], config: IVLPConfig | None = None):
         super().__init__(backbone, classes, config)
@@ -59,12 +55,7 @@ class IVLP(PromptMethod):
         if min(cfg.depth_text, cfg.depth_vision, cfg.n_ctx_text, cfg.n_ctx_vision) < 1:
             raise ValueError("ivlp needs depths and context sizes >= 1")
         backbone.check_token_prompts(cfg.depth_vision)
-        if cfg.depth_text > backbone.text_layers:
-            raise ValueError(f"ivlp depth_text {cfg.depth_text} exceeds the {backbone.text_layers}-layer text tower")
-        ctx, self.prefix_text = context_and_layout(
-            backbone, self.labels.names, cfg.n_ctx_text, cfg.ctx_init, cfg.init_std
-        )
-        self.ctx = nn.Parameter(ctx)
+        self._init_context(backbone, cfg.n_ctx_text, cfg.ctx_init, cfg.init_std, cfg.depth_text)
         shape = (cfg.depth_text - 1, cfg.n_ctx_text, backbone.text_width)
         self.deep_text = nn.Parameter(nn.init.normal_(torch.empty(shape), std=cfg.init_std))
         shape = (cfg.depth_vision, cfg.n_ctx_vision, backbone.vision_width)
@@ -72,18 +63,5 @@ class IVLP(PromptMethod):
         self.to(backbone.device)
         self._labels_changed(backbone)
 
-    def _labels_changed(self, backbone: Backbone) -> None:
-        layout = PromptLayout(backbone, self.labels.names, self.config.n_ctx_text, prefix_text=self.prefix_text)
-        self.layout = layout.to(self.ctx.device)
-
-    def text_features(self, backbone: Backbone, image_features: Tensor | None = None) -> Tensor:
-        embeds = self.layout.assemble(self.ctx)
-        return backbone.encode_text_embeddings(embeds, self.layout.eot_index, deep_prompts=list(self.deep_text))
-
     def image_features(self, backbone: Backbone, batch: Batch) -> Tensor:
         return backbone.encode_image(batch.pixels, token_prompts=self.vision[0], deep_prompts=list(self.vision[1:]))
-
-    @torch.no_grad()
-    def nearest_words(self, backbone: Backbone, k: int = 3) -> list[list[tuple[str, float]]]:
-        """For each learned (input-layer) text context vector, the ``k`` nearest vocabulary words."""
-        return nearest_words(backbone, self.ctx, k)

@@ -46,20 +46,44 @@ class MaPLeConfig(MethodConfig):
     init_std: float = 0.02
 
 
-def context_and_layout(backbone: Backbone, names: Sequence[str], n_ctx: int, ctx_init: str, std: float):
-    """The first ``n_ctx`` token embeddings of ``ctx_init`` (or N(0, std)) and the prompt layout around them."""
-    if ctx_init and backbone.bpe_length(ctx_init) >= n_ctx:
-        return initial_context(backbone, 0, ctx_init)[:n_ctx].clone(), ctx_init
-    return initial_context(backbone, n_ctx, "", std), ""
+class PhraseContextPrompts(PromptMethod):
+    """What MaPLe and IVLP share: context on the first n tokens of an opening phrase, deep text prompts.
+
+    Subclasses call :meth:`_init_context`, then create ``deep_text`` (one [n, width] prompt per text
+    block after the first, as a ParameterList or a [depth - 1, n, width] tensor) and their image side.
+    """
+
+    changes_image_tower = True
+    has_context = True
+
+    def _init_context(self, backbone: Backbone, n_ctx: int, ctx_init: str, std: float, depth_text: int) -> None:
+        if depth_text > backbone.text_layers:
+            raise ValueError(f"{self.name} text depth {depth_text} exceeds the {backbone.text_layers}-layer text tower")
+        if ctx_init and backbone.bpe_length(ctx_init) >= n_ctx:
+            ctx, self.prefix_text = initial_context(backbone, 0, ctx_init)[:n_ctx].clone(), ctx_init
+        else:
+            ctx, self.prefix_text = initial_context(backbone, n_ctx, "", std), ""
+        self.ctx = nn.Parameter(ctx.to(backbone.device))
+
+    def _labels_changed(self, backbone: Backbone) -> None:
+        layout = PromptLayout(backbone, self.labels.names, self.ctx.shape[0], prefix_text=self.prefix_text)
+        self.layout = layout.to(self.ctx.device)
+
+    def text_features(self, backbone: Backbone, image_features: Tensor | None = None) -> Tensor:
+        embeds = self.layout.assemble(self.ctx)
+        return backbone.encode_text_embeddings(embeds, self.layout.eot_index, deep_prompts=list(self.deep_text))
+
+    @torch.no_grad()
+    def nearest_words(self, backbone: Backbone, k: int = 3) -> list[list[tuple[str, float]]]:
+        """For each learned (input-layer) text context vector, the ``k`` nearest vocabulary words."""
+        return nearest_words(backbone, self.ctx, k)
 
 
-class MaPLe(PromptMethod):
+class MaPLe(PhraseContextPrompts):
     """Coupled prompts: text context and deep text prompts, each projected into the image tower."""
 
     name = "maple"
     Config = MaPLeConfig
-    changes_image_tower = True
-    has_context = True
 
     def __init__(self, backbone: Backbone, classes: Sequence[str], config: MaPLeConfig | None = None):
         super().__init__(backbone, classes, config)
@@ -67,11 +91,8 @@ class MaPLe(PromptMethod):
         if cfg.depth < 1 or cfg.n_ctx < 1:
             raise ValueError(f"maple needs depth >= 1 and n_ctx >= 1, not depth={cfg.depth}, n_ctx={cfg.n_ctx}")
         backbone.check_token_prompts(cfg.depth)
-        if cfg.depth > backbone.text_layers:
-            raise ValueError(f"maple depth {cfg.depth} exceeds the {backbone.text_layers}-layer text tower")
+        self._init_context(backbone, cfg.n_ctx, cfg.ctx_init, cfg.init_std, cfg.depth)
         text_width, vision_width = backbone.text_width, backbone.vision_width
-        ctx, self.prefix_text = context_and_layout(backbone, self.labels.names, cfg.n_ctx, cfg.ctx_init, cfg.init_std)
-        self.ctx = nn.Parameter(ctx)
         self.proj = nn.Linear(text_width, vision_width)
         self.deep_text = nn.ParameterList(
             nn.Parameter(nn.init.normal_(torch.empty(cfg.n_ctx, text_width), std=cfg.init_std))
@@ -82,19 +103,6 @@ class MaPLe(PromptMethod):
         self.to(backbone.device)
         self._labels_changed(backbone)
 
-    def _labels_changed(self, backbone: Backbone) -> None:
-        layout = PromptLayout(backbone, self.labels.names, self.config.n_ctx, prefix_text=self.prefix_text)
-        self.layout = layout.to(self.ctx.device)
-
-    def text_features(self, backbone: Backbone, image_features: Tensor | None = None) -> Tensor:
-        embeds = self.layout.assemble(self.ctx)
-        return backbone.encode_text_embeddings(embeds, self.layout.eot_index, deep_prompts=list(self.deep_text))
-
     def image_features(self, backbone: Backbone, batch: Batch) -> Tensor:
         deep = [proj(prompts) for proj, prompts in zip(self.deep_proj, self.deep_text)]
         return backbone.encode_image(batch.pixels, token_prompts=self.proj(self.ctx), deep_prompts=deep)
-
-    @torch.no_grad()
-    def nearest_words(self, backbone: Backbone, k: int = 3) -> list[list[tuple[str, float]]]:
-        """For each learned (input-layer) text context vector, the ``k`` nearest vocabulary words."""
-        return nearest_words(backbone, self.ctx, k)
