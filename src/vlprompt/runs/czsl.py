@@ -41,7 +41,8 @@ class CZSLRun(RunConfig):
 
     Attributes:
         root: dataset root (images/, <split>/{train,val,test}_pairs.txt, metadata_<split>.t7).
-        split: split folder name.
+        split_name: the split folder's name (the reference's ``--splitname``; "split" on the command line
+            always means train / val / test, which CZSL's data files call phases).
         world: evaluate in the "closed" world, the "open" world, or "both".
         calibrate: in the open world, also remove infeasible pairs with the threshold chosen on
             validation (feasibility from ``word_vectors``).
@@ -56,7 +57,7 @@ class CZSLRun(RunConfig):
     method: str = "csp"
     out: str = "runs/czsl"
     root: str = ""
-    split: str = "compositional-split-natural"
+    split_name: str = "compositional-split-natural"
     world: str = "both"
     calibrate: bool = True
     word_vectors: str = "backbone"
@@ -153,7 +154,7 @@ class Compositional(Protocol):
 
     def prepare(self, backbone: Backbone, cache: FeatureCache) -> None:
         run = self.run
-        self.split = split = load_czsl(run.root, run.split)
+        self.split = split = load_czsl(run.root, run.split_name)
         transform = backbone.image_transform()
         self.train_set = phase_images(split, "train", split.train_pairs, run.skip_bad_images).with_transform(transform)
         self.images = {
