@@ -134,3 +134,24 @@ def test_visual_methods_train_predict_and_evaluate_from_the_cli(
     assert main(["eval", "--prompt", str(out / "seed1" / "prompt"), *data]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(result["accuracy"])
     assert main(["predict", str(image_root / "gold" / "0.png"), "--prompt", str(out / "seed1" / "prompt")]) == 0
+
+
+def test_a_vp_prompt_on_a_backbone_of_another_resolution_is_a_clear_error(vit_backbone, tmp_path):
+    import warnings
+
+    import open_clip
+
+    from vlprompt.backbones import Backbone
+    from vlprompt.backbones.adapter import OPENAI_MEAN, OPENAI_STD
+    from vlprompt.backbones.bundled import build_clip
+    from vlprompt.prompts import PromptFileError, load_prompt, save_pretrained
+
+    save_pretrained(VP(vit_backbone, NAMES, VPConfig(prompt_size=4)), vit_backbone, tmp_path / "vp")
+    vision = {"layers": 2, "width": 48, "patch_size": 8, "image_size": 64, "head_width": 16}  # the tiny ViT at 64 px
+    text = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}
+    model = build_clip({"embed_dim": 32, "vision_cfg": vision, "text_cfg": text, "quick_gelu": True})
+    prep = {"size": 64, "mean": OPENAI_MEAN, "std": OPENAI_STD}
+    larger = Backbone(model, open_clip.tokenizer.SimpleTokenizer(), prep, "tiny-64", "random")
+    with warnings.catch_warnings(), pytest.raises(PromptFileError, match="trained at 32 px inputs .* at the 64 px"):
+        warnings.simplefilter("ignore")
+        load_prompt(tmp_path / "vp", larger)

@@ -166,14 +166,20 @@ def load_prompt(directory: str | Path, backbone: Backbone, strict_backbone: bool
         raise PromptFileError(str(err)) from None
     method = cls(backbone, labels, method_config)
     tensors = load_tensors(Path(directory) / TENSORS_FILE)
-    check_shapes(method, tensors, Path(directory))
+    sizes = (saved.get("preprocess", {}).get("size"), backbone.image_size)
+    check_shapes(method, tensors, Path(directory), sizes if sizes[0] != sizes[1] else None)
     method.load_state_dict(tensors)
     check_tensors(tensors, config.get("tensors_sha256"), Path(directory) / TENSORS_FILE)
     return method.eval()
 
 
-def check_shapes(method: PromptMethod, tensors: dict[str, torch.Tensor], directory: Path) -> None:
-    """The saved tensors are exactly those the config in prompt.json builds, with the same shapes."""
+def check_shapes(
+    method: PromptMethod, tensors: dict[str, torch.Tensor], directory: Path, sizes: tuple[int, int] | None = None
+) -> None:
+    """The saved tensors are exactly those the config in prompt.json builds, with the same shapes.
+
+    ``sizes``: (the input resolution the prompt was trained at, the backbone's), when they differ.
+    """
     expected = {k: tuple(v.shape) for k, v in method.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in tensors.items()}
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
@@ -185,6 +191,11 @@ def check_shapes(method: PromptMethod, tensors: dict[str, torch.Tensor], directo
     if missing or unexpected or wrong:
         details = [f"missing {missing}"] * bool(missing) + [f"unexpected {unexpected}"] * bool(unexpected)
         details += [f"shape of {', '.join(wrong)}"] * bool(wrong)
+        if sizes is not None:
+            raise PromptFileError(
+                f"{directory}: this {method.name} prompt was trained at {sizes[0]} px inputs and cannot be used "
+                f"at the {sizes[1]} px this backbone takes ({'; '.join(details)})"
+            )
         raise PromptFileError(
             f"{directory}: tensors do not match {method.name}: {'; '.join(details)}. The config and labels in "
             f"{CONFIG_FILE} ({len(method.labels)} labels, options {method.config.to_dict()}) need other tensors than "
