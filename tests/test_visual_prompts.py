@@ -155,3 +155,41 @@ def test_a_vp_prompt_on_a_backbone_of_another_resolution_is_a_clear_error(vit_ba
     with warnings.catch_warnings(), pytest.raises(PromptFileError, match="trained at 32 px inputs .* at the 64 px"):
         warnings.simplefilter("ignore")
         load_prompt(tmp_path / "vp", larger)
+
+
+def saved_activation_bytes(method, bb, x) -> int:
+    """Bytes autograd keeps for the backward pass of one training step."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = method(bb, Batch(pixels=x)).logsumexp(-1).mean()
+    loss.backward()
+    return total[0]
+
+
+def test_activation_checkpointing_keeps_the_numbers_and_saves_memory(vit_backbone, image_root):
+    from vlprompt.data import image_folder
+    from vlprompt.engine import TrainConfig, fit
+
+    bb = vit_backbone
+    data = image_folder(image_root, bb.image_transform())
+    trained = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        vpt = VPT(bb, ["blue_square", "gold", "green_square", "red_square"], VPTConfig(n_tokens=4, deep=True))
+        config = TrainConfig(
+            epochs=2, batch_size=8, lr=0.1, schedule="constant", activation_checkpointing=checkpointing
+        )
+        fit(vpt, bb, data, config, progress=False)
+        trained.append(vpt.prompts.detach().clone())
+    assert torch.equal(trained[0], trained[1]) and not bb.activation_checkpointing  # restored after fit
+    vpt.train()
+    x = pixels_for(bb, n=4)
+    plain = saved_activation_bytes(vpt, bb, x)
+    with bb.checkpointing():
+        checkpointed = saved_activation_bytes(vpt, bb, x)
+    assert checkpointed < 0.7 * plain, (checkpointed, plain)

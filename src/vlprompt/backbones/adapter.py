@@ -9,6 +9,8 @@ record.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -17,6 +19,7 @@ from typing import Any
 
 import open_clip
 import torch
+import torch.utils.checkpoint
 from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
@@ -80,6 +83,9 @@ class Backbone(nn.Module):
         super().__init__()
         model.eval().requires_grad_(False)
         self.model = model
+        #: recompute the prompted image tower's activations in backward instead of storing them
+        #: (``TrainConfig.activation_checkpointing`` turns it on while training).
+        self.activation_checkpointing = False
         self.tokenizer = tokenizer
         self.preprocess_cfg = dict(preprocess)
         if not hasattr(self._text, "token_embedding") or getattr(self._text, "attn_mask", None) is None:
@@ -292,7 +298,7 @@ class Backbone(nn.Module):
         x = visual.patch_dropout(x)
         x = torch.cat([x[:, :1], _per_sample(token_prompts.to(x.dtype), batch), x[:, 1:]], dim=1)
         x = visual.ln_pre(x)
-        x = _run_blocks(visual.transformer, x, deep_prompts, n)
+        x = _run_blocks(visual.transformer, x, deep_prompts, n, checkpoint=self.activation_checkpointing)
         x = torch.cat([x[:, :1], x[:, 1 + n :]], dim=1)  # pool over the class token and patches only
         pooled, _ = visual._pool(x)
         return pooled @ visual.proj if visual.proj is not None else pooled
@@ -304,6 +310,15 @@ class Backbone(nn.Module):
         if visual.attn_pool is not None:
             raise BackboneError(f"{what} are not supported on image towers with attention pooling")
         return visual
+
+    @contextlib.contextmanager
+    def checkpointing(self, enabled: bool = True):
+        """Activation checkpointing of the prompted image tower inside the block."""
+        previous, self.activation_checkpointing = self.activation_checkpointing, enabled
+        try:
+            yield self
+        finally:
+            self.activation_checkpointing = previous
 
     def check_token_prompts(self, depth: int = 1) -> None:
         """Raise a clear :class:`BackboneError` unless image token prompts at ``depth`` layers can work."""
@@ -380,9 +395,18 @@ def _prompt_count(deep_prompts: DeepPrompts, n_prompts: int | None) -> int:
 
 
 def _run_blocks(
-    transformer: nn.Module, x: Tensor, deep_prompts: DeepPrompts | None, n: int, attn_mask: Tensor | None = None
+    transformer: nn.Module,
+    x: Tensor,
+    deep_prompts: DeepPrompts | None,
+    n: int,
+    attn_mask: Tensor | None = None,
+    checkpoint: bool = False,
 ) -> Tensor:
-    """The transformer's blocks on batch-first ``x``, the n positions after position 0 refreshed per block."""
+    """The transformer's blocks on batch-first ``x``, the n positions after position 0 refreshed per block.
+
+    With ``checkpoint`` (and gradients on) each block's activations are recomputed in the backward pass
+    instead of stored (``torch.utils.checkpoint``): the same numbers, less memory, one more forward.
+    """
     blocks = transformer.resblocks
     if deep_prompts is not None and not callable(deep_prompts) and len(deep_prompts) >= len(blocks):
         raise BackboneError(
@@ -393,10 +417,13 @@ def _run_blocks(
             fresh = deep_prompts(i, x[:, 1 : 1 + n]) if callable(deep_prompts) else _layer(deep_prompts, i)
             if fresh is not None:
                 x = torch.cat([x[:, :1], _per_sample(fresh.to(x.dtype), x.shape[0]), x[:, 1 + n :]], dim=1)
+        run = block
+        if checkpoint and torch.is_grad_enabled():
+            run = functools.partial(torch.utils.checkpoint.checkpoint, block, use_reentrant=False)
         if transformer.batch_first:
-            x = block(x, attn_mask=attn_mask)
+            x = run(x, attn_mask=attn_mask)
         else:
-            x = block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+            x = run(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
     return x
 
 
