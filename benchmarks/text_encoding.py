@@ -15,18 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import open_clip
 import torch
 import torch.nn.functional as F
+from common import machine_record, paired_ratios, run_rounds  # benchmarks/common.py, beside this script
 
-import vlprompt
 from vlprompt.backbones import Backbone
 from vlprompt.backbones.adapter import OPENAI_MEAN, OPENAI_STD
 from vlprompt.backbones.bundled import build_clip
@@ -78,38 +76,6 @@ def full_context_features(bb: Backbone, ctx: torch.Tensor, names: list[str]) -> 
 def cross_entropy(image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     logits = scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).t()
     return F.cross_entropy(logits, labels)
-
-
-def timed(fn: Callable[[], object]) -> tuple[float, object]:
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
-
-
-def run_rounds(variants: dict[str, Callable[[], object]], rounds: int, deadline: float) -> tuple[dict, dict]:
-    """Run every variant once per round, interleaved.
-
-    After the first round, a further round starts only if it is expected to end before ``deadline``
-    (this keeps the whole run under four minutes on a busy shared machine); the JSON records how
-    many rounds ran.
-    """
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    outputs: dict[str, object] = {}
-    for r in range(rounds):
-        round_start = time.time()
-        for name, fn in variants.items():
-            seconds, outputs[name] = timed(fn)
-            times[name].append(seconds)
-            print(f"  round {r + 1} {name}: {seconds:.2f} s", flush=True)
-        if time.time() + (time.time() - round_start) > deadline:
-            break
-    return times, outputs
-
-
-def paired_ratios(times: dict[str, list[float]], slow: str, fast: str) -> dict:
-    """slow/fast per round (adjacent in time, so robust to load changing during the run) and their median."""
-    per_round = [s / f for s, f in zip(times[slow], times[fast])]
-    return {"per_round": per_round, "median": statistics.median(per_round)}
 
 
 def bench_coop(bb: Backbone, args, deadline: float) -> dict:
@@ -244,18 +210,7 @@ def main() -> None:
     cocoop = bench_cocoop(bb, args, deadline=start + args.budget)
     result = {
         "benchmark": "text_encoding",
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "load_average_at_start": load_at_start,
-            "load_average_at_end": list(os.getloadavg()),
-            "python": platform.python_version(),
-        },
-        "torch": torch.__version__,
-        "open_clip": open_clip.__version__,
-        "vlprompt": vlprompt.__version__,
+        **machine_record(load_at_start),
         "device": "cpu",
         "dtype": "float32",
         "text_tower": {"width": 512, "layers": 12, "heads": 8, "context_length": 77, "embed_dim": 512},

@@ -62,5 +62,7 @@ class VPT(ZeroShot):
         self.to(backbone.device)
 
     def image_features(self, backbone: Backbone, batch: Batch) -> Tensor:
-        prompts = F.dropout(self.prompts, self.config.dropout, self.training)
+        prompts = self.prompts
+        if self.config.dropout > 0:
+            prompts = F.dropout(prompts, self.config.dropout, self.training)
         return backbone.encode_image(batch.pixels, token_prompts=prompts[0], deep_prompts=list(prompts[1:]))
