@@ -175,19 +175,15 @@ def fit(
     result = FitResult(feature_cache=feed.features is not None)
     random.seed(config.seed)
     torch.manual_seed(config.seed + 7919 * dist.rank())
-    if resume and run_dir and dist.is_main():
-        remove_stale_temp_files(run_dir)  # left by a write that a crash interrupted
-    if resume and run_dir and (run_dir / CHECKPOINT).is_file():
-        state.restore(run_dir / CHECKPOINT, method, result)
+    if run_dir:
+        _resume(run_dir, resume, state, method, result)
     start_time -= state.seconds_before  # a resumed run's time counts the whole run
-    if run_dir and dist.is_main():
-        _rewrite_metrics(run_dir / METRICS, result.history)
 
-    def save_mid_epoch() -> None:
+    def save_checkpoint() -> None:
         state.seconds_before = time.time() - start_time
         state.save(run_dir / CHECKPOINT, method, result)
 
-    mid_epoch = save_mid_epoch if run_dir and config.checkpoint_every_steps else None
+    mid_epoch = save_checkpoint if run_dir and config.checkpoint_every_steps else None
     method.train()
     epochs = tqdm(
         range(state.epoch, config.epochs),
@@ -209,8 +205,7 @@ def fit(
             if dist.is_main():
                 _append_metrics(run_dir / METRICS, record)
             if state.epoch == config.epochs or state.epoch % config.checkpoint_every == 0:
-                state.seconds_before = time.time() - start_time
-                state.save(run_dir / CHECKPOINT, method, result)
+                save_checkpoint()
         if on_epoch_end is not None:
             on_epoch_end(record)
     if config.select == "best" and state.best is not None:
@@ -437,6 +432,16 @@ def _train_epoch(
         "loss": _global_mean(progress.loss, int(progress.seen)),
         "train_acc": _global_mean(progress.correct, int(progress.seen)),
     }
+
+
+def _resume(run_dir: Path, resume: bool, state: TrainingState, method: PromptMethod, result: FitResult) -> None:
+    """Continue from the run directory's checkpoint when resuming; start metrics.jsonl from its history."""
+    if resume and dist.is_main():
+        remove_stale_temp_files(run_dir)  # left by a write that a crash interrupted
+    if resume and (run_dir / CHECKPOINT).is_file():
+        state.restore(run_dir / CHECKPOINT, method, result)
+    if dist.is_main():
+        _rewrite_metrics(run_dir / METRICS, result.history)
 
 
 def _validate(method, backbone, scorer, config: TrainConfig, state: TrainingState, result: FitResult, record) -> None:
