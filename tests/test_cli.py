@@ -178,6 +178,9 @@ def test_czsl_closed_open_calibrated(tmp_path, capsys):
         assert 0 <= r["AUC"] <= 1 and r["H"] <= max(r["S"], r["U"]) + 1e-9
         assert r["selected_epoch"] in (1, 2)
     assert (out / "seen_unseen_curve.png").stat().st_size > 1000
+    curves = json.loads((out / "seen_unseen_curve.json").read_text())  # every world the run evaluated
+    assert set(curves) == {"csp closed", "csp open", "csp open+calibrated"}
+    assert all(len(c["seen"]) == len(c["unseen"]) > 1 for c in curves.values())
     prompt = json.loads((out / "seed1" / "prompt" / "prompt.json").read_text())
     assert prompt["method"] == "csp" and len(prompt["labels"]["pairs"]) == 9  # train ∪ val ∪ test pairs
     capsys.readouterr()

@@ -110,3 +110,16 @@ def test_ivlp_equals_the_reference_procedure(vit_backbone):
         torch.testing.assert_close(ivlp(bb, Batch(pixels=x)), 100 * image @ text.t(), atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="ivlp text depth 3 exceeds the 2-layer text tower"):
         IVLP(bb, NAMES, IVLPConfig(depth_text=3, depth_vision=2))
+
+
+@pytest.mark.parametrize("name", ["maple", "ivlp"])
+def test_a_two_tower_prompt_on_a_backbone_of_another_width_is_a_clear_error(name, vit_backbone, tmp_path):
+    from test_backbone import _odd_sized_backbone
+
+    from vlprompt.methods import build_method
+    from vlprompt.prompts import PromptFileError, load_prompt, save_pretrained
+
+    options = {"depth": 2} if name == "maple" else {"depth_text": 2, "depth_vision": 2}
+    save_pretrained(build_method(name, vit_backbone, NAMES, options), vit_backbone, tmp_path / name)
+    with pytest.raises(PromptFileError, match="trained on a backbone with text_width=32, this backbone has 64"):
+        load_prompt(tmp_path / name, _odd_sized_backbone())

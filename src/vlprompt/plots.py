@@ -34,6 +34,8 @@ def plot_training_curves(runs: Mapping[str, Sequence[Path]], path: str | Path) -
         ax.plot(range(1, epochs + 1), loss, label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss")
+    seeds = max((len(files) for files in runs.values()), default=0)
+    ax.set_title(f"Training loss per epoch (mean over {seeds} seed{'s' * (seeds != 1)})")
     if ax.lines:
         ax.legend()
     else:
@@ -57,8 +59,9 @@ def plot_method_bars(summary: Sequence[Mapping], metric: str, path: str | Path, 
 
 
 def plot_seen_unseen_curve(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | Path) -> None:
-    """CZSL: seen accuracy against unseen accuracy over the bias sweep, one line per method."""
+    """CZSL: seen accuracy against unseen accuracy over the bias sweep, one line per method and world."""
     fig, ax = plt.subplots(figsize=(5, 5))
+    ax.set_title("Seen vs unseen accuracy over the bias sweep (first seed)")
     for label, (unseen, seen) in curves.items():
         ax.plot([100 * u for u in unseen], [100 * s for s in seen], marker=".", label=label)
     ax.set_xlabel("unseen accuracy (%)")

@@ -138,10 +138,13 @@ def load_prompt(directory: str | Path, backbone: Backbone, strict_backbone: bool
                 f"{directory}: prompt was trained on a backbone with {key}={saved.get(key)}, this backbone has "
                 f"{getattr(backbone.identity, key)} ({saved.get('model')} vs {backbone.identity.model})"
             )
-    if saved != backbone.identity.to_dict():
+    current = backbone.identity.to_dict()
+    if saved != current:
+        differ = [f"{k}: {saved.get(k)!r} vs {current.get(k)!r}" for k in sorted(set(saved) | set(current))
+                  if saved.get(k) != current.get(k)]  # fmt: skip
         message = (
             f"{directory}: prompt was trained on {saved.get('model')} ({saved.get('pretrained')}), "
-            f"loading onto {backbone.identity.model} ({backbone.identity.pretrained})"
+            f"loading onto {backbone.identity.model} ({backbone.identity.pretrained}); differs in {'; '.join(differ)}"
         )
         if strict_backbone:
             raise PromptFileError(message)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -24,6 +25,7 @@ from ..evaluation.czsl import (
     load_glove,
 )
 from ..features import FeatureCache
+from ..io import atomic_write_text
 from ..labels import PairSpace
 from ..methods import Batch, PromptMethod, pair_space
 from ..methods.compositional import primitive_text
@@ -198,7 +200,9 @@ class Compositional(Protocol):
         if "open" in self.worlds:
             columns = self.split.open_world_pairs()
             with scoring(method, backbone, columns) as text:  # open-world pair features encoded once
-                rows.append(_row(self._evaluate(method, backbone, text, "test", "open"), world="open", **keys))
+                res = self._evaluate(method, backbone, text, "test", "open")
+                rows.append(_row(res, world="open", **keys))
+                self.curves.setdefault(f"{keys['method']} open", (res.unseen_acc, res.seen_acc))
                 if self.feasibility is not None:
                     seen = self.split.seen_mask(columns)
                     val_scores = pair_scores(method, backbone, self.features["val"], text)
@@ -208,6 +212,7 @@ class Compositional(Protocol):
                     removed = calib.removed_mask(self.feasibility, seen)
                     res = self._evaluate(method, backbone, text, "test", "open", removed)
                     rows.append(_row(res, world="open+calibrated", threshold=calib.threshold, **keys))
+                    self.curves.setdefault(f"{keys['method']} open+calibrated", (res.unseen_acc, res.seen_acc))
         return rows
 
     def saved_labels(self, method: PromptMethod) -> PairSpace:
@@ -217,6 +222,8 @@ class Compositional(Protocol):
         return {"seed": seed, "dataset": str(self.run.root)}
 
     def finish(self, out: Path, rows: list[dict[str, Any]]) -> None:
+        curves = {name: {"unseen": list(unseen), "seen": list(seen)} for name, (unseen, seen) in self.curves.items()}
+        atomic_write_text(out / "seen_unseen_curve.json", json.dumps(curves))
         plot_seen_unseen_curve(self.curves, out / "seen_unseen_curve.png")
 
 
