@@ -367,3 +367,21 @@ def test_registry_and_unknown_names(vit_backbone):
         build_method("coop", vit_backbone, NAMES, {"class_token_position": "start"})
     config = CoOpConfig(n_ctx=2)
     assert build_method("coop", vit_backbone, NAMES, config).config is config
+
+
+def test_every_method_with_context_vectors_can_be_interpreted(vit_backbone):
+    from vlprompt.labels import PairSpace
+    from vlprompt.methods import METHODS
+
+    pairs = PairSpace(("red", "blue"), ("cat", "dog"), (("red", "cat"), ("blue", "dog")))
+    options = {"maple": {"depth": 2}, "ivlp": {"depth_text": 2, "depth_vision": 2}}
+    for name, cls in METHODS.items():
+        if not cls.has_context:
+            continue
+        labels = pairs if cls.label_kind is PairSpace else NAMES
+        method = build_method(name, vit_backbone, labels, options.get(name))
+        words = method.nearest_words(vit_backbone, k=2)
+        vectors = method.context if name == "czsl-coop" else method.ctx  # one word list per learned vector
+        assert len(words) == vectors.reshape(-1, vectors.shape[-1]).shape[0], name
+        assert all(len(w) == 2 and isinstance(w[0][0], str) for w in words), name
+    assert {n for n, c in METHODS.items() if c.has_context} >= {"coop", "cocoop", "czsl-coop", "maple", "ivlp"}
