@@ -127,6 +127,18 @@ def saved_bytes(step, modules) -> int:
     return total[0]
 
 
+def activation_memory(bb, method, pixels, labels) -> dict[str, int]:
+    """Saved activations of one training step, without and with checkpointing of the prompted image tower."""
+    memory = {}
+    for checkpointing in (False, True):
+        with bb.checkpointing(checkpointing):
+            batch = Batch(pixels=pixels, targets=labels)
+            memory["checkpointed" if checkpointing else "stored"] = saved_bytes(
+                lambda: method.loss(bb, batch, method(bb, batch)), (bb, method)  # noqa: B023 (called at once)
+            )
+    return memory
+
+
 def bench_vpt(bb, args, deadline) -> dict:
     names = class_names(args.classes)
     torch.manual_seed(1)
@@ -150,12 +162,7 @@ def bench_vpt(bb, args, deadline) -> dict:
         return loss
 
     times, out = run_rounds({"vlprompt": ours, "bare": bare}, args.rounds, deadline)
-    memory = {}
-    for checkpointing in (False, True):
-        with bb.checkpointing(checkpointing):
-            memory["checkpointed" if checkpointing else "stored"] = saved_bytes(
-                lambda: vpt.loss(bb, Batch(pixels=pixels, targets=labels), vpt(bb, Batch(pixels=pixels))), (bb, vpt)
-            )
+    memory = activation_memory(bb, vpt, pixels, labels)
     return _summary(times, out, "bare", memory, tokens=args.tokens, depth=bb.vision_layers)
 
 
@@ -192,13 +199,7 @@ def bench_maple(bb, args, deadline) -> dict:
     truncated = int(layout.eot_index.max()) + 1
     variants = {"vlprompt": ours, "bare": by_hand(truncated), "reference_77": by_hand(bb.context_length)}
     times, out = run_rounds(variants, args.rounds, deadline)
-    memory = {}
-    for checkpointing in (False, True):
-        with bb.checkpointing(checkpointing):
-            memory["checkpointed" if checkpointing else "stored"] = saved_bytes(
-                lambda: maple.loss(bb, Batch(pixels=pixels, targets=labels), maple(bb, Batch(pixels=pixels))),
-                (bb, maple),
-            )
+    memory = activation_memory(bb, maple, pixels, labels)
     summary = _summary(times, out, "bare", memory, n_ctx=n, depth=maple.config.depth, text_length=truncated)
     summary["reference_over_vlprompt"] = paired_ratios(times, "reference_77", "vlprompt")
     summary["max_abs_loss_diff_vs_reference"] = float(abs(out["reference_77"] - out["vlprompt"]))
