@@ -129,14 +129,26 @@ def saved_bytes(step, modules) -> int:
 
 def activation_memory(bb, method, pixels, labels) -> dict[str, int]:
     """Saved activations of one training step, without and with checkpointing of the prompted image tower."""
+    batch = Batch(pixels=pixels, targets=labels)
     memory = {}
     for checkpointing in (False, True):
         with bb.checkpointing(checkpointing):
-            batch = Batch(pixels=pixels, targets=labels)
-            memory["checkpointed" if checkpointing else "stored"] = saved_bytes(
-                lambda: method.loss(bb, batch, method(bb, batch)), (bb, method)  # noqa: B023 (called at once)
-            )
+            saved = saved_bytes(lambda: method.loss(bb, batch, method(bb, batch)), (bb, method))
+            memory["checkpointed" if checkpointing else "stored"] = saved
     return memory
+
+
+def method_step(bb, method, pixels, labels):
+    """One training step through vlprompt: the method's logits and loss, then backward."""
+
+    def run():
+        method.zero_grad(set_to_none=True)
+        batch = Batch(pixels=pixels, targets=labels)
+        loss = method.loss(bb, batch, method(bb, batch))
+        loss.backward()
+        return loss
+
+    return run
 
 
 def bench_vpt(bb, args, deadline) -> dict:
@@ -147,13 +159,6 @@ def bench_vpt(bb, args, deadline) -> dict:
     labels = torch.randint(0, len(names), (args.batch,))
     text = vpt.template_features
 
-    def ours():
-        vpt.zero_grad(set_to_none=True)
-        batch = Batch(pixels=pixels, targets=labels)
-        loss = vpt.loss(bb, batch, vpt(bb, batch))
-        loss.backward()
-        return loss
-
     def bare():
         vpt.zero_grad(set_to_none=True)
         prompts = vpt.prompts
@@ -161,7 +166,7 @@ def bench_vpt(bb, args, deadline) -> dict:
         loss.backward()
         return loss
 
-    times, out = run_rounds({"vlprompt": ours, "bare": bare}, args.rounds, deadline)
+    times, out = run_rounds({"vlprompt": method_step(bb, vpt, pixels, labels), "bare": bare}, args.rounds, deadline)
     memory = activation_memory(bb, vpt, pixels, labels)
     return _summary(times, out, "bare", memory, tokens=args.tokens, depth=bb.vision_layers)
 
@@ -175,13 +180,6 @@ def bench_maple(bb, args, deadline) -> dict:
     layout, n = maple.layout, maple.config.n_ctx
     ids = bb.tokenize([f"a photo of a {name}." for name in names])
     full = bb.token_embedding(ids)
-
-    def ours():
-        maple.zero_grad(set_to_none=True)
-        batch = Batch(pixels=pixels, targets=labels)
-        loss = maple.loss(bb, batch, maple(bb, batch))
-        loss.backward()
-        return loss
 
     def by_hand(length):
         def run():
@@ -197,7 +195,11 @@ def bench_maple(bb, args, deadline) -> dict:
         return run
 
     truncated = int(layout.eot_index.max()) + 1
-    variants = {"vlprompt": ours, "bare": by_hand(truncated), "reference_77": by_hand(bb.context_length)}
+    variants = {
+        "vlprompt": method_step(bb, maple, pixels, labels),
+        "bare": by_hand(truncated),
+        "reference_77": by_hand(bb.context_length),
+    }
     times, out = run_rounds(variants, args.rounds, deadline)
     memory = activation_memory(bb, maple, pixels, labels)
     summary = _summary(times, out, "bare", memory, n_ctx=n, depth=maple.config.depth, text_length=truncated)

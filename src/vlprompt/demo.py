@@ -25,8 +25,6 @@ from .runs import (
     write_config,
 )
 
-BACKBONE = DEFAULT_BACKBONE
-
 
 @dataclass(frozen=True)
 class DemoEntry:
@@ -132,13 +130,20 @@ def run_demo(
     if view not in VIEWS:
         raise ValueError(f"unknown view {view!r}; choose from {list(VIEWS)}")
     out = prepare_out_dir(out, resume=False, overwrite=overwrite, command="demo")
-    config = {"command": "demo", "backbone": BACKBONE, "seeds": seeds, "methods": wanted, "shots": shots, "view": view}
+    config = {
+        "command": "demo",
+        "backbone": DEFAULT_BACKBONE,
+        "seeds": seeds,
+        "methods": wanted,
+        "shots": shots,
+        "view": view,
+    }
     write_config(out, config, command="demo")
     start = time.time()
     paths = build_benchmark()
-    backbone = load_backbone(BACKBONE)
+    backbone = load_backbone(DEFAULT_BACKBONE)
     cache = FeatureCache()
-    report: dict[str, Any] = {"backbone": BACKBONE, "benchmark": str(paths.root), "seeds": seeds}
+    report: dict[str, Any] = {"backbone": DEFAULT_BACKBONE, "benchmark": str(paths.root), "seeds": seeds}
     tables = []
 
     rows = []
