@@ -16,6 +16,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from vlprompt.backbones import tiny_random_backbone  # noqa: E402
+from vlprompt.data.tasks import TaskImages  # noqa: E402
+from vlprompt.labels import Task, TaskSpace  # noqa: E402
 
 # One intra-op thread: the tiny models gain nothing from more, and on shared busy cores OpenMP
 # threads that wait on each other make every op several times slower.
@@ -29,6 +31,16 @@ CLASSES = {
     "gold": (230, 200, 40),
 }
 IMAGES_PER_CLASS = 6
+#: The fixture folder's classes (sorted labels) read as two tasks, for multi-task methods.
+TASK_LABELS = {"cool colour": (0, 2), "warm colour": (1, 3)}
+TASKS = TaskSpace(
+    tuple(Task(n, tuple(sorted(CLASSES)[i] for i in keep)) for n, keep in TASK_LABELS.items())
+)
+
+
+def task_images(data):
+    """A 4-class fixture dataset as the two tasks of :data:`TASKS` (task-local labels)."""
+    return TaskImages({name: data.relabel(list(keep)) for name, keep in TASK_LABELS.items()})
 
 
 def write_square_image(path: Path, colour: tuple[int, int, int], seed: int, size: int = 40) -> None:

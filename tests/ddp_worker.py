@@ -15,13 +15,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from conftest import TASKS, task_images  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from vlprompt import distributed as dist  # noqa: E402
 from vlprompt.backbones import tiny_random_backbone  # noqa: E402
 from vlprompt.data import image_folder  # noqa: E402
 from vlprompt.engine import FeatureCache, TrainConfig, fit  # noqa: E402
-from vlprompt.labels import ClassNames, PairSpace  # noqa: E402
+from vlprompt.labels import ClassNames, PairSpace, TaskSpace  # noqa: E402
 from vlprompt.methods import METHODS, build_method  # noqa: E402
 
 #: Options per method (defaults otherwise). CSP's vocabulary dropout draws from each rank's own RNG
@@ -35,6 +36,7 @@ OPTIONS = {
     "maple": {"depth": 2},  # the tiny towers have 2 blocks
     "ivlp": {"depth_text": 2, "depth_vision": 2},
     "upt": {"dropout": 0.0},  # dropout draws from each rank's own RNG stream
+    "softcpt": {"n_ctx": 4, "variant": "CATA"},
 }
 #: (run name, method, options) for every registered method that learns: global batch 8, three epochs.
 RUNS = [(name, name, OPTIONS.get(name, {})) for name, cls in METHODS.items() if cls.learns]
@@ -53,7 +55,7 @@ PAIRS = PairSpace(
 def build(run: str, backbone, classnames=None):
     """The method of ``run`` with its seeded initialisation (identical on every process)."""
     _, name, options = next(r for r in RUNS if r[0] == run)
-    labels = ClassNames(CLASSES) if METHODS[name].label_kind is ClassNames else PAIRS
+    labels = {ClassNames: ClassNames(CLASSES), PairSpace: PAIRS, TaskSpace: TASKS}[METHODS[name].label_kind]
     torch.manual_seed(0)
     return build_method(name, backbone, labels, options)
 
@@ -69,7 +71,8 @@ def train_all(image_root: str | Path, out: str | Path) -> dict[str, dict[str, to
     for run, _, _ in RUNS:
         method = build(run, backbone, data.classnames)
         config = dataclasses.replace(CONFIG, lr=LR.get(run, CONFIG.lr))
-        fit(method, backbone, data, config, run_dir=Path(out) / run / f"rank{rank}", cache=cache, progress=False)
+        train_set = task_images(data) if method.label_kind is TaskSpace else data
+        fit(method, backbone, train_set, config, run_dir=Path(out) / run / f"rank{rank}", cache=cache, progress=False)
         finals[run] = method.trainable_state()
         save_file(finals[run], str(Path(out) / run / f"final_rank{rank}.safetensors"))
     return finals

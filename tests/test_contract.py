@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_state_equal, state_snapshot
+from conftest import TASKS, assert_state_equal, state_snapshot, task_images
 
 from vlprompt.backbones import BackboneError
 from vlprompt.data import image_folder
 from vlprompt.engine import FeatureCache, TrainConfig, fit
-from vlprompt.labels import ClassNames, PairSpace
+from vlprompt.labels import ClassNames, PairSpace, Task, TaskSpace
 from vlprompt.methods import METHODS, Batch, CoOp, PromptMethod, build_method
 from vlprompt.prompts import load_prompt, save_pretrained
 
@@ -32,18 +32,26 @@ OPTIONS = {
     "vpt": {"n_tokens": 2, "deep": True},
     "maple": {"depth": 2},  # the tiny towers have 2 blocks
     "ivlp": {"depth_text": 2, "depth_vision": 2},
+    "softcpt": {"n_ctx": 4, "variant": "CATA"},
 }
 STEP = TrainConfig(epochs=1, batch_size=8, lr=0.05, schedule="constant", warmup_epochs=0, momentum=0.0)
 
 
 def labels_for(cls: type[PromptMethod]):
-    return ClassNames(CLASSES) if cls.label_kind is ClassNames else PAIRS
+    return {ClassNames: ClassNames(CLASSES), PairSpace: PAIRS, TaskSpace: TASKS}[cls.label_kind]
 
 
 def other_labels_for(cls: type[PromptMethod]):
     if cls.label_kind is ClassNames:
         return ClassNames(("purple_square", "orange"))
+    if cls.label_kind is TaskSpace:
+        return TaskSpace((Task(TASKS.tasks[0].name, ("purple_square", "orange", "teal")), TASKS.tasks[1]))
     return PAIRS.with_pairs([("blue", "coin"), ("red", "coin"), ("gold", "square")])
+
+
+def data_for(method: PromptMethod, data):
+    """The fixture images in the method's label space (two tasks for a multi-task method)."""
+    return task_images(data) if method.label_kind is TaskSpace and data.tasks is None else data
 
 
 def make(name: str, backbone, seed: int = 0) -> PromptMethod:
@@ -79,17 +87,21 @@ def backbone(request, vit_backbone, resnet_backbone):
 
 
 def batch_for(method: PromptMethod, backbone, data, cache) -> Batch:
-    """The first 8 training images as the engine would feed them."""
-    subset = data.subset(range(8))
+    """Eight training images (of every task) as the engine would feed them."""
+    data = data_for(method, data)
+    subset = data.subset(range(0, len(data), len(data) // 8)[:8])
     targets = torch.tensor(subset.labels)
+    task = torch.tensor(subset.tasks) if subset.tasks is not None else None
     if method.changes_image_tower:
         pixels = torch.stack([subset[i][0] for i in range(len(subset))])
-        return Batch(pixels=pixels, targets=targets, index=torch.arange(8))
-    return Batch(features=cache.features(backbone, subset, progress=False), targets=targets, index=torch.arange(8))
+        return Batch(pixels=pixels, targets=targets, index=torch.arange(8), task=task)
+    features = cache.features(backbone, subset, progress=False)
+    return Batch(features=features, targets=targets, index=torch.arange(8), task=task)
 
 
 def check_one_step(method: PromptMethod, backbone, data, cache) -> None:
     """Gradients reach every trainable tensor; a training epoch changes them and nothing else."""
+    data = data_for(method, data)
     trainable = {k for k, p in method.named_parameters() if p.requires_grad}
     if not method.learns:
         assert not trainable, f"{method.name} declares learns=False but has trainable tensors {sorted(trainable)}"
@@ -159,9 +171,9 @@ def test_save_load_and_set_classes(name, backbone, train_data, cache, tmp_path):
 
 @pytest.mark.parametrize("name", [n for n, c in METHODS.items() if c.learns])
 def test_resume_equals_uninterrupted(name, vit_backbone, image_root, cache, tmp_path):
-    train_data = image_folder(image_root, vit_backbone.image_transform())
-    config = TrainConfig(epochs=2, batch_size=8, lr=0.05, schedule="cosine", warmup_epochs=0)
     straight = make(name, vit_backbone)
+    train_data = data_for(straight, image_folder(image_root, vit_backbone.image_transform()))
+    config = TrainConfig(epochs=2, batch_size=8, lr=0.05, schedule="cosine", warmup_epochs=0)
     fit(straight, vit_backbone, train_data, config, cache=cache, progress=False)
     first = make(name, vit_backbone)
     stop = {}

@@ -130,11 +130,35 @@ class TaskSpace:
     def __len__(self) -> int:
         return sum(len(t.classes) for t in self.tasks)
 
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
     def task(self, name: str) -> Task:
-        for t in self.tasks:
+        return self.tasks[self.index(name)]
+
+    def index(self, name: str) -> int:
+        """Position of the task called ``name``."""
+        for i, t in enumerate(self.tasks):
             if t.name == name:
-                return t
-        raise LabelSpaceError(f"unknown task {name!r}; tasks: {[t.name for t in self.tasks]}")
+                return i
+        raise LabelSpaceError(f"unknown task {name!r}; tasks: {self.names}")
+
+    def blocks(self) -> list[slice]:
+        """Each task's columns in the logits (the tasks' classes, in task order)."""
+        out, start = [], 0
+        for t in self.tasks:
+            out.append(slice(start, start + len(t.classes)))
+            start += len(t.classes)
+        return out
+
+    def class_tasks(self) -> list[int]:
+        """The task of every class, in logit order."""
+        return [i for i, t in enumerate(self.tasks) for _ in t.classes]
+
+    def all_classes(self) -> list[str]:
+        """Every task's class names, in logit order."""
+        return [c for t in self.tasks for c in t.classes]
 
     def display_names(self) -> list[str]:
         return [f"{t.name}: {c}" for t in self.tasks for c in t.classes]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -148,10 +149,15 @@ class LabeledImages(Dataset):
         image = load_rgb(sample.path)
         return (self.transform(image) if self.transform else image), sample.label
 
+    @property
+    def tasks(self) -> list[int] | None:
+        """Each image's task id in a multi-task dataset (:class:`~vlprompt.data.tasks.TaskImages`), else None."""
+        return None
+
     def subset(self, indices: Sequence[int]) -> LabeledImages:
         """The same dataset restricted to ``indices`` (no re-checking of files)."""
-        out = object.__new__(LabeledImages)
-        out.classnames, out.transform, out.skipped = self.classnames, self.transform, list(self.skipped)
+        out = copy.copy(self)
+        out.skipped = list(self.skipped)
         out.samples = [self.samples[i] for i in indices]
         return out
 

@@ -44,12 +44,15 @@ __all__ = [
     "SHAPES",
     "TEXTURES",
     "VERSION",
+    "MULTITASK",
     "VIEWS",
     "BenchmarkPaths",
+    "TaskSplit",
     "Caption",
     "WebData",
     "benchmark_images",
     "build_benchmark",
+    "build_multitask_collection",
     "caption",
     "czsl_pair_split",
     "default_cache_dir",
@@ -613,3 +616,59 @@ def _write_split_json(path: Path, view: str, relpaths: dict[tuple[str, str], lis
             [names[i], labels[classname(c, s)], classname(c, s)] for (c, s), names in relpaths.items() for i in indices
         ]
     write_split_json(path, split)
+
+
+# ---------------------------------------------------------------------------------------- multi-task collection
+#: The built-in multi-task collection: task name (as prompts read it) -> the benchmark view it labels by, or
+#: "textures" for its own images labelled by texture (solid, striped, dotted) in random colours and shapes.
+MULTITASK: dict[str, str] = {
+    "colour": "colours",
+    "shape": "shapes",
+    "texture": "textures",
+    "coloured shape": "pairs",
+}
+_TEXTURE_IMAGES = 64  # per texture, sliced like a pair's images (32 train, 8 val, 24 test)
+
+
+@dataclass(frozen=True)
+class TaskSplit:
+    """Where one task of the built-in collection is: an image root and a CoOp split file."""
+
+    name: str
+    root: Path
+    split_file: Path
+
+
+def build_multitask_collection(root: str | Path | None = None, seed: int = 0) -> list[TaskSplit]:
+    """The built-in multi-task collection: colour, shape, texture and coloured-shape recognition.
+
+    Colour, shape and coloured shape label the benchmark's images (:func:`build_benchmark`) by their colour
+    (10 classes), shape (10) or pair (100); texture has its own 192 benchmark-domain images, each of a random
+    colour and shape, labelled solid, striped or dotted. Each task is a split file in CoOp's format.
+    """
+    paths = build_benchmark(root, seed)
+    tasks = [TaskSplit(n, paths.image_root, paths.splits[v]) for n, v in MULTITASK.items() if v != "textures"]
+    textures = paths.root.parent / f"{paths.root.name}-textures"
+    if not (textures / _COMPLETE_MARKER).is_file():
+        with atomic_directory(textures, complete=lambda built: (built / _COMPLETE_MARKER).is_file()) as tmp:
+            _write_texture_task(tmp, seed)
+            (tmp / _COMPLETE_MARKER).write_text(f"{VERSION} seed={seed}\n")
+    tasks.insert(2, TaskSplit("texture", textures / "images", textures / "split_textures.json"))
+    return tasks
+
+
+def _write_texture_task(root: Path, seed: int) -> None:
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 9002]))
+    split: dict[str, list[list[object]]] = {s: [] for s in _SLICES}
+    for label, texture in enumerate(TEXTURES):
+        (root / "images" / texture).mkdir(parents=True)
+        for index in range(_TEXTURE_IMAGES):
+            colour = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+            shape = SHAPES[int(rng.integers(len(SHAPES)))]
+            name = f"{texture}/{index:03d}.png"
+            Image.fromarray(render_array(colour, shape, "benchmark", rng, texture)).save(
+                root / "images" / name, compress_level=1
+            )
+            subset = next(s for s, r in _SLICES.items() if index in r)
+            split[subset].append([name, label, texture])
+    write_split_json(root / "split_textures.json", split)

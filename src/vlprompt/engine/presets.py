@@ -17,6 +17,8 @@ PRESETS: dict[str, Callable[[int], TrainConfig]] = {
     "coop": lambda shots: TrainConfig(epochs=_coop_epochs(shots)),
     # CoOp's ImageNet recipe: 50 epochs whatever the shots.
     "coop-imagenet": lambda shots: TrainConfig(epochs=50),
+    # SoftCPT (kding1225/softcpt MTCoOp vit_b16_ep50): CoOp's schedule, 50 epochs, batch 32 (one step a batch here).
+    "softcpt": lambda shots: TrainConfig(epochs=50),
     # CoCoOp: as CoOp, 10 epochs, batch 1 in the paper.
     "cocoop": lambda shots: TrainConfig(epochs=10, batch_size=1),
     # Linear probe on frozen features (AdamW, cosine).

@@ -252,6 +252,7 @@ class BatchFeed:
     """Where training batches come from: cached frozen features, or images through a DataLoader."""
 
     targets: Tensor
+    tasks: Tensor | None
     features: Tensor | None
     images: LabeledImages | None
     num_workers: int
@@ -259,12 +260,16 @@ class BatchFeed:
     @classmethod
     def build(cls, method, backbone, train_set, config, cache, progress) -> BatchFeed:
         targets = torch.tensor(train_set.labels, device=backbone.device)
+        tasks = torch.tensor(train_set.tasks, device=backbone.device) if train_set.tasks is not None else None
         if _use_cache(method, config):
             cache = cache or FeatureCache()
             feats = cache.features(backbone, train_set, progress=progress, key_extra=method.cache_key())
-            return cls(targets, feats, None, config.num_workers)
+            return cls(targets, tasks, feats, None, config.num_workers)
         images = train_set.with_transform(backbone.image_transform(train=config.augment))
-        return cls(targets, None, images, config.num_workers)
+        return cls(targets, tasks, None, images, config.num_workers)
+
+    def _task(self, idx: Tensor) -> Tensor | None:
+        return self.tasks[idx] if self.tasks is not None else None
 
     def batches(self, order: Tensor, seed: int = 0) -> Iterator[Batch]:
         """One :class:`Batch` per micro-batch of ``order`` [steps, accum, micro], in order.
@@ -276,7 +281,7 @@ class BatchFeed:
         if self.features is not None:
             for idx in flat:
                 idx = idx.to(self.features.device)
-                yield Batch(features=self.features[idx], targets=self.targets[idx], index=idx)
+                yield Batch(features=self.features[idx], targets=self.targets[idx], index=idx, task=self._task(idx))
             return
         loader = DataLoader(
             self.images,
@@ -287,7 +292,7 @@ class BatchFeed:
         )
         for (pixels, _), idx in zip(loader, flat):
             idx = idx.to(self.targets.device)
-            yield Batch(pixels=pixels, targets=self.targets[idx], index=idx)
+            yield Batch(pixels=pixels, targets=self.targets[idx], index=idx, task=self._task(idx))
 
 
 @dataclass
@@ -415,7 +420,7 @@ def _train_epoch(
                 loss = method.loss(backbone, batch, logits, config.label_smoothing)
                 state.scaler.scale(loss / plan.accum).backward()
             progress.loss += loss.item() * len(batch)
-            progress.correct += int((logits.argmax(-1) == batch.targets).sum())
+            progress.correct += int((method.predicted_labels(batch, logits) == batch.targets).sum())
             progress.seen += len(batch)
         progress.lr = state.optimizer.param_groups[0]["lr"]  # the lr of this epoch's last step (as logged)
         state.step()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..backbones import Backbone
-from ..labels import ClassNames, PairSpace
+from ..labels import ClassNames, PairSpace, TaskSpace
 from .base import Batch, MethodConfig, PromptMethod, cosine_logits
 from .cocoop import CoCoOp, CoCoOpConfig
 from .compositional import CSP, AttrObjHeads, CZSLCoOp, CZSLZeroShot, PairMethod, PairProjection, pair_space
@@ -13,6 +13,8 @@ from .coop import CoOp, CoOpConfig
 from .ivlp import IVLP, IVLPConfig
 from .linear_probe import LinearProbe, LinearProbeConfig
 from .maple import MaPLe, MaPLeConfig
+from .multitask import PerTask, PerTaskConfig, TaskMethod
+from .softcpt import SoftCPT, SoftCPTConfig
 from .upt import UPT, UPTConfig
 from .vp import VP, VPConfig
 from .vpt import VPT, VPTConfig
@@ -24,10 +26,11 @@ METHODS: dict[str, type[PromptMethod]] = {
     cls.name: cls
     for cls in (ZeroShot, CoOp, CoCoOp, LinearProbe, VP, VPT, IVLP, MaPLe, UPT)
     + (CZSLZeroShot, CZSLCoOp, CSP, AttrObjHeads, PairProjection)
+    + (SoftCPT,)
 }
 
 #: Which command trains methods of each label space.
-COMMAND_OF_LABELS: dict[type, str] = {ClassNames: "train", PairSpace: "czsl"}
+COMMAND_OF_LABELS: dict[type, str] = {ClassNames: "train", PairSpace: "czsl", TaskSpace: "multitask"}
 
 
 def methods_for(label_kind: type) -> list[str]:
@@ -82,7 +85,12 @@ __all__ = [
     "MaPLe",
     "MaPLeConfig",
     "MethodConfig",
+    "PerTask",
+    "PerTaskConfig",
     "PromptMethod",
+    "SoftCPT",
+    "SoftCPTConfig",
+    "TaskMethod",
     "UPT",
     "UPTConfig",
     "VP",

@@ -217,6 +217,10 @@ class PromptMethod(nn.Module):
         """The training objective (cross-entropy over the label space; methods add regularisers)."""
         return F.cross_entropy(logits.float(), batch.targets, label_smoothing=label_smoothing)
 
+    def predicted_labels(self, batch: Batch, logits: Tensor) -> Tensor:
+        """[B] predicted labels in the batch's label space (task-local where there are tasks)."""
+        return logits.argmax(-1)
+
     def param_groups(self) -> list[dict[str, Any]]:
         """Optimizer parameter groups (one group of every trainable tensor by default)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]

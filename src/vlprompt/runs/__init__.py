@@ -4,6 +4,7 @@ from .classification import Classification, ClassificationRun, DataConfig, run_c
 from .config import BackboneConfig, RunConfig, TrainOverrides, train_overrides
 from .czsl import Compositional, CZSLRun, run_czsl
 from .loop import Protocol, prepare_out_dir, run_seeds, write_config, write_tables
+from .multitask import MultiTask, MultiTaskRun, TaskData, run_multitask
 
 __all__ = [
     "BackboneConfig",
@@ -12,12 +13,16 @@ __all__ = [
     "ClassificationRun",
     "Compositional",
     "DataConfig",
+    "MultiTask",
+    "MultiTaskRun",
+    "TaskData",
     "Protocol",
     "RunConfig",
     "TrainOverrides",
     "prepare_out_dir",
     "run_classification",
     "run_czsl",
+    "run_multitask",
     "run_seeds",
     "train_overrides",
     "write_config",

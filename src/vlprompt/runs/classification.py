@@ -22,8 +22,8 @@ CLASS_SPLITS = ("all", "base-to-new")
 
 
 @dataclass
-class DataConfig:
-    """A classification dataset and the protocol's view of it.
+class ImageSource:
+    """Where a dataset's images and labels are: a CoOp split file, or class-folder trees.
 
     Attributes:
         format: "split-json" (CoOp split file + image root) or "imagefolder" (one folder per class).
@@ -32,8 +32,6 @@ class DataConfig:
         train_dir: class-folder tree of the training images ("imagefolder").
         val_dir: class-folder tree of the validation images ("imagefolder", optional).
         test_dir: class-folder tree of the test images ("imagefolder").
-        shots: K images per class for training (0 = all); validation uses min(K, 4).
-        class_split: "all", or "base-to-new" (train on the first half of the labels, test on both halves).
         skip_bad_images: drop missing or unreadable images (counted and reported) instead of failing.
     """
 
@@ -43,22 +41,17 @@ class DataConfig:
     train_dir: str = ""
     val_dir: str = ""
     test_dir: str = ""
-    shots: int = 16
-    class_split: str = "all"
     skip_bad_images: bool = False
 
-    def validate(self) -> None:
+    def validate(self, where: str = "--data") -> None:
+        """Check the options; messages name the flags under ``where`` (e.g. ``--data``)."""
         if self.format not in FORMATS:
-            raise DataError(f"--data.format must be one of {FORMATS}, not {self.format!r}")
-        if self.class_split not in CLASS_SPLITS:
-            raise DataError(f"--data.class_split must be one of {CLASS_SPLITS}, not {self.class_split!r}")
-        if self.shots < 0:
-            raise DataError(f"--data.shots must be >= 0 (0: all images), not {self.shots}")
+            raise DataError(f"{where}.format must be one of {FORMATS}, not {self.format!r}")
         if self.format == "split-json" and not self.split_file:
-            raise DataError("--data.split_file is required for --data.format split-json")
+            raise DataError(f"{where}.split_file is required for {where}.format split-json")
         for split in ("train", "test"):
             if self.format == "imagefolder" and not getattr(self, f"{split}_dir"):
-                raise DataError(f"--data.{split}_dir is required for --data.format imagefolder")
+                raise DataError(f"{where}.{split}_dir is required for {where}.format imagefolder")
 
     def load(self, transform=None) -> dict[str, LabeledImages]:
         """The train, val (may be absent) and test splits."""
@@ -75,6 +68,26 @@ class DataConfig:
             if folder:
                 splits[split] = image_folder(folder, transform, self.skip_bad_images, train.classnames)
         return splits
+
+
+@dataclass
+class DataConfig(ImageSource):
+    """A classification dataset and the protocol's view of it.
+
+    Attributes:
+        shots: K images per class for training (0 = all); validation uses min(K, 4).
+        class_split: "all", or "base-to-new" (train on the first half of the labels, test on both halves).
+    """
+
+    shots: int = 16
+    class_split: str = "all"
+
+    def validate(self, where: str = "--data") -> None:
+        super().validate(where)
+        if self.class_split not in CLASS_SPLITS:
+            raise DataError(f"{where}.class_split must be one of {CLASS_SPLITS}, not {self.class_split!r}")
+        if self.shots < 0:
+            raise DataError(f"{where}.shots must be >= 0 (0: all images), not {self.shots}")
 
 
 @dataclass

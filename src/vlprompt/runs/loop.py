@@ -63,6 +63,15 @@ class Protocol:
         """The training set, the label space to build the method on and the validation scorer."""
         raise NotImplementedError
 
+    def check_options(self) -> None:
+        """The method exists for this protocol and its options are valid (before any work)."""
+        cls = method_class(self.run.method, self.label_kind)
+        cls.Config.from_dict(self.run.method_options, cls.name)
+
+    def build_method(self, backbone: Backbone, labels: LabelSpace) -> PromptMethod:
+        """The run's method on ``labels``."""
+        return build_method(self.run.method, backbone, labels, self.run.method_options)
+
     def check(self, method: PromptMethod) -> None:
         """Refuse a method (with these options) that cannot run this protocol."""
 
@@ -76,6 +85,10 @@ class Protocol:
 
     def prompt_extra(self, seed: int) -> dict[str, Any]:
         return {"seed": seed}
+
+    def save(self, method: PromptMethod, backbone: Backbone, directory: Path, extra: dict[str, Any]) -> None:
+        """Write the trained method (a prompt directory)."""
+        save_pretrained(method, backbone, directory, extra=extra)
 
     def seed_record(self, rows: list[dict[str, Any]]) -> Any:
         """What a seed's results.json holds (its rows)."""
@@ -124,7 +137,7 @@ def _run_seed(run, protocol, train_config: TrainConfig, seed: int, out: Path, ba
     seed_dir.mkdir(exist_ok=True)
     train_set, labels, scorer = protocol.seed_data(seed, seed_dir if dist.is_main() else None)
     torch.manual_seed(seed)
-    method = build_method(run.method, backbone, labels, run.method_options)
+    method = protocol.build_method(backbone, labels)
     protocol.check(method)
     fit_info: dict[str, Any] = {}
     if method.learns:
@@ -146,7 +159,7 @@ def _run_seed(run, protocol, train_config: TrainConfig, seed: int, out: Path, ba
     rows = protocol.evaluate(method, backbone, {"method": run.method, "seed": seed, **fit_info})
     if dist.is_main():
         method.set_classes(backbone, protocol.saved_labels(method))
-        save_pretrained(method, backbone, seed_dir / "prompt", extra=protocol.prompt_extra(seed))
+        protocol.save(method, backbone, seed_dir / "prompt", protocol.prompt_extra(seed))
         atomic_write_text(seed_dir / "results.json", json.dumps(protocol.seed_record(rows), indent=2))
     return rows
 
@@ -154,8 +167,7 @@ def _run_seed(run, protocol, train_config: TrainConfig, seed: int, out: Path, ba
 def validate_run(run: RunConfig, protocol: Protocol, prompt: str | None = None) -> TrainConfig:
     """Every check that needs no data or model, so that a bad option fails before any work."""
     if not prompt:
-        cls = method_class(run.method, protocol.label_kind)
-        cls.Config.from_dict(run.method_options, cls.name)
+        protocol.check_options()
         if not run.seeds:
             raise ValueError("--seeds is empty: give at least one seed, e.g. --seeds [1]")
     train_config = run.train_config(protocol.shots())

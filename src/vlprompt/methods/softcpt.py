@@ -1,0 +1,194 @@
+"""SoftCPT: soft context sharing across tasks (Ding et al., 2022).
+
+A task's feature is the frozen text encoding of ``"[M_1 .. M_m] <task name>."`` with learned meta-prompt
+tokens ``M`` (one set shared by all tasks, TA, or one per task, TS). A learned bias-free linear map
+(``proj``, init N(0, 0.02)) turns it into the task's ``n_ctx`` context vectors, spliced CoOp-style in front
+of each of the task's class names (NA: one context per task). Class-aware variants concatenate each
+class's feature (the encoding of ``"[C_1 .. C_k] <class name>."`` with learned class tokens, shared CA or
+class-specific CS) in front of its task's feature, giving one context per class; the generator reads the
+concatenation (``lin``), the mean of the two (``linmean``) or the class half (``lincls``). Task and class
+features enter the map unnormalised. The six variants of the paper and of kding1225/softcpt:
+
+=======  ==============================  ==========================================
+variant  class features                  meta prompt
+=======  ==============================  ==========================================
+NATA     none                            shared by all tasks (new tasks can be added)
+NATS     none                            one per task
+CATA     shared class tokens             shared
+CATS     shared class tokens             one per task
+CSTA     class-specific class tokens     shared
+CSTS     class-specific class tokens     one per task
+=======  ==============================  ==========================================
+
+Where this differs from the reference (trainers/mtcoop.py) on purpose:
+
+- One optimizer step per batch. The reference registers its one optimizer under three or four model
+  names, and Dassl steps every registered optimizer, so each batch takes 3-4 SGD steps of the same
+  gradients (and the schedule advances once per name). Use ``--train.grad_accum`` or a larger lr for a
+  comparable effective rate.
+- fp32 throughout (the reference's default is fp16); logits in fp32.
+- An init phrase for the meta prompt of a task-specific (TS) variant initialises every task's tokens
+  (the reference ignores TS when an init phrase is given).
+- Context length is counted in BPE tokens of an init phrase (as everywhere in vlprompt), not words.
+- Class subsampling (the reference's CLS_SAMPLE_RATE) is not offered: the logits always cover every class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..backbones import Backbone
+from ..labels import LabelSpaceError
+from .base import MethodConfig, MethodOptionError, option
+from .multitask import TaskMethod
+from .prompting import PromptLayout, initial_context
+
+#: variant -> (class features: "none" | "shared" | "specific", task-specific meta prompt)
+VARIANTS: dict[str, tuple[str, bool]] = {
+    "NATA": ("none", False),
+    "NATS": ("none", True),
+    "CATA": ("shared", False),
+    "CATS": ("shared", True),
+    "CSTA": ("specific", False),
+    "CSTS": ("specific", True),
+}
+GENERATORS = ("lin", "linmean", "lincls")
+
+
+@dataclass
+class SoftCPTConfig(MethodConfig):
+    """SoftCPT hyperparameters (defaults: the paper's NATA, the reference's lin generator).
+
+    Attributes:
+        variant: one of :data:`VARIANTS` (see the module docstring).
+        n_ctx: context vectors generated for each task (NA) or class (CA / CS) (the reference's N_CTX).
+        meta_n_ctx: learned meta-prompt tokens before the task name (TASK_N_CTX).
+        meta_init: initialise the meta prompt from this phrase's word embeddings (TASK_CTX_INIT).
+        class_n_ctx: learned tokens before each class name for the class feature (CLASS_N_CTX; 0: the
+            frozen encoding of "<class name>.").
+        class_init: initialise the class tokens from this phrase (CLASS_CTX_INIT).
+        generator: "lin", "linmean" or "lincls" (PG_TYPE); the last two need class features.
+        init_std: standard deviation of the N(0, std) initialisations.
+        train_class_prompt: learn the class tokens (False: the reference's FREEZE_CLS_PROMPT).
+    """
+
+    variant: str = option("NATA", choices=tuple(VARIANTS))
+    n_ctx: int = option(16, low=1)
+    meta_n_ctx: int = option(4, low=1)
+    meta_init: str = ""
+    class_n_ctx: int = option(4, low=0)
+    class_init: str = ""
+    generator: str = option("lin", choices=GENERATORS)
+    init_std: float = option(0.02, low=0.0)
+    train_class_prompt: bool = True
+
+
+class SoftCPT(TaskMethod):
+    """Task-shared prompt generation: each task's context comes from its name through a learned map."""
+
+    name = "softcpt"
+    Config = SoftCPTConfig
+
+    def __init__(self, backbone: Backbone, labels: Any, config: SoftCPTConfig | None = None):
+        super().__init__(backbone, labels, config)
+        cfg = self.config
+        class_features, task_specific = VARIANTS[cfg.variant]
+        self.class_features, self.task_specific = class_features, task_specific
+        self.class_aware = class_features != "none"
+        if not self.class_aware and cfg.generator != "lin":
+            raise MethodOptionError(
+                f"softcpt generator {cfg.generator!r} reads class features: use a class-aware variant "
+                f"(CATA, CATS, CSTA, CSTS) or generator 'lin', not variant {cfg.variant}"
+            )
+        self.trained_tasks = tuple(self.labels.names)
+        self.trained_classes = tuple(self.labels.tasks)
+        self.n_ctx = cfg.n_ctx
+        # Drawn in the reference's order: meta prompt, class tokens, then the generator.
+        meta = initial_context(backbone, cfg.meta_n_ctx, cfg.meta_init, cfg.init_std, self._n_tasks(task_specific))
+        self.meta_ctx = nn.Parameter(meta.to(backbone.device))
+        if self.class_aware and cfg.class_n_ctx > 0:
+            n_classes = len(self.labels) if class_features == "specific" else 0
+            init = initial_context(backbone, cfg.class_n_ctx, cfg.class_init, cfg.init_std, n_classes)
+            self.class_ctx = nn.Parameter(init.to(backbone.device), requires_grad=cfg.train_class_prompt)
+        else:
+            self.class_ctx = None
+        width = 2 * backbone.embed_dim if self.class_aware and cfg.generator == "lin" else backbone.embed_dim
+        proj = nn.init.normal_(torch.empty(width, cfg.n_ctx * backbone.text_width), std=cfg.init_std)
+        self.proj = nn.Parameter(proj.to(backbone.device))
+        self._labels_changed(backbone)
+
+    def _n_tasks(self, task_specific: bool) -> int:
+        return len(self.labels.tasks) if task_specific else 0
+
+    # ---------------------------------------------------------------- label space
+    @property
+    def transfers_to_new_classes(self) -> bool:
+        return self.class_features != "specific"
+
+    def set_classes(self, backbone: Backbone, labels: Any) -> None:
+        labels = self.label_kind.coerce(labels, self.labels)
+        unknown = [n for n in labels.names if n not in self.trained_tasks]
+        if self.task_specific and unknown:
+            raise LabelSpaceError(
+                f"softcpt {self.config.variant} learned one meta prompt for each of the tasks "
+                f"{list(self.trained_tasks)}: it cannot score the new task(s) {unknown}; a task-agnostic variant "
+                "(NATA, CATA, CSTA) can"
+            )
+        if self.class_features == "specific" and labels.tasks != self.trained_classes:
+            raise ValueError(
+                f"softcpt {self.config.variant} learned class tokens for each training class: "
+                "it cannot score other classes"
+            )
+        self.labels = labels
+        self._labels_changed(backbone)
+
+    def _labels_changed(self, backbone: Backbone) -> None:
+        device = self.proj.device
+        meta_len = self.meta_ctx.shape[-2]
+        self.task_layout = PromptLayout(backbone, self.labels.names, meta_len).to(device)
+        classes = self.labels.all_classes()
+        self.class_layout = PromptLayout(backbone, classes, self.n_ctx).to(device)
+        class_len = self.class_ctx.shape[-2] if self.class_ctx is not None else 0
+        self.name_layout = PromptLayout(backbone, classes, class_len).to(device) if self.class_aware else None
+        rows = [self.trained_tasks.index(n) for n in self.labels.names] if self.task_specific else []
+        self.register_buffer("meta_rows", torch.tensor(rows, dtype=torch.long, device=device), persistent=False)
+        class_task = torch.tensor(self.labels.class_tasks(), dtype=torch.long, device=device)
+        self.register_buffer("class_task", class_task, persistent=False)
+
+    # ---------------------------------------------------------------- scoring
+    def task_features(self, backbone: Backbone) -> Tensor:
+        """[T, D] unnormalised text features of "[meta prompt] <task name>."."""
+        meta = self.meta_ctx[self.meta_rows] if self.task_specific else self.meta_ctx
+        return self.task_layout.encode(backbone, meta)
+
+    def class_name_features(self, backbone: Backbone) -> Tensor:
+        """[C, D] unnormalised text features of "[class tokens] <class name>." (class-aware variants)."""
+        if self.class_ctx is None:
+            empty = self.proj.new_zeros(0, backbone.text_width)
+            with torch.no_grad():
+                return self.name_layout.encode(backbone, empty)
+        return self.name_layout.encode(backbone, self.class_ctx)
+
+    def generate_context(self, features: Tensor) -> Tensor:
+        """Context vectors [N, n_ctx, d] from task features [N, D] or (class ‖ task) features [N, 2D]."""
+        half = features.shape[-1] // 2
+        if self.config.generator == "linmean":
+            features = (features[..., :half] + features[..., half:]) / 2
+        elif self.config.generator == "lincls":
+            features = features[..., :half]
+        return (features @ self.proj).reshape(len(features), self.n_ctx, -1)
+
+    def contexts(self, backbone: Backbone) -> Tensor:
+        """[C, n_ctx, d]: the generated context in front of every class name, in logit order."""
+        tasks = self.task_features(backbone)
+        if not self.class_aware:
+            return self.generate_context(tasks)[self.class_task]
+        joint = torch.cat([self.class_name_features(backbone), tasks[self.class_task]], dim=-1)
+        return self.generate_context(joint)
+
+    def text_features(self, backbone: Backbone, image_features: Tensor | None = None) -> Tensor:
+        return self.class_layout.encode(backbone, self.contexts(backbone))

@@ -1,0 +1,165 @@
+"""The multi-task protocol: several few-shot tasks, each with its own classes, trained and tested together.
+
+A multi-task method (SoftCPT) trains once on batches that mix the tasks; a single-task method (CoOp,
+zero-shot, ...) runs once per task side by side (:class:`~vlprompt.methods.PerTask`), and its trained
+prompts are saved as a prompt bank (:mod:`vlprompt.bank`). Every seed reports each task's test accuracy
+and their mean (the "average" row).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from ..backbones import Backbone
+from ..bank import save_bank
+from ..data.images import DataError, LabeledImages
+from ..data.tasks import few_shot_tasks
+from ..evaluation import evaluate
+from ..features import FeatureCache
+from ..labels import ClassNames, LabelSpace, TaskSpace
+from ..methods import PerTask, PerTaskConfig, PromptMethod, build_method, method_class
+from .classification import ImageSource
+from .config import RunConfig
+from .loop import Protocol, run_seeds
+
+AVERAGE = "average"
+
+
+@dataclass
+class TaskData(ImageSource):
+    """One task of a multi-task run: its name, as prompts read it, and where its images are.
+
+    Attributes:
+        name: the task name (e.g. "colour", "plant disease"); unique within the run.
+    """
+
+    name: str = ""
+
+
+@dataclass
+class MultiTaskRun(RunConfig):
+    """Several few-shot tasks learned together (SoftCPT), or a single-task method once per task.
+
+    Attributes:
+        tasks: the tasks (a list of {name, format, root, split_file | train_dir, val_dir, test_dir}).
+        shots: K images per class of every task for training (0 = all); validation uses min(K, 4).
+        feature_cache_dir: keep frozen image features here across runs (default: in memory).
+    """
+
+    method: str = "softcpt"
+    out: str = "runs/multitask"
+    tasks: list[TaskData] = field(default_factory=list)
+    shots: int = 16
+    feature_cache_dir: str | None = None
+
+    def default_preset(self) -> str | None:
+        return super().default_preset() or "coop-imagenet"
+
+
+class MultiTask(Protocol):
+    """Per task test accuracy and the mean over tasks, for a multi-task or a per-task single-task method."""
+
+    command = "multitask"
+    label_kind = TaskSpace
+    group = ("method", "shots", "task")
+
+    def shots(self) -> int:
+        return self.run.shots
+
+    def member_class(self) -> type[PromptMethod] | None:
+        """The single-task method run once per task, or None for a multi-task method."""
+        cls = method_class(self.run.method)
+        if cls.label_kind is ClassNames:
+            return cls
+        method_class(self.run.method, TaskSpace)  # a clear error for other label spaces
+        return None
+
+    def check_options(self) -> None:
+        cls = self.member_class() or method_class(self.run.method, TaskSpace)
+        cls.Config.from_dict(self.run.method_options, cls.name)
+
+    def build_method(self, backbone: Backbone, labels: LabelSpace) -> PromptMethod:
+        member = self.member_class()
+        if member is None:
+            return build_method(self.run.method, backbone, labels, self.run.method_options)
+        return PerTask(backbone, labels, PerTaskConfig(method=member.name, options=dict(self.run.method_options)))
+
+    def validate(self) -> None:
+        if not self.run.tasks:
+            raise DataError("--tasks is empty: give at least one task ({name, format, root, split_file, ...})")
+        seen: dict[str, int] = {}
+        for i, task in enumerate(self.run.tasks):
+            where = f"--tasks[{i}]"
+            if not task.name.strip():
+                raise DataError(f"{where}.name is empty: every task needs a name (its prompts read it)")
+            if task.name in seen:
+                raise DataError(
+                    f"{where}.name {task.name!r} is also the name of --tasks[{seen[task.name]}]: "
+                    "task names must be unique"
+                )
+            seen[task.name] = i
+            task.validate(where)
+        if self.run.shots < 0:
+            raise DataError(f"--shots must be >= 0 (0: all images), not {self.run.shots}")
+
+    def prepare(self, backbone: Backbone, cache: FeatureCache) -> None:
+        transform = backbone.image_transform()
+        self.cache = cache
+        self.splits: dict[str, dict[str, LabeledImages]] = {}
+        for i, task in enumerate(self.run.tasks):
+            splits = task.load(transform)
+            for split in ("train", "test"):
+                if split not in splits or not len(splits[split]):
+                    raise DataError(f"--tasks[{i}] ({task.name!r}): the {split} split has no images")
+            self.splits[task.name] = splits
+
+    def seed_data(self, seed: int, seed_dir: Path | None):
+        shots = self.run.shots
+        train = few_shot_tasks({n: s["train"] for n, s in self.splits.items()}, shots, seed, seed_dir)
+        scorer = None
+        if all("val" in s and len(s["val"]) for s in self.splits.values()):
+            val = {n: s["val"] for n, s in self.splits.items()}
+            val_set = few_shot_tasks(val, min(shots, 4) if shots else 0, seed, seed_dir, "val", allow_fewer=True)
+            scorer = partial(_mean_val_accuracy, parts={n: val_set.part(n) for n in val}, cache=self.cache)
+        elif self.run.train_config(shots).select == "best":
+            raise DataError("--train.select best needs a validation split in every task")
+        return train, train.task_space, scorer
+
+    def evaluate(self, method: PromptMethod, backbone: Backbone, keys: dict[str, Any]) -> list[dict[str, Any]]:
+        row = {**keys, "shots": self.run.shots}
+        rows = [
+            {**row, "task": name, **evaluate(method.task_method(name), backbone, self.splits[name]["test"], self.cache)}
+            for name in method.labels.names
+        ]
+        mean = {m: sum(r[m] for r in rows) / len(rows) for m in ("accuracy", "mean_per_class_accuracy")}
+        return rows + [{**row, "task": AVERAGE, **mean}]
+
+    def prompt_extra(self, seed: int) -> dict[str, Any]:
+        return {"seed": seed, "shots": self.run.shots}
+
+    def save(self, method: PromptMethod, backbone: Backbone, directory: Path, extra: dict[str, Any]) -> None:
+        if isinstance(method, PerTask):  # one prompt a task: a bank
+            save_bank({t.name: m for t, m in zip(method.labels.tasks, method.members)}, backbone, directory, extra)
+        else:
+            super().save(method, backbone, directory, extra)
+
+
+def _mean_val_accuracy(method, backbone: Backbone, parts: dict[str, LabeledImages], cache: FeatureCache) -> float:
+    return sum(evaluate(method.task_method(n), backbone, d, cache)["accuracy"] for n, d in parts.items()) / len(parts)
+
+
+def run_multitask(
+    run: MultiTaskRun,
+    backbone: Backbone | None = None,
+    cache: FeatureCache | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train and test ``run.method`` on every task for every seed; write prompts (or banks) and tables.
+
+    Returns per seed one row per task and an "average" row.
+    """
+    cache = cache or FeatureCache(run.feature_cache_dir)
+    return run_seeds(run, MultiTask(run), backbone, cache, progress)
