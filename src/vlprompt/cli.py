@@ -26,10 +26,19 @@ from . import distributed as dist
 from .backbones import BackboneError
 from .data import DataError, base_new_split
 from .data.protocols import CLASS_SPLITS
-from .labels import ClassNames, LabelSpaceError, PairSpace
+from .labels import ClassNames, LabelSpaceError, PairSpace, TaskSpace
 from .methods import methods_for
 from .prompts import PromptFileError
-from .runs import BackboneConfig, ClassificationRun, CZSLRun, DataConfig, run_classification, run_czsl
+from .runs import (
+    BackboneConfig,
+    ClassificationRun,
+    CZSLRun,
+    DataConfig,
+    MultiTaskRun,
+    run_classification,
+    run_czsl,
+    run_multitask,
+)
 
 log = logging.getLogger("vlprompt")
 BOOL_WORDS = {"true", "false", "yes", "no", "1", "0", "null"}
@@ -48,6 +57,7 @@ class EvalCommand:
         data: the dataset.
         split: the split to evaluate ("train", "val" or "test").
         class_split: "all", "base" or "new" (the halves of base-to-new).
+        task: the task to evaluate, of a prompt bank or a multi-task prompt.
     """
 
     prompt: str = ""
@@ -55,6 +65,7 @@ class EvalCommand:
     data: DataConfig = field(default_factory=DataConfig)
     split: str = "test"
     class_split: str = "all"
+    task: str | None = None
 
     def validate(self) -> None:
         _require_prompt(self.prompt)
@@ -69,7 +80,9 @@ class PredictCommand:
     """Classify images with a saved prompt, or zero-shot from class names.
 
     Attributes:
-        prompt: a prompt directory.
+        prompt: a prompt directory, or a prompt bank / multi-task prompt with ``task``.
+        task: the task(s) to predict, comma-separated (a prompt bank or a multi-task prompt): each image is
+            encoded once for all of them.
         classes: zero-shot instead: comma-separated class names.
         template: the zero-shot template, with {} for the class name.
         backbone: the frozen model (default: the prompt's, or the bundled one for zero-shot).
@@ -79,6 +92,7 @@ class PredictCommand:
     """
 
     prompt: str | None = None
+    task: str | None = None
     classes: str | None = None
     template: str = "a photo of a {}."
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -95,10 +109,15 @@ class PredictCommand:
             raise ValueError(f"--batch_size must be >= 1, not {self.batch_size}")
         if self.classes is not None and not self.class_names():
             raise ValueError("--classes needs at least one class name")
+        if self.task is not None and (self.prompt is None or not self.tasks()):
+            raise ValueError("--task names task(s) of --prompt (a prompt bank or multi-task prompt), e.g. --task a")
         self.backbone.validate()
 
     def class_names(self) -> list[str]:
         return [c.strip() for c in (self.classes or "").split(",") if c.strip()]
+
+    def tasks(self) -> list[str]:
+        return [t.strip() for t in (self.task or "").split(",") if t.strip()]
 
 
 @dataclass
@@ -158,6 +177,7 @@ def _require_prompt(prompt: str) -> None:
 COMMAND_CONFIGS: dict[str, tuple[type, str]] = {
     "train": (ClassificationRun, "train prompts over seeds (few-shot, base-to-new)"),
     "czsl": (CZSLRun, "compositional zero-shot: train on seen pairs, test in the closed / open world"),
+    "multitask": (MultiTaskRun, "several few-shot tasks at once (SoftCPT), or a method once per task"),
     "eval": (EvalCommand, "evaluate a saved prompt"),
     "predict": (PredictCommand, "predict the classes of images"),
     "interpret": (InterpretCommand, "interpret learned context vectors"),
@@ -166,6 +186,8 @@ COMMAND_CONFIGS: dict[str, tuple[type, str]] = {
 _METHOD_HELP = {
     "train": f"the method: {', '.join(methods_for(ClassNames))}",
     "czsl": f"the method: {', '.join(methods_for(PairSpace))}",
+    "multitask": f"the method: {', '.join(methods_for(TaskSpace))}, or a single-task method run once per task "
+    f"({', '.join(methods_for(ClassNames))})",
 }
 
 
@@ -206,6 +228,11 @@ def cmd_czsl(run: CZSLRun, _: Any) -> int:
     return _print_results(run.out)
 
 
+def cmd_multitask(run: MultiTaskRun, _: Any) -> int:
+    run_multitask(run)
+    return _print_results(run.out)
+
+
 def _print_results(out: str) -> int:
     if dist.is_main():
         print((Path(out) / "results.md").read_text(), end="")
@@ -219,7 +246,12 @@ def cmd_eval(cfg: EvalCommand, _: Any) -> int:
 
     cfg.validate()
     backbone = cfg.backbone.load(cfg.prompt)
-    method = load_prompt(cfg.prompt, backbone)
+    if cfg.task is not None:
+        from .bank import load_task_method
+
+        method = load_task_method(cfg.prompt, backbone, cfg.task)
+    else:
+        method = load_prompt(cfg.prompt, backbone)
     data = cfg.data.load(backbone.image_transform())
     if cfg.split not in data:
         raise DataError(f"--split {cfg.split!r} is not in the dataset (have {sorted(data)})")
@@ -228,20 +260,35 @@ def cmd_eval(cfg: EvalCommand, _: Any) -> int:
         method.set_classes(backbone, dataset.classnames)
     metrics = evaluate(method, backbone, dataset, progress=True)
     summary = {"prompt": cfg.prompt, "split": cfg.split, "class_split": cfg.class_split, "n": len(dataset), **metrics}
+    if cfg.task is not None:
+        summary["task"] = cfg.task
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def cmd_predict(cfg: PredictCommand, namespace: Any) -> int:
-    from .predict import Predictor
+    from .predict import Predictor, predict_tasks
 
     cfg.validate()
     backbone = cfg.backbone.load(cfg.prompt)
+    images = list(namespace.images)
+    if cfg.task is not None:
+        by_task = predict_tasks(cfg.prompt, cfg.tasks(), images, backbone, cfg.topk, cfg.batch_size)
+        if cfg.json:
+            out = [
+                {"image": path, **{t: p[i].probabilities for t, p in by_task.items()}} for i, path in enumerate(images)
+            ]
+            print(json.dumps(out, indent=2))
+            return 0
+        for i, path in enumerate(images):
+            print(path)
+            for task, preds in by_task.items():
+                print(f"  {task}: " + ", ".join(f"{name} {100 * prob:.2f}%" for name, prob in preds[i].top))
+        return 0
     if cfg.prompt is not None:
         predictor = Predictor.from_prompt(cfg.prompt, backbone, batch_size=cfg.batch_size)
     else:
         predictor = Predictor.zero_shot(cfg.class_names(), backbone, template=cfg.template, batch_size=cfg.batch_size)
-    images = list(namespace.images)
     predictions = predictor.predict(images, topk=cfg.topk, progress=len(images) > cfg.batch_size)
     if cfg.json:
         out = [{"image": path, "probabilities": p.probabilities} for path, p in zip(images, predictions)]
@@ -282,6 +329,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "predict": cmd_predict,
     "czsl": cmd_czsl,
+    "multitask": cmd_multitask,
     "demo": cmd_demo,
     "interpret": cmd_interpret,
 }

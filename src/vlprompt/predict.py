@@ -36,6 +36,10 @@ def backbone_for_prompt(
 ) -> Backbone:
     """The backbone given by ``name`` / ``pretrained``, else the one the prompt records (when it can be loaded)."""
     if name is None:
+        from .bank import is_bank, read_bank
+
+        if is_bank(prompt_dir):  # every prompt of a bank records the same backbone
+            prompt_dir = Path(prompt_dir) / read_bank(prompt_dir)["prompts"][0]["path"]
         identity = read_prompt_config(prompt_dir)["backbone"]
         name, tag = identity["model"], str(identity.get("pretrained", ""))
         if tag.startswith("sha256:") or name.startswith("openai-format:"):
@@ -64,11 +68,20 @@ class Predictor:
 
     @classmethod
     def from_prompt(
-        cls, prompt_dir: str | Path, backbone: Backbone | str | None = None, pretrained: str | None = None, **kwargs
+        cls,
+        prompt_dir: str | Path,
+        backbone: Backbone | str | None = None,
+        pretrained: str | None = None,
+        task: str | None = None,
+        **kwargs,
     ) -> Predictor:
-        """Load a saved prompt; the backbone defaults to the one it was trained on."""
+        """Load a saved prompt (or ``task`` of a prompt bank or multi-task prompt); the backbone defaults to its own."""
         if not isinstance(backbone, Backbone):
             backbone = backbone_for_prompt(prompt_dir, backbone, pretrained)
+        if task is not None:
+            from .bank import load_task_method
+
+            return cls(load_task_method(prompt_dir, backbone, task), backbone, **kwargs)
         return cls(load_prompt(prompt_dir, backbone), backbone, **kwargs)
 
     @classmethod
@@ -85,34 +98,82 @@ class Predictor:
             backbone = load_backbone(backbone, pretrained)
         return cls(ZeroShot(backbone, list(classes), ZeroShotConfig(templates=[template])), backbone, **kwargs)
 
-    @torch.no_grad()
     def probabilities(self, images: Iterable[str | Path | Image.Image], progress: bool = False) -> torch.Tensor:
         """[N, C] class probabilities (CPU), computed ``batch_size`` images at a time."""
-        images = list(images)
-        text = self.method.reusable_text_features(self.backbone)
-        out = [torch.empty(0, self.method.num_classes)]
-        starts = range(0, len(images), self.batch_size)
-        for start in tqdm(starts, desc="predict", disable=not progress, leave=False):
-            chunk = images[start : start + self.batch_size]
-            pixels = torch.stack([self.transform(_as_rgb(image)) for image in chunk])
-            logits = self.method.logits(self.backbone, Batch(pixels=pixels), text)
-            out.append(logits.float().softmax(dim=-1).cpu())
-        return torch.cat(out)
+        return probabilities([self.method], self.backbone, images, self.batch_size, progress)[0]
 
     def predict(
         self, images: Iterable[str | Path | Image.Image], topk: int = 5, progress: bool = False
     ) -> list[Prediction]:
         """One :class:`Prediction` per image (paths or PIL images), with the ``topk`` best labels."""
-        if topk < 1:
-            raise ValueError(f"topk must be >= 1, not {topk}")
-        names = self.method.class_names()
-        k = min(topk, len(names))
-        predictions = []
-        for row in self.probabilities(images, progress):
-            values, ids = row.topk(k)
-            top = [(names[int(i)], float(v)) for v, i in zip(values, ids)]
-            predictions.append(Prediction(top[0][0], top[0][1], top, dict(zip(names, map(float, row)))))
-        return predictions
+        return predictions(self.method, self.probabilities(images, progress), topk)
+
+
+@torch.no_grad()
+def probabilities(
+    methods: Sequence[PromptMethod],
+    backbone: Backbone,
+    images: Iterable[str | Path | Image.Image],
+    batch_size: int = 64,
+    progress: bool = False,
+) -> list[torch.Tensor]:
+    """[N, C] class probabilities (CPU) of every method over the same images, ``batch_size`` at a time.
+
+    Each image is read and preprocessed once, and encoded once by the frozen image tower for all the
+    methods that leave it untouched (those that change it encode it through their own prompts).
+    """
+    images = list(images)
+    transform = backbone.image_transform()
+    texts = [m.eval().reusable_text_features(backbone) for m in methods]
+    frozen = any(not m.changes_image_tower for m in methods)
+    out = [[torch.empty(0, m.num_classes)] for m in methods]
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc="predict", disable=not progress, leave=False):
+        pixels = torch.stack([transform(_as_rgb(image)) for image in images[start : start + batch_size]])
+        features = backbone.encode_image(pixels) if frozen else None
+        for method, text, chunks in zip(methods, texts, out):
+            batch = Batch(pixels=pixels) if method.changes_image_tower else Batch(features=features)
+            chunks.append(method.logits(backbone, batch, text).float().softmax(dim=-1).cpu())
+    return [torch.cat(chunks) for chunks in out]
+
+
+def predictions(method: PromptMethod, probs: torch.Tensor, topk: int = 5) -> list[Prediction]:
+    """One :class:`Prediction` per row of ``probs`` [N, C] over ``method``'s labels, with the ``topk`` best."""
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, not {topk}")
+    names = method.class_names()
+    k = min(topk, len(names))
+    out = []
+    for row in probs:
+        values, ids = row.topk(k)
+        top = [(names[int(i)], float(v)) for v, i in zip(values, ids)]
+        out.append(Prediction(top[0][0], top[0][1], top, dict(zip(names, map(float, row)))))
+    return out
+
+
+def predict_tasks(
+    prompt_dir: str | Path,
+    tasks: Sequence[str],
+    images: Iterable[str | Path | Image.Image],
+    backbone: Backbone | None = None,
+    topk: int = 5,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> dict[str, list[Prediction]]:
+    """Predictions for several tasks of a prompt bank (or multi-task prompt) over the same images.
+
+    Each image is encoded once (see :func:`probabilities`), whatever the number of tasks.
+    """
+    from .bank import PromptBank, is_bank, load_task_method
+
+    backbone = backbone or backbone_for_prompt(prompt_dir)
+    if is_bank(prompt_dir):
+        bank = PromptBank.load(prompt_dir, backbone)
+        methods = [bank[t] for t in tasks]
+    else:
+        methods = [load_task_method(prompt_dir, backbone, t) for t in tasks]
+    probs = probabilities(methods, backbone, images, batch_size, progress)
+    return {t: predictions(m, p, topk) for t, m, p in zip(tasks, methods, probs)}
 
 
 def _as_rgb(image: str | Path | Image.Image) -> Image.Image:
