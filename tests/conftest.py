@@ -33,9 +33,7 @@ CLASSES = {
 IMAGES_PER_CLASS = 6
 #: The fixture folder's classes (sorted labels) read as two tasks, for multi-task methods.
 TASK_LABELS = {"cool colour": (0, 2), "warm colour": (1, 3)}
-TASKS = TaskSpace(
-    tuple(Task(n, tuple(sorted(CLASSES)[i] for i in keep)) for n, keep in TASK_LABELS.items())
-)
+TASKS = TaskSpace(tuple(Task(n, tuple(sorted(CLASSES)[i] for i in keep)) for n, keep in TASK_LABELS.items()))
 
 
 def task_images(data):
