@@ -9,18 +9,20 @@ from pathlib import Path
 from typing import Any
 
 from .backbones import DEFAULT_BACKBONE, Backbone, load_backbone
-from .data.synthetic import VIEWS, build_benchmark
+from .data.synthetic import MULTITASK, VIEWS, build_benchmark
 from .engine import FeatureCache, TrainConfig, preset
-from .evaluation import markdown_table, summarize
+from .evaluation import markdown_table, summarize, wide_table
 from .io import atomic_write_text
 from .plots import plot_method_bars, plot_training_curves
 from .runs import (
     ClassificationRun,
     CZSLRun,
     DataConfig,
+    MultiTaskRun,
     prepare_out_dir,
     run_classification,
     run_czsl,
+    run_multitask,
     train_overrides,
     write_config,
 )
@@ -86,14 +88,26 @@ CZSL_DEMO: tuple[DemoEntry, ...] = (
 )
 
 
+#: The built-in multi-task collection's table (colour, shape, texture, coloured shape: 43 classes), at
+#: :data:`MULTITASK_SHOTS` shots: single-task methods run once per task; SoftCPT learns all four together.
+MULTITASK_SHOTS = 4
+_MULTITASK_TRAIN = replace(_SGD, epochs=10, lr=0.02)
+MULTITASK_DEMO: tuple[DemoEntry, ...] = (
+    DemoEntry("mt-zeroshot", "zeroshot", {"templates": ["a photo of a {}."]}, _MULTITASK_TRAIN),
+    DemoEntry("mt-coop", "coop", {"n_ctx": 4}, _MULTITASK_TRAIN),
+    DemoEntry("softcpt-nata", "softcpt", {"n_ctx": 4}, _MULTITASK_TRAIN),
+    DemoEntry("softcpt-cata", "softcpt", {"n_ctx": 4, "variant": "CATA"}, _MULTITASK_TRAIN),
+)
+
+
 def demo_methods() -> list[str]:
     """Every row the demo can run."""
-    return [e.label for e in CLASSIFICATION] + list(czsl_demo_methods())
+    return [e.label for e in CLASSIFICATION] + list(czsl_demo_methods()) + [e.label for e in MULTITASK_DEMO]
 
 
 def default_demo_methods() -> list[str]:
     """The rows `vlprompt demo` runs unless ``--methods`` names others."""
-    return [e.label for e in CLASSIFICATION + CZSL_DEMO if e.default]
+    return [e.label for e in CLASSIFICATION + CZSL_DEMO + MULTITASK_DEMO if e.default]
 
 
 def selected_demo_methods(methods: list[str] | None) -> list[str]:
@@ -179,6 +193,12 @@ def run_demo(
         closed = [row for row in czsl["results"]["summary"] if row["world"] == "closed"]
         plot_method_bars(closed, "AUC", out / "czsl_auc.png", title="CZSL closed-world AUC (mean ± std)")
 
+    multitask_wanted = [e for e in MULTITASK_DEMO if e.label in wanted]
+    if multitask_wanted:
+        multitask = run_multitask_demo(backbone, cache, out / "multitask", seeds, multitask_wanted, progress)
+        report["multitask"] = multitask["results"]
+        tables.append(multitask["table"])
+
     report["seconds"] = round(time.time() - start, 1)
     text = "\n".join(tables) + f"\nTotal time: {report['seconds']} s\n"
     atomic_write_text(out / "results.json", json.dumps(report, indent=2))
@@ -215,4 +235,33 @@ def run_czsl_demo(
     summary = summarize(rows, ["method", "world"], metrics)
     table = markdown_table(summary, ["method", "world"], metrics)
     text = f"## Compositional zero-shot (built-in benchmark, closed and open world)\n\n{table}"
+    return {"results": {"per_seed": rows, "summary": summary}, "table": text}
+
+
+def run_multitask_demo(
+    backbone: Backbone,
+    cache: FeatureCache,
+    out: Path,
+    seeds: list[int],
+    entries: list[DemoEntry],
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The demo's multi-task table: each entry on the built-in collection, per task and averaged, over ``seeds``."""
+    rows = []
+    for entry in entries:
+        run = MultiTaskRun(
+            method=entry.method,
+            method_options=entry.options,
+            collection="builtin",
+            shots=MULTITASK_SHOTS,
+            train=train_overrides(entry.train),
+            seeds=seeds,
+            out=str(out / entry.label),
+            overwrite=True,
+        )
+        rows += [{**row, "method": entry.label} for row in run_multitask(run, backbone, cache, progress)]
+    summary = summarize(rows, ["method", "task"], ["accuracy"])
+    table = wide_table(summary, "method", "task", "accuracy")
+    names = ", ".join(MULTITASK)
+    text = f"## Multi-task ({MULTITASK_SHOTS} shots a class; tasks: {names})\n\n{table}"
     return {"results": {"per_seed": rows, "summary": summary}, "table": text}

@@ -1,7 +1,7 @@
 """Metrics and reports."""
 
 from .classification import accuracy, evaluate, harmonic_mean, predict_logits
-from .reports import csv_table, markdown_table, mean_std, summarize
+from .reports import csv_table, markdown_table, mean_std, summarize, wide_table
 
 __all__ = [
     "accuracy",
@@ -9,6 +9,7 @@ __all__ = [
     "evaluate",
     "harmonic_mean",
     "markdown_table",
+    "wide_table",
     "mean_std",
     "predict_logits",
     "summarize",

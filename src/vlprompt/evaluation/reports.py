@@ -52,6 +52,31 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
+def wide_table(
+    summary: Sequence[Mapping[str, object]],
+    row_key: str,
+    column_key: str,
+    metric: str,
+    scale: float = 100.0,
+    digits: int = 1,
+) -> str:
+    """A Markdown table of one metric with a row per ``row_key`` value and a column per ``column_key`` value."""
+    rows = list(dict.fromkeys(str(r[row_key]) for r in summary))
+    columns = list(dict.fromkeys(str(r[column_key]) for r in summary))
+    cells = {(str(r[row_key]), str(r[column_key])): r for r in summary}
+    lines = ["| " + " | ".join([row_key, *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
+    for name in rows:
+        out = [name]
+        for column in columns:
+            r = cells.get((name, column))
+            if r is None or metric not in r:
+                out.append("–")
+            else:
+                out.append(f"{scale * float(r[metric]):.{digits}f} ± {scale * float(r[f'{metric}_std']):.{digits}f}")
+        lines.append("| " + " | ".join(out) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def csv_table(summary: Sequence[Mapping[str, object]]) -> str:
     keys: list[str] = []
     for row in summary:

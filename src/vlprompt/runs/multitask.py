@@ -26,6 +26,7 @@ from .config import RunConfig
 from .loop import Protocol, run_seeds
 
 AVERAGE = "average"
+COLLECTIONS = ("", "builtin")
 
 
 @dataclass
@@ -45,6 +46,8 @@ class MultiTaskRun(RunConfig):
 
     Attributes:
         tasks: the tasks (a list of {name, format, root, split_file | train_dir, val_dir, test_dir}).
+        collection: "builtin": instead of ``tasks``, the built-in collection (colour, shape, texture and
+            coloured-shape recognition on the synthetic benchmark; generated on first use).
         shots: K images per class of every task for training (0 = all); validation uses min(K, 4).
         feature_cache_dir: keep frozen image features here across runs (default: in memory).
     """
@@ -52,6 +55,7 @@ class MultiTaskRun(RunConfig):
     method: str = "softcpt"
     out: str = "runs/multitask"
     tasks: list[TaskData] = field(default_factory=list)
+    collection: str = ""
     shots: int = 16
     feature_cache_dir: str | None = None
 
@@ -87,8 +91,20 @@ class MultiTask(Protocol):
             return build_method(self.run.method, backbone, labels, self.run.method_options)
         return PerTask(backbone, labels, PerTaskConfig(method=member.name, options=dict(self.run.method_options)))
 
+    def tasks(self) -> list[TaskData]:
+        """The run's tasks (the built-in collection's, when asked for)."""
+        if self.run.collection:
+            return builtin_tasks()
+        return list(self.run.tasks)
+
     def validate(self) -> None:
-        if not self.run.tasks:
+        if self.run.collection not in COLLECTIONS:
+            raise DataError(
+                f"--collection must be one of {COLLECTIONS} ('' : the tasks of --tasks), not {self.run.collection!r}"
+            )
+        if self.run.collection and self.run.tasks:
+            raise DataError("give either --tasks or --collection, not both")
+        if not self.run.tasks and not self.run.collection:
             raise DataError("--tasks is empty: give at least one task ({name, format, root, split_file, ...})")
         seen: dict[str, int] = {}
         for i, task in enumerate(self.run.tasks):
@@ -109,7 +125,7 @@ class MultiTask(Protocol):
         transform = backbone.image_transform()
         self.cache = cache
         self.splits: dict[str, dict[str, LabeledImages]] = {}
-        for i, task in enumerate(self.run.tasks):
+        for i, task in enumerate(self.tasks()):
             splits = task.load(transform)
             for split in ("train", "test"):
                 if split not in splits or not len(splits[split]):
@@ -145,6 +161,13 @@ class MultiTask(Protocol):
             save_bank({t.name: m for t, m in zip(method.labels.tasks, method.members)}, backbone, directory, extra)
         else:
             super().save(method, backbone, directory, extra)
+
+
+def builtin_tasks() -> list[TaskData]:
+    """The built-in multi-task collection (:func:`vlprompt.data.synthetic.build_multitask_collection`) as tasks."""
+    from ..data.synthetic import build_multitask_collection
+
+    return [TaskData(name=t.name, root=str(t.root), split_file=str(t.split_file)) for t in build_multitask_collection()]
 
 
 def _mean_val_accuracy(method, backbone: Backbone, parts: dict[str, LabeledImages], cache: FeatureCache) -> float:
