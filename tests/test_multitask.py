@@ -283,3 +283,24 @@ def test_task_images_keep_task_local_labels(vit_backbone, image_root):
     assert part.classnames == ["gold", "red_square"] and part.tasks is None
     sub = data.subset([0, len(data) - 1])
     assert sub.tasks == [0, 1]
+
+
+def test_separately_trained_prompts_make_a_bank(vit_backbone, tmp_path, capsys):
+    from vlprompt.methods import CoOp, CoOpConfig
+    from vlprompt.prompts import save_pretrained
+
+    torch.manual_seed(0)
+    save_pretrained(CoOp(vit_backbone, ["red", "blue"], CoOpConfig(n_ctx=2)), vit_backbone, tmp_path / "a")
+    save_pretrained(CoOp(vit_backbone, ["circle", "star"], CoOpConfig(n_ctx=2)), vit_backbone, tmp_path / "b")
+    prompts = f"{{colour: {tmp_path / 'a'}, shape: {tmp_path / 'b'}}}"
+    args = ["bank", "--prompts", prompts, "--out", str(tmp_path / "bank"), "--backbone.name", "tiny-random-vit"]
+    assert main(args) == 0, capsys.readouterr().err
+    bank = PromptBank.load(tmp_path / "bank", vit_backbone)
+    assert bank.names == ["colour", "shape"] and bank["shape"].class_names() == ["circle", "star"]
+    assert torch.equal(bank["colour"].ctx, load_task_method(tmp_path / "bank", vit_backbone, "colour").ctx)
+    assert main(args) == 2 and "exists and is not empty" in capsys.readouterr().err
+    other = json.loads((tmp_path / "b" / "prompt.json").read_text())
+    other["backbone"]["model"] = "ViT-B-32"
+    (tmp_path / "b" / "prompt.json").write_text(json.dumps(other))
+    with pytest.raises(PromptFileError, match="a bank holds prompts of one backbone"):
+        PromptBank.from_prompts({"colour": tmp_path / "a", "shape": tmp_path / "b"}, vit_backbone)

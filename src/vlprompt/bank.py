@@ -114,6 +114,22 @@ class PromptBank:
             warnings.simplefilter("ignore", BackboneMismatchWarning)
             return cls({e["name"]: load_prompt(Path(directory) / e["path"], backbone) for e in config["prompts"]})
 
+    @classmethod
+    def from_prompts(cls, prompts: Mapping[str, str | Path], backbone: Backbone) -> PromptBank:
+        """Gather separately trained prompt directories under task names; all must record one backbone."""
+        if not prompts:
+            raise ValueError("a prompt bank needs at least one prompt")
+        identities = {name: read_prompt_config(path)["backbone"] for name, path in prompts.items()}
+        first_name, first = next(iter(identities.items()))
+        for name, identity in identities.items():
+            if identity != first:
+                raise PromptFileError(
+                    f"prompt {name!r} ({prompts[name]}) was trained on {identity.get('model')} "
+                    f"({identity.get('pretrained')}), prompt {first_name!r} on {first.get('model')} "
+                    f"({first.get('pretrained')}): a bank holds prompts of one backbone"
+                )
+        return cls({name: load_prompt(path, backbone) for name, path in prompts.items()})
+
     def save(self, backbone: Backbone, directory: str | Path, extra=None) -> Path:
         return save_bank(self.prompts, backbone, directory, extra)
 

@@ -168,6 +168,30 @@ class DemoCommand:
             raise ValueError("--seeds is empty: give at least one seed, e.g. --seeds [1]")
 
 
+@dataclass
+class BankCommand:
+    """Gather separately trained prompts into one prompt bank (one backbone, named prompts).
+
+    Attributes:
+        prompts: task name -> prompt directory, e.g. '{colour: runs/a/seed1/prompt, shape: runs/b/seed1/prompt}'.
+        out: the bank directory to write.
+        backbone: the frozen model (default: the one the prompts were trained on).
+    """
+
+    prompts: dict[str, str] = field(default_factory=dict)
+    out: str = ""
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+
+    def validate(self) -> None:
+        if not self.prompts:
+            raise ValueError("--prompts is empty: give task names and prompt directories, e.g. '{colour: DIR}'")
+        if not self.out:
+            raise ValueError("--out is required: the bank directory to write")
+        if Path(self.out).exists() and any(Path(self.out).iterdir()):
+            raise ValueError(f"--out {self.out} exists and is not empty: choose a new directory")
+        self.backbone.validate()
+
+
 def _require_prompt(prompt: str) -> None:
     if not prompt:
         raise ValueError("--prompt is required: a prompt directory (e.g. RUN/seed1/prompt)")
@@ -181,6 +205,7 @@ COMMAND_CONFIGS: dict[str, tuple[type, str]] = {
     "eval": (EvalCommand, "evaluate a saved prompt"),
     "predict": (PredictCommand, "predict the classes of images"),
     "interpret": (InterpretCommand, "interpret learned context vectors"),
+    "bank": (BankCommand, "gather trained prompts into a prompt bank"),
     "demo": (DemoCommand, "run the built-in demo"),
 }
 _METHOD_HELP = {
@@ -324,6 +349,17 @@ def cmd_interpret(cfg: InterpretCommand, _: Any) -> int:
     return 0
 
 
+def cmd_bank(cfg: BankCommand, _: Any) -> int:
+    from .bank import PromptBank
+
+    cfg.validate()
+    first = next(iter(cfg.prompts.values()))
+    backbone = cfg.backbone.load(first)
+    PromptBank.from_prompts(cfg.prompts, backbone).save(backbone, cfg.out)
+    print(f"prompt bank of {len(cfg.prompts)} prompts ({', '.join(cfg.prompts)}): {cfg.out}")
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
@@ -332,6 +368,7 @@ COMMANDS = {
     "multitask": cmd_multitask,
     "demo": cmd_demo,
     "interpret": cmd_interpret,
+    "bank": cmd_bank,
 }
 
 
