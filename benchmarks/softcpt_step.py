@@ -2,7 +2,8 @@
 
 Image features are cached in both (the image tower is frozen), so a step is text encoding, the logits,
 the loss and the backward pass. For T tasks of C classes each and one batch of 32 cached image features
-that mixes the tasks, three variants are timed on a ViT-B-16-sized text tower (width 512, 12 layers, random):
+that mixes the tasks, three variants are timed on a ViT-B-16-sized text tower (width 512, 12 layers,
+random; ``benchmarks/common.py``):
 
 - ``softcpt``: one vlprompt SoftCPT (NATA) step: the T task prompts and all T·C class prompts in one batch
   each, truncated at their longest end-of-text token, the task-masked loss;
@@ -25,14 +26,11 @@ import statistics
 import time
 from pathlib import Path
 
-import open_clip
 import torch
 import torch.nn.functional as F
-from common import machine_record, paired_ratios, run_rounds  # benchmarks/common.py, beside this script
+from common import machine_record, paired_ratios, run_rounds, text_tower_backbone
 
 from vlprompt.backbones import Backbone
-from vlprompt.backbones.adapter import OPENAI_MEAN, OPENAI_STD
-from vlprompt.backbones.bundled import build_clip
 from vlprompt.labels import Task, TaskSpace
 from vlprompt.methods import Batch, CoOp, CoOpConfig, SoftCPT, SoftCPTConfig
 from vlprompt.methods.multitask import task_cross_entropy
@@ -42,16 +40,6 @@ WORDS = ["red", "green", "blue", "small", "large", "striped", "wooden", "metal",
          "cat", "dog", "horse", "flower", "tree", "car", "boat", "house"]  # fmt: skip
 CLASSES_PER_TASK = 10
 BATCH = 32
-
-
-def build_backbone(seed: int = 0) -> Backbone:
-    """ViT-B-16's text tower (width 512, 12 layers) with a small image tower (features are cached anyway)."""
-    torch.manual_seed(seed)
-    vision = {"layers": 1, "width": 64, "patch_size": 16, "image_size": 32, "head_width": 32}
-    text = {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}
-    model = build_clip({"embed_dim": 512, "vision_cfg": vision, "text_cfg": text, "quick_gelu": True})
-    prep = {"size": 32, "mean": OPENAI_MEAN, "std": OPENAI_STD}
-    return Backbone(model, open_clip.tokenizer.SimpleTokenizer(), prep, "bench-text-b-16", f"random{seed}")
 
 
 def task_space(n_tasks: int) -> TaskSpace:
@@ -125,7 +113,7 @@ def main() -> None:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     load = list(os.getloadavg())
     start = time.time()
-    bb = build_backbone()
+    bb = text_tower_backbone()
     results = {}
     for i, n_tasks in enumerate(args.tasks):
         print(f"T = {n_tasks} tasks of {CLASSES_PER_TASK} classes, batch {BATCH}", flush=True)

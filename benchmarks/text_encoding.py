@@ -20,14 +20,12 @@ import statistics
 import time
 from pathlib import Path
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from common import machine_record, paired_ratios, run_rounds  # benchmarks/common.py, beside this script
+from common import text_tower_backbone as build_backbone
 
 from vlprompt.backbones import Backbone
-from vlprompt.backbones.adapter import OPENAI_MEAN, OPENAI_STD
-from vlprompt.backbones.bundled import build_clip
 from vlprompt.methods import CoCoOp, CoCoOpConfig, CoOp, CoOpConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "text_encoding.json"
@@ -38,16 +36,6 @@ bottle cup phone guitar piano bicycle truck train bridge tower house castle butt
 snake turtle shark whale eagle owl parrot penguin tiger lion
 """
 WORDS = _WORD_LIST.split()
-
-
-def build_backbone(seed: int = 0) -> Backbone:
-    """ViT-B-32's text tower (width 512, 12 layers, 8 heads, context 77), random; a tiny image tower."""
-    torch.manual_seed(seed)
-    text = {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}
-    vision = {"layers": 1, "width": 64, "patch_size": 16, "image_size": 32, "head_width": 32}
-    model = build_clip({"embed_dim": 512, "vision_cfg": vision, "text_cfg": text, "quick_gelu": True})
-    prep = {"size": 32, "mean": OPENAI_MEAN, "std": OPENAI_STD}
-    return Backbone(model, open_clip.tokenizer.SimpleTokenizer(), prep, "bench-vit-b-32-text", f"random{seed}")
 
 
 def class_names(count: int, seed: int = 0) -> list[str]:
