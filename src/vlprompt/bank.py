@@ -108,11 +108,13 @@ class PromptBank:
     def load(cls, directory: str | Path, backbone: Backbone, strict_backbone: bool = False) -> PromptBank:
         """Load every prompt of a bank, checking the backbone once (see :func:`vlprompt.prompts.load_prompt`)."""
         config = read_bank(directory)
-        first = Path(directory) / config["prompts"][0]["path"]
-        load_prompt(first, backbone, strict_backbone)  # the one identity check (a warning or an error)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", BackboneMismatchWarning)
-            return cls({e["name"]: load_prompt(Path(directory) / e["path"], backbone) for e in config["prompts"]})
+        prompts = {}
+        for i, entry in enumerate(config["prompts"]):
+            with warnings.catch_warnings():
+                if i:  # the prompts share one backbone identity (read_bank checked): warn about it once
+                    warnings.simplefilter("ignore", BackboneMismatchWarning)
+                prompts[entry["name"]] = load_prompt(Path(directory) / entry["path"], backbone, strict_backbone)
+        return cls(prompts)
 
     @classmethod
     def from_prompts(cls, prompts: Mapping[str, str | Path], backbone: Backbone) -> PromptBank:
