@@ -23,7 +23,7 @@ from vlprompt.backbones import tiny_random_backbone  # noqa: E402
 from vlprompt.data import image_folder  # noqa: E402
 from vlprompt.engine import FeatureCache, TrainConfig, fit  # noqa: E402
 from vlprompt.labels import ClassNames, PairSpace, TaskSpace  # noqa: E402
-from vlprompt.methods import METHODS, build_method  # noqa: E402
+from vlprompt.methods import METHODS, PerTask, PerTaskConfig, build_method  # noqa: E402
 
 #: Options per method (defaults otherwise). CSP's vocabulary dropout draws from each rank's own RNG
 #: stream, so with it on two processes cannot equal one; it is off here.
@@ -38,8 +38,10 @@ OPTIONS = {
     "upt": {"dropout": 0.0},  # dropout draws from each rank's own RNG stream
     "softcpt": {"n_ctx": 4, "variant": "CATA"},
 }
-#: (run name, method, options) for every registered method that learns: global batch 8, three epochs.
+#: (run name, method, options) for every registered method that learns, and per-task CoOp over two tasks:
+#: global batch 8, three epochs.
 RUNS = [(name, name, OPTIONS.get(name, {})) for name, cls in METHODS.items() if cls.learns]
+RUNS.append(("per-task-coop", "per-task", {"method": "coop", "options": {"n_ctx": 2}}))
 CONFIG = TrainConfig(epochs=3, batch_size=8, lr=0.001, schedule="constant", warmup_epochs=0, momentum=0.9)
 #: Learning rates other than CONFIG's: VP's N(0, 1) pixel prompts need a large one (the paper uses 40).
 LR = {"vp": 1.0}
@@ -55,8 +57,10 @@ PAIRS = PairSpace(
 def build(run: str, backbone, classnames=None):
     """The method of ``run`` with its seeded initialisation (identical on every process)."""
     _, name, options = next(r for r in RUNS if r[0] == run)
-    labels = {ClassNames: ClassNames(CLASSES), PairSpace: PAIRS, TaskSpace: TASKS}[METHODS[name].label_kind]
     torch.manual_seed(0)
+    if name == "per-task":
+        return PerTask(backbone, TASKS, PerTaskConfig(**options))
+    labels = {ClassNames: ClassNames(CLASSES), PairSpace: PAIRS, TaskSpace: TASKS}[METHODS[name].label_kind]
     return build_method(name, backbone, labels, options)
 
 
