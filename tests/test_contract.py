@@ -32,6 +32,7 @@ OPTIONS = {
     "vpt": {"n_tokens": 2, "deep": True},
     "maple": {"depth": 2},  # the tiny towers have 2 blocks
     "ivlp": {"depth_text": 2, "depth_vision": 2},
+    "promptsrc": {"depth_text": 2, "depth_vision": 2},
 }
 STEP = TrainConfig(epochs=1, batch_size=8, lr=0.05, schedule="constant", warmup_epochs=0, momentum=0.0)
 

@@ -11,8 +11,10 @@ from .cocoop import CoCoOp, CoCoOpConfig
 from .compositional import CSP, AttrObjHeads, CZSLCoOp, CZSLZeroShot, PairMethod, PairProjection, pair_space
 from .coop import CoOp, CoOpConfig
 from .ivlp import IVLP, IVLPConfig
+from .kgcoop import KgCoOp, KgCoOpConfig
 from .linear_probe import LinearProbe, LinearProbeConfig
 from .maple import MaPLe, MaPLeConfig
+from .promptsrc import PromptSRC, PromptSRCConfig
 from .upt import UPT, UPTConfig
 from .vp import VP, VPConfig
 from .vpt import VPT, VPTConfig
@@ -23,6 +25,7 @@ from .zeroshot import ZeroShot, ZeroShotConfig
 METHODS: dict[str, type[PromptMethod]] = {
     cls.name: cls
     for cls in (ZeroShot, CoOp, CoCoOp, LinearProbe, VP, VPT, IVLP, MaPLe, UPT)
+    + (KgCoOp, PromptSRC)
     + (CZSLZeroShot, CZSLCoOp, CSP, AttrObjHeads, PairProjection)
 }
 
@@ -77,12 +80,16 @@ __all__ = [
     "CoOpConfig",
     "IVLP",
     "IVLPConfig",
+    "KgCoOp",
+    "KgCoOpConfig",
     "LinearProbe",
     "LinearProbeConfig",
     "MaPLe",
     "MaPLeConfig",
     "MethodConfig",
     "PromptMethod",
+    "PromptSRC",
+    "PromptSRCConfig",
     "UPT",
     "UPTConfig",
     "VP",
