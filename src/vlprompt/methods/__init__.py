@@ -7,9 +7,11 @@ from typing import Any
 from ..backbones import Backbone
 from ..labels import ClassNames, PairSpace
 from .base import Batch, MethodConfig, PromptMethod, cosine_logits
+from .clip_lora import CLIPLoRA, CLIPLoRAConfig
 from .cocoop import CoCoOp, CoCoOpConfig
 from .compositional import CSP, AttrObjHeads, CZSLCoOp, CZSLZeroShot, PairMethod, PairProjection, pair_space
 from .coop import CoOp, CoOpConfig
+from .full_finetune import FullFinetune, FullFinetuneConfig
 from .ivlp import IVLP, IVLPConfig
 from .kgcoop import KgCoOp, KgCoOpConfig
 from .linear_probe import LinearProbe, LinearProbeConfig
@@ -25,7 +27,7 @@ from .zeroshot import ZeroShot, ZeroShotConfig
 METHODS: dict[str, type[PromptMethod]] = {
     cls.name: cls
     for cls in (ZeroShot, CoOp, CoCoOp, LinearProbe, VP, VPT, IVLP, MaPLe, UPT)
-    + (KgCoOp, PromptSRC)
+    + (KgCoOp, PromptSRC, CLIPLoRA, FullFinetune)
     + (CZSLZeroShot, CZSLCoOp, CSP, AttrObjHeads, PairProjection)
 }
 
@@ -65,6 +67,8 @@ def build_method(
 
 __all__ = [
     "COMMAND_OF_LABELS",
+    "CLIPLoRA",
+    "CLIPLoRAConfig",
     "CSP",
     "AttrObjHeads",
     "Batch",
@@ -78,6 +82,8 @@ __all__ = [
     "CoCoOpConfig",
     "CoOp",
     "CoOpConfig",
+    "FullFinetune",
+    "FullFinetuneConfig",
     "IVLP",
     "IVLPConfig",
     "KgCoOp",
