@@ -96,7 +96,10 @@ class CLIPLoRA(TowerTuning):
 
 def _inject_lora(model: nn.Module, targets: dict[str, str], cfg: CLIPLoRAConfig) -> nn.ModuleDict:
     """peft LoRA layers on the ``targets`` (key -> module name) of ``model``; their A, B and dropout by key."""
-    from peft import LoraConfig, inject_adapter_in_model  # imported here: peft pulls in transformers (slow)
+    try:  # imported here: peft pulls in transformers (slow)
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError as err:
+        raise ImportError(f"clip-lora needs peft's LoRA layers: pip install 'vlprompt[lora]' ({err})") from None
 
     config = LoraConfig(
         r=cfg.rank,
