@@ -192,3 +192,21 @@ def test_promptsrc_reuses_ivlp_prompts_with_its_recipe_sizes(vit_backbone):
     method = PromptSRC(vit_backbone, ClassNames(CLASSES), PromptSRC.Config(**TINY))
     assert method.ctx.shape[0] == 4 and method.vision.shape[1] == 4  # 4 + 4 tokens
     assert method.prefix_text == "a photo of a"  # the whole phrase is learned
+
+
+def test_fit_calls_end_epoch_after_each_epoch_before_validation_and_checkpoint(vit_backbone, image_root, tmp_path):
+    calls = []
+
+    class Recording(KgCoOp):
+        def end_epoch(self, epoch, epochs):
+            calls.append(("end_epoch", epoch, epochs, (tmp_path / "checkpoint.pt").exists()))
+
+    def scorer(method, backbone):
+        calls.append(("validate",))
+        return 0.0
+
+    data = image_folder(image_root, vit_backbone.image_transform())
+    method = Recording(vit_backbone, ClassNames(CLASSES))
+    config = TrainConfig(epochs=2, batch_size=8, lr=0.01, schedule="constant", warmup_epochs=0, eval_every=1)
+    fit(method, vit_backbone, data, config, scorer=scorer, run_dir=tmp_path, progress=False)
+    assert calls == [("end_epoch", 0, 2, False), ("validate",), ("end_epoch", 1, 2, True), ("validate",)]

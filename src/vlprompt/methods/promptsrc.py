@@ -149,7 +149,8 @@ class PromptSRC(IVLP):
             return
         weight = float(gaussian_epoch_weights(epochs, self.config.gpa_mean, self.config.gpa_std)[epoch])
         flat = torch.cat([p.detach().reshape(-1) for p in self.parameters()])
-        self._aggregate_sum = self._aggregate_sum + flat * weight
+        previous = self._aggregate_sum if epoch > 0 else torch.zeros_like(flat)  # a new run starts a new sum
+        self._aggregate_sum = previous + flat * weight
         if epoch == epochs - 1:
             offset = 0
             for p in self.parameters():
