@@ -126,7 +126,9 @@ def test_clip_lora_dropout_acts_only_while_training(vit_backbone, pixels):
 
 
 @pytest.mark.parametrize("name", ["clip-lora", "full-finetune"])
-def test_delta_trains_alone_is_saved_alone_and_never_reaches_the_shared_backbone(name, vit_backbone, image_root, tmp_path):
+def test_delta_trains_alone_is_saved_alone_and_never_touches_the_shared_backbone(
+    name, vit_backbone, image_root, tmp_path
+):
     data = image_folder(image_root, vit_backbone.image_transform())
     torch.manual_seed(0)
     method = build_method(name, vit_backbone, CLASSES)
