@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -10,7 +11,7 @@ from conftest import assert_state_equal, state_snapshot
 from safetensors.torch import load_file
 from torch import nn
 
-from vlprompt.backbones import BackboneError
+from vlprompt.backbones import BackboneError, tiny_random_backbone
 from vlprompt.backbones.adapter import SplitAttention
 from vlprompt.data import image_folder
 from vlprompt.engine import FeatureCache, TrainConfig, fit
@@ -192,3 +193,26 @@ def test_bad_options_are_clear_errors(name, options, message, vit_backbone):
 def test_lora_on_some_layers_and_projections(vit_backbone):
     method = build_method("clip-lora", vit_backbone, CLASSES, {"layers": [1], "projections": ["v", "o"]})
     assert sorted(method.lora) == ["image_1_o", "image_1_v", "text_1_o", "text_1_v"]
+
+
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("kgcoop", "{template: 'a photo of a {}, a shape.'}"),
+        ("promptsrc", "{depth_text: 2, depth_vision: 2, gpa_mean: 1}"),
+        ("clip-lora", "{rank: 1, towers: [image, text]}"),
+        ("full-finetune", "{towers: [image]}"),
+    ],
+)
+def test_base_to_new_from_the_command_line(name, options, tmp_path, image_root, split_file):
+    from vlprompt.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--backbone.name", "tiny-random-vit", "--data.root", str(image_root)]
+    args += ["--data.split_file", str(split_file), "--data.shots", "4", "--data.class_split", "base-to-new"]
+    args += ["--method", name, "--method_options", options, "--train.epochs", "1", "--train.batch_size", "4"]
+    assert main([*args, "--seeds", "[1]", "--out", str(out)]) == 0
+    row = json.loads((out / "results.json").read_text())["per_seed"][0]
+    assert {"base", "new", "hm"} <= set(row) and 0 <= row["hm"] <= 100
+    loaded = load_prompt(out / "seed1" / "prompt", tiny_random_backbone("vit"))
+    assert loaded.name == name and loaded.labels.names == ("blue_square", "gold")  # the base half
