@@ -210,3 +210,17 @@ def test_fit_calls_end_epoch_after_each_epoch_before_validation_and_checkpoint(v
     config = TrainConfig(epochs=2, batch_size=8, lr=0.01, schedule="constant", warmup_epochs=0, eval_every=1)
     fit(method, vit_backbone, data, config, scorer=scorer, run_dir=tmp_path, progress=False)
     assert calls == [("end_epoch", 0, 2, False), ("validate",), ("end_epoch", 1, 2, True), ("validate",)]
+
+
+def test_a_promptsrc_file_missing_a_tensor_is_still_refused(vit_backbone, tmp_path):
+    """Its extra state makes the final load non-strict: the names are checked before it."""
+    from safetensors.torch import save_file
+
+    from vlprompt.prompts import PromptFileError
+
+    method = build_method("promptsrc", vit_backbone, CLASSES, TINY)
+    save_pretrained(method, vit_backbone, tmp_path / "prompt")
+    tensors = load_file(str(tmp_path / "prompt" / TENSORS_FILE))
+    save_file({k: v for k, v in tensors.items() if k != "vision"}, str(tmp_path / "prompt" / TENSORS_FILE))
+    with pytest.raises(PromptFileError, match=r"missing \['vision'\]"):
+        load_prompt(tmp_path / "prompt", vit_backbone)

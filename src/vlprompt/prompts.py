@@ -188,7 +188,7 @@ def check_shapes(
 
     ``sizes``: (the input resolution the prompt was trained at, the backbone's), when they differ.
     """
-    expected = {k: tuple(v.shape) for k, v in method.trainable_state().items()}
+    expected = {k: tuple(v.shape) for k, v in method.state_dict().items() if not k.endswith(EXTRA_STATE_KEY)}
     found = {k: tuple(v.shape) for k, v in tensors.items()}
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
     wrong = [
