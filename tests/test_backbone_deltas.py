@@ -193,6 +193,9 @@ def test_bad_options_are_clear_errors(name, options, message, vit_backbone):
 def test_lora_on_some_layers_and_projections(vit_backbone):
     method = build_method("clip-lora", vit_backbone, CLASSES, {"layers": [1], "projections": ["v", "o"]})
     assert sorted(method.lora) == ["image_1_o", "image_1_v", "text_1_o", "text_1_v"]
+    injected = sorted(n for n, m in method.tuned.model.named_modules() if hasattr(m, "lora_A"))
+    assert injected == [f"{tower}resblocks.1.attn.{p}_proj" for tower in ("transformer.", "visual.transformer.")
+                        for p in ("out", "v")]  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ classes epochs at batch 32); its cosine schedule ends at 1e-6, vlprompt's at 0.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,7 +106,9 @@ def _inject_lora(model: nn.Module, targets: dict[str, str], cfg: CLIPLoRAConfig)
         r=cfg.rank,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=list(targets.values()),
+        # one regex of the exact names: a list would also match by suffix ("visual.transformer..." ends like
+        # the text tower's "transformer...")
+        target_modules="|".join(re.escape(name) for name in targets.values()),
         use_rslora=True,  # scaling alpha / sqrt(r), as the release
         init_lora_weights=cfg.zero_init_b,  # True: A Kaiming-uniform (a = sqrt 5), B zero
         bias="none",
