@@ -35,6 +35,8 @@ OPTIONS = {
     "vp": {"prompt_size": 4},
     "maple": {"depth": 2},  # the tiny towers have 2 blocks
     "ivlp": {"depth_text": 2, "depth_vision": 2},
+    "promptsrc": {"depth_text": 2, "depth_vision": 2},
+    "clip-lora": {"dropout": 0.0},  # dropout draws from each rank's own RNG stream
     "upt": {"dropout": 0.0},  # dropout draws from each rank's own RNG stream
     "softcpt": {"n_ctx": 4, "variant": "CATA"},
 }

@@ -33,7 +33,12 @@ OPTIONS = {
     "maple": {"depth": 2},  # the tiny towers have 2 blocks
     "ivlp": {"depth_text": 2, "depth_vision": 2},
     "softcpt": {"n_ctx": 4, "variant": "CATA"},
+    "promptsrc": {"depth_text": 2, "depth_vision": 2},
+    "clip-lora": {"zero_init_b": False},  # with B = 0 no gradient reaches A in the first step
 }
+#: Options on the tiny ResNet backbone, where they differ: its random weights leave some units dead, so no
+#: gradient reaches some of its batch-norm weights.
+RESNET_OPTIONS = {"full-finetune": {"towers": ["text"]}}
 STEP = TrainConfig(epochs=1, batch_size=8, lr=0.05, schedule="constant", warmup_epochs=0, momentum=0.0)
 
 
@@ -56,7 +61,8 @@ def data_for(method: PromptMethod, data):
 
 def make(name: str, backbone, seed: int = 0) -> PromptMethod:
     torch.manual_seed(seed)
-    return build_method(name, backbone, labels_for(METHODS[name]), OPTIONS.get(name))
+    options = RESNET_OPTIONS.get(name, OPTIONS.get(name)) if backbone.vision_layers == 0 else OPTIONS.get(name)
+    return build_method(name, backbone, labels_for(METHODS[name]), options)
 
 
 def make_or_skip(name: str, backbone) -> PromptMethod:

@@ -374,7 +374,8 @@ def test_every_method_with_context_vectors_can_be_interpreted(vit_backbone):
     from vlprompt.methods import METHODS
 
     pairs = PairSpace(("red", "blue"), ("cat", "dog"), (("red", "cat"), ("blue", "dog")))
-    options = {"maple": {"depth": 2}, "ivlp": {"depth_text": 2, "depth_vision": 2}}
+    tiny = {"depth_text": 2, "depth_vision": 2}
+    options = {"maple": {"depth": 2}, "ivlp": tiny, "promptsrc": tiny}
     for name, cls in METHODS.items():
         if not cls.has_context:
             continue
@@ -384,4 +385,5 @@ def test_every_method_with_context_vectors_can_be_interpreted(vit_backbone):
         vectors = method.context if name == "czsl-coop" else method.ctx  # one word list per learned vector
         assert len(words) == vectors.reshape(-1, vectors.shape[-1]).shape[0], name
         assert all(len(w) == 2 and isinstance(w[0][0], str) for w in words), name
-    assert {n for n, c in METHODS.items() if c.has_context} >= {"coop", "cocoop", "czsl-coop", "maple", "ivlp"}
+    expected = {"coop", "cocoop", "czsl-coop", "maple", "ivlp", "kgcoop", "promptsrc"}
+    assert {n for n, c in METHODS.items() if c.has_context} >= expected

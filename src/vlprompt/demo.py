@@ -42,6 +42,8 @@ class DemoEntry:
 _SGD = TrainConfig(epochs=20, batch_size=32, lr=0.002, schedule="coop", warmup_epochs=1)
 #: Image-side prompts: per-step cosine with warmup (VP's lr is the paper's 40).
 _VISUAL = TrainConfig(epochs=10, batch_size=32, momentum=0.9, schedule="cosine", warmup_epochs=1)
+#: Backbone deltas (CLIP-LoRA, full fine-tuning): AdamW, per-step cosine, no warmup.
+_ADAMW = TrainConfig(epochs=10, batch_size=32, optimizer="adamw", schedule="cosine", warmup_epochs=0)
 #: Two-tower prompts: MaPLe's recipe (lr 0.0035 at batch 4) at batch 32, its lr scaled with the batch.
 _TWO_TOWER = replace(_SGD, epochs=10, lr=0.02)
 
@@ -71,6 +73,14 @@ CLASSIFICATION: tuple[DemoEntry, ...] = (
     DemoEntry("ivlp", "ivlp", {"depth_text": 3, "depth_vision": 3}, _TWO_TOWER, default=False),
     DemoEntry("maple", "maple", {"depth": 3}, _TWO_TOWER),
     DemoEntry("upt", "upt", {}, _TWO_TOWER, default=False),
+    # Issue 10's inductive methods (with --methods all): KgCoOp as CoOp; PromptSRC as MaPLe, its Gaussian over
+    # epochs moved to the shorter run; the backbone deltas with AdamW and a per-step cosine.
+    DemoEntry("kgcoop", "kgcoop", {}, replace(_SGD, lr=0.02), default=False),
+    DemoEntry(
+        "promptsrc", "promptsrc", {"depth_text": 3, "depth_vision": 3, "gpa_mean": 7.5}, _TWO_TOWER, default=False
+    ),
+    DemoEntry("clip-lora", "clip-lora", {}, replace(_ADAMW, lr=2e-3, weight_decay=0.01), default=False),
+    DemoEntry("full-finetune", "full-finetune", {}, replace(_ADAMW, lr=1e-4, weight_decay=0.1), default=False),
 )
 
 

@@ -18,7 +18,7 @@ from .backbones import Backbone
 from .io import atomic_write_bytes, atomic_write_text, non_finite, tensors_sha256
 from .labels import LabelSpaceError, label_space_from_json
 from .methods import PromptMethod, method_class
-from .methods.base import MethodOptionError
+from .methods.base import EXTRA_STATE_KEY, MethodOptionError
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +171,14 @@ def load_prompt(directory: str | Path, backbone: Backbone, strict_backbone: bool
     tensors = load_tensors(Path(directory) / TENSORS_FILE)
     sizes = (saved.get("preprocess", {}).get("size"), backbone.image_size)
     check_shapes(method, tensors, Path(directory), sizes if sizes[0] != sizes[1] else None)
-    method.load_state_dict(tensors)
+    method.load_state_dict(tensors, strict=not has_extra_state(method))  # check_shapes matched the names
     check_tensors(tensors, config.get("tensors_sha256"), Path(directory) / TENSORS_FILE)
     return method.eval()
+
+
+def has_extra_state(method: PromptMethod) -> bool:
+    """Whether the method keeps training bookkeeping as module extra state (never in a prompt file)."""
+    return any(k.endswith(EXTRA_STATE_KEY) for k in method.state_dict())
 
 
 def check_shapes(
@@ -183,7 +188,7 @@ def check_shapes(
 
     ``sizes``: (the input resolution the prompt was trained at, the backbone's), when they differ.
     """
-    expected = {k: tuple(v.shape) for k, v in method.state_dict().items()}
+    expected = {k: tuple(v.shape) for k, v in method.state_dict().items() if not k.endswith(EXTRA_STATE_KEY)}
     found = {k: tuple(v.shape) for k, v in tensors.items()}
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
     wrong = [

@@ -10,6 +10,7 @@ record.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
 import json
@@ -19,6 +20,7 @@ from typing import Any
 
 import open_clip
 import torch
+import torch.nn.functional as F
 import torch.utils.checkpoint
 from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
@@ -243,9 +245,55 @@ class Backbone(nn.Module):
         """Features of plain texts (not normalized), in batches."""
         out = []
         for start in range(0, len(texts), batch_size):
-            ids = self.tokenize(texts[start : start + batch_size])
-            out.append(self.encode_text_embeddings(self._text.token_embedding(ids), self.eot_index(ids)))
+            out.append(self.encode_token_ids(self.tokenize(texts[start : start + batch_size])))
         return torch.cat(out).float()
+
+    def encode_token_ids(self, ids: Tensor) -> Tensor:
+        """Features of tokenized texts [N, L] (not normalized, with gradients: for methods that tune the tower)."""
+        ids = ids.to(self.device)
+        return self.encode_text_embeddings(self._text.token_embedding(ids), self.eot_index(ids))
+
+    # ------------------------------------------------------------------ backbone deltas
+    def tower_parameters(self, tower: str) -> dict[str, nn.Parameter]:
+        """The weights of one tower, "text" or "image", by name (as in ``named_parameters``).
+
+        The image tower is ``model.visual``; the text tower is every other weight but the logit scale
+        and bias.
+        """
+        _check_tower(tower)
+        params = {}
+        for name, p in self.named_parameters():
+            in_image = name.startswith("model.visual.")
+            if (tower == "image") == in_image and name not in ("model.logit_scale", "model.logit_bias"):
+                params[name] = p
+        return params
+
+    def attention_modules(self, tower: str) -> list[str]:
+        """Names (in ``named_modules``) of the attention module of every transformer block of ``tower``, in order."""
+        _check_tower(tower)
+        if tower == "image":
+            transformer, prefix = self._vision_transformer("attention modules").transformer, "model.visual.transformer"
+        else:
+            transformer = self._text.transformer
+            prefix = "model.text.transformer" if hasattr(self.model, "text") else "model.transformer"
+        return [f"{prefix}.resblocks.{i}.attn" for i in range(len(transformer.resblocks))]
+
+    def split_attention_copy(self, towers: Sequence[str]) -> Backbone:
+        """A private deep copy of this backbone whose attention modules in ``towers`` are :class:`SplitAttention`.
+
+        The copy computes the same features (up to float rounding) with separate ``q_proj``, ``k_proj``,
+        ``v_proj`` and ``out_proj`` linear layers, which adapters can target one by one (e.g. LoRA on the
+        query, key and value projections). This backbone is left untouched.
+        """
+        model = copy.deepcopy(self.model)
+        twin = Backbone(model, self.tokenizer, self.preprocess_cfg, self.identity.model, self.identity.pretrained)
+        for tower in towers:
+            for name in twin.attention_modules(tower):
+                parent, child = name.removeprefix("model.").rsplit(".", 1)
+                block = model.get_submodule(parent)
+                setattr(block, child, SplitAttention(getattr(block, child)))
+        model.eval()
+        return twin
 
     # ------------------------------------------------------------------ image
     def image_transform(self, train: bool = False):
@@ -328,7 +376,7 @@ class Backbone(nn.Module):
 
     def forward(self, encoder: str, *args, **kwargs):
         """Dispatch to an encoder by name (``"encode_image"``, ...): what :meth:`with_weights` calls."""
-        if encoder not in ("encode_image", "encode_text_embeddings", "encode_text"):
+        if encoder not in ("encode_image", "encode_text_embeddings", "encode_text", "encode_token_ids"):
             raise TypeError(f"a Backbone is called with an encoder name, not {encoder!r}")
         return getattr(self, encoder)(*args, **kwargs)
 
@@ -347,6 +395,59 @@ class Backbone(nn.Module):
     def train(self, mode: bool = True) -> Backbone:
         """The backbone stays in eval mode: it is frozen."""
         return super().train(False)
+
+
+TOWERS = ("text", "image")
+
+
+def _check_tower(tower: str) -> None:
+    if tower not in TOWERS:
+        raise BackboneError(f"tower must be one of {TOWERS}, not {tower!r}")
+
+
+class SplitAttention(nn.Module):
+    """An ``nn.MultiheadAttention`` re-expressed with four ``nn.Linear`` projections (same weights, same function).
+
+    Supports what CLIP's blocks use: self- or cross-attention with equal widths, an additive float or a
+    boolean attention mask (True = masked, as ``nn.MultiheadAttention``), no key padding mask.
+    """
+
+    def __init__(self, attention: nn.MultiheadAttention):
+        super().__init__()
+        if not attention._qkv_same_embed_dim or attention.bias_k is not None or attention.add_zero_attn:
+            raise BackboneError("only attention with equal query / key / value widths can be split")
+        width, bias = attention.embed_dim, attention.in_proj_bias is not None
+        self.num_heads, self.batch_first, self.dropout = attention.num_heads, attention.batch_first, attention.dropout
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(width, width, bias=bias) for _ in range(3))
+        self.out_proj = nn.Linear(width, width, bias=attention.out_proj.bias is not None)
+        with torch.no_grad():
+            for i, proj in enumerate((self.q_proj, self.k_proj, self.v_proj)):
+                proj.weight.copy_(attention.in_proj_weight[i * width : (i + 1) * width])
+                if bias:
+                    proj.bias.copy_(attention.in_proj_bias[i * width : (i + 1) * width])
+            self.out_proj.load_state_dict(attention.out_proj.state_dict())
+        self.to(attention.in_proj_weight.device, attention.in_proj_weight.dtype)
+        self.requires_grad_(attention.in_proj_weight.requires_grad)
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=False, attn_mask=None, **_):
+        if key_padding_mask is not None:
+            raise BackboneError("SplitAttention does not take a key padding mask")
+        if not self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        (batch, length, width), heads = query.shape, self.num_heads
+
+        def per_head(x: Tensor) -> Tensor:
+            return x.reshape(batch, -1, heads, width // heads).transpose(1, 2)
+
+        q, k, v = per_head(self.q_proj(query)), per_head(self.k_proj(key)), per_head(self.v_proj(value))
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            attn_mask = torch.zeros_like(attn_mask, dtype=q.dtype).masked_fill(attn_mask, float("-inf"))
+        if attn_mask is not None and attn_mask.dim() == 3:  # [batch · heads, L, S]
+            attn_mask = attn_mask.reshape(batch, heads, *attn_mask.shape[-2:])
+        dropout = self.dropout if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+        x = self.out_proj(x.transpose(1, 2).reshape(batch, length, width))
+        return (x if self.batch_first else x.transpose(0, 1)), None
 
 
 def encode_text_tower(

@@ -45,6 +45,21 @@ PRESETS: dict[str, Callable[[int], TrainConfig]] = {
     "ivlp": lambda shots: TrainConfig(epochs=5, batch_size=4, lr=0.0035),
     # UPT (Zang et al.): SGD lr 0.002, batch 32, cosine with one warmup epoch (CoOp's recipe for 16 shots).
     "upt": lambda shots: TrainConfig(epochs=_coop_epochs(shots)),
+    # KgCoOp (Yao et al.): CoOp's schedule with batch 128, 100 epochs (base-to-new and few-shot, all datasets).
+    "kgcoop": lambda shots: TrainConfig(epochs=100, batch_size=128, lr=0.002),
+    # PromptSRC (Khattak et al.): SGD lr 0.0025, batch 4, 20 epochs, one constant warmup epoch at 1e-5, cosine per
+    # epoch; 50 epochs few-shot (then also gpa_mean 30, gpa_std 30: method options).
+    "promptsrc": lambda shots: TrainConfig(epochs=20, batch_size=4, lr=0.0025),
+    "promptsrc-few-shot": lambda shots: TrainConfig(epochs=50, batch_size=4, lr=0.0025),
+    # CLIP-LoRA (Zanella & Ben Ayed): AdamW lr 2e-4, weight decay 0.01, batch 32, cosine per step from the start.
+    # The release runs 500 x shots steps, i.e. 16000 / classes epochs whatever the shots: set --train.epochs.
+    "clip-lora": lambda shots: TrainConfig(
+        epochs=100, batch_size=32, optimizer="adamw", lr=2e-4, weight_decay=0.01, schedule="cosine", warmup_epochs=0
+    ),
+    # Full fine-tuning baseline (no paper recipe: WiSE-FT-like AdamW, small lr, decoupled decay 0.1).
+    "full-finetune": lambda shots: TrainConfig(
+        epochs=20, batch_size=32, optimizer="adamw", lr=1e-5, weight_decay=0.1, schedule="cosine", warmup_epochs=0
+    ),
     # CSP (and its CZSL baselines): Adam with L2 decay 1e-5, no schedule, 20 epochs, batch 128;
     # model selection by validation AUC. lr 5e-5 on MIT-States and C-GQA, 5e-4 on UT-Zappos
     # (with vocab_dropout 0.3 on MIT-States, 0.2 on UT-Zappos: a method option).

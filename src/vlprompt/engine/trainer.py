@@ -196,6 +196,7 @@ def fit(
     for epoch in epochs:
         with backbone.checkpointing(config.activation_checkpointing):
             record = _train_epoch(model, method, backbone, feed, state, plan, config, epoch, mid_epoch)
+        method.end_epoch(epoch, config.epochs)
         _validate(method, backbone, scorer, config, state, result, record)
         record["seconds"] = round(time.time() - start_time, 3)
         result.history.append(record)

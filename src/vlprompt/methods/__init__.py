@@ -7,13 +7,17 @@ from typing import Any
 from ..backbones import Backbone
 from ..labels import ClassNames, PairSpace, TaskSpace
 from .base import Batch, MethodConfig, PromptMethod, cosine_logits
+from .clip_lora import CLIPLoRA, CLIPLoRAConfig
 from .cocoop import CoCoOp, CoCoOpConfig
 from .compositional import CSP, AttrObjHeads, CZSLCoOp, CZSLZeroShot, PairMethod, PairProjection, pair_space
 from .coop import CoOp, CoOpConfig
+from .full_finetune import FullFinetune, FullFinetuneConfig
 from .ivlp import IVLP, IVLPConfig
+from .kgcoop import KgCoOp, KgCoOpConfig
 from .linear_probe import LinearProbe, LinearProbeConfig
 from .maple import MaPLe, MaPLeConfig
 from .multitask import PerTask, PerTaskConfig, TaskMethod
+from .promptsrc import PromptSRC, PromptSRCConfig
 from .softcpt import SoftCPT, SoftCPTConfig
 from .upt import UPT, UPTConfig
 from .vp import VP, VPConfig
@@ -25,6 +29,7 @@ from .zeroshot import ZeroShot, ZeroShotConfig
 METHODS: dict[str, type[PromptMethod]] = {
     cls.name: cls
     for cls in (ZeroShot, CoOp, CoCoOp, LinearProbe, VP, VPT, IVLP, MaPLe, UPT)
+    + (KgCoOp, PromptSRC, CLIPLoRA, FullFinetune)
     + (CZSLZeroShot, CZSLCoOp, CSP, AttrObjHeads, PairProjection)
     + (SoftCPT,)
 }
@@ -65,6 +70,8 @@ def build_method(
 
 __all__ = [
     "COMMAND_OF_LABELS",
+    "CLIPLoRA",
+    "CLIPLoRAConfig",
     "CSP",
     "AttrObjHeads",
     "Batch",
@@ -78,8 +85,12 @@ __all__ = [
     "CoCoOpConfig",
     "CoOp",
     "CoOpConfig",
+    "FullFinetune",
+    "FullFinetuneConfig",
     "IVLP",
     "IVLPConfig",
+    "KgCoOp",
+    "KgCoOpConfig",
     "LinearProbe",
     "LinearProbeConfig",
     "MaPLe",
@@ -91,6 +102,8 @@ __all__ = [
     "SoftCPT",
     "SoftCPTConfig",
     "TaskMethod",
+    "PromptSRC",
+    "PromptSRCConfig",
     "UPT",
     "UPTConfig",
     "VP",

@@ -21,6 +21,9 @@ from torch import Tensor, nn
 from ..backbones import Backbone
 from ..labels import ClassNames, LabelSpace
 
+#: The state-dict key suffix of a module's extra state (``nn.Module.get_extra_state``).
+EXTRA_STATE_KEY = "_extra_state"
+
 
 @dataclass
 class Batch:
@@ -228,10 +231,20 @@ class PromptMethod(nn.Module):
     def forward(self, backbone: Backbone, batch: Batch, text: Tensor | None = None) -> Tensor:
         return self.logits(backbone, batch, text)
 
+    def end_epoch(self, epoch: int, epochs: int) -> None:
+        """Engine hook after training epoch ``epoch`` (0-based) of ``epochs``, before validation and the checkpoint.
+
+        Default: nothing. A method that keeps training state besides its tensors (e.g. PromptSRC's running
+        average of its prompts over epochs) keeps it as module extra state (``get_extra_state`` /
+        ``set_extra_state``): checkpoints carry it, prompt files do not.
+        """
+
     # ---------------------------------------------------------------- files and caches
     def trainable_state(self) -> dict[str, Tensor]:
-        """The tensors a prompt file stores."""
-        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        """The tensors a prompt file stores (training bookkeeping kept as module extra state is not one)."""
+        return {
+            k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.endswith(EXTRA_STATE_KEY)
+        }
 
     def cache_key(self) -> str:
         """What image features depend on besides the backbone: empty unless a backbone delta exists."""

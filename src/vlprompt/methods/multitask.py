@@ -169,6 +169,10 @@ class PerTask(TaskMethod):
             dim=1,
         )
 
+    def end_epoch(self, epoch: int, epochs: int) -> None:
+        for member in self.members:
+            member.end_epoch(epoch, epochs)
+
     def loss(self, backbone: Backbone, batch: Batch, logits: Tensor, label_smoothing: float = 0.0) -> Tensor:
         """Each member's own loss on its task's samples, weighted by their share of the batch.
 

@@ -25,9 +25,15 @@ COOP_ENSEMBLE_TEMPLATES = (
     "a photo of the small {}.",
 )
 
+CLIP_IMAGENET_TEMPLATES = tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
+#: CoOp's ``IMAGENET_TEMPLATES`` (trainers/imagenet_templates.py, also PromptSRC's text teacher): the first
+#: 60 of CLIP's 80 ImageNet templates, with "a photo of a {}." (CLIP's 40th) moved to the front.
+COOP_IMAGENET_TEMPLATES = (CLIP_IMAGENET_TEMPLATES[39],) + CLIP_IMAGENET_TEMPLATES[:39] + CLIP_IMAGENET_TEMPLATES[40:60]
+
 ENSEMBLES = {
     "": (),
-    "imagenet80": tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES),
+    "imagenet80": CLIP_IMAGENET_TEMPLATES,
+    "coop60": COOP_IMAGENET_TEMPLATES,
     "coop7": COOP_ENSEMBLE_TEMPLATES,
 }
 
@@ -38,8 +44,8 @@ class ZeroShotConfig(MethodConfig):
 
     Attributes:
         templates: the dataset's own template(s), with ``{}`` for the class name.
-        ensemble: add a template set: "" (none), "imagenet80" (CLIP's 80 ImageNet templates) or
-            "coop7" (CoOp's 7-template subset; with the dataset template that makes 8).
+        ensemble: add a template set: "" (none), "imagenet80" (CLIP's 80 ImageNet templates), "coop60"
+            (CoOp's 60 of them) or "coop7" (CoOp's 7-template subset; with the dataset template that makes 8).
     """
 
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])

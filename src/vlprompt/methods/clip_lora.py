@@ -1,0 +1,123 @@
+"""CLIP-LoRA: low-rank updates of the attention projections of both towers (Zanella & Ben Ayed, CVPRW 2024).
+
+Follows MaxZanella/CLIP-LoRA (``lora.py``, ``loralib/``): LoRA of rank 2 on the query, key and value
+projections of every block of both towers, scaling alpha / sqrt(rank) with alpha 1, dropout 0.25 on
+the input of each LoRA branch (one mask per projection), A initialised Kaiming-uniform (a = sqrt 5)
+and B zero; class features from the dataset's hand template through the tuned text tower, logits
+scale · cos with the logit scale frozen, cross-entropy; only the adapter weights train and are saved.
+
+The LoRA layers are peft's (``lora.Linear``, ``use_rslora`` for the alpha / sqrt(rank) scaling) on a
+private copy of the backbone whose attention modules compute q, k, v and the output through separate
+linear layers (``Backbone.split_attention_copy``; the release does the same with its own
+``PlainMultiheadAttentionLoRA``). Why a copy and not peft's ``nn.MultiheadAttention`` layer: that
+layer puts one low-rank update on the fused in-projection *and* one on the output projection, merged
+into the weights around each call, so it can neither adapt q, k, v separately nor apply dropout, and
+cannot reproduce the reference. Why not ``Backbone.with_weights``: dropout on the LoRA input is not a
+weight. The copy is held outside this module's children, so the method's tensors, prompt file, cache
+key, optimizer and DDP see only the adapter weights; the shared backbone is never modified. The copy
+costs one backbone's memory per method instance.
+
+Where this differs, deliberately: fp32 (the release trains under fp16 autocast; use --train.precision
+fp16 on GPU for that); training length is set in epochs (the release runs 500 · shots steps: 16000 /
+classes epochs at batch 32); its cosine schedule ends at 1e-6, vlprompt's at 0.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..backbones import Backbone
+from .base import MethodOptionError, option
+from .tuning import TowerTuning, TowerTuningConfig
+
+#: The attention projections LoRA can target, by the release's names.
+PROJECTIONS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj"}
+
+
+@dataclass
+class CLIPLoRAConfig(TowerTuningConfig):
+    """CLIP-LoRA hyperparameters (the release's defaults).
+
+    Attributes:
+        rank: r, the rank of each update.
+        alpha: the update is scaled by alpha / sqrt(r).
+        dropout: dropout on the input of each LoRA branch while training.
+        projections: which attention projections get an update: "q", "k", "v", "o".
+        layers: block indices that get updates (empty: every block, the release's position "all").
+        zero_init_b: B starts at zero, so training starts from the backbone (False: peft's random B too).
+    """
+
+    rank: int = option(2, low=1)
+    alpha: float = option(1.0, low=0.0)
+    dropout: float = option(0.25, low=0.0, high=0.99)
+    projections: list[str] = field(default_factory=lambda: ["q", "k", "v"])
+    layers: list[int] = field(default_factory=list)
+    zero_init_b: bool = True
+
+
+class CLIPLoRA(TowerTuning):
+    """peft LoRA layers on the q / k / v projections of a private, attention-split copy of the backbone."""
+
+    name = "clip-lora"
+    Config = CLIPLoRAConfig
+
+    def __init__(self, backbone: Backbone, classes: Sequence[str], config: CLIPLoRAConfig | None = None):
+        super().__init__(backbone, classes, config)
+        cfg = self.config
+        if not cfg.projections or any(p not in PROJECTIONS for p in cfg.projections):
+            raise MethodOptionError(
+                f"--method_options (clip-lora): projections must be a non-empty list of {list(PROJECTIONS)}, "
+                f"not {cfg.projections!r}"
+            )
+        tuned = backbone.split_attention_copy(cfg.towers)
+        targets = {}
+        for tower in cfg.towers:
+            blocks = tuned.attention_modules(tower)
+            outside = [i for i in cfg.layers if not 0 <= i < len(blocks)]
+            if outside:
+                raise MethodOptionError(
+                    f"--method_options (clip-lora): layers {outside} outside the {len(blocks)}-block {tower} tower"
+                )
+            for i, attention in enumerate(blocks):
+                if not cfg.layers or i in cfg.layers:
+                    for p in cfg.projections:
+                        targets[f"{tower}_{i}_{p}"] = f"{attention.removeprefix('model.')}.{PROJECTIONS[p]}"
+        self.lora = _inject_lora(tuned.model, targets, cfg)
+        self.__dict__["tuned"] = tuned  # not a child module: its frozen weights are the backbone's, not the method's
+        self._labels_changed(backbone)
+
+    def encode(self, backbone: Backbone, encoder: str, *args: Any) -> Tensor:
+        return getattr(self.tuned, encoder)(*args)
+
+
+def _inject_lora(model: nn.Module, targets: dict[str, str], cfg: CLIPLoRAConfig) -> nn.ModuleDict:
+    """peft LoRA layers on the ``targets`` (key -> module name) of ``model``; their A, B and dropout by key."""
+    try:  # imported here: peft pulls in transformers (slow)
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError as err:
+        raise ImportError(f"clip-lora needs peft's LoRA layers: pip install 'vlprompt[lora]' ({err})") from None
+
+    config = LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        # one regex of the exact names: a list would also match by suffix ("visual.transformer..." ends like
+        # the text tower's "transformer...")
+        target_modules="|".join(re.escape(name) for name in targets.values()),
+        use_rslora=True,  # scaling alpha / sqrt(r), as the release
+        init_lora_weights=cfg.zero_init_b,  # True: A Kaiming-uniform (a = sqrt 5), B zero
+        bias="none",
+    )
+    inject_adapter_in_model(config, model)
+    parts = {}
+    for key, name in targets.items():
+        layer = model.get_submodule(name)
+        parts[key] = nn.ModuleDict(
+            {"A": layer.lora_A["default"], "B": layer.lora_B["default"], "dropout": layer.lora_dropout["default"]}
+        )
+    return nn.ModuleDict(parts)

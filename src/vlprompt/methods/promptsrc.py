@@ -1,0 +1,168 @@
+"""PromptSRC: IVLP prompts regulated by the frozen model, averaged over epochs (Khattak et al., ICCV 2023).
+
+Follows muzairkhattak/PromptSRC (``trainers/promptsrc.py``): IVLP's independent deep prompts on both
+towers (4 text tokens from "a photo of a", 4 image tokens, depth 9), trained with
+
+    CE(logits) + 25 · L1(t̂, t̂₀) + 10 · L1(v̂, v̂₀) + KL(softmax(z₀) ‖ softmax(z)) · 1 / (B · C)
+
+where t̂ are the prompted class features and v̂ the prompted image features (both L2-normalised),
+t̂₀ the normalised frozen text teacher (the mean of the *raw* frozen features of each class over
+CoOp's 60 ImageNet templates), v̂₀ the normalised frozen features of the same pixels through the
+un-prompted image tower (no gradients), z = scale · v̂ t̂ᵀ and z₀ = scale · v̂₀ t̂₀ᵀ; L1 is the mean
+over elements; the KL term is ``kl_div(log_softmax(z), log_softmax(z₀), reduction="sum",
+log_target=True)`` divided by the number of logits (T = 1). After each epoch e (1-based) of N the
+prompts are added to a running sum with weight g(e) / Σ g, g the N(gpa_mean, gpa_std) density over
+epochs 1..N; after the last epoch that Gaussian prompt aggregate becomes the prompt (the release
+evaluates it as the final model). The running sum is module extra state: checkpoints carry it (a
+resumed run equals an uninterrupted one), prompt files hold only the prompts.
+
+Where this differs, deliberately: everything stays fp32 (the release runs the prompted model in
+fp16, the frozen image tower as a second fp16 copy of CLIP and casts the teacher to fp16 for z₀);
+only the prompts are averaged (the release averages the whole state dict, frozen CLIP weights
+included, which leaves those unchanged up to rounding); the Gaussian weights are computed as a
+softmax over epochs in float64 (the same numbers as the release's density ratio, without underflow
+when the mean lies far outside the epochs); IVLP's differences (widths from the model, exact
+truncation, image prompts after the class token) apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..backbones import Backbone
+from .base import Batch, cosine_logits, option
+from .ivlp import IVLP, IVLPConfig
+from .prompting import clean_classname
+from .zeroshot import ENSEMBLES
+
+
+@dataclass
+class PromptSRCConfig(IVLPConfig):
+    """PromptSRC hyperparameters (the base-to-new recipe's; IVLP's otherwise).
+
+    Attributes:
+        text_loss_weight: weight of L1(prompted, frozen) text features (25).
+        image_loss_weight: weight of L1(prompted, frozen) image features (10).
+        logit_loss_weight: weight of the KL term between frozen and prompted logits (1 in the release).
+        teacher_templates: the template set whose mean raw features are the text teacher ("coop60":
+            CoOp's 60 ImageNet templates, as the release).
+        aggregate: Gaussian prompt aggregation over epochs (False: the last epoch's prompts).
+        gpa_mean: mean of the Gaussian over epochs 1..N (15 for 20 epochs; 6 cross-dataset, 30 few-shot).
+        gpa_std: its standard deviation (1; 10 cross-dataset, 30 few-shot).
+    """
+
+    n_ctx_text: int = 4
+    n_ctx_vision: int = 4
+    text_loss_weight: float = option(25.0, low=0.0)
+    image_loss_weight: float = option(10.0, low=0.0)
+    logit_loss_weight: float = option(1.0, low=0.0)
+    teacher_templates: str = option("coop60", choices=[k for k in ENSEMBLES if k])
+    aggregate: bool = True
+    gpa_mean: float = 15.0
+    gpa_std: float = option(1.0, low=1e-6)
+
+
+def gaussian_epoch_weights(epochs: int, mean: float, std: float) -> Tensor:
+    """[epochs] float64 weights ∝ N(e; mean, std) for e = 1..epochs, summing to 1."""
+    if epochs < 1:
+        raise ValueError(f"Gaussian prompt aggregation needs at least one epoch, not {epochs}")
+    e = torch.arange(1, epochs + 1, dtype=torch.float64)
+    return torch.softmax(-0.5 * ((e - mean) / std) ** 2, dim=0)
+
+
+def teacher_text_features(backbone: Backbone, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
+    """[C, D] mean over templates of the raw (un-normalised) frozen features of each class."""
+    names = [clean_classname(n) for n in classnames]
+    return torch.stack([backbone.encode_text([t.format(n) for n in names]) for t in templates]).mean(dim=0)
+
+
+def self_regulating_losses(
+    text: Tensor, teacher: Tensor, image: Tensor, frozen_image: Tensor, logits: Tensor, scale: Tensor | float
+) -> dict[str, Tensor]:
+    """PromptSRC's three consistency terms, unweighted (features raw; normalised here, as the release does).
+
+    Returns ``text_l1`` (mean |t̂ − t̂₀|), ``image_l1`` (mean |v̂ − v̂₀|) and ``logits_kl`` (KL of the
+    prompted from the frozen class distribution, summed and divided by the number of logits).
+    """
+    text, teacher = F.normalize(text.float(), dim=-1), F.normalize(teacher.float(), dim=-1)
+    image, frozen_image = F.normalize(image.float(), dim=-1), F.normalize(frozen_image.float(), dim=-1)
+    frozen_logits = scale * frozen_image @ teacher.t()
+    kl = F.kl_div(
+        F.log_softmax(logits.float(), dim=1), F.log_softmax(frozen_logits, dim=1), reduction="sum", log_target=True
+    )
+    return {
+        "text_l1": F.l1_loss(text, teacher, reduction="mean"),
+        "image_l1": F.l1_loss(image, frozen_image, reduction="mean"),
+        "logits_kl": kl / logits.numel(),
+    }
+
+
+class PromptSRC(IVLP):
+    """IVLP prompts with self-regulating consistency losses and Gaussian prompt aggregation."""
+
+    name = "promptsrc"
+    Config = PromptSRCConfig
+
+    def __init__(self, backbone: Backbone, classes: Sequence[str], config: PromptSRCConfig | None = None):
+        super().__init__(backbone, classes, config)
+        self._step: tuple[Tensor, Tensor] | None = None
+        numel = sum(p.numel() for p in self.parameters())
+        self._aggregate_sum = torch.zeros(numel, device=backbone.device)
+
+    def _labels_changed(self, backbone: Backbone) -> None:
+        super()._labels_changed(backbone)
+        templates = ENSEMBLES[self.config.teacher_templates]
+        teacher = teacher_text_features(backbone, self.labels.names, templates)
+        self.register_buffer("teacher", teacher.to(self.ctx.device), persistent=False)
+
+    def logits(self, backbone: Backbone, batch: Batch, text: Tensor | None = None) -> Tensor:
+        image = self.image_features(backbone, batch)
+        text = self.text_features(backbone) if text is None else text
+        self._step = (image, text) if self.training else None  # the loss reuses this step's features
+        return cosine_logits(image, text, backbone.logit_scale)
+
+    def loss(self, backbone: Backbone, batch: Batch, logits: Tensor, label_smoothing: float = 0.0) -> Tensor:
+        if self._step is None:
+            raise RuntimeError("promptsrc's loss needs the features of a training forward pass (call it in train mode)")
+        (image, text), self._step = self._step, None
+        with torch.no_grad():
+            frozen_image = backbone.encode_image(batch.pixels)
+        terms = self_regulating_losses(text, self.teacher, image, frozen_image, logits, backbone.logit_scale)
+        cfg = self.config
+        regulariser = (
+            cfg.logit_loss_weight * terms["logits_kl"]
+            + cfg.text_loss_weight * terms["text_l1"]
+            + cfg.image_loss_weight * terms["image_l1"]
+        )
+        return super().loss(backbone, batch, logits, label_smoothing) + regulariser
+
+    # ---------------------------------------------------------------- Gaussian prompt aggregation
+    @torch.no_grad()
+    def end_epoch(self, epoch: int, epochs: int) -> None:
+        """Add this epoch's prompts to the weighted sum; after the last epoch, the sum becomes the prompt."""
+        if not self.config.aggregate:
+            return
+        weight = float(gaussian_epoch_weights(epochs, self.config.gpa_mean, self.config.gpa_std)[epoch])
+        flat = torch.cat([p.detach().reshape(-1) for p in self.parameters()])
+        previous = self._aggregate_sum if epoch > 0 else torch.zeros_like(flat)  # a new run starts a new sum
+        self._aggregate_sum = previous + flat * weight
+        if epoch == epochs - 1:
+            offset = 0
+            for p in self.parameters():
+                p.copy_(self._aggregate_sum[offset : offset + p.numel()].view_as(p))
+                offset += p.numel()
+
+    def get_extra_state(self) -> Tensor:
+        return self._aggregate_sum.detach().clone()
+
+    def set_extra_state(self, state: Tensor) -> None:
+        if state.shape != self._aggregate_sum.shape:
+            raise ValueError(
+                f"promptsrc aggregation state of {tuple(state.shape)} values, expected {self._aggregate_sum.numel()}"
+            )
+        self._aggregate_sum = state.to(self._aggregate_sum.device, self._aggregate_sum.dtype).clone()
