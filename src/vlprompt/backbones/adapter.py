@@ -297,11 +297,26 @@ class Backbone(nn.Module):
 
     # ------------------------------------------------------------------ image
     def image_transform(self, train: bool = False):
-        """The model's own preprocessing (a torchvision transform)."""
+        """The model's own preprocessing (a torchvision transform).
+
+        With ``train``, the prompt-learning references' augmentation (CoOp, CoCoOp, MaPLe, KgCoOp,
+        PromptSRC through Dassl: ``random_resized_crop`` at scale 0.08-1, ``random_flip``, normalise),
+        not open_clip's training transform (scale 0.9-1, no flip).
+        """
         cfg = self.preprocess_cfg
+        if train:
+            from torchvision import transforms as T
+
+            interpolation = T.InterpolationMode(cfg.get("interpolation", "bicubic"))
+            return T.Compose([
+                T.RandomResizedCrop(cfg["size"], scale=(0.08, 1.0), interpolation=interpolation),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize(tuple(cfg["mean"]), tuple(cfg["std"])),
+            ])  # fmt: skip
         return open_clip.image_transform(
             cfg["size"],
-            is_train=train,
+            is_train=False,
             mean=tuple(cfg["mean"]),
             std=tuple(cfg["std"]),
             interpolation=cfg.get("interpolation", "bicubic"),

@@ -58,7 +58,8 @@ class TrainConfig:
         cache_features: reuse frozen image features every epoch. ``None`` = automatic: on when the
             method leaves the image tower untouched and ``augment`` is off. With ``augment`` on, set
             it explicitly (True caches features of un-augmented images).
-        augment: random-resized-crop and flip training augmentation (open_clip's train transform).
+        augment: the references' training augmentation: random-resized-crop (scale 0.08-1) and
+            horizontal flip (:meth:`~vlprompt.backbones.Backbone.image_transform` with ``train``).
         eval_every: evaluate on validation every N epochs (0: only at the end).
         select: "last" epoch or "best" validation score (the metric is recorded).
         checkpoint_every: write the resumable checkpoint every N epochs.
