@@ -9,6 +9,7 @@ from typing import Any
 
 from ..backbones import Backbone
 from ..data import LabeledImages, base_new_split, few_shot, image_folder, split_json
+from ..data.benchmarks import get_dataset
 from ..data.images import DataError
 from ..evaluation import evaluate, harmonic_mean
 from ..features import FeatureCache
@@ -17,7 +18,7 @@ from ..methods import PromptMethod
 from .config import RunConfig
 from .loop import Protocol, run_seeds
 
-FORMATS = ("split-json", "imagefolder")
+FORMATS = ("split-json", "imagefolder", "benchmark")
 CLASS_SPLITS = ("all", "base-to-new")
 
 
@@ -26,8 +27,10 @@ class DataConfig:
     """A classification dataset and the protocol's view of it.
 
     Attributes:
-        format: "split-json" (CoOp split file + image root) or "imagefolder" (one folder per class).
-        root: image root for split-json paths.
+        format: "split-json" (CoOp split file + image root), "imagefolder" (one folder per class) or
+            "benchmark" (a registry dataset, ``vlprompt data check`` lists them, under ``root``).
+        root: image root for split-json paths; the datasets root (CoOp's $DATA) for "benchmark".
+        dataset: the registry dataset ("benchmark"), e.g. oxford_pets.
         split_file: the CoOp split JSON ({"train", "val", "test"} lists of [path, label, class name]).
         train_dir: class-folder tree of the training images ("imagefolder").
         val_dir: class-folder tree of the validation images ("imagefolder", optional).
@@ -40,6 +43,7 @@ class DataConfig:
     format: str = "split-json"
     root: str = ""
     split_file: str = ""
+    dataset: str = ""
     train_dir: str = ""
     val_dir: str = ""
     test_dir: str = ""
@@ -54,6 +58,13 @@ class DataConfig:
             raise DataError(f"--data.class_split must be one of {CLASS_SPLITS}, not {self.class_split!r}")
         if self.shots < 0:
             raise DataError(f"--data.shots must be >= 0 (0: all images), not {self.shots}")
+        if self.format == "benchmark":
+            if get_dataset(self.dataset).test_only:
+                raise DataError(
+                    f"--data.dataset {self.dataset} is an evaluation-only dataset: it has no training split"
+                )
+            if not self.root:
+                raise DataError("--data.root is required for --data.format benchmark: the datasets root")
         if self.format == "split-json" and not self.split_file:
             raise DataError("--data.split_file is required for --data.format split-json")
         for split in ("train", "test"):
@@ -63,6 +74,8 @@ class DataConfig:
     def load(self, transform=None) -> dict[str, LabeledImages]:
         """The train, val (may be absent) and test splits."""
         self.validate()
+        if self.format == "benchmark":
+            return get_dataset(self.dataset).load(self.root, transform, self.skip_bad_images)
         if self.format == "split-json":
             return {
                 s: split_json(self.split_file, self.root, s, transform, self.skip_bad_images)
