@@ -21,7 +21,7 @@ from vlprompt.data.benchmarks import (
     imagenet_subset,
     imagenet_wnids,
 )
-from vlprompt.runs import DataConfig
+from vlprompt.runs import Classification, ClassificationRun, DataConfig
 
 
 def test_registry_holds_the_field_benchmark_with_coop_templates():
@@ -63,7 +63,9 @@ def test_data_config_reads_a_registry_dataset(tmp_path):
     splits = DataConfig(format="benchmark", dataset="dtd", root=str(tmp_path)).load()
     assert splits["train"].classnames == ["banded", "blotchy", "braided", "bubbly"]
     with pytest.raises(DataError, match="imagenet_a is an evaluation-only dataset"):
-        DataConfig(format="benchmark", dataset="imagenet_a", root=str(tmp_path)).validate()
+        Classification(
+            ClassificationRun(data=DataConfig(format="benchmark", dataset="imagenet_a", root="x"))
+        ).validate()
     with pytest.raises(DataError, match="unknown dataset 'pets'; the registry has: imagenet, caltech101"):
         DataConfig(format="benchmark", dataset="pets", root=str(tmp_path)).validate()
 

@@ -59,10 +59,7 @@ class DataConfig:
         if self.shots < 0:
             raise DataError(f"--data.shots must be >= 0 (0: all images), not {self.shots}")
         if self.format == "benchmark":
-            if get_dataset(self.dataset).test_only:
-                raise DataError(
-                    f"--data.dataset {self.dataset} is an evaluation-only dataset: it has no training split"
-                )
+            get_dataset(self.dataset)
             if not self.root:
                 raise DataError("--data.root is required for --data.format benchmark: the datasets root")
         if self.format == "split-json" and not self.split_file:
@@ -118,7 +115,10 @@ class Classification(Protocol):
         return self.run.data.shots
 
     def validate(self) -> None:
-        self.run.data.validate()
+        data = self.run.data
+        data.validate()
+        if data.format == "benchmark" and get_dataset(data.dataset).test_only:
+            raise DataError(f"--data.dataset {data.dataset} is an evaluation-only dataset: it has no training split")
 
     def prepare(self, backbone: Backbone, cache: FeatureCache) -> None:
         self.splits = self.run.data.load(backbone.image_transform())
