@@ -34,9 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import distributed as dist
 from ..backbones import Backbone
 from ..data.benchmarks import FEW_SHOT_DATASETS, IMAGENET_VARIANTS, dataset_names, get_dataset
 from ..data.images import DataError
+from ..engine import PRESETS
 from ..evaluation import evaluate, harmonic_mean, summarize
 from ..evaluation.reports import csv_table, mean_std
 from ..features import FeatureCache
@@ -45,8 +47,16 @@ from ..labels import ClassNames
 from ..methods import PromptMethod, method_class
 from .classification import Classification, ClassificationRun, DataConfig
 from .config import BackboneConfig, RunConfig, TrainOverrides, train_overrides
-from .loop import CONFIG_FILE, Protocol, check_config_unchanged, run_record, run_seeds, validate_run, write_config
-from .loop import prepare_out_dir as _prepare_out_dir
+from .loop import (
+    CONFIG_FILE,
+    Protocol,
+    check_config_unchanged,
+    prepare_out_dir,
+    run_record,
+    run_seeds,
+    validate_run,
+    write_config,
+)
 
 PROTOCOLS = ("few-shot", "base-to-new", "cross-dataset", "domain-generalisation")
 #: ``--datasets builtin``: the built-in benchmark's class views.
@@ -130,9 +140,14 @@ class DatasetSource(BenchSource):
     template: str | None = None
 
     def recipe(self, bench: BenchRun, method: str) -> tuple[dict[str, Any], str | None, Any]:
-        """(method options, preset, train overrides) of ``method`` here."""
+        """(method options, preset, train overrides) of ``method`` here.
+
+        The preset is ``--preset``, else ``<method>-<dataset>`` where one exists (e.g. CoOp's ImageNet
+        recipe, ``coop-imagenet``), else the method's own.
+        """
         cls = method_class(method, ClassNames)
-        return _options(cls, bench, method, self.template), bench.preset, bench.train
+        preset = bench.preset or (f"{method}-{self.name}" if f"{method}-{self.name}" in PRESETS else None)
+        return _options(cls, bench, method, self.template), preset, bench.train
 
     def run_config(self, bench: BenchRun, method: str, shots: int, class_split: str, out: Path) -> ClassificationRun:
         options, preset, train = self.recipe(bench, method)
@@ -354,7 +369,7 @@ def run_bench(
             missing = get_dataset(sub.run.data.dataset).missing(sub.run.data.root)
             if missing:
                 raise DataError(f"{sub.run.data.dataset}: " + "; ".join(missing))
-    out = _prepare_out_dir(bench.out, bench.resume, bench.overwrite, "bench")
+    out = prepare_out_dir(bench.out, bench.resume, bench.overwrite, "bench")
     write_config(out, record, bench.resume, f"bench {protocol}")
     backbone = backbone or bench.backbone.load()
     cache = cache or FeatureCache(bench.feature_cache_dir)
@@ -364,10 +379,12 @@ def run_bench(
         if sub_rows is None:
             sub_rows = run_seeds(sub.run, sub.protocol, backbone, cache, progress)
         rows += [{"dataset": sub.dataset, **row} for row in sub_rows]
-    report = write_bench_tables(out, protocol, rows)
-    from ..plots import plot_bench
+    report = bench_report(protocol, rows)
+    if dist.is_main():
+        from ..plots import plot_bench
 
-    plot_bench(report["summary"], protocol, out / "results.png")
+        write_bench_tables(out, report)
+        plot_bench(report["summary"], protocol, out / "results.png")
     return report
 
 
@@ -460,16 +477,18 @@ def bench_tables(protocol: str, summary: list[dict[str, Any]]) -> str:
     return f"## {protocol} (mean ± std over seeds, %)\n\n{note}\n\n{body}"
 
 
-def write_bench_tables(out: Path, protocol: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """results.json (per seed and summary), results.md (the tables) and results.csv (the summary)."""
+def bench_report(protocol: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"protocol", "per_seed": rows, "summary": cells, "table": markdown}``."""
     summary = bench_summary(protocol, rows)
-    table = bench_tables(protocol, summary)
-    atomic_write_text(
-        out / "results.json", json.dumps({"protocol": protocol, "per_seed": rows, "summary": summary}, indent=2)
-    )
-    atomic_write_text(out / "results.md", table)
-    atomic_write_text(out / "results.csv", csv_table(summary))
-    return {"per_seed": rows, "summary": summary, "table": table}
+    return {"protocol": protocol, "per_seed": rows, "summary": summary, "table": bench_tables(protocol, summary)}
+
+
+def write_bench_tables(out: Path, report: dict[str, Any]) -> None:
+    """results.json (per seed and summary), results.md (the tables) and results.csv (the summary)."""
+    record = {k: report[k] for k in ("protocol", "per_seed", "summary")}
+    atomic_write_text(out / "results.json", json.dumps(record, indent=2))
+    atomic_write_text(out / "results.md", report["table"])
+    atomic_write_text(out / "results.csv", csv_table(report["summary"]))
 
 
 __all__ = [
@@ -482,6 +501,7 @@ __all__ = [
     "DatasetSource",
     "Transfer",
     "TransferSource",
+    "bench_report",
     "bench_summary",
     "bench_tables",
     "make_sources",
