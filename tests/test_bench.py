@@ -161,7 +161,13 @@ def test_bad_bench_options(tmp_path, root):
             run_bench(protocol, BenchRun(**{"root": str(root), "out": str(tmp_path / "b"), **kw}))
 
     fails("few-shot", "unknown method 'cop'", methods=["cop"])
-    fails("cross-dataset", "--datasets builtin runs alone, and only few-shot and base-to-new", datasets=["builtin"])
+    fails("cross-dataset", "--datasets builtin runs without registry datasets, and only few-shot", datasets=["builtin"])
+    fails("few-shot", "--datasets builtin runs without registry datasets", datasets=["builtin", "dtd"])
+    fails(
+        "few-shot",
+        r"unknown built-in view 'builtin-pears'; choose builtin or \['builtin-pairs'",
+        datasets=["builtin-pears"],
+    )
     fails("few-shot", "--datasets imagenet_a is evaluation-only", datasets=["imagenet_a"])
     fails("domain-generalisation", "targets are the ImageNet variants", datasets=["dtd"])
     fails("few-shot", "--shots must all be >= 1", datasets=["dtd"], shots=[0])
