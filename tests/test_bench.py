@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 from benchmark_fixtures import write_fixture
+from test_contract import make
 
 import vlprompt.engine.trainer as trainer
 import vlprompt.runs.bench as bench_module
@@ -13,6 +14,8 @@ from vlprompt.cli import main
 from vlprompt.data.benchmarks import DATASETS
 from vlprompt.evaluation import evaluate, harmonic_mean
 from vlprompt.features import FeatureCache
+from vlprompt.labels import ClassNames
+from vlprompt.methods import CoOp, build_method, methods_for
 from vlprompt.prompts import load_prompt
 from vlprompt.runs import ClassificationRun, DataConfig, run_classification, train_overrides
 from vlprompt.runs.bench import BenchRun, bench_summary, bench_tables, run_bench
@@ -216,3 +219,15 @@ def test_cli_bench(tmp_path, root, capsys):
     assert "## few-shot (mean ± std over seeds, %)" in printed and "| coop |" in printed and "| zeroshot |" in printed
     assert main(["bench", "base-to-new", "--methods", "linear-probe", "--root", str(root), "--out", str(out)]) == 2
     assert "linear-probe with these options learns one output per training class" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", methods_for(ClassNames))
+def test_transfer_is_known_before_building(name, vit_backbone):
+    """The refusal before any work reads ``transfers_with(config)``: it must agree with the built method."""
+    method = make(name, vit_backbone)  # the contract suite's small options
+    assert type(method).transfers_with(method.config) is method.transfers_to_new_classes
+    expected = name not in ("linear-probe",)
+    assert method.transfers_to_new_classes is expected
+    if name == "coop":
+        specific = build_method(name, vit_backbone, ["red", "blue"], {"class_specific": True})
+        assert not specific.transfers_to_new_classes and not CoOp.transfers_with(specific.config)
