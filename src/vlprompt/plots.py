@@ -100,6 +100,8 @@ def plot_bench(summary: Sequence[Mapping], protocol: str, path: str | Path) -> N
                     label=method,
                 )
             ax.set_xscale("log", base=2)
+            ticks = sorted({c["shots"] for c in cells})
+            ax.set_xticks(ticks, [str(k) for k in ticks])
             ax.set_xlabel("shots per class")
         else:
             width = 0.8 / len(metrics)
@@ -109,7 +111,8 @@ def plot_bench(summary: Sequence[Mapping], protocol: str, path: str | Path) -> N
                     100 * next((c.get(f"{metric}_std", 0.0) for c in cells if str(c["method"]) == m), 0.0)
                     for m in methods
                 ]
-                ax.bar([j + i * width for j in range(len(methods))], means, width, yerr=stds, capsize=2, label=metric)
+                label = "HM" if metric == "hm" else metric
+                ax.bar([j + i * width for j in range(len(methods))], means, width, yerr=stds, capsize=2, label=label)
             ax.set_xticks([j + width * (len(metrics) - 1) / 2 for j in range(len(methods))], methods, rotation=30)
         ax.set_title(dataset)
         ax.set_ylabel("accuracy (%)")

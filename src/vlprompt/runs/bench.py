@@ -489,7 +489,7 @@ def bench_tables(protocol: str, summary: list[dict[str, Any]]) -> str:
         body = _base_to_new_tables(summary)
     else:
         body = "\n".join(
-            f"### {k} shots\n\n" + _wide_table(summary, k, "accuracy")
+            f"### {k} shot{'s' * (k != 1)}\n\n" + _wide_table(summary, k, "accuracy")
             for k in dict.fromkeys(c["shots"] for c in summary)
         )
     note = {
