@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -217,6 +218,10 @@ def test_cli_bench(tmp_path, root, capsys):
     assert main([*args, "--method_options", "{coop: {n_ctx: 2}}"]) == 0
     printed = capsys.readouterr().out
     assert "## few-shot (mean ± std over seeds, %)" in printed and "| coop |" in printed and "| zeroshot |" in printed
+    replay = tmp_path / "replay"  # the bench's config.yaml replays it
+    assert main(["bench", "few-shot", "--config", str(out / "config.yaml"), "--out", str(replay)]) == 0
+    scores = [json.loads((d / "results.json").read_text())["summary"] for d in (out, replay)]
+    assert scores[0] == scores[1]
     assert main(["bench", "base-to-new", "--methods", "linear-probe", "--root", str(root), "--out", str(out)]) == 2
     assert "linear-probe with these options learns one output per training class" in capsys.readouterr().err
 
@@ -231,3 +236,18 @@ def test_transfer_is_known_before_building(name, vit_backbone):
     if name == "coop":
         specific = build_method(name, vit_backbone, ["red", "blue"], {"class_specific": True})
         assert not specific.transfers_to_new_classes and not CoOp.transfers_with(specific.config)
+
+
+def test_builtin_views_use_the_demo_recipes():
+    from vlprompt.demo import CLASSIFICATION
+
+    bench = BenchRun(datasets=["builtin"], method_options={"coop": {"n_ctx": 8}}, train=train_overrides(epochs=3))
+    source = bench_module.BuiltinSource("colours", DataConfig(split_file="split.json"))
+    entry = {e.label: e for e in CLASSIFICATION}
+    options, preset, train = source.recipe(bench, "cocoop")
+    assert (options, preset) == (entry["cocoop"].options, None)
+    assert train == train_overrides(entry["cocoop"].train, epochs=3)  # the demo's recipe, the user's overrides on top
+    options, _, _ = source.recipe(bench, "coop")
+    assert options == {**entry["coop"].options, "n_ctx": 8}
+    assert bench_module.builtin_views(["builtin"]) == ["colours", "shapes"]
+    assert bench_module.builtin_views(["builtin-pairs", "builtin"]) == ["pairs", "colours", "shapes"]
