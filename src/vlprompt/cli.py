@@ -373,16 +373,16 @@ def _list_flags(cls: type, prefix: str = "--") -> set[str]:
     return lists
 
 
-#: Positional words of a command that a list option's values stop at.
-_POSITIONALS = {"bench": set(PROTOCOLS)}
+#: Commands whose list options take plain values, and the positional words those values stop at.
+_PLAIN_LISTS = {"bench": set(PROTOCOLS)}
 
 
 def expand_list_values(argv: list[str]) -> list[str]:
-    """``--methods coop cocoop`` (several values after a list option) means ``--methods [coop, cocoop]``."""
+    """``vlprompt bench --methods coop cocoop`` (plain values after a list option): ``--methods [coop, cocoop]``."""
     command = next((a for a in argv if a in COMMAND_CONFIGS), None)
-    if command is None:
+    if command not in _PLAIN_LISTS:
         return argv
-    flags, stop = _list_flags(COMMAND_CONFIGS[command][0]), _POSITIONALS.get(command, set())
+    flags, stop = _list_flags(COMMAND_CONFIGS[command][0]), _PLAIN_LISTS[command]
     out, i = [], 0
     while i < len(argv):
         out.append(argv[i])
