@@ -39,6 +39,7 @@ from .runs import (
     run_czsl,
     run_multitask,
 )
+from .runs.bench import PROTOCOLS, BenchRun
 
 log = logging.getLogger("vlprompt")
 BOOL_WORDS = {"true", "false", "yes", "no", "1", "0", "null"}
@@ -192,6 +193,21 @@ class BankCommand:
         self.backbone.validate()
 
 
+@dataclass
+class DataCommand:
+    """Check benchmark datasets under a root: what is missing and where to get it (nothing is downloaded).
+
+    Attributes:
+        root: the datasets root (CoOp's $DATA layout, see docs/datasets.md).
+    """
+
+    root: str = ""
+
+    def validate(self) -> None:
+        if not self.root:
+            raise ValueError("--root is required: the folder that holds the dataset folders (CoOp's $DATA)")
+
+
 def _require_prompt(prompt: str) -> None:
     if not prompt:
         raise ValueError("--prompt is required: a prompt directory (e.g. RUN/seed1/prompt)")
@@ -207,6 +223,8 @@ COMMAND_CONFIGS: dict[str, tuple[type, str]] = {
     "interpret": (InterpretCommand, "interpret learned context vectors"),
     "bank": (BankCommand, "gather trained prompts into a prompt bank"),
     "demo": (DemoCommand, "run the built-in demo"),
+    "bench": (BenchRun, "run a protocol over datasets, methods, shots and seeds (paper-style tables)"),
+    "data": (DataCommand, "check benchmark datasets: `vlprompt data check NAME|all --root DIR`"),
 }
 _METHOD_HELP = {
     "train": f"the method: {', '.join(methods_for(ClassNames))}",
@@ -231,6 +249,11 @@ def build_parser() -> ArgumentParser:
         sub.add_argument(DEBUG_FLAG, action="store_true", help="show the full traceback of an error")
         if name == "predict":
             sub.add_argument("images", nargs="+", help="image files")
+        if name == "bench":
+            sub.add_argument("protocol", choices=PROTOCOLS, help="the protocol: " + " | ".join(PROTOCOLS))
+        if name == "data":
+            sub.add_argument("action", choices=["check"], help="check: report what is missing")
+            sub.add_argument("names", nargs="+", help="registry dataset names, or all")
         sub.add_class_arguments(config, None, as_group=False)
         if name in _METHOD_HELP:  # list only the methods of this command's protocol
             sub._option_string_actions["--method"].help = _METHOD_HELP[name]
@@ -336,6 +359,28 @@ def cmd_demo(cfg: DemoCommand, _: Any) -> int:
     return 0
 
 
+def cmd_bench(bench: BenchRun, namespace: Any) -> int:
+    from .runs.bench import run_bench
+
+    report = run_bench(namespace.protocol, bench)
+    if dist.is_main():
+        print(report["table"], end="")
+        print(f"bench directory: {bench.out}")
+    return 0
+
+
+def cmd_data(cfg: DataCommand, namespace: Any) -> int:
+    from .data.benchmarks import DATASETS, check_dataset, dataset_names
+
+    cfg.validate()
+    reports = [check_dataset(name, cfg.root) for name in dataset_names(namespace.names, tuple(DATASETS))]
+    for report in reports:
+        print(report.text())
+    ready = sum(r.ok for r in reports)
+    print(f"{ready} of {len(reports)} dataset(s) ready under {cfg.root} (docs/datasets.md says where to get each)")
+    return 0 if ready == len(reports) else 1
+
+
 def cmd_interpret(cfg: InterpretCommand, _: Any) -> int:
     from .prompts import load_prompt
 
@@ -369,6 +414,8 @@ COMMANDS = {
     "demo": cmd_demo,
     "interpret": cmd_interpret,
     "bank": cmd_bank,
+    "bench": cmd_bench,
+    "data": cmd_data,
 }
 
 
@@ -400,6 +447,43 @@ def expand_bare_flags(argv: list[str]) -> list[str]:
     return out
 
 
+def _list_flags(cls: type, prefix: str = "--") -> set[str]:
+    """The option strings of every list field of a config dataclass (top level)."""
+    hints = typing.get_type_hints(cls)
+    lists = set()
+    for f in dataclasses.fields(cls):
+        args = {typing.get_origin(a) or a for a in (typing.get_args(hints[f.name]) or (hints[f.name],))}
+        if typing.get_origin(hints[f.name]) is list or list in args:
+            lists.add(prefix + f.name)
+    return lists
+
+
+#: Commands whose list options take plain values, and the positional words those values stop at.
+_PLAIN_LISTS = {"bench": set(PROTOCOLS)}
+
+
+def expand_list_values(argv: list[str]) -> list[str]:
+    """``vlprompt bench --methods coop cocoop`` (plain values after a list option): ``--methods [coop, cocoop]``."""
+    command = next((a for a in argv if a in COMMAND_CONFIGS), None)
+    if command not in _PLAIN_LISTS:
+        return argv
+    flags, stop = _list_flags(COMMAND_CONFIGS[command][0]), _PLAIN_LISTS[command]
+    out, i = [], 0
+    while i < len(argv):
+        out.append(argv[i])
+        if argv[i] in flags:
+            values = []
+            while i + 1 < len(argv) and not argv[i + 1].startswith("--") and argv[i + 1] not in stop:
+                values.append(argv[i + 1])
+                i += 1
+            if len(values) == 1 and (values[0].startswith("[") or values[0].lower() == "null"):
+                out += values
+            elif values:
+                out.append("[" + ", ".join(values) + "]")
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vlprompt`` console script.
 
@@ -416,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         try:
-            namespace = parser.parse_args(expand_bare_flags(argv))
+            namespace = parser.parse_args(expand_list_values(expand_bare_flags(argv)))
         except ArgumentError as err:
             if debug:
                 raise

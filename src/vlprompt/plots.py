@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -68,5 +69,57 @@ def plot_seen_unseen_curve(curves: Mapping[str, tuple[Sequence[float], Sequence[
     ax.set_ylabel("seen accuracy (%)")
     ax.legend()
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, Path(path))
+
+
+def plot_bench(summary: Sequence[Mapping], protocol: str, path: str | Path) -> None:
+    """A bench's combined plot: one panel per dataset (then the Average).
+
+    Few-shot: accuracy against shots, a line per method. Otherwise bars per method (base, new and HM for
+    base-to-new; accuracy for the transfer protocols), with the std over seeds as error bars.
+    """
+    datasets = list(dict.fromkeys(str(c["dataset"]) for c in summary))
+    methods = list(dict.fromkeys(str(c["method"]) for c in summary))
+    cols = min(4, len(datasets)) or 1
+    rows = math.ceil(len(datasets) / cols) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
+    metrics = ["base", "new", "hm"] if protocol == "base-to-new" else ["accuracy"]
+    for ax, dataset in zip(axes.flat, datasets):
+        cells = [c for c in summary if str(c["dataset"]) == dataset]
+        if protocol == "few-shot":
+            for method in methods:
+                mine = sorted((c for c in cells if str(c["method"]) == method), key=lambda c: c["shots"])
+                shots = [c["shots"] for c in mine]
+                ax.errorbar(
+                    shots,
+                    [100 * c["accuracy"] for c in mine],
+                    yerr=[100 * c["accuracy_std"] for c in mine],
+                    marker="o",
+                    capsize=3,
+                    label=method,
+                )
+            ax.set_xscale("log", base=2)
+            ticks = sorted({c["shots"] for c in cells})
+            ax.set_xticks(ticks, [str(k) for k in ticks])
+            ax.set_xlabel("shots per class")
+        else:
+            width = 0.8 / len(metrics)
+            for i, metric in enumerate(metrics):
+                means = [100 * next((c[metric] for c in cells if str(c["method"]) == m), 0.0) for m in methods]
+                stds = [
+                    100 * next((c.get(f"{metric}_std", 0.0) for c in cells if str(c["method"]) == m), 0.0)
+                    for m in methods
+                ]
+                label = "HM" if metric == "hm" else metric
+                ax.bar([j + i * width for j in range(len(methods))], means, width, yerr=stds, capsize=2, label=label)
+            ax.set_xticks([j + width * (len(metrics) - 1) / 2 for j in range(len(methods))], methods, rotation=30)
+        ax.set_title(dataset)
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(datasets) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize="small")
+    fig.suptitle(f"{protocol} (mean ± std over seeds)")
     fig.tight_layout()
     _save(fig, Path(path))

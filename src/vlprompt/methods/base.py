@@ -171,7 +171,12 @@ class PromptMethod(nn.Module):
     @property
     def transfers_to_new_classes(self) -> bool:
         """Whether ``set_classes`` can score labels not seen in training (base-to-new)."""
-        return self.transfers
+        return self.transfers_with(self.config)
+
+    @classmethod
+    def transfers_with(cls, config: MethodConfig) -> bool:
+        """Whether the method built with ``config`` can score new classes (known before building it)."""
+        return cls.transfers
 
     def set_classes(self, backbone: Backbone, labels: Any) -> None:
         """Score another label space with the same learned tensors (see :attr:`transfers`)."""

@@ -49,9 +49,9 @@ class CoOp(PromptMethod):
         self.ctx = nn.Parameter(init.to(backbone.device))
         self._labels_changed(backbone)
 
-    @property
-    def transfers_to_new_classes(self) -> bool:
-        return not self.config.class_specific
+    @classmethod
+    def transfers_with(cls, config: CoOpConfig) -> bool:
+        return not config.class_specific
 
     def set_classes(self, backbone: Backbone, classes) -> None:
         labels = self.label_kind.coerce(classes)

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..backbones import Backbone
 from ..data import LabeledImages, base_new_split, few_shot, image_folder, split_json
+from ..data.benchmarks import get_dataset
 from ..data.images import DataError
 from ..evaluation import evaluate, harmonic_mean
 from ..features import FeatureCache
@@ -17,7 +18,7 @@ from ..methods import PromptMethod
 from .config import RunConfig
 from .loop import Protocol, run_seeds
 
-FORMATS = ("split-json", "imagefolder")
+FORMATS = ("split-json", "imagefolder", "benchmark")
 CLASS_SPLITS = ("all", "base-to-new")
 
 
@@ -26,8 +27,10 @@ class ImageSource:
     """Where a dataset's images and labels are: a CoOp split file, or class-folder trees.
 
     Attributes:
-        format: "split-json" (CoOp split file + image root) or "imagefolder" (one folder per class).
-        root: image root for split-json paths.
+        format: "split-json" (CoOp split file + image root), "imagefolder" (one folder per class) or
+            "benchmark" (a registry dataset, ``vlprompt data check`` lists them, under ``root``).
+        root: image root for split-json paths; the datasets root (CoOp's $DATA) for "benchmark".
+        dataset: the registry dataset ("benchmark"), e.g. oxford_pets.
         split_file: the CoOp split JSON ({"train", "val", "test"} lists of [path, label, class name]).
         train_dir: class-folder tree of the training images ("imagefolder").
         val_dir: class-folder tree of the validation images ("imagefolder", optional).
@@ -38,6 +41,7 @@ class ImageSource:
     format: str = "split-json"
     root: str = ""
     split_file: str = ""
+    dataset: str = ""
     train_dir: str = ""
     val_dir: str = ""
     test_dir: str = ""
@@ -47,6 +51,10 @@ class ImageSource:
         """Check the options; messages name the flags under ``where`` (e.g. ``--data``)."""
         if self.format not in FORMATS:
             raise DataError(f"{where}.format must be one of {FORMATS}, not {self.format!r}")
+        if self.format == "benchmark":
+            get_dataset(self.dataset)
+            if not self.root:
+                raise DataError(f"{where}.root is required for {where}.format benchmark: the datasets root")
         if self.format == "split-json" and not self.split_file:
             raise DataError(f"{where}.split_file is required for {where}.format split-json")
         for split in ("train", "test"):
@@ -56,6 +64,8 @@ class ImageSource:
     def load(self, transform=None) -> dict[str, LabeledImages]:
         """The train, val (may be absent) and test splits."""
         self.validate()
+        if self.format == "benchmark":
+            return get_dataset(self.dataset).load(self.root, transform, self.skip_bad_images)
         if self.format == "split-json":
             return {
                 s: split_json(self.split_file, self.root, s, transform, self.skip_bad_images)
@@ -118,7 +128,10 @@ class Classification(Protocol):
         return self.run.data.shots
 
     def validate(self) -> None:
-        self.run.data.validate()
+        data = self.run.data
+        data.validate()
+        if data.format == "benchmark" and get_dataset(data.dataset).test_only:
+            raise DataError(f"--data.dataset {data.dataset} is an evaluation-only dataset: it has no training split")
 
     def prepare(self, backbone: Backbone, cache: FeatureCache) -> None:
         self.splits = self.run.data.load(backbone.image_transform())

@@ -1,0 +1,535 @@
+"""``vlprompt bench``: the field's protocols as one command each, with the papers' tables and a plot.
+
+Protocols (:data:`PROTOCOLS`):
+
+- ``few-shot``: every dataset, method and K (default 1, 2, 4, 8, 16), test accuracy.
+- ``base-to-new``: train on the base half of the classes, test on base and on new; the table has
+  base, new and their harmonic mean per dataset, and the Average row's HM is the HM of the averaged
+  base and new accuracies (as the papers report it).
+- ``cross-dataset``: train on ImageNet once per seed; test that prompt on ImageNet and the other 10.
+- ``domain-generalisation``: the same ImageNet prompt on ImageNet-V2, -Sketch, -A and -R (on -A and
+  -R it scores only their 200 classes).
+
+Every (dataset, method, shots) is one run directory ``OUT/<dataset>/<method>/shots<K>`` driven by the
+shared per-seed loop (:func:`~vlprompt.runs.loop.run_seeds`), so each holds its own config, prompts,
+metrics and tables. With ``--resume`` a finished sub-run is read back from its ``results.json`` and
+a finished seed of an unfinished one is not retrained.
+
+Extension point: a sweep runs over *sources* (:class:`BenchSource`). A source is a named "dataset"
+that, given ``(bench, method, shots, class_split, out)``, returns the :class:`~vlprompt.runs.RunConfig`
+and the :class:`~vlprompt.runs.Protocol` of that sub-run; the sweep runs them with ``run_seeds``
+and tabulates the rows (each row needs ``method``, ``seed`` and the protocol's metrics, e.g.
+``accuracy``). The registry datasets (:class:`DatasetSource`) and the built-in benchmark's views
+(:class:`BuiltinSource`) are sources; a multi-task collection joins the few-shot sweep by
+registering a function that makes its sources in :data:`EXTRA_SOURCES` under the name given to
+``--datasets``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import distributed as dist
+from ..backbones import Backbone
+from ..data.benchmarks import FEW_SHOT_DATASETS, IMAGENET_VARIANTS, dataset_names, get_dataset
+from ..data.images import DataError
+from ..engine import PRESETS
+from ..evaluation import evaluate, harmonic_mean, summarize
+from ..evaluation.reports import csv_table, mean_std
+from ..features import FeatureCache
+from ..io import atomic_write_text
+from ..labels import ClassNames
+from ..methods import PromptMethod, method_class
+from .classification import Classification, ClassificationRun, DataConfig
+from .config import BackboneConfig, RunConfig, TrainOverrides, train_overrides
+from .loop import (
+    CONFIG_FILE,
+    Protocol,
+    check_config_unchanged,
+    prepare_out_dir,
+    run_record,
+    run_seeds,
+    validate_run,
+    write_config,
+)
+
+PROTOCOLS = ("few-shot", "base-to-new", "cross-dataset", "domain-generalisation")
+#: ``--datasets builtin``: the built-in benchmark's two 10-class views; ``builtin-<view>`` names one view.
+#: The 100-class ``pairs`` view is left out of ``builtin``: CoOp, CoCoOp and MaPLe on 50 base classes and
+#: 800 training images take tens of minutes a seed on a CPU (``builtin-pairs`` runs it).
+BUILTIN = "builtin"
+BUILTIN_DEFAULT = ("colours", "shapes")
+#: The source every cross-dataset and domain-generalisation prompt is trained on.
+SOURCE_DATASET = "imagenet"
+AVERAGE = "Average"
+
+
+@dataclass
+class BenchRun:
+    """A protocol over datasets, methods, shots and seeds.
+
+    Attributes:
+        datasets: registry names (``vlprompt data check all`` lists them), ``all`` (the protocol's
+            datasets), or ``builtin`` (the built-in benchmark's colours and shapes views; ``builtin-pairs``
+            its 100-class view; few-shot and base-to-new only). Cross-dataset: the targets (ImageNet is
+            the source); domain generalisation: the variants.
+        methods: registered method names (one sub-run each).
+        shots: K images per class (default: 1 2 4 8 16 for few-shot, 16 otherwise).
+        seeds: one run per seed; tables show mean ± std over them.
+        root: the datasets root (CoOp's $DATA layout, see docs/datasets.md).
+        backbone: the frozen model.
+        preset: training recipe for every method (default: each method's own preset).
+        train: overrides of the recipe's fields, for every method.
+        method_options: options per method name, e.g. ``{coop: {n_ctx: 4}}``.
+        out: the bench directory.
+        resume: continue an interrupted bench (finished sub-runs and seeds are not rerun).
+        overwrite: replace an existing bench in ``out``.
+        feature_cache_dir: keep frozen image features here across runs (default: in memory).
+    """
+
+    datasets: list[str] = field(default_factory=lambda: ["all"])
+    methods: list[str] = field(default_factory=lambda: ["coop"])
+    shots: list[int] | None = None
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    root: str = ""
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    preset: str | None = None
+    train: TrainOverrides = field(default_factory=TrainOverrides)  # type: ignore[valid-type]
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    out: str = "runs/bench"
+    resume: bool = False
+    overwrite: bool = False
+    feature_cache_dir: str | None = None
+
+    def shots_for(self, protocol: str) -> list[int]:
+        return list(self.shots) if self.shots else ([1, 2, 4, 8, 16] if protocol == "few-shot" else [16])
+
+
+class BenchSource:
+    """A named "dataset" of a sweep: it makes the run config and protocol of each (method, shots) sub-run."""
+
+    name: str
+
+    def sub_run(
+        self, bench: BenchRun, method: str, shots: int, class_split: str, out: Path
+    ) -> tuple[RunConfig, Protocol]:
+        raise NotImplementedError
+
+
+def _user_overrides(bench: BenchRun) -> dict[str, Any]:
+    train = bench.train if isinstance(bench.train, dict) else dataclasses.asdict(bench.train)
+    return {k: v for k, v in train.items() if v is not None}
+
+
+def _options(cls: type[PromptMethod], bench: BenchRun, method: str, template: str | None) -> dict[str, Any]:
+    """The user's options for ``method``; a method with hand-written ``templates`` gets the dataset's (CoOp's)."""
+    options = dict(bench.method_options.get(method, {}))
+    if template and "templates" in {f.name for f in dataclasses.fields(cls.Config)}:
+        options.setdefault("templates", [template])
+    return options
+
+
+@dataclass
+class DatasetSource(BenchSource):
+    """A classification dataset: a registry dataset, or any :class:`DataConfig`."""
+
+    name: str
+    data: DataConfig
+    template: str | None = None
+
+    def recipe(self, bench: BenchRun, method: str) -> tuple[dict[str, Any], str | None, Any]:
+        """(method options, preset, train overrides) of ``method`` here.
+
+        The preset is ``--preset``, else ``<method>-<dataset>`` where one exists (e.g. CoOp's ImageNet
+        recipe, ``coop-imagenet``), else the method's own.
+        """
+        cls = method_class(method, ClassNames)
+        preset = bench.preset or (f"{method}-{self.name}" if f"{method}-{self.name}" in PRESETS else None)
+        return _options(cls, bench, method, self.template), preset, bench.train
+
+    def run_config(self, bench: BenchRun, method: str, shots: int, class_split: str, out: Path) -> ClassificationRun:
+        options, preset, train = self.recipe(bench, method)
+        return ClassificationRun(
+            backbone=bench.backbone,
+            method=method,
+            method_options=options,
+            preset=preset,
+            train=train,
+            seeds=list(bench.seeds),
+            out=str(out),
+            resume=bench.resume,
+            data=dataclasses.replace(self.data, shots=shots, class_split=class_split),
+            feature_cache_dir=bench.feature_cache_dir,
+        )
+
+    def sub_run(self, bench, method, shots, class_split, out):
+        run = self.run_config(bench, method, shots, class_split, out)
+        return run, Classification(run)
+
+
+def registry_source(name: str, root: str) -> DatasetSource:
+    ds = get_dataset(name)
+    return DatasetSource(ds.name, DataConfig(format="benchmark", dataset=ds.name, root=root), ds.template)
+
+
+class BuiltinSource(DatasetSource):
+    """A view of the built-in benchmark: the demo's CPU-sized recipe of each method (with ``--train`` overrides).
+
+    A method without a demo row, or a bench with ``--preset``, uses the preset as on any dataset.
+    """
+
+    def recipe(self, bench, method):
+        from ..demo import CLASSIFICATION  # the demo's recipes (imported here: demo imports the runs)
+
+        entry = next((e for e in CLASSIFICATION if e.label == method), None)
+        if entry is None or bench.preset:
+            return super().recipe(bench, method)
+        options = {**entry.options, **bench.method_options.get(method, {})}
+        train = train_overrides(entry.train, **_user_overrides(bench))
+        return options, bench.preset, train
+
+
+def is_builtin(name: str) -> bool:
+    return name == BUILTIN or name.startswith(f"{BUILTIN}-")
+
+
+def builtin_views(names: list[str]) -> list[str]:
+    """The built-in benchmark's views named by ``builtin`` (colours, shapes) and ``builtin-<view>``."""
+    from ..data.synthetic import VIEWS
+
+    views: list[str] = []
+    for name in names:
+        view = name.removeprefix(f"{BUILTIN}-")
+        if name != BUILTIN and view not in VIEWS:
+            raise ValueError(f"unknown built-in view {name!r}; choose builtin or {[f'{BUILTIN}-{v}' for v in VIEWS]}")
+        views += list(BUILTIN_DEFAULT) if name == BUILTIN else [view]
+    return list(dict.fromkeys(views))
+
+
+def builtin_sources(names: list[str]) -> list[DatasetSource]:
+    from ..data.synthetic import build_benchmark
+
+    views = builtin_views(names)
+    paths = build_benchmark()
+    return [
+        BuiltinSource(view, DataConfig(root=str(paths.image_root), split_file=str(paths.splits[view])))
+        for view in views
+    ]
+
+
+#: Other sources by the name given to ``--datasets``: a function of the bench returning its sources.
+EXTRA_SOURCES: dict[str, Callable[[BenchRun], list[BenchSource]]] = {}
+
+
+class Transfer(Classification):
+    """Train on the source dataset; test on it and, with the same prompt, on every target's classes."""
+
+    group = ("dataset", "method", "shots")
+
+    def __init__(self, run: ClassificationRun, source: str, targets: list[DatasetSource]):
+        super().__init__(run)
+        self.source, self.targets = source, targets
+
+    def validate(self) -> None:
+        super().validate()
+        for target in self.targets:
+            target.data.validate()
+
+    def prepare(self, backbone: Backbone, cache: FeatureCache) -> None:
+        super().prepare(backbone, cache)
+        self.target_tests = {t.name: t.data.load(backbone.image_transform())["test"] for t in self.targets}
+
+    def check(self, method: PromptMethod) -> None:
+        if not method.transfers_to_new_classes:
+            raise ValueError(f"{method.name} with these options cannot score other classes: no transfer protocol")
+
+    def evaluate(self, method, backbone, keys):
+        rows = [{**row, "dataset": self.source} for row in super().evaluate(method, backbone, keys)]
+        trained = method.labels
+        for name, test in self.target_tests.items():
+            method.set_classes(backbone, test.classnames)
+            rows += [
+                {**keys, "dataset": name, "shots": self.run.data.shots, **evaluate(method, backbone, test, self.cache)}
+            ]
+        method.set_classes(backbone, trained)
+        return rows
+
+    def seed_record(self, rows):
+        return rows
+
+
+@dataclass
+class TransferSource(BenchSource):
+    """Cross-dataset / domain generalisation: one sub-run per method trained on ``source``, tested on ``targets``."""
+
+    source: DatasetSource
+    targets: list[DatasetSource]
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.source.name
+
+    def sub_run(self, bench, method, shots, class_split, out):
+        run = self.source.run_config(bench, method, shots, class_split, out)
+        return run, Transfer(run, self.source.name, self.targets)
+
+
+def make_sources(protocol: str, bench: BenchRun) -> list[BenchSource]:
+    """The sweep's sources for ``protocol`` and ``bench.datasets``."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose from {list(PROTOCOLS)}")
+    transfer = protocol in ("cross-dataset", "domain-generalisation")
+    if any(map(is_builtin, bench.datasets)):
+        if transfer or not all(map(is_builtin, bench.datasets)):
+            raise ValueError(
+                "--datasets builtin runs without registry datasets, and only few-shot and base-to-new (the built-in "
+                "benchmark has no ImageNet to transfer from)"
+            )
+        builtin_views(bench.datasets)  # names checked before the benchmark is built
+        return list(builtin_sources(bench.datasets))
+    if not transfer:
+        sources: list[BenchSource] = []
+        registry = [n for n in bench.datasets if n not in EXTRA_SOURCES]
+        for name in dataset_names(registry):
+            if get_dataset(name).test_only:
+                raise ValueError(f"--datasets {name} is evaluation-only: it belongs to domain-generalisation")
+            sources.append(registry_source(name, _root(bench)))
+        for name in bench.datasets:
+            sources += EXTRA_SOURCES[name](bench) if name in EXTRA_SOURCES else []
+        return sources
+    default = (
+        [d for d in FEW_SHOT_DATASETS if d != SOURCE_DATASET] if protocol == "cross-dataset" else IMAGENET_VARIANTS
+    )
+    names = [n for n in dataset_names(bench.datasets, default) if n != SOURCE_DATASET]
+    if protocol == "domain-generalisation" and set(names) - set(IMAGENET_VARIANTS):
+        raise ValueError(f"domain generalisation targets are the ImageNet variants {list(IMAGENET_VARIANTS)}")
+    if protocol == "cross-dataset" and set(names) & set(IMAGENET_VARIANTS):
+        raise ValueError("cross-dataset targets are the 10 few-shot datasets besides ImageNet (variants: DG)")
+    root = _root(bench)
+    return [TransferSource(registry_source(SOURCE_DATASET, root), [registry_source(n, root) for n in names])]
+
+
+def _root(bench: BenchRun) -> str:
+    if not bench.root:
+        raise DataError("--root is required: the datasets root (see docs/datasets.md; `vlprompt data check all`)")
+    return bench.root
+
+
+def check_methods(protocol: str, bench: BenchRun) -> None:
+    """Refuse, before any work, a method that cannot run ``protocol`` (class-specific outputs)."""
+    if not bench.methods:
+        raise ValueError("--methods is empty: give at least one method, e.g. --methods [coop]")
+    unknown = sorted(set(bench.method_options) - set(bench.methods))
+    if unknown:
+        raise ValueError(f"--method_options names {unknown}, which are not in --methods {bench.methods}")
+    for method in bench.methods:
+        cls = method_class(method, ClassNames)
+        config = cls.Config.from_dict(bench.method_options.get(method), cls.name)
+        if protocol != "few-shot" and not cls.transfers_with(config):
+            raise ValueError(
+                f"{method} with these options learns one output per training class and cannot score new classes: "
+                f"it cannot run {protocol} (run it with few-shot, or choose a method that transfers)"
+            )
+
+
+@dataclass
+class SubRun:
+    """One (dataset, method, shots) of the sweep."""
+
+    dataset: str
+    run: RunConfig
+    protocol: Protocol
+
+
+def plan(protocol: str, bench: BenchRun, out: Path) -> list[SubRun]:
+    """Every sub-run of the sweep, each validated (options, recipe, data names) before any work."""
+    check_methods(protocol, bench)
+    if not bench.seeds:
+        raise ValueError("--seeds is empty: give at least one seed, e.g. --seeds [1]")
+    shots = bench.shots_for(protocol)
+    if any(k < 1 for k in shots):
+        raise ValueError(f"--shots must all be >= 1, not {shots}")
+    class_split = "base-to-new" if protocol == "base-to-new" else "all"
+    subs = []
+    for source in make_sources(protocol, bench):
+        for method in bench.methods:
+            for k in shots:
+                run, proto = source.sub_run(bench, method, k, class_split, out / source.name / method / f"shots{k}")
+                validate_run(run, proto)
+                subs.append(SubRun(source.name, run, proto))
+    return subs
+
+
+def _finished_rows(sub: SubRun) -> list[dict[str, Any]] | None:
+    """The rows of a finished sub-run being resumed (its results.json covers every seed), else None."""
+    out = Path(sub.run.out)
+    if not (sub.run.resume and (out / "results.json").is_file() and (out / CONFIG_FILE).is_file()):
+        return None
+    check_config_unchanged(out, run_record(sub.run, sub.run.train_config(sub.protocol.shots())), True)
+    rows = json.loads((out / "results.json").read_text())["per_seed"]
+    return rows if {r.get("seed") for r in rows} == set(sub.run.seeds) else None
+
+
+def run_bench(
+    protocol: str,
+    bench: BenchRun,
+    backbone: Backbone | None = None,
+    cache: FeatureCache | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run ``protocol``'s sweep; write ``results.{json,md,csv}`` and ``results.png`` in ``bench.out``.
+
+    Returns ``{"per_seed": rows, "summary": cells, "table": markdown}``.
+    """
+    subs = plan(protocol, bench, Path(bench.out))
+    record = {"protocol": protocol, **dataclasses.asdict(bench)}
+    check_config_unchanged(Path(bench.out), record, bench.resume)
+    for sub in subs:  # every dataset is there before any training starts
+        if isinstance(sub.run, ClassificationRun) and sub.run.data.format == "benchmark":
+            missing = get_dataset(sub.run.data.dataset).missing(sub.run.data.root)
+            if missing:
+                raise DataError(f"{sub.run.data.dataset}: " + "; ".join(missing))
+    out = prepare_out_dir(bench.out, bench.resume, bench.overwrite, "bench")
+    write_config(out, record, bench.resume, f"bench {protocol}")
+    backbone = backbone or bench.backbone.load()
+    cache = cache or FeatureCache(bench.feature_cache_dir)
+    rows: list[dict[str, Any]] = []
+    for sub in subs:
+        sub_rows = _finished_rows(sub)
+        if sub_rows is None:
+            sub_rows = run_seeds(sub.run, sub.protocol, backbone, cache, progress)
+        rows += [{"dataset": sub.dataset, **row} for row in sub_rows]
+    report = bench_report(protocol, rows)
+    if dist.is_main():
+        from ..plots import plot_bench
+
+        write_bench_tables(out, report)
+        plot_bench(report["summary"], protocol, out / "results.png")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- tables
+def _metrics(protocol: str) -> list[str]:
+    return ["base", "new"] if protocol == "base-to-new" else ["accuracy"]
+
+
+def bench_summary(protocol: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean ± std over seeds per (dataset, method, shots), then the Average over datasets.
+
+    The Average of a metric is the mean over seeds of each seed's mean over the datasets (its std is
+    over those per-seed means). Cross-dataset and DG average the targets only (not the source). For
+    base-to-new every cell's ``hm`` is the harmonic mean of its mean base and mean new accuracies.
+    """
+    metrics = _metrics(protocol)
+    summary = summarize(rows, ["dataset", "method", "shots"], metrics)
+    transfer = protocol in ("cross-dataset", "domain-generalisation")
+    averaged = [r for r in rows if not (transfer and r["dataset"] == SOURCE_DATASET)]
+    datasets = list(dict.fromkeys(r["dataset"] for r in averaged))
+    by_key: dict[tuple, dict[str, list[float]]] = {}
+    for r in averaged:
+        by_key.setdefault((r["method"], r["shots"], r["seed"]), {}).setdefault(r["dataset"], []).append(r)
+    groups: dict[tuple, dict[str, list[float]]] = {}
+    for (method, shots, _seed), per_dataset in by_key.items():
+        if set(per_dataset) != set(datasets):
+            continue  # a seed missing some dataset has no average
+        entry = groups.setdefault((method, shots), {m: [] for m in metrics})
+        for m in metrics:
+            entry[m].append(sum(float(per_dataset[d][0][m]) for d in datasets) / len(datasets))
+    for (method, shots), values in groups.items():
+        cell: dict[str, Any] = {"dataset": AVERAGE, "method": method, "shots": shots, "seeds": len(values[metrics[0]])}
+        for m in metrics:
+            cell[m], cell[f"{m}_std"] = mean_std(values[m])
+        summary.append(cell)
+    if protocol == "base-to-new":
+        for cell in summary:
+            cell["hm"] = harmonic_mean(cell["base"], cell["new"])
+    return summary
+
+
+def _cell(cell: dict[str, Any] | None, metric: str) -> str:
+    if cell is None or metric not in cell:
+        return "–"
+    if f"{metric}_std" not in cell:
+        return f"{100 * cell[metric]:.1f}"
+    return f"{100 * cell[metric]:.1f} ± {100 * cell[f'{metric}_std']:.1f}"
+
+
+def _wide_table(summary: list[dict[str, Any]], shots: int, metric: str) -> str:
+    """Methods × datasets (then Average) for one K."""
+    cells = [c for c in summary if c["shots"] == shots]
+    datasets = list(dict.fromkeys(c["dataset"] for c in cells if c["dataset"] != AVERAGE))
+    datasets += [AVERAGE] if any(c["dataset"] == AVERAGE for c in cells) else []
+    index = {(c["method"], c["dataset"]): c for c in cells}
+    lines = ["| method | " + " | ".join(datasets) + " |", "|" + "---|" * (len(datasets) + 1)]
+    for method in dict.fromkeys(c["method"] for c in cells):
+        lines.append(f"| {method} | " + " | ".join(_cell(index.get((method, d)), metric) for d in datasets) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _base_to_new_tables(summary: list[dict[str, Any]]) -> str:
+    """One table per dataset (then Average): base, new (mean ± std) and HM, a row per method."""
+    parts = []
+    for dataset in dict.fromkeys(c["dataset"] for c in summary):
+        lines = [f"### {dataset}\n", "| method | shots | base | new | HM |", "|---|---|---|---|---|"]
+        for c in (c for c in summary if c["dataset"] == dataset):
+            hm = f"{100 * c['hm']:.1f}"
+            lines.append(f"| {c['method']} | {c['shots']} | {_cell(c, 'base')} | {_cell(c, 'new')} | {hm} |")
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+def bench_tables(protocol: str, summary: list[dict[str, Any]]) -> str:
+    """The paper-style Markdown tables of ``protocol`` (accuracy in %, mean ± std over seeds)."""
+    if protocol == "base-to-new":
+        body = _base_to_new_tables(summary)
+    else:
+        body = "\n".join(
+            f"### {k} shot{'s' * (k != 1)}\n\n" + _wide_table(summary, k, "accuracy")
+            for k in dict.fromkeys(c["shots"] for c in summary)
+        )
+    note = {
+        "few-shot": "Average: over the datasets.",
+        "base-to-new": "HM: harmonic mean of the mean base and new accuracies; Average: over the datasets (its HM "
+        "is the HM of the averaged base and new).",
+        "cross-dataset": f"Trained on {SOURCE_DATASET}; Average: over the targets.",
+        "domain-generalisation": f"Trained on {SOURCE_DATASET}; Average: over the ImageNet variants.",
+    }[protocol]
+    return f"## {protocol} (mean ± std over seeds, %)\n\n{note}\n\n{body}"
+
+
+def bench_report(protocol: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"protocol", "per_seed": rows, "summary": cells, "table": markdown}``."""
+    summary = bench_summary(protocol, rows)
+    return {"protocol": protocol, "per_seed": rows, "summary": summary, "table": bench_tables(protocol, summary)}
+
+
+def write_bench_tables(out: Path, report: dict[str, Any]) -> None:
+    """results.json (per seed and summary), results.md (the tables) and results.csv (the summary)."""
+    record = {k: report[k] for k in ("protocol", "per_seed", "summary")}
+    atomic_write_text(out / "results.json", json.dumps(record, indent=2))
+    atomic_write_text(out / "results.md", report["table"])
+    atomic_write_text(out / "results.csv", csv_table(report["summary"]))
+
+
+__all__ = [
+    "AVERAGE",
+    "EXTRA_SOURCES",
+    "PROTOCOLS",
+    "BenchRun",
+    "BenchSource",
+    "BuiltinSource",
+    "DatasetSource",
+    "Transfer",
+    "TransferSource",
+    "bench_report",
+    "bench_summary",
+    "bench_tables",
+    "make_sources",
+    "run_bench",
+    "write_bench_tables",
+]

@@ -1,0 +1,253 @@
+"""`vlprompt bench`: each protocol reproduces a hand-written loop over the same runs; resume; tables; refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from benchmark_fixtures import write_fixture
+from test_contract import make
+
+import vlprompt.engine.trainer as trainer
+import vlprompt.runs.bench as bench_module
+from vlprompt.cli import main
+from vlprompt.data.benchmarks import DATASETS
+from vlprompt.evaluation import evaluate, harmonic_mean
+from vlprompt.features import FeatureCache
+from vlprompt.labels import ClassNames
+from vlprompt.methods import CoOp, build_method, methods_for
+from vlprompt.prompts import load_prompt
+from vlprompt.runs import ClassificationRun, DataConfig, run_classification, train_overrides
+from vlprompt.runs.bench import BenchRun, bench_summary, bench_tables, run_bench
+
+TRAIN = {"epochs": 2, "batch_size": 8}
+OPTIONS = {"coop": {"n_ctx": 2}}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """ImageNet, its 4 variants, DTD and EuroSAT, 4 classes each."""
+    root = tmp_path_factory.mktemp("data")
+    for name in ("imagenet", "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r", "dtd", "eurosat"):
+        write_fixture(name, root)
+    return root
+
+
+def _bench(root, out, **kw) -> BenchRun:
+    defaults = {"methods": ["zeroshot", "coop"], "seeds": [1, 2], "method_options": OPTIONS}
+    return BenchRun(root=str(root), out=str(out), train=train_overrides(**TRAIN), **{**defaults, **kw})
+
+
+def _hand_run(root, out, dataset: str, method: str, shots: int, class_split: str = "all") -> ClassificationRun:
+    """The run a user would write by hand for one (dataset, method, shots)."""
+    options = dict(OPTIONS.get(method, {}))
+    if method == "zeroshot":
+        options["templates"] = [DATASETS[dataset].template]  # CoOp's hand-written template of the dataset
+    return ClassificationRun(
+        data=DataConfig(format="benchmark", dataset=dataset, root=str(root), shots=shots, class_split=class_split),
+        method=method,
+        method_options=options,
+        train=train_overrides(**TRAIN),
+        seeds=[1, 2],
+        out=str(out),
+    )
+
+
+def _by_key(rows, metrics):
+    return {(r["dataset"], r["method"], r["shots"], r["seed"]): tuple(r[m] for m in metrics) for r in rows}
+
+
+def test_few_shot_reproduces_a_hand_written_loop(tmp_path, root, vit_backbone):
+    report = run_bench(
+        "few-shot", _bench(root, tmp_path / "bench", datasets=["dtd", "eurosat"], shots=[1, 2]), vit_backbone
+    )
+    expected = {}
+    for dataset in ("dtd", "eurosat"):
+        for method in ("zeroshot", "coop"):
+            for shots in (1, 2):
+                run = _hand_run(root, tmp_path / f"hand-{dataset}-{method}-{shots}", dataset, method, shots)
+                for row in run_classification(run, vit_backbone, FeatureCache(), progress=False):
+                    expected[(dataset, method, shots, row["seed"])] = (row["accuracy"],)
+    assert _by_key(report["per_seed"], ["accuracy"]) == expected
+    out = tmp_path / "bench"
+    assert (out / "dtd" / "coop" / "shots2" / "seed1" / "prompt").is_dir()
+    assert (out / "results.png").is_file() and (out / "results.csv").is_file()
+    assert "| method | dtd | eurosat | Average |" in (out / "results.md").read_text()
+
+
+def test_base_to_new_reproduces_a_hand_written_loop(tmp_path, root, vit_backbone):
+    bench = _bench(root, tmp_path / "bench", datasets=["dtd", "eurosat"], shots=[2])
+    report = run_bench("base-to-new", bench, vit_backbone)
+    expected = {}
+    for dataset in ("dtd", "eurosat"):
+        for method in ("zeroshot", "coop"):
+            run = _hand_run(root, tmp_path / f"hand-{dataset}-{method}", dataset, method, 2, "base-to-new")
+            for row in run_classification(run, vit_backbone, FeatureCache(), progress=False):
+                expected[(dataset, method, 2, row["seed"])] = (row["base"], row["new"], row["hm"])
+    assert _by_key(report["per_seed"], ["base", "new", "hm"]) == expected
+    average = next(c for c in report["summary"] if c["dataset"] == "Average" and c["method"] == "coop")
+    cells = [c for c in report["summary"] if c["method"] == "coop" and c["dataset"] != "Average"]
+    base, new = sum(c["base"] for c in cells) / 2, sum(c["new"] for c in cells) / 2
+    assert average["base"] == pytest.approx(base) and average["hm"] == pytest.approx(harmonic_mean(base, new))
+
+
+@pytest.mark.parametrize(
+    "protocol, targets",
+    [
+        ("cross-dataset", ["dtd", "eurosat"]),
+        ("domain-generalisation", ["imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"]),
+    ],
+)
+def test_transfer_protocols_reproduce_a_hand_written_loop(tmp_path, root, vit_backbone, protocol, targets):
+    datasets = targets if protocol == "cross-dataset" else ["all"]
+    bench = _bench(root, tmp_path / "bench", datasets=datasets, methods=["coop"], shots=[2])
+    report = run_bench(protocol, bench, vit_backbone)
+    # By hand: train on ImageNet, then load each seed's prompt and score every target's own classes.
+    hand = tmp_path / "hand"
+    rows = run_classification(_hand_run(root, hand, "imagenet", "coop", 2), vit_backbone, FeatureCache(), False)
+    expected = {("imagenet", "coop", 2, r["seed"]): (r["accuracy"],) for r in rows}
+    for seed in (1, 2):
+        method = load_prompt(hand / f"seed{seed}" / "prompt", vit_backbone)
+        for target in targets:
+            test = DATASETS[target].load(root, vit_backbone.image_transform())["test"]
+            method.set_classes(vit_backbone, test.classnames)
+            expected[(target, "coop", 2, seed)] = (evaluate(method, vit_backbone, test)["accuracy"],)
+    assert _by_key(report["per_seed"], ["accuracy"]) == expected
+    average = next(c for c in report["summary"] if c["dataset"] == "Average")
+    per_seed = [sum(expected[(t, "coop", 2, s)][0] for t in targets) / len(targets) for s in (1, 2)]
+    assert average["accuracy"] == pytest.approx(sum(per_seed) / 2)  # the targets only, not ImageNet
+
+
+def test_resume_skips_finished_runs_and_seeds(tmp_path, root, vit_backbone, monkeypatch):
+    out = tmp_path / "bench"
+    first = run_bench("few-shot", _bench(root, out, datasets=["dtd"], methods=["coop"], shots=[1]), vit_backbone)
+    epochs, sub_runs = [], []
+    real_epoch, real_run_seeds = trainer._train_epoch, bench_module.run_seeds
+    monkeypatch.setattr(trainer, "_train_epoch", lambda *a, **k: epochs.append(1) or real_epoch(*a, **k))
+    monkeypatch.setattr(bench_module, "run_seeds", lambda *a, **k: sub_runs.append(1) or real_run_seeds(*a, **k))
+
+    def scores(rows):  # a resumed run's train_seconds also count the time it took to resume
+        return [{k: v for k, v in r.items() if k != "train_seconds"} for r in rows]
+
+    def resume():
+        bench = _bench(root, out, datasets=["dtd"], methods=["coop"], shots=[1], resume=True)
+        return scores(run_bench("few-shot", bench, vit_backbone)["per_seed"])
+
+    assert resume() == scores(first["per_seed"]) and (sub_runs, epochs) == ([], [])  # a finished sub-run: read back
+    sub = out / "dtd" / "coop" / "shots1"
+    (sub / "results.json").unlink()  # interrupted after its seeds finished: no seed is retrained
+    assert resume() == scores(first["per_seed"]) and (sub_runs, epochs) == ([1], [])
+    (sub / "results.json").unlink()
+    shutil.rmtree(sub / "seed2")  # interrupted before seed 2: only seed 2 trains (its 2 epochs)
+    assert resume() == scores(first["per_seed"]) and len(epochs) == TRAIN["epochs"]
+
+
+@pytest.mark.parametrize(
+    "methods, options",
+    [(["coop", "linear-probe"], {}), (["coop"], {"coop": {"class_specific": True}})],
+)
+@pytest.mark.parametrize("protocol", ["base-to-new", "cross-dataset", "domain-generalisation"])
+def test_a_method_that_cannot_transfer_is_refused_before_any_work(tmp_path, root, protocol, methods, options):
+    out = tmp_path / "bench"
+    bench = BenchRun(datasets=["dtd"] if protocol != "domain-generalisation" else ["all"], methods=methods,
+                     method_options=options, root=str(root), out=str(out))  # fmt: skip
+    name = methods[-1]
+    with pytest.raises(ValueError, match=f"{name} with these options learns one output per training class and cannot "
+                                         f"score new classes: it cannot run {protocol}"):  # fmt: skip
+        run_bench(protocol, bench)
+    assert not out.exists()
+
+
+def test_bad_bench_options(tmp_path, root):
+    def fails(protocol, match, **kw):
+        with pytest.raises(ValueError, match=match):
+            run_bench(protocol, BenchRun(**{"root": str(root), "out": str(tmp_path / "b"), **kw}))
+
+    fails("few-shot", "unknown method 'cop'", methods=["cop"])
+    fails("cross-dataset", "--datasets builtin runs without registry datasets, and only few-shot", datasets=["builtin"])
+    fails("few-shot", "--datasets builtin runs without registry datasets", datasets=["builtin", "dtd"])
+    fails(
+        "few-shot",
+        r"unknown built-in view 'builtin-pears'; choose builtin or \['builtin-pairs'",
+        datasets=["builtin-pears"],
+    )
+    fails("few-shot", "--datasets imagenet_a is evaluation-only", datasets=["imagenet_a"])
+    fails("domain-generalisation", "targets are the ImageNet variants", datasets=["dtd"])
+    fails("few-shot", "--shots must all be >= 1", datasets=["dtd"], shots=[0])
+    fails("few-shot", r"--method_options names \['maple'\], which are not in --methods", method_options={"maple": {}})
+    fails("few-shot", "--root is required", datasets=["dtd"], root="")
+    fails(
+        "few-shot",
+        "caltech101: missing folder .*101_ObjectCategories.*; missing file .*split_zhou",
+        datasets=["caltech101"],
+    )
+    assert not (tmp_path / "b").exists()
+
+
+def test_tables_average_and_harmonic_mean_by_hand():
+    rows = [
+        {"dataset": "a", "method": "m", "shots": 16, "seed": 1, "base": 0.8, "new": 0.6},
+        {"dataset": "a", "method": "m", "shots": 16, "seed": 2, "base": 0.6, "new": 0.4},
+        {"dataset": "b", "method": "m", "shots": 16, "seed": 1, "base": 1.0, "new": 0.2},
+        {"dataset": "b", "method": "m", "shots": 16, "seed": 2, "base": 0.8, "new": 0.2},
+    ]
+    cells = {c["dataset"]: c for c in bench_summary("base-to-new", rows)}
+    assert cells["a"]["base"] == pytest.approx(0.7) and cells["a"]["new"] == pytest.approx(0.5)
+    assert cells["a"]["hm"] == pytest.approx(2 * 0.7 * 0.5 / 1.2)  # HM of the means, not the mean of HMs
+    assert cells["a"]["base_std"] == pytest.approx(0.1414213562)
+    # Average: per seed the mean over datasets (base 0.9 and 0.7, new 0.4 and 0.3), then over seeds.
+    avg = cells["Average"]
+    assert (avg["base"], avg["new"]) == (pytest.approx(0.8), pytest.approx(0.35))
+    assert avg["base_std"] == pytest.approx(0.1414213562) and avg["new_std"] == pytest.approx(0.0707106781)
+    assert avg["hm"] == pytest.approx(2 * 0.8 * 0.35 / 1.15)
+    text = bench_tables("base-to-new", bench_summary("base-to-new", rows))
+    assert (
+        "### Average\n\n| method | shots | base | new | HM |\n|---|---|---|---|---|\n| m | 16 | 80.0 ± 14.1 | " in text
+    )
+    assert "35.0 ± 7.1 | 48.7 |" in text
+    few = [{**r, "accuracy": r["base"]} for r in rows]
+    table = bench_tables("few-shot", bench_summary("few-shot", few))
+    assert "| method | a | b | Average |\n|---|---|---|---|\n| m | 70.0 ± 14.1 | 90.0 ± 14.1 | 80.0 ± 14.1 |" in table
+
+
+def test_cli_bench(tmp_path, root, capsys):
+    out = tmp_path / "bench"
+    args = ["bench", "few-shot", "--datasets", "dtd", "--methods", "zeroshot", "coop", "--shots", "1", "--seeds", "1"]
+    args += ["--root", str(root), "--backbone.name", "tiny-random-vit", "--train.epochs", "1", "--out", str(out)]
+    assert main([*args, "--method_options", "{coop: {n_ctx: 2}}"]) == 0
+    printed = capsys.readouterr().out
+    assert "## few-shot (mean ± std over seeds, %)" in printed and "| coop |" in printed and "| zeroshot |" in printed
+    replay = tmp_path / "replay"  # the bench's config.yaml replays it
+    assert main(["bench", "few-shot", "--config", str(out / "config.yaml"), "--out", str(replay)]) == 0
+    scores = [json.loads((d / "results.json").read_text())["summary"] for d in (out, replay)]
+    assert scores[0] == scores[1]
+    assert main(["bench", "base-to-new", "--methods", "linear-probe", "--root", str(root), "--out", str(out)]) == 2
+    assert "linear-probe with these options learns one output per training class" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", methods_for(ClassNames))
+def test_transfer_is_known_before_building(name, vit_backbone):
+    """The refusal before any work reads ``transfers_with(config)``: it must agree with the built method."""
+    method = make(name, vit_backbone)  # the contract suite's small options
+    assert type(method).transfers_with(method.config) is method.transfers_to_new_classes
+    expected = name not in ("linear-probe",)
+    assert method.transfers_to_new_classes is expected
+    if name == "coop":
+        specific = build_method(name, vit_backbone, ["red", "blue"], {"class_specific": True})
+        assert not specific.transfers_to_new_classes and not CoOp.transfers_with(specific.config)
+
+
+def test_builtin_views_use_the_demo_recipes():
+    from vlprompt.demo import CLASSIFICATION
+
+    bench = BenchRun(datasets=["builtin"], method_options={"coop": {"n_ctx": 8}}, train=train_overrides(epochs=3))
+    source = bench_module.BuiltinSource("colours", DataConfig(split_file="split.json"))
+    entry = {e.label: e for e in CLASSIFICATION}
+    options, preset, train = source.recipe(bench, "cocoop")
+    assert (options, preset) == (entry["cocoop"].options, None)
+    assert train == train_overrides(entry["cocoop"].train, epochs=3)  # the demo's recipe, the user's overrides on top
+    options, _, _ = source.recipe(bench, "coop")
+    assert options == {**entry["coop"].options, "n_ctx": 8}
+    assert bench_module.builtin_views(["builtin"]) == ["colours", "shapes"]
+    assert bench_module.builtin_views(["builtin-pairs", "builtin"]) == ["pairs", "colours", "shapes"]
