@@ -10,7 +10,7 @@ import torch
 from vlprompt.backbones import load_backbone
 from vlprompt.cli import main
 from vlprompt.data import few_shot, split_json
-from vlprompt.data.synthetic import build_benchmark
+from vlprompt.data.synthetic import build_benchmark, default_cache_dir
 from vlprompt.demo import CZSL_DEMO, VIEW
 from vlprompt.engine import FeatureCache, TrainConfig, fit
 from vlprompt.evaluation import evaluate
@@ -20,7 +20,11 @@ from vlprompt.runs import CZSLRun, run_czsl, train_overrides
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    return build_benchmark(tmp_path_factory.mktemp("bench") / "synthetic", seed=0)
+    """The benchmark where ``VLPROMPT_CACHE=<its cache>`` finds it (:func:`default_cache_dir`)."""
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VLPROMPT_CACHE", str(cache))
+        return build_benchmark(default_cache_dir(0), seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +131,35 @@ def test_softcpt_and_per_task_coop_beat_zero_shot_on_the_multitask_collection(be
         assert [r["task"] for r in rows] == [t.name for t in tasks] + ["average"]
         mean[entry.label] = rows[-1]["accuracy"]
     assert min(mean["mt-coop"], mean["softcpt-nata"]) >= mean["mt-zeroshot"] + 0.03, mean
+
+
+def test_the_few_shot_bench_sweeps_the_multitask_collection(bench, shapes, cache, tmp_path, monkeypatch):
+    """`bench few-shot --datasets multitask-builtin`: a row per task and their Average, as run_multitask gives."""
+    from vlprompt.runs import MultiTaskRun, run_multitask
+    from vlprompt.runs.bench import BenchRun, run_bench
+
+    monkeypatch.setenv("VLPROMPT_CACHE", str(bench.root.parent.parent))
+    sweep = BenchRun(datasets=["multitask-builtin"], methods=["zeroshot", "coop"], shots=[1], seeds=[1],
+                     train=train_overrides(epochs=2), out=str(tmp_path / "bench"))  # fmt: skip
+    report = run_bench("few-shot", sweep, shapes, cache, progress=False)
+    summary = {(c["dataset"], c["method"]): c["accuracy"] for c in report["summary"]}
+    tasks = ["colour", "shape", "texture", "coloured shape"]
+    for method in ("zeroshot", "coop"):
+        entry = demo_entry(method)
+        train = train_overrides(entry.train, epochs=2)
+        run = MultiTaskRun(method=method, method_options=entry.options, collection="builtin", shots=1, seeds=[1],
+                           train=train, out=str(tmp_path / f"hand-{method}"))  # fmt: skip
+        by_hand = run_multitask(run, shapes, cache, progress=False)
+        assert [summary[(t, method)] for t in tasks] == [r["accuracy"] for r in by_hand[:4]]
+        assert summary[("Average", method)] == pytest.approx(by_hand[4]["accuracy"], abs=1e-12)
+    assert "| coop |" in report["table"] and (tmp_path / "bench" / "results.png").is_file()
+
+
+def demo_entry(method: str):
+    """The demo's first multi-task row of ``method`` (the recipe the sweep uses)."""
+    from vlprompt.demo import MULTITASK_DEMO
+
+    return next(e for e in MULTITASK_DEMO if e.method == method)
 
 
 def test_demo_row_selection():

@@ -57,6 +57,8 @@ from .loop import (
     validate_run,
     write_config,
 )
+from .multitask import AVERAGE as MULTITASK_AVERAGE
+from .multitask import MultiTask, MultiTaskRun
 
 PROTOCOLS = ("few-shot", "base-to-new", "cross-dataset", "domain-generalisation")
 #: ``--datasets builtin``: the built-in benchmark's two 10-class views; ``builtin-<view>`` names one view.
@@ -76,8 +78,10 @@ class BenchRun:
     Attributes:
         datasets: registry names (``vlprompt data check all`` lists them), ``all`` (the protocol's
             datasets), or ``builtin`` (the built-in benchmark's colours and shapes views; ``builtin-pairs``
-            its 100-class view; few-shot and base-to-new only). Cross-dataset: the targets (ImageNet is
-            the source); domain generalisation: the variants.
+            its 100-class view; few-shot and base-to-new only), or ``multitask-builtin`` (the built-in
+            multi-task collection, few-shot: a column per task; SoftCPT or any single-task method, run
+            once per task). Cross-dataset: the targets (ImageNet is the source); domain generalisation:
+            the variants.
         methods: registered method names (one sub-run each).
         shots: K images per class (default: 1 2 4 8 16 for few-shot, 16 otherwise).
         seeds: one run per seed; tables show mean ± std over them.
@@ -222,8 +226,54 @@ def builtin_sources(names: list[str]) -> list[DatasetSource]:
     ]
 
 
+class BenchMultiTask(MultiTask):
+    """The multi-task protocol in a sweep: a row per task, named as the bench's "dataset" (the bench averages them)."""
+
+    def evaluate(self, method, backbone, keys):
+        rows = super().evaluate(method, backbone, keys)
+        return [{**r, "dataset": r["task"]} for r in rows if r["task"] != MULTITASK_AVERAGE]
+
+
+@dataclass
+class MultiTaskSource(BenchSource):
+    """A multi-task collection in the few-shot sweep: one multi-task run per (method, shots), a row per task.
+
+    A single-task method runs once per task (per-task CoOp), SoftCPT on all the tasks together. The built-in
+    collection's runs take the demo's recipe for the method (:data:`vlprompt.demo.MULTITASK_DEMO`, its first
+    row of that method) unless ``--preset`` is given; ``--method_options`` and ``--train`` apply on top.
+    """
+
+    name: str
+    collection: str = "builtin"
+
+    def sub_run(self, bench, method, shots, class_split, out):
+        from ..demo import MULTITASK_DEMO  # the demo's recipes (imported here: demo imports the runs)
+
+        if class_split != "all":
+            raise ValueError(f"--datasets {self.name} runs the few-shot protocol only")
+        entry = next((e for e in MULTITASK_DEMO if e.method == method), None)
+        options = {**(entry.options if entry else {}), **bench.method_options.get(method, {})}
+        use_entry = entry is not None and not bench.preset
+        run = MultiTaskRun(
+            backbone=bench.backbone,
+            method=method,
+            method_options=options,
+            preset=bench.preset,
+            train=train_overrides(entry.train, **_user_overrides(bench)) if use_entry else bench.train,
+            seeds=list(bench.seeds),
+            out=str(out),
+            resume=bench.resume,
+            collection=self.collection,
+            shots=shots,
+            feature_cache_dir=bench.feature_cache_dir,
+        )
+        return run, BenchMultiTask(run)
+
+
 #: Other sources by the name given to ``--datasets``: a function of the bench returning its sources.
-EXTRA_SOURCES: dict[str, Callable[[BenchRun], list[BenchSource]]] = {}
+EXTRA_SOURCES: dict[str, Callable[[BenchRun], list[BenchSource]]] = {
+    "multitask-builtin": lambda bench: [MultiTaskSource("multitask-builtin", "builtin")],
+}
 
 
 class Transfer(Classification):
@@ -327,6 +377,8 @@ def check_methods(protocol: str, bench: BenchRun) -> None:
     unknown = sorted(set(bench.method_options) - set(bench.methods))
     if unknown:
         raise ValueError(f"--method_options names {unknown}, which are not in --methods {bench.methods}")
+    if all(name in EXTRA_SOURCES for name in bench.datasets):
+        return  # multi-task sources: each sub-run's protocol checks its method before any work (validate_run)
     for method in bench.methods:
         cls = method_class(method, ClassNames)
         config = cls.Config.from_dict(bench.method_options.get(method), cls.name)
