@@ -16,15 +16,23 @@ from vlprompt.backbones import Backbone
 from vlprompt.backbones.adapter import OPENAI_MEAN, OPENAI_STD
 from vlprompt.backbones.bundled import build_clip
 
+#: ViT-B-32's and ViT-B-16's text tower (width 512, 12 layers, 8 heads, context 77).
+VIT_B_TEXT = {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}
+#: A one-block 32-px image tower, for benchmarks that cache image features.
+TINY_VISION = {"layers": 1, "width": 64, "patch_size": 16, "image_size": 32, "head_width": 32}
+
+
+def random_backbone(vision: dict, name: str, seed: int = 0) -> Backbone:
+    """A random CLIP with ViT-B's text tower and the image tower ``vision`` (open_clip CLIPVisionCfg fields)."""
+    torch.manual_seed(seed)
+    model = build_clip({"embed_dim": 512, "vision_cfg": vision, "text_cfg": VIT_B_TEXT, "quick_gelu": True})
+    prep = {"size": vision["image_size"], "mean": OPENAI_MEAN, "std": OPENAI_STD}
+    return Backbone(model, open_clip.tokenizer.SimpleTokenizer(), prep, name, f"random{seed}")
+
 
 def text_tower_backbone(seed: int = 0) -> Backbone:
-    """ViT-B-32's and ViT-B-16's text tower (width 512, 12 layers, 8 heads, context 77), random; tiny image tower."""
-    torch.manual_seed(seed)
-    text = {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}
-    vision = {"layers": 1, "width": 64, "patch_size": 16, "image_size": 32, "head_width": 32}
-    model = build_clip({"embed_dim": 512, "vision_cfg": vision, "text_cfg": text, "quick_gelu": True})
-    prep = {"size": 32, "mean": OPENAI_MEAN, "std": OPENAI_STD}
-    return Backbone(model, open_clip.tokenizer.SimpleTokenizer(), prep, "bench-vit-b-32-text", f"random{seed}")
+    """ViT-B's text tower, random, with a tiny image tower."""
+    return random_backbone(TINY_VISION, "bench-vit-b-32-text", seed)
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, object]:

@@ -22,14 +22,11 @@ import statistics
 import time
 from pathlib import Path
 
-import open_clip
 import torch
 import torch.nn.functional as F
-from common import machine_record, paired_ratios, run_rounds  # benchmarks/common.py, beside this script
+from common import machine_record, paired_ratios, random_backbone, run_rounds  # benchmarks/common.py, beside
 
 from vlprompt.backbones import Backbone
-from vlprompt.backbones.adapter import OPENAI_MEAN, OPENAI_STD
-from vlprompt.backbones.bundled import build_clip
 from vlprompt.methods import VPT, Batch, MaPLe, MaPLeConfig, VPTConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "visual_step_cost.json"
@@ -58,12 +55,8 @@ WORDS = [
 
 def build_backbone(seed: int = 0) -> Backbone:
     """ViT-B-16's towers (image: width 768, 12 layers, 224 px, patch 16; text: width 512, 12 layers), random."""
-    torch.manual_seed(seed)
     vision = {"layers": 12, "width": 768, "patch_size": 16, "image_size": 224, "head_width": 64}
-    text = {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}
-    model = build_clip({"embed_dim": 512, "vision_cfg": vision, "text_cfg": text, "quick_gelu": True})
-    prep = {"size": 224, "mean": OPENAI_MEAN, "std": OPENAI_STD}
-    return Backbone(model, open_clip.tokenizer.SimpleTokenizer(), prep, "bench-vit-b-16", f"random{seed}")
+    return random_backbone(vision, "bench-vit-b-16", seed)
 
 
 def class_names(count: int) -> list[str]:
