@@ -86,14 +86,18 @@ CZSL_DEMO: tuple[DemoEntry, ...] = (
 )
 
 
+#: The in-context visual prompting table (no training; the bundled tiny inpainter, a few seconds).
+INCONTEXT = "incontext"
+
+
 def demo_methods() -> list[str]:
     """Every row the demo can run."""
-    return [e.label for e in CLASSIFICATION] + list(czsl_demo_methods())
+    return [e.label for e in CLASSIFICATION] + list(czsl_demo_methods()) + [INCONTEXT]
 
 
 def default_demo_methods() -> list[str]:
     """The rows `vlprompt demo` runs unless ``--methods`` names others."""
-    return [e.label for e in CLASSIFICATION + CZSL_DEMO if e.default]
+    return [e.label for e in CLASSIFICATION + CZSL_DEMO if e.default] + [INCONTEXT]
 
 
 def selected_demo_methods(methods: list[str] | None) -> list[str]:
@@ -178,6 +182,13 @@ def run_demo(
         tables.append(czsl["table"])
         closed = [row for row in czsl["results"]["summary"] if row["world"] == "closed"]
         plot_method_bars(closed, "AUC", out / "czsl_auc.png", title="CZSL closed-world AUC (mean ± std)")
+
+    if INCONTEXT in wanted:
+        from .incontext import run_incontext_demo
+
+        incontext = run_incontext_demo(out / "incontext", seeds, progress, backbone=backbone)
+        report["incontext"] = incontext["results"]
+        tables.append(incontext["table"])
 
     report["seconds"] = round(time.time() - start, 1)
     text = "\n".join(tables) + f"\nTotal time: {report['seconds']} s\n"

@@ -12,7 +12,7 @@ import torch
 from ..evaluation import markdown_table, summarize
 from ..io import atomic_write_text
 from ..plots import _save, plt
-from .evaluate import POOL_SEED, QUERY_SEED, clip_image_features, evaluate_pairs, heldout_set
+from .evaluate import POOL_SEED, QUERY_SEED, clip_image_features, evaluate_pairs, heldout_set, threshold_baseline
 from .models import BUNDLED_INPAINTER, Inpainter, load_inpainter
 from .tasks import get_task
 
@@ -82,6 +82,9 @@ def run_incontext_demo(
                     titles += [f"{task_name} {i + 1}" for i in range(4)]
             if progress:
                 print(f"in-context {task_name:<13} {selection:<8} done", flush=True)
+        if task_name == "segmentation":  # the baseline without example or model: Otsu's threshold of the query
+            score = threshold_baseline(task, query_set, model.layout.cell)
+            rows += [{**rows[-1], "examples": "none (query thresholded)", "seed": s, "score": score} for s in seeds]
     summary = summarize(rows, ["task", "metric", "examples"], ["score"])
     masks = [r for r in summary if r["task"] != "colourisation"]
     colour = [r for r in summary if r["task"] == "colourisation"]

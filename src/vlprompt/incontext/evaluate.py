@@ -12,6 +12,9 @@ Examples come from a pool, chosen per query by
 - ``nearest``: the pool images whose CLIP image features (cosine) are nearest the query's (Zhang et
   al.'s "what makes good examples" follow-up; the paper reports that the choice matters);
 - ``blank``: a white example (both example cells left empty), the baseline that ignores the example.
+
+:func:`threshold_baseline` is a second baseline without any example or model: the query's luma
+split by Otsu's threshold.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ __all__ = [
     "heldout_metrics",
     "heldout_set",
     "run_incontext",
+    "threshold_baseline",
+    "threshold_masks",
 ]
 
 SELECTIONS = ("random", "nearest", "blank")
@@ -136,6 +141,31 @@ def evaluate_pairs(
     return {"score": float(np.mean(scores)), "scores": scores, "examples": index, "canvases": canvases}
 
 
+def threshold_masks(images: Tensor) -> list[Tensor]:
+    """The example-free segmentation baseline: each image's luma split by Otsu's threshold, the side
+    holding most of the border taken as background. ``images`` float [N, 3, H, W] -> bool masks [H, W]."""
+    masks = []
+    for image in images:
+        luma = (image * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(dim=0)
+        values = luma.flatten().double().sort().values
+        n, sums = len(values), values.cumsum(0)
+        low = torch.arange(1, n, dtype=torch.float64)  # pixels below each split point of the sorted values
+        mean_low, mean_high = sums[:-1] / low, (sums[-1] - sums[:-1]) / (n - low)
+        between = low * (n - low) * (mean_low - mean_high) ** 2  # Otsu's between-class variance (times n^2)
+        mask = luma >= values[1 + int(between.argmax())].float()
+        border = torch.cat([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
+        masks.append(~mask if border.float().mean() > 0.5 else mask)
+    return masks
+
+
+def threshold_baseline(task: str | Task, queries: tuple[Tensor, Tensor], side: int) -> float:
+    """Mean segmentation IoU of :func:`threshold_masks` on the queries resized to cells of ``side`` pixels."""
+    task = get_task(task)
+    targets = task.read(resize_cells(queries[1], side))
+    answers = threshold_masks(resize_cells(queries[0], side))
+    return float(np.mean([task.score(a, t) for a, t in zip(answers, targets)]))
+
+
 def heldout_set(task: str, n: int, seed: int) -> tuple[Tensor, Tensor]:
     """(input pictures, output pictures) of ``n`` held-out scenes for a task (see :mod:`.world`)."""
     from .world import heldout_scenes, task_batch
@@ -168,4 +198,6 @@ def heldout_metrics(
             runs = seeds if selection == "random" else seeds[:1]  # the others do not depend on the seed
             scores = [evaluate_pairs(model, task, queries, pool, selection, s, features)["score"] for s in runs]
             out[f"{task}_{selection}"] = round(float(np.mean(scores)), 4)
+        if task == "segmentation":
+            out["segmentation_threshold"] = round(threshold_baseline(task, queries, model.layout.cell), 4)
     return out
