@@ -122,3 +122,11 @@ def test_world_batches_draw_what_the_tasks_draw():
             assert torch.allclose(inputs[i], task.input_cell(images[i]), atol=1e-6)
             target = images[i] if name == "colourisation" else (masks[i] > 0.5).numpy()
             assert torch.allclose(outputs[i], task.output_cell(target, (6, 6)), atol=1e-6)
+
+
+def test_render_scene_is_render_array_plus_its_mask():
+    from vlprompt.data.synthetic import render_array, render_scene
+
+    image, mask = render_scene("red", "star", "benchmark", np.random.default_rng(5))
+    assert np.array_equal(image, render_array("red", "star", "benchmark", np.random.default_rng(5)))
+    assert mask.shape == (48, 48) and 0.05 < (mask > 0.5).mean() < 0.6 and mask.min() == 0.0

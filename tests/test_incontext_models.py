@@ -196,3 +196,8 @@ def test_saved_inpainter_round_trip_and_mismatch(tmp_path):
         load_inpainter(tmp_path / "m")
     with pytest.raises(InpainterCheckpointError, match="no such file"):
         load_inpainter(tmp_path / "nothing")
+
+
+def test_fill_refuses_canvases_of_another_size():
+    with pytest.raises(ValueError, match=r"fills canvases of \[B, 3, 32, 32\], got \(1, 3, 48, 48\)"):
+        tiny_pixel_mae().fill(torch.rand(1, 3, 48, 48))
