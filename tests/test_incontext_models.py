@@ -201,3 +201,8 @@ def test_saved_inpainter_round_trip_and_mismatch(tmp_path):
 def test_fill_refuses_canvases_of_another_size():
     with pytest.raises(ValueError, match=r"fills canvases of \[B, 3, 32, 32\], got \(1, 3, 48, 48\)"):
         tiny_pixel_mae().fill(torch.rand(1, 3, 48, 48))
+
+
+def test_vqgan_factor_must_match_the_patch_size():
+    with pytest.raises(InpainterCheckpointError, match="turns a code into 8x8 pixels but the MAE's patches are 4"):
+        tiny_mae_vqgan(patch_size=4)

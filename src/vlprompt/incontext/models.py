@@ -355,6 +355,11 @@ class MAEVQGAN(MaskedAutoencoder):
             raise InpainterCheckpointError(
                 f"the MAE predicts {config.vocab_size} codes but the VQGAN has {vqgan.num_vq_embeddings}"
             )
+        if vqgan.factor != config.patch_size:
+            raise InpainterCheckpointError(
+                f"the VQGAN turns a code into {vqgan.factor}x{vqgan.factor} pixels but the MAE's patches are "
+                f"{config.patch_size} pixels: they must match (one code per patch)"
+            )
         super().__init__(config)
         self.vqgan_config = vqgan
         self.vae = build_vqgan(vqgan).eval().requires_grad_(False)
@@ -393,9 +398,8 @@ _MID = {"block_1": "resnets.0", "attn_1": "attentions.0", "block_2": "resnets.1"
 
 
 def _rename_taming(key: str, up_levels: int) -> str:
-    key = key.replace(".nin_shortcut.", ".conv_shortcut.").replace(".norm_out.", ".conv_norm_out.")
-    if key.startswith(("encoder.norm_out", "decoder.norm_out")):
-        key = key.replace(".norm_out", ".conv_norm_out")
+    key = key.replace(".nin_shortcut.", ".conv_shortcut.")
+    key = re.sub(r"^(encoder|decoder)\.norm_out\.", r"\1.conv_norm_out.", key)
     m = re.match(r"(encoder|decoder)\.mid\.(block_1|attn_1|block_2)\.(.*)", key)
     if m:
         part, block, rest = m.groups()
