@@ -126,7 +126,9 @@ ImageNet-normalised pixels of every patch. Load it with `load_inpainter("vlpromp
 ## Held-out metrics
 Seeds 1, 2, 3 of random example choice (the blank baseline leaves both example cells white), 96
 queries and a pool of 96 examples per task (`vlprompt.incontext.evaluate.heldout_metrics`);
-segmentation and detection on the held-out shapes, colourisation on the held-out colours:
+segmentation and detection on the held-out shapes, colourisation on the held-out colours
+(IoU for segmentation and detection, MSE in [0, 1] pixel units for colourisation;
+`segmentation_threshold` uses no example and no model: Otsu's threshold of the query's luma):
 
 | metric | value |
 | --- | --- |
@@ -134,8 +136,10 @@ segmentation and detection on the held-out shapes, colourisation on the held-out
 
 ## Limits
 - It knows the synthetic world only: one flat shape per image, 48 px; real photographs are out of scope.
-- Answers are 23-px cells; at 8-px patches the pixel head blurs edges, which rounding to black and
-  white mostly removes.
+- The example tells it the task (with a blank example its scores collapse), but its masks are blobs
+  at the object's place rather than the shape's outline, so on these flat scenes the threshold
+  baseline segments better; colourisation is barely learned.
+- Answers are 23-px cells of 8-px patches: edges are coarse.
 """
 
 
