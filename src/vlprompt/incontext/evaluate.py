@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .canvas import answer_cell, build_canvases, resize_cells
 from .models import Inpainter
-from .tasks import Task, get_task
+from .tasks import Task, get_task, luma
 
 __all__ = [
     "SELECTIONS",
@@ -146,13 +146,13 @@ def threshold_masks(images: Tensor) -> list[Tensor]:
     holding most of the border taken as background. ``images`` float [N, 3, H, W] -> bool masks [H, W]."""
     masks = []
     for image in images:
-        luma = (image * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(dim=0)
-        values = luma.flatten().double().sort().values
+        grey = luma(image)[0]
+        values = grey.flatten().double().sort().values
         n, sums = len(values), values.cumsum(0)
         low = torch.arange(1, n, dtype=torch.float64)  # pixels below each split point of the sorted values
         mean_low, mean_high = sums[:-1] / low, (sums[-1] - sums[:-1]) / (n - low)
         between = low * (n - low) * (mean_low - mean_high) ** 2  # Otsu's between-class variance (times n^2)
-        mask = luma >= values[1 + int(between.argmax())].float()
+        mask = grey >= values[1 + int(between.argmax())].float()
         border = torch.cat([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
         masks.append(~mask if border.float().mean() > 0.5 else mask)
     return masks

@@ -44,6 +44,7 @@ __all__ = [
     "check_examples",
     "get_task",
     "largest_component_box",
+    "luma",
     "mask_iou",
     "round_black_white",
     "to_image",
@@ -283,7 +284,14 @@ class ImageToImage(Task):
         return torch.nn.functional.interpolate(answer[None], size=size, mode="bicubic", antialias=True)[0].clamp(0, 1)
 
 
-_LUMA = (0.299, 0.587, 0.114)
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+"""ITU-R BT.601 luma weights of R, G, B."""
+
+
+def luma(images: Tensor) -> Tensor:
+    """The luma of RGB images [..., 3, H, W] -> [..., 1, H, W]."""
+    weights = torch.tensor(LUMA_WEIGHTS, dtype=images.dtype, device=images.device).view(3, 1, 1)
+    return (images * weights).sum(dim=-3, keepdim=True)
 
 
 class Colourisation(ImageToImage):
@@ -292,9 +300,7 @@ class Colourisation(ImageToImage):
     name = "colourisation"
 
     def input_cell(self, image: Any, what: str = "input") -> Tensor:
-        picture = to_image(image, what)
-        luma = sum(w * picture[i] for i, w in enumerate(_LUMA))
-        return luma.unsqueeze(0).expand(3, -1, -1).clone()
+        return luma(to_image(image, what)).expand(3, -1, -1).clone()
 
 
 TASKS: dict[str, type[Task]] = {t.name: t for t in (Segmentation, Detection, Colourisation, ImageToImage)}

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..data.synthetic import COLOURS, DOMAINS, SHAPES, render_scene
+from .tasks import luma
 
 __all__ = [
     "HELD_OUT_COLOURS",
@@ -55,9 +56,6 @@ class Scenes:
     def __len__(self) -> int:
         return len(self.images)
 
-    def subset(self, index: np.ndarray) -> Scenes:
-        return Scenes(self.images[index], self.masks[index], self.colours[index], self.shapes[index])
-
 
 def render_scenes(
     n: int, seed: int, shapes: tuple[str, ...] = SHAPES, colours: tuple[str, ...] = tuple(COLOURS)
@@ -83,16 +81,13 @@ def heldout_scenes(task: str, n: int, seed: int) -> Scenes:
     return render_scenes(n, seed, shapes=HELD_OUT_SHAPES)
 
 
-_LUMA = torch.tensor([0.299, 0.587, 0.114])
-
-
 def _boxes(binary: Tensor) -> Tensor:
     """Filled bounding boxes [N, H, W] of bool masks [N, H, W] (empty masks stay empty)."""
     rows, cols = binary.any(dim=2), binary.any(dim=1)  # [N, H], [N, W]
-    index = torch.arange(binary.shape[1])
 
     def span(hit: Tensor) -> Tensor:
-        first = torch.where(hit, index, binary.shape[1]).min(dim=1).values
+        index = torch.arange(hit.shape[1])
+        first = torch.where(hit, index, hit.shape[1]).min(dim=1).values
         last = torch.where(hit, index, -1).max(dim=1).values
         return (index >= first[:, None]) & (index <= last[:, None])
 
@@ -111,7 +106,7 @@ def task_batch(task: str, images: Tensor, masks: Tensor, colours: Tensor | None 
     if task == "detection":
         return images, _boxes(masks > 0.5).float().unsqueeze(1).expand(-1, 3, -1, -1)
     if task == "colourisation":
-        return (images * _LUMA.view(1, 3, 1, 1)).sum(dim=1, keepdim=True).expand(-1, 3, -1, -1), images
+        return luma(images).expand(-1, 3, -1, -1), images
     if task == "recolour":
         return images, images * (1 - soft) + colours[:, :, None, None] * soft
     if task == "cutout":
