@@ -39,7 +39,7 @@ CONFIG = MAEConfig(
 class Recipe:
     seed: int = 0
     scenes: int = 12000
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.05
