@@ -208,6 +208,43 @@ class DataCommand:
             raise ValueError("--root is required: the folder that holds the dataset folders (CoOp's $DATA)")
 
 
+@dataclass
+class IncontextCommand:
+    """In-context visual prompting: example pairs and queries on 2x2 canvases, the answer filled by an inpainter.
+
+    Attributes:
+        examples: example input images.
+        outputs: their outputs, one per example: a black/white mask (segmentation), a mask whose white
+            pixels' bounding box is the box (detection), an image (colourisation, image).
+        queries: the query images.
+        task: segmentation, detection, colourisation or image (any image-to-image task).
+        model: the inpainter: vlprompt/tiny-canvas (bundled), a folder saved by vlprompt, or the authors'
+            MAE-VQGAN checkpoint (.pth).
+        arch: the MAE architecture of a .pth checkpoint (mae_vit_large_patch16, ...).
+        targets: optional true outputs of the queries, to score the answers.
+        out: folder for the filled canvases (canvas_<i>.png) and answers (answer_<i>.png).
+        json: print the answers' numbers as JSON.
+    """
+
+    examples: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    queries: list[str] = field(default_factory=list)
+    task: str = "segmentation"
+    model: str = "vlprompt/tiny-canvas"
+    arch: str = "mae_vit_large_patch16"
+    targets: list[str] | None = None
+    out: str = "runs/incontext"
+    json: bool = False
+
+    def validate(self) -> None:
+        from .incontext import TASKS
+
+        if self.task not in TASKS:
+            raise ValueError(f"--task must be one of {sorted(TASKS)}, not {self.task!r}")
+        if not self.examples or not self.queries:
+            raise ValueError("give --examples [a.png,...], --outputs [a_mask.png,...] and --queries [q.png,...]")
+
+
 def _require_prompt(prompt: str) -> None:
     if not prompt:
         raise ValueError("--prompt is required: a prompt directory (e.g. RUN/seed1/prompt)")
@@ -225,6 +262,7 @@ COMMAND_CONFIGS: dict[str, tuple[type, str]] = {
     "demo": (DemoCommand, "run the built-in demo"),
     "bench": (BenchRun, "run a protocol over datasets, methods, shots and seeds (paper-style tables)"),
     "data": (DataCommand, "check benchmark datasets: `vlprompt data check NAME|all --root DIR`"),
+    "incontext": (IncontextCommand, "in-context visual prompting by inpainting (no training)"),
 }
 _METHOD_HELP = {
     "train": f"the method: {', '.join(methods_for(ClassNames))}",
@@ -405,6 +443,23 @@ def cmd_bank(cfg: BankCommand, _: Any) -> int:
     return 0
 
 
+def cmd_incontext(cfg: IncontextCommand, _: Any) -> int:
+    from .incontext import load_inpainter
+    from .incontext.predict import predict_files
+
+    cfg.validate()
+    model = load_inpainter(cfg.model, cfg.arch)
+    records = predict_files(model, cfg.task, cfg.examples, cfg.outputs, cfg.queries, cfg.out, cfg.targets)
+    if cfg.json:
+        print(json.dumps(records, indent=2))
+        return 0
+    for record in records:
+        extra = ", ".join(f"{k}: {v}" for k, v in record.items() if k not in ("query", "canvas", "answer"))
+        print(f"{record['query']} -> {record['answer']}" + (f" ({extra})" if extra else ""))
+    print(f"filled canvases and answers in {cfg.out}")
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
@@ -416,6 +471,7 @@ COMMANDS = {
     "bank": cmd_bank,
     "bench": cmd_bench,
     "data": cmd_data,
+    "incontext": cmd_incontext,
 }
 
 

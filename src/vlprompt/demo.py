@@ -108,16 +108,20 @@ MULTITASK_DEMO: tuple[DemoEntry, ...] = (
     DemoEntry("softcpt-nata", "softcpt", {"n_ctx": 4}, _MULTITASK_TRAIN),
     DemoEntry("softcpt-cata", "softcpt", {"n_ctx": 4, "variant": "CATA"}, _MULTITASK_TRAIN),
 )
+#: The in-context visual prompting table (no training; the bundled tiny inpainter, a few seconds).
+INCONTEXT = "incontext"
 
 
 def demo_methods() -> list[str]:
     """Every row the demo can run."""
-    return [e.label for e in CLASSIFICATION] + list(czsl_demo_methods()) + [e.label for e in MULTITASK_DEMO]
+    return (
+        [e.label for e in CLASSIFICATION] + list(czsl_demo_methods()) + [e.label for e in MULTITASK_DEMO] + [INCONTEXT]
+    )
 
 
 def default_demo_methods() -> list[str]:
     """The rows `vlprompt demo` runs unless ``--methods`` names others."""
-    return [e.label for e in CLASSIFICATION + CZSL_DEMO + MULTITASK_DEMO if e.default]
+    return [e.label for e in CLASSIFICATION + CZSL_DEMO + MULTITASK_DEMO if e.default] + [INCONTEXT]
 
 
 def selected_demo_methods(methods: list[str] | None) -> list[str]:
@@ -208,6 +212,13 @@ def run_demo(
         multitask = run_multitask_demo(backbone, cache, out / "multitask", seeds, multitask_wanted, progress)
         report["multitask"] = multitask["results"]
         tables.append(multitask["table"])
+
+    if INCONTEXT in wanted:
+        from .incontext import run_incontext_demo
+
+        incontext = run_incontext_demo(out / "incontext", seeds, progress, backbone=backbone)
+        report["incontext"] = incontext["results"]
+        tables.append(incontext["table"])
 
     report["seconds"] = round(time.time() - start, 1)
     text = "\n".join(tables) + f"\nTotal time: {report['seconds']} s\n"

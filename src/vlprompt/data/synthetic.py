@@ -60,6 +60,7 @@ __all__ = [
     "pair_dirname",
     "render_array",
     "render_image",
+    "render_scene",
     "web_dataset",
 ]
 
@@ -266,6 +267,20 @@ def render_array(
     texture: str | None = None,
 ) -> np.ndarray:
     """Render one image as a uint8 array [H, W, 3] (see :func:`render_image`)."""
+    return render_scene(colour, shape, domain, rng, texture)[0]
+
+
+def render_scene(
+    colour: str,
+    shape: str,
+    domain: str,
+    rng: np.random.Generator,
+    texture: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`render_array` and the shape's anti-aliased coverage (float32 [H, W] in [0, 1]).
+
+    Draws exactly what :func:`render_array` draws from ``rng``, so both give the same image.
+    """
     if colour not in COLOURS or shape not in _UNIT_SHAPES or domain not in _STYLES:
         raise ValueError(
             f"unknown colour/shape/domain ({colour!r}, {shape!r}, {domain!r}); expected one of "
@@ -289,7 +304,7 @@ def render_array(
     if style.illuminant is not None:
         image = image * np.asarray(style.illuminant, np.float32)
     image = image + rng.normal(0, rng.uniform(*style.noise), size=image.shape).astype(np.float32)
-    return np.clip(image + 0.5, 0, 255).astype(np.uint8)
+    return np.clip(image + 0.5, 0, 255).astype(np.uint8), mask[..., 0]
 
 
 def render_image(

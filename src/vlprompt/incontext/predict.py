@@ -1,0 +1,125 @@
+"""In-context prediction on image files: what ``vlprompt incontext`` runs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..io import atomic_write
+from .canvas import answer_cell, build_canvases
+from .models import Inpainter
+from .tasks import Task, TaskInputError, check_examples, get_task
+
+__all__ = ["predict_files", "predict_images"]
+
+
+def _open(path: str | Path, what: str) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise TaskInputError(f"{what}: no such image file {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except OSError as err:
+        raise TaskInputError(f"{what}: {path} is not a readable image ({err})") from err
+
+
+def _target_image(path: str | Path, task: Task, what: str) -> Any:
+    image = _open(path, what)
+    return np.asarray(image.convert("L")) if task.name in ("segmentation", "detection") else image
+
+
+def predict_images(
+    model: Inpainter,
+    task: str | Task,
+    example_inputs: Sequence[Any],
+    example_outputs: Sequence[Any],
+    queries: Sequence[Any],
+) -> list[dict[str, Any]]:
+    """Answer each query from every example (one canvas per example, predictions averaged).
+
+    Returns, per query: ``{"canvas": filled first canvas [3, S, S], "answer": at the query's size,
+    "cell_answer": as read in the cell}``.
+    """
+    task = get_task(task)
+    pairs = check_examples(task, list(example_inputs), list(example_outputs))
+    results = []
+    for q, query in enumerate(queries):
+        picture = task.input_cell(query, f"query {q + 1}")
+        size = (picture.shape[1], picture.shape[2])
+        canvases = build_canvases([p[0] for p in pairs], [p[1] for p in pairs], [picture] * len(pairs), model.layout)
+        filled = model.fill(canvases, ensemble=len(pairs) > 1)
+        cell = task.read(answer_cell(filled, model.layout))[0]
+        results.append(
+            {"canvas": filled[0], "cell_answer": cell, "answer": task.answer_at(cell, model.layout.cell, size)}
+        )
+    return results
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+
+
+def _answer_png(task: Task, answer: Any, size: tuple[int, int]) -> np.ndarray:
+    if task.name == "segmentation":
+        return answer.numpy().astype(np.uint8) * 255
+    if task.name == "detection":
+        picture = np.zeros(size, np.uint8)
+        if answer is not None:
+            x0, y0, x1, y1 = (int(round(v)) for v in answer)
+            picture[y0:y1, x0:x1] = 255
+        return picture
+    return (answer.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def _numbers(task: Task, answer: Any) -> dict[str, Any]:
+    if task.name == "segmentation":
+        return {"foreground_fraction": round(float(answer.float().mean()), 4)}
+    if task.name == "detection":
+        return {"box": None if answer is None else [round(float(v), 1) for v in answer]}
+    return {}
+
+
+def predict_files(
+    model: Inpainter,
+    task: str | Task,
+    examples: Sequence[str],
+    outputs: Sequence[str],
+    queries: Sequence[str],
+    out: str | Path,
+    targets: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`predict_images` on files; writes ``canvas_<i>.png`` and ``answer_<i>.png`` per query into ``out``.
+
+    With ``targets`` (one per query, drawn like the example outputs) each query is also scored at
+    the cell's resolution (the task's metric).
+    """
+    task = get_task(task)
+    if not queries:
+        raise TaskInputError("give at least one query image")
+    if targets and len(targets) != len(queries):
+        raise TaskInputError(f"got {len(queries)} query image(s) but {len(targets)} target(s): one target per query")
+    ex_in = [_open(p, f"example {i + 1} input") for i, p in enumerate(examples)]
+    ex_out = [_target_image(p, task, f"example {i + 1} output") for i, p in enumerate(outputs)]
+    query_images = [_open(p, f"query {i + 1}") for i, p in enumerate(queries)]
+    results = predict_images(model, task, ex_in, ex_out, query_images)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i, (path, image, result) in enumerate(zip(queries, query_images, results)):
+        size = (image.height, image.width)
+        canvas = (result["canvas"].permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+        _save_png(canvas, out / f"canvas_{i}.png")
+        _save_png(_answer_png(task, result["answer"], size), out / f"answer_{i}.png")
+        record = {"query": str(path), "canvas": str(out / f"canvas_{i}.png"), "answer": str(out / f"answer_{i}.png")}
+        record.update(_numbers(task, result["answer"]))
+        if targets:
+            target = task.target_answer(_target_image(targets[i], task, f"target {i + 1}"), size, model.layout.cell)
+            record[task.metric] = round(task.score(result["cell_answer"], target), 4)
+        records.append(record)
+    return records
