@@ -77,7 +77,13 @@ CLASSIFICATION: tuple[DemoEntry, ...] = (
     # epochs moved to the shorter run; the backbone deltas with AdamW and a per-step cosine.
     DemoEntry("kgcoop", "kgcoop", {}, replace(_SGD, lr=0.02), default=False),
     DemoEntry(
-        "promptsrc", "promptsrc", {"depth_text": 3, "depth_vision": 3, "gpa_mean": 7.5}, _TWO_TOWER, default=False
+        "promptsrc",
+        "promptsrc",
+        {"depth_text": 3, "depth_vision": 3, "gpa_mean": 7.5},
+        # Not the two-tower lr (0.02): with it one PromptSRC seed of three fell to 51% base accuracy on the shapes
+        # view (base-to-new, 20 steps); at 0.005 the three seeds agree within 1 point (measured, bench base-to-new).
+        replace(_TWO_TOWER, lr=0.005),
+        default=False,
     ),
     DemoEntry("clip-lora", "clip-lora", {}, replace(_ADAMW, lr=2e-3, weight_decay=0.01), default=False),
     DemoEntry("full-finetune", "full-finetune", {}, replace(_ADAMW, lr=1e-4, weight_decay=0.1), default=False),
