@@ -59,6 +59,7 @@ from .loop import (
 )
 from .multitask import AVERAGE as MULTITASK_AVERAGE
 from .multitask import MultiTask, MultiTaskRun
+from .recipes import CLASSIFICATION, MULTITASK_DEMO
 
 PROTOCOLS = ("few-shot", "base-to-new", "cross-dataset", "domain-generalisation")
 #: ``--datasets builtin``: the built-in benchmark's two 10-class views; ``builtin-<view>`` names one view.
@@ -188,8 +189,6 @@ class BuiltinSource(DatasetSource):
     """
 
     def recipe(self, bench, method):
-        from ..demo import CLASSIFICATION  # the demo's recipes (imported here: demo imports the runs)
-
         entry = next((e for e in CLASSIFICATION if e.label == method), None)
         if entry is None or bench.preset:
             return super().recipe(bench, method)
@@ -239,7 +238,7 @@ class MultiTaskSource(BenchSource):
     """A multi-task collection in the few-shot sweep: one multi-task run per (method, shots), a row per task.
 
     A single-task method runs once per task (per-task CoOp), SoftCPT on all the tasks together. The built-in
-    collection's runs take the demo's recipe for the method (:data:`vlprompt.demo.MULTITASK_DEMO`, its first
+    collection's runs take the demo's recipe for the method (:data:`vlprompt.runs.recipes.MULTITASK_DEMO`, its first
     row of that method) unless ``--preset`` is given; ``--method_options`` and ``--train`` apply on top.
     """
 
@@ -247,8 +246,6 @@ class MultiTaskSource(BenchSource):
     collection: str = "builtin"
 
     def sub_run(self, bench, method, shots, class_split, out):
-        from ..demo import MULTITASK_DEMO  # the demo's recipes (imported here: demo imports the runs)
-
         if class_split != "all":
             raise ValueError(f"--datasets {self.name} runs the few-shot protocol only")
         entry = next((e for e in MULTITASK_DEMO if e.method == method), None)
