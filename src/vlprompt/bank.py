@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from .backbones import Backbone
 from .io import atomic_write_text
 from .labels import LabelSpaceError
 from .methods import PromptMethod
-from .methods.multitask import PerTask, PerTaskConfig, TaskMethod
+from .methods.multitask import TaskMethod
 from .prompts import BackboneMismatchWarning, PromptFileError, load_prompt, read_prompt_config, save_pretrained
 
 BANK_FILE = "bank.json"
@@ -73,16 +73,23 @@ def read_bank(directory: str | Path) -> dict[str, Any]:
     names = [e.get("name") for e in entries]
     if len(set(names)) != len(names):
         raise PromptFileError(f"{path}: prompt names must be unique, got {names}")
+    identities = {"the bank": config["backbone"]}
     for entry in entries:
         member = read_prompt_config(Path(directory) / entry["path"])
-        if member["backbone"] != config["backbone"]:
-            ours, theirs = config["backbone"], member["backbone"]
-            raise PromptFileError(
-                f"{directory}: prompt {entry['name']!r} ({entry['path']}) was trained on {theirs.get('model')} "
-                f"({theirs.get('pretrained')}), the bank on {ours.get('model')} ({ours.get('pretrained')}): "
-                "a bank holds prompts of one backbone"
-            )
+        identities[f"prompt {entry['name']!r} ({entry['path']})"] = member["backbone"]
+    check_one_backbone(identities, f"{directory}: ")
     return config
+
+
+def check_one_backbone(identities: Mapping[str, dict[str, Any]], where: str = "") -> None:
+    """Every backbone identity (keyed by what records it) equals the first: a bank holds prompts of one backbone."""
+    (first_name, first), *rest = identities.items()
+    for name, identity in rest:
+        if identity != first:
+            raise PromptFileError(
+                f"{where}{name} was trained on {identity.get('model')} ({identity.get('pretrained')}), {first_name} "
+                f"on {first.get('model')} ({first.get('pretrained')}): a bank holds prompts of one backbone"
+            )
 
 
 class PromptBank:
@@ -121,43 +128,31 @@ class PromptBank:
         """Gather separately trained prompt directories under task names; all must record one backbone."""
         if not prompts:
             raise ValueError("a prompt bank needs at least one prompt")
-        identities = {name: read_prompt_config(path)["backbone"] for name, path in prompts.items()}
-        first_name, first = next(iter(identities.items()))
-        for name, identity in identities.items():
-            if identity != first:
-                raise PromptFileError(
-                    f"prompt {name!r} ({prompts[name]}) was trained on {identity.get('model')} "
-                    f"({identity.get('pretrained')}), prompt {first_name!r} on {first.get('model')} "
-                    f"({first.get('pretrained')}): a bank holds prompts of one backbone"
-                )
+        check_one_backbone({f"prompt {n!r} ({p})": read_prompt_config(p)["backbone"] for n, p in prompts.items()})
         return cls({name: load_prompt(path, backbone) for name, path in prompts.items()})
 
     def save(self, backbone: Backbone, directory: str | Path, extra=None) -> Path:
         return save_bank(self.prompts, backbone, directory, extra)
 
-    def as_method(self, backbone: Backbone) -> PerTask:
-        """The bank as one multi-task method (every prompt must be of the same method and options)."""
-        kinds = {(m.name, json.dumps(m.config.to_dict(), sort_keys=True)) for m in self.prompts.values()}
-        if len(kinds) > 1:
-            raise PromptFileError(f"the bank's prompts are of different methods or options: {sorted(kinds)}")
-        first = next(iter(self.prompts.values()))
-        from .labels import Task, TaskSpace
 
-        labels = TaskSpace(tuple(Task(n, tuple(m.labels.names)) for n, m in self.prompts.items()))
-        config = PerTaskConfig(method=first.name, options=first.config.to_dict())
-        return PerTask(backbone, labels, config, members=list(self.prompts.values()))
-
-
-def load_task_method(directory: str | Path, backbone: Backbone, task: str, strict_backbone: bool = False):
-    """The method scoring ``task``: a bank's prompt of that name, or one task of a multi-task prompt."""
+def load_task_methods(
+    directory: str | Path, backbone: Backbone, tasks: Sequence[str], strict_backbone: bool = False
+) -> list[PromptMethod]:
+    """The methods scoring ``tasks``: a bank's prompts of those names, or tasks of a multi-task prompt (read once)."""
     if is_bank(directory):
-        return PromptBank.load(directory, backbone, strict_backbone)[task]
+        bank = PromptBank.load(directory, backbone, strict_backbone)
+        return [bank[task] for task in tasks]
     method = load_prompt(directory, backbone, strict_backbone)
     if not isinstance(method, TaskMethod):
         raise PromptFileError(
             f"{directory} holds a single-task {method.name} prompt: --task needs a prompt bank or a multi-task prompt"
         )
-    try:
-        return method.task_method(task)
-    except LabelSpaceError:
-        raise LabelSpaceError(f"{directory} holds no task {task!r}; it holds {method.labels.names}") from None
+    unknown = [t for t in tasks if t not in method.labels.names]
+    if unknown:
+        raise LabelSpaceError(f"{directory} holds no task {unknown[0]!r}; it holds {method.labels.names}")
+    return [method.task_method(task) for task in tasks]
+
+
+def load_task_method(directory: str | Path, backbone: Backbone, task: str, strict_backbone: bool = False):
+    """The method scoring ``task`` (see :func:`load_task_methods`)."""
+    return load_task_methods(directory, backbone, [task], strict_backbone)[0]

@@ -164,14 +164,10 @@ def predict_tasks(
 
     Each image is encoded once (see :func:`probabilities`), whatever the number of tasks.
     """
-    from .bank import PromptBank, is_bank, load_task_method
+    from .bank import load_task_methods
 
     backbone = backbone or backbone_for_prompt(prompt_dir)
-    if is_bank(prompt_dir):
-        bank = PromptBank.load(prompt_dir, backbone)
-        methods = [bank[t] for t in tasks]
-    else:
-        methods = [load_task_method(prompt_dir, backbone, t) for t in tasks]
+    methods = load_task_methods(prompt_dir, backbone, tasks)
     probs = probabilities(methods, backbone, images, batch_size, progress)
     return {t: predictions(m, p, topk) for t, m, p in zip(tasks, methods, probs)}
 
