@@ -42,26 +42,25 @@ class TaskImages(LabeledImages):
     def part(self, task: int | str) -> LabeledImages:
         """One task's images as a plain dataset over its own classes."""
         t = self.task_space.index(task) if isinstance(task, str) else task
-        out = LabeledImages.subset(self, [i for i, k in enumerate(self.task_ids) if k == t])
         plain = object.__new__(LabeledImages)
-        plain.__dict__.update({k: v for k, v in out.__dict__.items() if k != "task_ids"})
-        plain.classnames = list(self.task_space.tasks[t].classes)
+        plain.classnames, plain.transform, plain.skipped = list(self.task_space.tasks[t].classes), self.transform, []
+        plain.samples = [s for s, k in zip(self.samples, self.task_ids) if k == t]
         return plain
 
 
-def few_shot_tasks(
+def few_shot_per_task(
     parts: Mapping[str, LabeledImages],
     shots: int,
     seed: int,
     index_dir: str | Path | None = None,
     split: str = "train",
     allow_fewer: bool = False,
-) -> TaskImages:
-    """K images per class of every task, drawn per task with the seed; persisted as ``{split}_subset_<task>.json``."""
+) -> dict[str, LabeledImages]:
+    """K images per class of every task, drawn per task with the seed; persisted as ``{split}_subset_task<i>.json``."""
     chosen = {}
     for t, (name, data) in enumerate(parts.items()):
         if not len(data):
             raise DataError(f"task {name!r} has no {split} images")
         index_file = Path(index_dir) / f"{split}_subset_task{t}.json" if index_dir else None
         chosen[name] = few_shot(data, shots, seed, index_file, allow_fewer)
-    return TaskImages(chosen)
+    return chosen

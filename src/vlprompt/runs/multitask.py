@@ -16,7 +16,7 @@ from typing import Any
 from ..backbones import Backbone
 from ..bank import save_bank
 from ..data.images import DataError, LabeledImages
-from ..data.tasks import few_shot_tasks
+from ..data.tasks import TaskImages, few_shot_per_task
 from ..evaluation import evaluate
 from ..features import FeatureCache
 from ..labels import ClassNames, LabelSpace, TaskSpace
@@ -73,23 +73,22 @@ class MultiTask(Protocol):
     def shots(self) -> int:
         return self.run.shots
 
-    def member_class(self) -> type[PromptMethod] | None:
-        """The single-task method run once per task, or None for a multi-task method."""
+    def method_cls(self) -> type[PromptMethod]:
+        """The run's method: a multi-task one, or a single-task one (run once per task)."""
         cls = method_class(self.run.method)
-        if cls.label_kind is ClassNames:
-            return cls
-        method_class(self.run.method, TaskSpace)  # a clear error for other label spaces
-        return None
+        if cls.label_kind is not ClassNames:
+            method_class(self.run.method, TaskSpace)  # a clear error for other label spaces
+        return cls
 
     def check_options(self) -> None:
-        cls = self.member_class() or method_class(self.run.method, TaskSpace)
+        cls = self.method_cls()
         cls.Config.from_dict(self.run.method_options, cls.name)
 
     def build_method(self, backbone: Backbone, labels: LabelSpace) -> PromptMethod:
-        member = self.member_class()
-        if member is None:
-            return build_method(self.run.method, backbone, labels, self.run.method_options)
-        return PerTask(backbone, labels, PerTaskConfig(method=member.name, options=dict(self.run.method_options)))
+        cls = self.method_cls()
+        if cls.label_kind is ClassNames:
+            return PerTask(backbone, labels, PerTaskConfig(method=cls.name, options=dict(self.run.method_options)))
+        return build_method(cls.name, backbone, labels, self.run.method_options)
 
     def tasks(self) -> list[TaskData]:
         """The run's tasks (the built-in collection's, when asked for)."""
@@ -134,12 +133,13 @@ class MultiTask(Protocol):
 
     def seed_data(self, seed: int, seed_dir: Path | None):
         shots = self.run.shots
-        train = few_shot_tasks({n: s["train"] for n, s in self.splits.items()}, shots, seed, seed_dir)
+        train = TaskImages(few_shot_per_task({n: s["train"] for n, s in self.splits.items()}, shots, seed, seed_dir))
         scorer = None
         if all("val" in s and len(s["val"]) for s in self.splits.values()):
             val = {n: s["val"] for n, s in self.splits.items()}
-            val_set = few_shot_tasks(val, min(shots, 4) if shots else 0, seed, seed_dir, "val", allow_fewer=True)
-            scorer = partial(_mean_val_accuracy, parts={n: val_set.part(n) for n in val}, cache=self.cache)
+            val_shots = min(shots, 4) if shots else 0
+            parts = few_shot_per_task(val, val_shots, seed, seed_dir, "val", allow_fewer=True)
+            scorer = partial(_mean_val_accuracy, parts=parts, cache=self.cache)
         elif self.run.train_config(shots).select == "best":
             raise DataError("--train.select best needs a validation split in every task")
         return train, train.task_space, scorer
