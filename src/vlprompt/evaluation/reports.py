@@ -52,6 +52,14 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
+def format_cell(cell: Mapping[str, object] | None, metric: str, scale: float = 100.0, digits: int = 1) -> str:
+    """``mean ± std`` of a summary cell's metric (just the mean where it has no std; "–" where it has none)."""
+    if cell is None or metric not in cell:
+        return "–"
+    mean = f"{scale * float(cell[metric]):.{digits}f}"
+    return mean if f"{metric}_std" not in cell else f"{mean} ± {scale * float(cell[f'{metric}_std']):.{digits}f}"
+
+
 def wide_table(
     summary: Sequence[Mapping[str, object]],
     row_key: str,
@@ -66,13 +74,7 @@ def wide_table(
     cells = {(str(r[row_key]), str(r[column_key])): r for r in summary}
     lines = ["| " + " | ".join([row_key, *columns]) + " |", "|" + "---|" * (len(columns) + 1)]
     for name in rows:
-        out = [name]
-        for column in columns:
-            r = cells.get((name, column))
-            if r is None or metric not in r:
-                out.append("–")
-            else:
-                out.append(f"{scale * float(r[metric]):.{digits}f} ± {scale * float(r[f'{metric}_std']):.{digits}f}")
+        out = [name] + [format_cell(cells.get((name, column)), metric, scale, digits) for column in columns]
         lines.append("| " + " | ".join(out) + " |")
     return "\n".join(lines) + "\n"
 

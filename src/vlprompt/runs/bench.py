@@ -40,7 +40,7 @@ from ..data.benchmarks import FEW_SHOT_DATASETS, IMAGENET_VARIANTS, dataset_name
 from ..data.images import DataError
 from ..engine import PRESETS
 from ..evaluation import evaluate, harmonic_mean, summarize
-from ..evaluation.reports import csv_table, mean_std
+from ..evaluation.reports import csv_table, format_cell, mean_std, wide_table
 from ..features import FeatureCache
 from ..io import atomic_write_text
 from ..labels import ClassNames
@@ -500,26 +500,6 @@ def bench_summary(protocol: str, rows: list[dict[str, Any]]) -> list[dict[str, A
     return summary
 
 
-def _cell(cell: dict[str, Any] | None, metric: str) -> str:
-    if cell is None or metric not in cell:
-        return "–"
-    if f"{metric}_std" not in cell:
-        return f"{100 * cell[metric]:.1f}"
-    return f"{100 * cell[metric]:.1f} ± {100 * cell[f'{metric}_std']:.1f}"
-
-
-def _wide_table(summary: list[dict[str, Any]], shots: int, metric: str) -> str:
-    """Methods × datasets (then Average) for one K."""
-    cells = [c for c in summary if c["shots"] == shots]
-    datasets = list(dict.fromkeys(c["dataset"] for c in cells if c["dataset"] != AVERAGE))
-    datasets += [AVERAGE] if any(c["dataset"] == AVERAGE for c in cells) else []
-    index = {(c["method"], c["dataset"]): c for c in cells}
-    lines = ["| method | " + " | ".join(datasets) + " |", "|" + "---|" * (len(datasets) + 1)]
-    for method in dict.fromkeys(c["method"] for c in cells):
-        lines.append(f"| {method} | " + " | ".join(_cell(index.get((method, d)), metric) for d in datasets) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def _base_to_new_tables(summary: list[dict[str, Any]]) -> str:
     """One table per dataset (then Average): base, new (mean ± std) and HM, a row per method."""
     parts = []
@@ -527,7 +507,9 @@ def _base_to_new_tables(summary: list[dict[str, Any]]) -> str:
         lines = [f"### {dataset}\n", "| method | shots | base | new | HM |", "|---|---|---|---|---|"]
         for c in (c for c in summary if c["dataset"] == dataset):
             hm = f"{100 * c['hm']:.1f}"
-            lines.append(f"| {c['method']} | {c['shots']} | {_cell(c, 'base')} | {_cell(c, 'new')} | {hm} |")
+            lines.append(
+                f"| {c['method']} | {c['shots']} | {format_cell(c, 'base')} | {format_cell(c, 'new')} | {hm} |"
+            )
         parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
 
@@ -538,7 +520,8 @@ def bench_tables(protocol: str, summary: list[dict[str, Any]]) -> str:
         body = _base_to_new_tables(summary)
     else:
         body = "\n".join(
-            f"### {k} shot{'s' * (k != 1)}\n\n" + _wide_table(summary, k, "accuracy")
+            f"### {k} shot{'s' * (k != 1)}\n\n"
+            + wide_table([c for c in summary if c["shots"] == k], "method", "dataset", "accuracy")
             for k in dict.fromkeys(c["shots"] for c in summary)
         )
     note = {
