@@ -46,6 +46,7 @@ def hand_softcpt(method: SoftCPT, backbone) -> torch.Tensor:
         for name in task.classes:
             if method.class_aware:
                 tokens = method.class_ctx[class_index] if method.class_features == "specific" else method.class_ctx
+                tokens = torch.zeros(0, width) if tokens is None else tokens  # class_n_ctx 0: "<class name>."
                 class_feature = encode(backbone, name.replace("_", " "), tokens)
                 x = {
                     "lin": torch.cat([class_feature, task_feature]),
@@ -83,6 +84,18 @@ def test_softcpt_generator_matches_the_equations(vit_backbone, variant, generato
         assert shapes["class_ctx"] == ((4, 2, d) if variant.startswith("CS") else (2, d))
     else:
         assert "class_ctx" not in shapes
+
+
+def test_softcpt_without_class_tokens_uses_the_frozen_class_names(vit_backbone):
+    torch.manual_seed(0)
+    method = SoftCPT(vit_backbone, TASKS, SoftCPTConfig(variant="CATA", n_ctx=3, meta_n_ctx=2, class_n_ctx=0))
+    assert set(method.trainable_state()) == {"meta_ctx", "proj"}
+    with torch.no_grad():
+        for p in method.parameters():
+            p.normal_(0, 0.3)
+        torch.testing.assert_close(
+            method.text_features(vit_backbone), hand_softcpt(method, vit_backbone), atol=2e-5, rtol=0
+        )
 
 
 def test_softcpt_refuses_a_class_generator_without_class_features(vit_backbone):

@@ -108,7 +108,9 @@ class SoftCPT(TaskMethod):
         self.trained_classes = tuple(self.labels.tasks)
         self.n_ctx = cfg.n_ctx
         # Drawn in the reference's order: meta prompt, class tokens, then the generator.
-        meta = initial_context(backbone, cfg.meta_n_ctx, cfg.meta_init, cfg.init_std, self._n_tasks(task_specific))
+        meta = initial_context(
+            backbone, cfg.meta_n_ctx, cfg.meta_init, cfg.init_std, len(self.labels.tasks) * task_specific
+        )
         self.meta_ctx = nn.Parameter(meta.to(backbone.device))
         if self.class_aware and cfg.class_n_ctx > 0:
             n_classes = len(self.labels) if class_features == "specific" else 0
@@ -120,9 +122,6 @@ class SoftCPT(TaskMethod):
         proj = nn.init.normal_(torch.empty(width, cfg.n_ctx * backbone.text_width), std=cfg.init_std)
         self.proj = nn.Parameter(proj.to(backbone.device))
         self._labels_changed(backbone)
-
-    def _n_tasks(self, task_specific: bool) -> int:
-        return len(self.labels.tasks) if task_specific else 0
 
     # ---------------------------------------------------------------- label space
     @property
@@ -152,8 +151,15 @@ class SoftCPT(TaskMethod):
         self.task_layout = PromptLayout(backbone, self.labels.names, meta_len).to(device)
         classes = self.labels.all_classes()
         self.class_layout = PromptLayout(backbone, classes, self.n_ctx).to(device)
-        class_len = self.class_ctx.shape[-2] if self.class_ctx is not None else 0
-        self.name_layout = PromptLayout(backbone, classes, class_len).to(device) if self.class_aware else None
+        self.name_layout = None
+        frozen = torch.empty(0, device=device)
+        if self.class_aware and self.class_ctx is not None:
+            self.name_layout = PromptLayout(backbone, classes, self.class_ctx.shape[-2]).to(device)
+        elif self.class_aware:  # no class tokens: "<class name>." has nothing that learns, so encode it once
+            with torch.no_grad():
+                empty = self.proj.new_zeros(0, backbone.text_width)
+                frozen = PromptLayout(backbone, classes, 0).to(device).encode(backbone, empty)
+        self.register_buffer("frozen_class_features", frozen, persistent=False)
         rows = [self.trained_tasks.index(n) for n in self.labels.names] if self.task_specific else []
         self.register_buffer("meta_rows", torch.tensor(rows, dtype=torch.long, device=device), persistent=False)
         class_task = torch.tensor(self.labels.class_tasks(), dtype=torch.long, device=device)
@@ -168,9 +174,7 @@ class SoftCPT(TaskMethod):
     def class_name_features(self, backbone: Backbone) -> Tensor:
         """[C, D] unnormalised text features of "[class tokens] <class name>." (class-aware variants)."""
         if self.class_ctx is None:
-            empty = self.proj.new_zeros(0, backbone.text_width)
-            with torch.no_grad():
-                return self.name_layout.encode(backbone, empty)
+            return self.frozen_class_features
         return self.name_layout.encode(backbone, self.class_ctx)
 
     def generate_context(self, features: Tensor) -> Tensor:
