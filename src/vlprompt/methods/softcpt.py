@@ -108,9 +108,8 @@ class SoftCPT(TaskMethod):
         self.trained_classes = tuple(self.labels.tasks)
         self.n_ctx = cfg.n_ctx
         # Drawn in the reference's order: meta prompt, class tokens, then the generator.
-        meta = initial_context(
-            backbone, cfg.meta_n_ctx, cfg.meta_init, cfg.init_std, len(self.labels.tasks) * task_specific
-        )
+        n_tasks = len(self.labels.tasks) if task_specific else 0
+        meta = initial_context(backbone, cfg.meta_n_ctx, cfg.meta_init, cfg.init_std, n_tasks)
         self.meta_ctx = nn.Parameter(meta.to(backbone.device))
         if self.class_aware and cfg.class_n_ctx > 0:
             n_classes = len(self.labels) if class_features == "specific" else 0
