@@ -25,28 +25,13 @@ from vlprompt.engine import FeatureCache, TrainConfig, fit  # noqa: E402
 from vlprompt.labels import ClassNames, PairSpace, TaskSpace  # noqa: E402
 from vlprompt.methods import METHODS, PerTask, PerTaskConfig, build_method  # noqa: E402
 
-#: Options per method (defaults otherwise). CSP's vocabulary dropout draws from each rank's own RNG
-#: stream, so with it on two processes cannot equal one; it is off here.
-OPTIONS = {
-    "coop": {"ctx_init": "a photo of a"},
-    "cocoop": {"meta_reduction": 4},
-    "linear-probe": {"init": "zeroshot"},
-    "csp": {"vocab_dropout": 0.0},
-    "vp": {"prompt_size": 4},
-    "maple": {"depth": 2},  # the tiny towers have 2 blocks
-    "ivlp": {"depth_text": 2, "depth_vision": 2},
-    "promptsrc": {"depth_text": 2, "depth_vision": 2},
-    "clip-lora": {"dropout": 0.0},  # dropout draws from each rank's own RNG stream
-    "upt": {"dropout": 0.0},  # dropout draws from each rank's own RNG stream
-    "softcpt": {"n_ctx": 4, "variant": "CATA"},
-}
-#: (run name, method, options) for every registered method that learns, and per-task CoOp over two tasks:
+#: (run name, method, options, train overrides) for every registered method that learns, with its own tiny options
+#: (deterministic: no dropout, whose draws would differ between processes), and per-task CoOp over two tasks:
 #: global batch 8, three epochs.
-RUNS = [(name, name, OPTIONS.get(name, {})) for name, cls in METHODS.items() if cls.learns]
-RUNS.append(("per-task-coop", "per-task", {"method": "coop", "options": {"n_ctx": 2}}))
+_tiny = {name: cls.tiny_recipe(tiny_random_backbone("vit")) for name, cls in METHODS.items() if cls.learns}
+RUNS = [(name, name, dict(r.options), dict(r.train)) for name, r in _tiny.items()]
+RUNS.append(("per-task-coop", "per-task", {"method": "coop", "options": {"n_ctx": 2}}, {}))
 CONFIG = TrainConfig(epochs=3, batch_size=8, lr=0.001, schedule="constant", warmup_epochs=0, momentum=0.9)
-#: Learning rates other than CONFIG's: VP's N(0, 1) pixel prompts need a large one (the paper uses 40).
-LR = {"vp": 1.0}
 #: The fixture folder's classes (sorted), and read as attribute-object pairs for compositional methods.
 CLASSES = ("blue_square", "gold", "green_square", "red_square")
 PAIRS = PairSpace(
@@ -58,7 +43,7 @@ PAIRS = PairSpace(
 
 def build(run: str, backbone, classnames=None):
     """The method of ``run`` with its seeded initialisation (identical on every process)."""
-    _, name, options = next(r for r in RUNS if r[0] == run)
+    _, name, options, _ = next(r for r in RUNS if r[0] == run)
     torch.manual_seed(0)
     if name == "per-task":
         return PerTask(backbone, TASKS, PerTaskConfig(**options))
@@ -74,9 +59,9 @@ def train_all(image_root: str | Path, out: str | Path) -> dict[str, dict[str, to
     data = image_folder(image_root, backbone.image_transform())
     cache = FeatureCache()
     finals = {}
-    for run, _, _ in RUNS:
+    for run, _, _, train in RUNS:
         method = build(run, backbone, data.classnames)
-        config = dataclasses.replace(CONFIG, lr=LR.get(run, CONFIG.lr))
+        config = dataclasses.replace(CONFIG, **train)
         train_set = task_images(data) if method.label_kind is TaskSpace else data
         fit(method, backbone, train_set, config, run_dir=Path(out) / run / f"rank{rank}", cache=cache, progress=False)
         finals[run] = method.trainable_state()
@@ -97,7 +82,7 @@ def extract_features(image_root: str | Path, out: str | Path) -> torch.Tensor:
 
 if __name__ == "__main__":
     distributed = dist.init_from_env()
-    for run, _, _ in RUNS:
+    for run, *_ in RUNS:
         (Path(sys.argv[2]) / run).mkdir(parents=True, exist_ok=True)
     extract_features(sys.argv[1], sys.argv[2])
     train_all(sys.argv[1], sys.argv[2])

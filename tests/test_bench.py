@@ -239,11 +239,11 @@ def test_transfer_is_known_before_building(name, vit_backbone):
 
 
 def test_builtin_views_use_the_demo_recipes():
-    from vlprompt.demo import CLASSIFICATION
+    from vlprompt.runs.recipes import builtin_entries
 
     bench = BenchRun(datasets=["builtin"], method_options={"coop": {"n_ctx": 8}}, train=train_overrides(epochs=3))
     source = bench_module.BuiltinSource("colours", DataConfig(split_file="split.json"))
-    entry = {e.label: e for e in CLASSIFICATION}
+    entry = {e.label: e for e in builtin_entries("few-shot")}
     options, preset, train = source.recipe(bench, "cocoop")
     assert (options, preset) == (entry["cocoop"].options, None)
     assert train == train_overrides(entry["cocoop"].train, epochs=3)  # the demo's recipe, the user's overrides on top

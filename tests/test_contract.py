@@ -24,21 +24,6 @@ from vlprompt.prompts import load_prompt, save_pretrained
 CLASSES = ("blue_square", "gold", "green_square", "red_square")
 PAIRS = PairSpace(("blue", "gold", "green", "red"), ("square", "coin"),
                   (("blue", "square"), ("gold", "coin"), ("green", "square"), ("red", "square")))  # fmt: skip
-#: Options that keep a method small on the tiny models (defaults otherwise).
-OPTIONS = {
-    "cocoop": {"meta_reduction": 1},  # a wide meta-net: no all-dead ReLU layer
-    "coop": {"n_ctx": 4},
-    "vp": {"prompt_size": 4},
-    "vpt": {"n_tokens": 2, "deep": True},
-    "maple": {"depth": 2},  # the tiny towers have 2 blocks
-    "ivlp": {"depth_text": 2, "depth_vision": 2},
-    "softcpt": {"n_ctx": 4, "variant": "CATA"},
-    "promptsrc": {"depth_text": 2, "depth_vision": 2},
-    "clip-lora": {"zero_init_b": False},  # with B = 0 no gradient reaches A in the first step
-}
-#: Options on the tiny ResNet backbone, where they differ: its random weights leave some units dead, so no
-#: gradient reaches some of its batch-norm weights.
-RESNET_OPTIONS = {"full-finetune": {"towers": ["text"]}}
 STEP = TrainConfig(epochs=1, batch_size=8, lr=0.05, schedule="constant", warmup_epochs=0, momentum=0.0)
 
 
@@ -60,9 +45,10 @@ def data_for(method: PromptMethod, data):
 
 
 def make(name: str, backbone, seed: int = 0) -> PromptMethod:
+    """The method with its own tiny options (``tiny_recipe``: small and deterministic on the tiny models)."""
     torch.manual_seed(seed)
-    options = RESNET_OPTIONS.get(name, OPTIONS.get(name)) if backbone.vision_layers == 0 else OPTIONS.get(name)
-    return build_method(name, backbone, labels_for(METHODS[name]), options)
+    cls = METHODS[name]
+    return build_method(name, backbone, labels_for(cls), dict(cls.tiny_recipe(backbone).options))
 
 
 def make_or_skip(name: str, backbone) -> PromptMethod:
@@ -214,7 +200,7 @@ def test_the_suite_catches_a_method_that_changes_the_backbone(image_root):
 
     backbone = tiny_random_backbone("vit")  # a private copy: this method damages it
     data = image_folder(image_root, backbone.image_transform())
-    broken = _TouchesTheBackbone(backbone, ClassNames(CLASSES), OPTIONS["coop"] and CoOp.Config(n_ctx=4))
+    broken = _TouchesTheBackbone(backbone, ClassNames(CLASSES), CoOp.Config(n_ctx=4))
     with pytest.raises(AssertionError, match="tensors changed"):
         check_one_step(broken, backbone, data, FeatureCache())
 

@@ -47,7 +47,7 @@ def runs(image_root, tmp_path_factory):
     ]  # fmt: skip
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     single_out = tmp_path_factory.mktemp("single")
-    for run, _, _ in ddp_worker.RUNS:
+    for run, *_ in ddp_worker.RUNS:
         (single_out / run).mkdir()
     single = ddp_worker.train_all(image_root, single_out)
     try:
@@ -60,7 +60,7 @@ def runs(image_root, tmp_path_factory):
     return ddp_out, single_out, single
 
 
-@pytest.mark.parametrize("run", [r for r, _, _ in ddp_worker.RUNS])
+@pytest.mark.parametrize("run", [r for r, *_ in ddp_worker.RUNS])
 def test_two_processes_equal_one_on_the_same_global_batch(runs, run, vit_backbone):
     ddp_out, single_out, single = runs
     rank0 = load_file(str(ddp_out / run / "final_rank0.safetensors"))
@@ -74,7 +74,7 @@ def test_two_processes_equal_one_on_the_same_global_batch(runs, run, vit_backbon
     assert max((single[run][k] - v).abs().max() for k, v in start.trainable_state().items()) > 1e-3
 
 
-@pytest.mark.parametrize("run", [r for r, _, _ in ddp_worker.RUNS])
+@pytest.mark.parametrize("run", [r for r, *_ in ddp_worker.RUNS])
 def test_only_rank_zero_writes(runs, run):
     ddp_out, single_out, _ = runs
     assert not (ddp_out / run / "rank1").exists()

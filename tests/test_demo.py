@@ -11,11 +11,12 @@ from vlprompt.backbones import load_backbone
 from vlprompt.cli import main
 from vlprompt.data import few_shot, split_json
 from vlprompt.data.synthetic import build_benchmark, default_cache_dir
-from vlprompt.demo import CZSL_DEMO, VIEW
+from vlprompt.demo import VIEW
 from vlprompt.engine import FeatureCache, TrainConfig, fit
 from vlprompt.evaluation import evaluate
 from vlprompt.methods import build_method
 from vlprompt.runs import CZSLRun, run_czsl, train_overrides
+from vlprompt.runs.recipes import builtin_entries
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +56,7 @@ def test_the_default_visual_rows_beat_zero_shot(label, bench, shapes, cache):
     """The demo's image-side (VP) and two-tower (MaPLe) rows, 3 of their 10 epochs on 4 shots, on held-out images."""
     from dataclasses import replace
 
-    from vlprompt.demo import CLASSIFICATION
-
-    entry = next(e for e in CLASSIFICATION if e.label == label)
+    entry = next(e for e in builtin_entries("few-shot") if e.label == label)
     assert entry.default
     transform = shapes.image_transform()
     train = split_json(bench.splits[VIEW], bench.image_root, "train", transform)
@@ -94,7 +93,7 @@ def test_demo_runs_a_subset(bench, tmp_path, monkeypatch, capsys):
 
 def test_csp_beats_coop_and_zero_shot_on_unseen_compositions(bench, shapes, cache, tmp_path):
     """The demo's CZSL recipe, one seed, closed world, test split (unseen pairs included)."""
-    entries = {e.label: e for e in CZSL_DEMO}
+    entries = {e.label: e for e in builtin_entries("czsl")}
     auc = {}
     for label in ("czsl-zeroshot", "czsl-coop", "csp"):
         entry = entries[label]
@@ -115,14 +114,14 @@ def test_csp_beats_coop_and_zero_shot_on_unseen_compositions(bench, shapes, cach
 def test_softcpt_and_per_task_coop_beat_zero_shot_on_the_multitask_collection(bench, shapes, cache, tmp_path):
     """The demo's multi-task rows (4 shots, one seed) on the built-in collection's held-out images, averaged."""
     from vlprompt.data.synthetic import build_multitask_collection
-    from vlprompt.demo import MULTITASK_DEMO, MULTITASK_SHOTS
+    from vlprompt.demo import MULTITASK_SHOTS
     from vlprompt.runs import MultiTaskRun, TaskData, run_multitask
 
     tasks = [TaskData(name=t.name, root=str(t.root), split_file=str(t.split_file))
              for t in build_multitask_collection(bench.root)]  # fmt: skip
     assert [t.name for t in tasks] == ["colour", "shape", "texture", "coloured shape"]
     mean = {}
-    for entry in MULTITASK_DEMO:
+    for entry in builtin_entries("multitask"):
         if entry.label == "softcpt-cata":
             continue  # the slowest row; NATA stands for SoftCPT here
         run = MultiTaskRun(method=entry.method, method_options=entry.options, tasks=tasks, shots=MULTITASK_SHOTS,
@@ -157,9 +156,7 @@ def test_the_few_shot_bench_sweeps_the_multitask_collection(bench, shapes, cache
 
 def demo_entry(method: str):
     """The demo's first multi-task row of ``method`` (the recipe the sweep uses)."""
-    from vlprompt.demo import MULTITASK_DEMO
-
-    return next(e for e in MULTITASK_DEMO if e.method == method)
+    return next(e for e in builtin_entries("multitask") if e.method == method)
 
 
 def test_demo_row_selection():

@@ -159,33 +159,33 @@ CASES: dict[str, Callable[[Env], Case]] = {
     "parse: seeds not a list": lambda e: Case(e.train("--seeds", "1"), "--seeds: expected"),
     "parse: method options not a dict": lambda e: Case(e.train("--method_options", "{n_ctx"), "--method_options"),
     # ------------------------------------------------------------------ method options: type and range
-    "options: n_ctx four": lambda e: Case(e.train(*_opts("{n_ctx: four}")), "(coop): n_ctx must be an integer"),
-    "options: n_ctx -2": lambda e: Case(e.train(*_opts("{n_ctx: -2}")), "--method_options (coop): n_ctx must be >= 1"),
+    "options: n_ctx four": lambda e: Case(e.train(*_opts("{n_ctx: four}")), "coop option n_ctx must be an integer"),
+    "options: n_ctx -2": lambda e: Case(e.train(*_opts("{n_ctx: -2}")), "coop option n_ctx must be >= 1"),
     "options: n_ctx 0": lambda e: Case(e.train(*_opts("{n_ctx: 0}")), "must be >= 1, not 0"),
     "options: n_ctx float": lambda e: Case(e.train(*_opts("{n_ctx: 2.5}")), "must be an integer, not 2.5"),
     "options: class position typo": lambda e: Case(
         e.train(*_opts("{class_token_position: middel}")), "must be one of ['end', 'middle', 'front']"
     ),
-    "options: negative init_std": lambda e: Case(e.train(*_opts("{init_std: -1}")), "(coop): init_std must be >= 0"),
+    "options: negative init_std": lambda e: Case(e.train(*_opts("{init_std: -1}")), "coop option init_std must be >= 0"),
     "options: bool as word": lambda e: Case(e.train(*_opts("{class_specific: maybe}")), "must be true or false"),
     "options: unknown name": lambda e: Case(e.train(*_opts("{nctx: 4}")), "unknown option(s) ['nctx'] for method coop"),
     "options: cocoop meta_reduction 0": lambda e: Case(
-        e.train(*_opts("{meta_reduction: 0}", "cocoop")), "(cocoop): meta_reduction must be >= 1"
+        e.train(*_opts("{meta_reduction: 0}", "cocoop")), "cocoop option meta_reduction must be >= 1"
     ),
     "options: linear-probe init": lambda e: Case(
         e.train(*_opts("{init: zeros}", "linear-probe")), "must be one of ['random', 'zeroshot']"
     ),
     "options: zeroshot ensemble typo": lambda e: Case(
-        e.train(*_opts("{ensemble: imagenet81}", "zeroshot")), "(zeroshot): ensemble must be one of"
+        e.train(*_opts("{ensemble: imagenet81}", "zeroshot")), "zeroshot option ensemble must be one of"
     ),
     "options: zeroshot templates not a list": lambda e: Case(
-        e.train(*_opts("{templates: 'a {}'}", "zeroshot")), "(zeroshot): templates must be a list"
+        e.train(*_opts("{templates: 'a {}'}", "zeroshot")), "zeroshot option templates must be a list"
     ),
     "options: csp vocab_dropout": lambda e: Case(
         e.czsl_args(*_opts("{vocab_dropout: 1.5}", "csp")), "must be in [0.0, 1.0], not 1.5"
     ),
     "options: pair-projection hidden": lambda e: Case(
-        e.czsl_args(*_opts("{hidden: -1}", "pair-projection")), "(pair-projection): hidden must be >= 0"
+        e.czsl_args(*_opts("{hidden: -1}", "pair-projection")), "pair-projection option hidden must be >= 0"
     ),
     # ------------------------------------------------------------------ the recipe and the run
     "train: negative warmup": lambda e: Case(
@@ -298,7 +298,7 @@ CASES: dict[str, Callable[[Env], Case]] = {
     ),
     "prompt: n_ctx four in prompt.json": lambda e: Case(
         e.predict("--prompt", _fit_prompt_to(e, "coop", lambda c: c["config"].update(n_ctx="four"))),
-        "prompt.json (coop): n_ctx must be an integer",
+        "prompt.json: coop option n_ctx must be an integer",
     ),
     "prompt: linear probe on other classes": lambda e: Case(
         e.predict("--prompt", _fit_prompt_to(e, "probe", lambda c: c["labels"]["names"].append("extra"))),
@@ -524,7 +524,7 @@ def test_malicious_open_clip_checkpoint_is_never_unpickled(tiny_arch, tmp_path, 
 
 
 def test_debug_shows_the_traceback(tmp_path, image_root, split_file):
-    with pytest.raises(ValueError, match=r"\(coop\): n_ctx must be >= 1"):
+    with pytest.raises(ValueError, match=r"coop option n_ctx must be >= 1"):
         main(_train_args(image_root, split_file, tmp_path / "o", "--method_options", "{n_ctx: -2}", "--debug"))
 
 

@@ -25,7 +25,7 @@ from .runs import (
     train_overrides,
     write_config,
 )
-from .runs.recipes import CLASSIFICATION, CZSL_DEMO, MULTITASK_DEMO, MULTITASK_SHOTS, VIEW, DemoEntry
+from .runs.recipes import MULTITASK_SHOTS, TABLES, VIEW, DemoEntry, builtin_entries
 
 #: The in-context visual prompting table (no training; the bundled tiny inpainter, a few seconds).
 INCONTEXT = "incontext"
@@ -33,14 +33,12 @@ INCONTEXT = "incontext"
 
 def demo_methods() -> list[str]:
     """Every row the demo can run."""
-    return (
-        [e.label for e in CLASSIFICATION] + list(czsl_demo_methods()) + [e.label for e in MULTITASK_DEMO] + [INCONTEXT]
-    )
+    return [e.label for table in TABLES for e in builtin_entries(table)] + [INCONTEXT]
 
 
 def default_demo_methods() -> list[str]:
     """The rows `vlprompt demo` runs unless ``--methods`` names others."""
-    return [e.label for e in CLASSIFICATION + CZSL_DEMO + MULTITASK_DEMO if e.default] + [INCONTEXT]
+    return [e.label for table in TABLES for e in builtin_entries(table) if e.default] + [INCONTEXT]
 
 
 def selected_demo_methods(methods: list[str] | None) -> list[str]:
@@ -49,7 +47,7 @@ def selected_demo_methods(methods: list[str] | None) -> list[str]:
 
 
 def czsl_demo_methods() -> tuple[str, ...]:
-    return tuple(e.label for e in CZSL_DEMO)
+    return tuple(e.label for e in builtin_entries("czsl"))
 
 
 def run_demo(
@@ -95,7 +93,7 @@ def run_demo(
 
     rows = []
     curves: dict[str, list[Path]] = {}
-    for entry in CLASSIFICATION:
+    for entry in builtin_entries("few-shot"):
         if entry.label not in wanted:
             continue
         run = ClassificationRun(
@@ -126,7 +124,7 @@ def run_demo(
         closed = [row for row in czsl["results"]["summary"] if row["world"] == "closed"]
         plot_method_bars(closed, "AUC", out / "czsl_auc.png", title="CZSL closed-world AUC (mean ± std)")
 
-    multitask_wanted = [e for e in MULTITASK_DEMO if e.label in wanted]
+    multitask_wanted = [e for e in builtin_entries("multitask") if e.label in wanted]
     if multitask_wanted:
         multitask = run_multitask_demo(backbone, cache, out / "multitask", seeds, multitask_wanted, progress)
         report["multitask"] = multitask["results"]
@@ -158,7 +156,7 @@ def run_czsl_demo(
 ) -> dict[str, Any]:
     """The demo's CZSL table: each chosen entry, closed and calibrated open world, over ``seeds``."""
     rows = []
-    for entry in CZSL_DEMO:
+    for entry in builtin_entries("czsl"):
         if entry.label not in labels:
             continue
         run = CZSLRun(

@@ -166,7 +166,7 @@ def load_prompt(directory: str | Path, backbone: Backbone, strict_backbone: bool
     try:
         method_config = cls.Config.from_dict({k: options[k] for k in known & set(options)}, cls.name, f"{config_path}")
     except MethodOptionError as err:
-        raise PromptFileError(str(err)) from None
+        raise PromptFileError(f"{config_path}: {err}") from None
     method = cls(backbone, labels, method_config)
     tensors = load_tensors(Path(directory) / TENSORS_FILE)
     sizes = (saved.get("preprocess", {}).get("size"), backbone.image_size)

@@ -1,7 +1,7 @@
 """The engine: one training loop for all methods, schedules and the papers' recipes."""
 
 from ..features import FeatureCache
-from .presets import PRESETS, preset
+from .presets import preset, presets, recipe_config
 from .trainer import FitResult, TrainConfig, fit
 
-__all__ = ["PRESETS", "FeatureCache", "FitResult", "TrainConfig", "fit", "preset"]
+__all__ = ["FeatureCache", "FitResult", "TrainConfig", "fit", "preset", "presets", "recipe_config"]

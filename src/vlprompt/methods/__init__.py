@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ..backbones import Backbone
 from ..labels import ClassNames, PairSpace, TaskSpace
-from .base import Batch, MethodConfig, PromptMethod, cosine_logits
+from .base import CAPABILITIES, DECLARATIONS, Batch, BuiltinRow, MethodConfig, PromptMethod, Recipe, cosine_logits
 from .clip_lora import CLIPLoRA, CLIPLoRAConfig
 from .cocoop import CoCoOp, CoCoOpConfig
 from .compositional import CSP, AttrObjHeads, CZSLCoOp, CZSLZeroShot, PairMethod, PairProjection, pair_space
@@ -24,15 +25,61 @@ from .vp import VP, VPConfig
 from .vpt import VPT, VPTConfig
 from .zeroshot import ZeroShot, ZeroShotConfig
 
-#: Every method, by its lowercase name. Registering a method here is all it takes to put it in the CLI
-#: of its protocol (by its ``label_kind``) and in the contract test suite.
-METHODS: dict[str, type[PromptMethod]] = {
-    cls.name: cls
-    for cls in (ZeroShot, CoOp, CoCoOp, LinearProbe, VP, VPT, IVLP, MaPLe, UPT)
-    + (KgCoOp, PromptSRC, CLIPLoRA, FullFinetune)
+#: Every method, by its lowercase name: the one list the engine, the runs, the CLI and the tests read.
+METHODS: dict[str, type[PromptMethod]] = {}
+
+
+def register(cls: type[PromptMethod], replace: bool = False) -> type[PromptMethod]:
+    """Add a method to the registry: this puts it in the CLI of its protocol (by its ``label_kind``), in
+    ``vlprompt methods``, in the presets (its ``recipes``), in the built-in benchmark (its ``builtin_rows``) and
+    in the contract test suite. Usable as a class decorator. Its declarations are checked here."""
+    name = getattr(cls, "name", "")
+    if not isinstance(name, str) or not name or name != name.lower() or " " in name:
+        raise TypeError(f"{cls.__name__}.name must be a lowercase name without spaces, not {name!r}")
+    if name in METHODS and METHODS[name] is not cls and not replace:
+        raise ValueError(f"a method named {name!r} is already registered ({METHODS[name].__name__})")
+    missing = [d for d in DECLARATIONS if d not in _own_attributes(cls)]
+    if missing:
+        raise TypeError(f"{cls.__name__} ({name}) must declare {missing} itself (see PromptMethod's docstring)")
+    if not (isinstance(cls.Config, type) and issubclass(cls.Config, MethodConfig)):
+        raise TypeError(f"{cls.__name__}.Config must be a MethodConfig dataclass")
+    bad = [k for k, r in cls.recipes.items() if not isinstance(r, Recipe) or not k]
+    if bad or not all(isinstance(r, BuiltinRow) for r in cls.builtin_rows) or not isinstance(cls.tiny, Recipe):
+        raise TypeError(
+            f"{cls.__name__}: recipes must map names to Recipe, builtin_rows hold BuiltinRow, tiny a Recipe"
+        )
+    if cls.template_option is not None and cls.template_option not in {f.name for f in dataclasses.fields(cls.Config)}:
+        raise TypeError(
+            f"{cls.__name__}.template_option {cls.template_option!r} is not an option of {cls.Config.__name__}"
+        )
+    if cls.Config.__dict__.get("method_name", "") in ("", name):
+        cls.Config.method_name = name  # the config's messages name the method
+    METHODS[name] = cls
+    return cls
+
+
+def _own_attributes(cls: type) -> set[str]:
+    """Attributes set by ``cls`` itself or by a registered-method-free base below PromptMethod."""
+    own: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is PromptMethod or (klass is not cls and klass in METHODS.values()):
+            break
+        own |= set(vars(klass))
+    return own
+
+
+for _cls in (
+    (ZeroShot, CoOp, CoCoOp, LinearProbe, VP, VPT, IVLP, MaPLe, UPT)
+    + (
+        KgCoOp,
+        PromptSRC,
+        CLIPLoRA,
+        FullFinetune,
+    )
     + (CZSLZeroShot, CZSLCoOp, CSP, AttrObjHeads, PairProjection)
     + (SoftCPT,)
-}
+):
+    register(_cls)
 
 #: Which command trains methods of each label space.
 COMMAND_OF_LABELS: dict[type, str] = {ClassNames: "train", PairSpace: "czsl", TaskSpace: "multitask"}
@@ -69,6 +116,10 @@ def build_method(
 
 
 __all__ = [
+    "CAPABILITIES",
+    "BuiltinRow",
+    "Recipe",
+    "register",
     "COMMAND_OF_LABELS",
     "CLIPLoRA",
     "CLIPLoRAConfig",

@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +22,10 @@ from torch import Tensor, nn
 
 from ..backbones import Backbone
 from ..labels import ClassNames, LabelSpace
+
+if TYPE_CHECKING:
+    from ..data.images import LabeledImages
+    from ..features import FeatureCache
 
 #: The state-dict key suffix of a module's extra state (``nn.Module.get_extra_state``).
 EXTRA_STATE_KEY = "_extra_state"
@@ -65,29 +71,37 @@ def option(default: Any = dataclasses.MISSING, *, low=None, high=None, choices=N
 class MethodConfig:
     """Base of every method's hyperparameters (defaults are the paper's).
 
-    Field types are checked on load, and fields made with :func:`option` against their range or choices.
+    Every field is checked on construction, whatever builds the config (the command line, a YAML file, a
+    prompt file or Python): its type, and for fields made with :func:`option` its range or choices. An int
+    is accepted where a float is asked (and stored as a float); anything else wrong is a
+    :class:`MethodOptionError` naming the method and the option.
     """
 
-    @classmethod
-    def from_dict(
-        cls, options: dict[str, Any] | None, method: str = "", source: str = "--method_options"
-    ) -> MethodConfig:
-        """Build from a plain dict, rejecting unknown keys, wrong types and values out of range.
+    #: The registered method these options belong to, for messages (set by :func:`vlprompt.methods.register`).
+    method_name: ClassVar[str] = ""
 
-        ``source`` names where the options came from in error messages (a CLI flag or a file).
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        method = self.method_name or type(self).__name__
+        for f in dataclasses.fields(self):
+            value = _check_option(f, hints[f.name], getattr(self, f.name), f"{method} option {f.name}")
+            object.__setattr__(self, f.name, value)
+
+    @classmethod
+    def from_dict(cls, options: dict[str, Any] | None, method: str = "", source: str = "--method_options") -> Any:
+        """Build from a plain dict, rejecting unknown keys (then every field is checked on construction).
+
+        ``source`` names where the options came from in the unknown-key message (a CLI flag or a file).
         """
         options = dict(options or {})
-        method = method or cls.__name__
+        method = method or cls.method_name or cls.__name__
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - names)
         if unknown:
             raise MethodOptionError(
                 f"{source}: unknown option(s) {unknown} for method {method}; valid: {sorted(names)}"
             )
-        hints = typing.get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        checked = {k: _check_option(fields[k], hints[k], v, f"{source} ({method}): {k}") for k, v in options.items()}
-        return cls(**checked)
+        return cls(**options)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -110,6 +124,10 @@ def _check_option(f: dataclasses.Field, hint: Any, value: Any, where: str) -> An
 
 def _check_type(hint: Any, value: Any, where: str) -> Any:
     args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Literal:
+        if value not in args:
+            raise MethodOptionError(f"{where} must be one of {list(args)}, not {value!r}")
+        return value
     if typing.get_origin(hint) in (types.UnionType, typing.Union):
         for arg in args:
             try:
@@ -129,10 +147,81 @@ def _check_type(hint: Any, value: Any, where: str) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """A training recipe as data: fields of the engine's ``TrainConfig``, the method options it sets, its source.
+
+    Attributes:
+        train: ``TrainConfig`` fields (the rest keep their defaults).
+        options: method options the recipe sets (the user's ``--method_options`` apply on top).
+        source: where it comes from: ``repo@commit:path`` of the authors' release, or why it is ours.
+        epochs_by_shots: ``((K, epochs), ...)``: the epochs of the first row whose K >= the run's shots
+            (the last row beyond), e.g. CoOp's 50 / 100 / 200 epochs by shots.
+    """
+
+    train: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    source: str = ""
+    epochs_by_shots: tuple[tuple[int, int], ...] = ()
+
+    def train_fields(self, shots: int = 16) -> dict[str, Any]:
+        """The ``TrainConfig`` fields for a ``shots``-shot run."""
+        fields = dict(self.train)
+        if self.epochs_by_shots:
+            fields["epochs"] = next((e for k, e in self.epochs_by_shots if shots <= k), self.epochs_by_shots[-1][1])
+        return fields
+
+    def but(self, source: str = "", **train: Any) -> Recipe:
+        """This recipe with some ``TrainConfig`` fields replaced (and a note of why, added to its source)."""
+        note = f"{self.source}; {source}" if self.source and source else source or self.source
+        return dataclasses.replace(self, train={**self.train, **train}, source=note)
+
+    def with_options(self, **options: Any) -> Recipe:
+        """This recipe setting method options too."""
+        return dataclasses.replace(self, options={**self.options, **options})
+
+
+@dataclass(frozen=True)
+class BuiltinRow:
+    """A row of the built-in benchmark's tables (the demo's, and ``vlprompt bench`` on the built-in views).
+
+    The table follows the method's label space: classes (the few-shot table), attribute-object pairs (the
+    compositional table) or tasks (the multi-task table); ``per_task`` puts a single-task method in the
+    multi-task table, run once per task.
+
+    Attributes:
+        label: the row's name (``vlprompt demo --methods LABEL``).
+        recipe: its CPU-sized recipe and options.
+        default: whether ``vlprompt demo`` runs it without ``--methods``.
+        per_task: a single-task method's row of the multi-task table.
+    """
+
+    label: str
+    recipe: Recipe
+    default: bool = True
+    per_task: bool = False
+
+
+#: The capability flags every method declares (class flags; :meth:`PromptMethod.capabilities` per config).
+CAPABILITIES = (
+    "changes_image_tower",
+    "conditions_on_image",
+    "scores_with_text",
+    "learns",
+    "transfers",
+    "has_context",
+    "changes_backbone",
+    "sets_up",
+    "adapts_at_test_time",
+)
+#: What every registered method declares besides its capabilities (the contract suite checks each is its own).
+DECLARATIONS = ("recipes", "builtin_rows", "tiny", "template_option")
+
+
 class PromptMethod(nn.Module):
     """A prompt-learning method on a frozen backbone.
 
-    Capabilities (class flags; the engine and the runs read only these):
+    Capabilities (class flags; the engine and the runs read only these, through :meth:`capabilities`):
         changes_image_tower: image features depend on learned tensors, so they are never cached and
             batches carry pixels.
         conditions_on_image: class text features depend on each image (no reuse across images).
@@ -143,6 +232,19 @@ class PromptMethod(nn.Module):
         has_context: holds learned context vectors ``ctx`` that ``nearest_words`` can interpret.
         changes_backbone: owns a backbone delta (e.g. LoRA); it is saved in the prompt file and
             folded into :meth:`cache_key`.
+        sets_up: builds tensors from the training data in :meth:`setup` (e.g. a cache of few-shot
+            features), registered with :meth:`register_setup_state` and saved in its prompt file.
+        adapts_at_test_time: adapts to each test batch before scoring it (:meth:`adapted`).
+
+    What a method owns besides its tensors (every registered method declares each, see
+    :data:`DECLARATIONS`; the registry and the contract suite check it):
+        recipes: its authors' recipes by name: ``"default"`` (the paper's, preset ``<name>``) and variants
+            per protocol or dataset (preset ``<name>-<key>``), each with its source.
+        builtin_rows: its rows of the built-in benchmark's tables, with CPU-sized recipes.
+        tiny: options (and training overrides) that keep it small and deterministic on the tiny test models.
+        template_option: the option that takes the dataset's hand-written template ("templates": a list,
+            "template": one string), or None when it scores with no hand template; ``templates_by_dataset``
+            holds its authors' own template per dataset where they used one.
 
     Args:
         backbone: the frozen backbone (dimensions, tokenizer, word embeddings).
@@ -161,11 +263,74 @@ class PromptMethod(nn.Module):
     transfers: ClassVar[bool] = True
     has_context: ClassVar[bool] = False
     changes_backbone: ClassVar[bool] = False
+    sets_up: ClassVar[bool] = False
+    adapts_at_test_time: ClassVar[bool] = False
+
+    recipes: ClassVar[Mapping[str, Recipe]] = {}
+    builtin_rows: ClassVar[tuple[BuiltinRow, ...]] = ()
+    tiny: ClassVar[Recipe] = Recipe()
+    template_option: ClassVar[str | None] = None
+    templates_by_dataset: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, backbone: Backbone, labels: Any, config: MethodConfig | None = None):
         super().__init__()
         self.config = config if config is not None else self.Config()
         self.labels: LabelSpace = self.label_kind.coerce(labels)
+
+    # ---------------------------------------------------------------- what the method declares
+    @classmethod
+    def capabilities(cls, config: MethodConfig | None = None) -> dict[str, bool]:
+        """The capability flags of the method built with ``config`` (default: the paper's options)."""
+        config = config if config is not None else cls.Config()
+        flags = {name: bool(getattr(cls, name)) for name in CAPABILITIES}
+        flags["transfers"] = cls.transfers_with(config)
+        return flags
+
+    @classmethod
+    def tiny_recipe(cls, backbone: Backbone) -> Recipe:
+        """:attr:`tiny` on ``backbone`` (a method may need other options on a tiny ResNet tower)."""
+        return cls.tiny
+
+    @classmethod
+    def with_dataset_template(cls, options: Mapping[str, Any], dataset: str, template: str | None) -> dict[str, Any]:
+        """``options`` with the template the method scores ``dataset`` with, unless the user set that option.
+
+        The template is its authors' own for ``dataset`` (:attr:`templates_by_dataset`) where they used one,
+        else the dataset's (CoOp's table, ``template``); nothing is added for a method without hand templates.
+        """
+        options = dict(options)
+        template = cls.templates_by_dataset.get(dataset, template)
+        if cls.template_option is None or not template or cls.template_option in options:
+            return options
+        hint = typing.get_type_hints(cls.Config)[cls.template_option]
+        takes_list = typing.get_origin(hint) in (list, tuple)
+        return {**options, cls.template_option: [template] if takes_list else template}
+
+    # ---------------------------------------------------------------- hooks
+    def setup(self, backbone: Backbone, train_set: LabeledImages, cache: FeatureCache) -> None:
+        """Run-loop hook before training, for every method (those that learn nothing too).
+
+        A method that :attr:`sets_up` builds tensors from the training data here (e.g. a cache of the
+        few-shot features, ``cache.features(backbone, train_set)``) with :meth:`register_setup_state`.
+        Default: nothing.
+        """
+
+    def register_setup_state(self, name: str, tensor: Tensor) -> None:
+        """A tensor built by :meth:`setup` (its size may depend on the data): saved in the prompt file."""
+        self.register_buffer(name, tensor)
+        self._setup_state = (*getattr(self, "_setup_state", ()), name)
+
+    def expect_setup_state(self, tensors: Mapping[str, Tensor]) -> None:
+        """Before loading a prompt file: make room for the setup state it holds, at the file's shapes."""
+        for name in getattr(self, "_setup_state", ()):
+            if name in tensors and tuple(getattr(self, name).shape) != tuple(tensors[name].shape):
+                self.register_buffer(name, torch.empty_like(tensors[name], device=getattr(self, name).device))
+
+    @contextmanager
+    def adapted(self, backbone: Backbone, batch: Batch) -> Iterator[None]:
+        """Evaluation hook around scoring one test batch: a test-time method adapts to ``batch`` on entry
+        (gradients are enabled there if it needs them) and restores its tensors on exit. Default: nothing."""
+        yield
 
     # ---------------------------------------------------------------- label space
     @property
@@ -210,7 +375,7 @@ class PromptMethod(nn.Module):
 
     def reusable_text_features(self, backbone: Backbone) -> Tensor | None:
         """Class features to encode once and reuse for every evaluation batch (None: not reusable)."""
-        if self.scores_with_text and not self.conditions_on_image:
+        if self.scores_with_text and not self.conditions_on_image and not self.adapts_at_test_time:
             return self.text_features(backbone)
         return None
 

@@ -32,7 +32,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..backbones import Backbone
-from .base import MethodOptionError, option
+from .base import BuiltinRow, MethodOptionError, Recipe, option
+from .recipes import CLIP_LORA_REPO, CPU_ADAMW
 from .tuning import TowerTuning, TowerTuningConfig
 
 #: The attention projections LoRA can target, by the release's names.
@@ -65,6 +66,23 @@ class CLIPLoRA(TowerTuning):
 
     name = "clip-lora"
     Config = CLIPLoRAConfig
+    recipes = {
+        "default": Recipe(
+            train={
+                "epochs": 100,
+                "batch_size": 32,
+                "optimizer": "adamw",
+                "lr": 2e-4,
+                "weight_decay": 0.01,
+                "schedule": "cosine",
+                "warmup_epochs": 0,
+            },
+            source=f"{CLIP_LORA_REPO}:run_utils.py, lora.py (it runs 500 x shots steps)",
+        )
+    }
+    builtin_rows = (BuiltinRow("clip-lora", CPU_ADAMW.but(lr=2e-3, weight_decay=0.01), default=False),)
+    tiny = Recipe(options={"zero_init_b": False, "dropout": 0.0})  # with B = 0 no gradient reaches A in one step
+    template_option = "template"
 
     def __init__(self, backbone: Backbone, classes: Sequence[str], config: CLIPLoRAConfig | None = None):
         super().__init__(backbone, classes, config)

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import Backbone
-from .base import MethodConfig, PromptMethod, option
+from .base import BuiltinRow, MethodConfig, PromptMethod, Recipe, option
 from .coop import nearest_words
 from .prompting import PromptLayout, initial_context
+from .recipes import COOP_REPO, CPU_SGD
 
 
 @dataclass
@@ -41,6 +42,15 @@ class CoCoOp(PromptMethod):
 
     name = "cocoop"
     Config = CoCoOpConfig
+    recipes = {
+        "default": Recipe(
+            train={"epochs": 10, "batch_size": 1},
+            source=f"{COOP_REPO}:configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml",
+        )
+    }
+    builtin_rows = (BuiltinRow("cocoop", CPU_SGD.but(epochs=4, batch_size=16, lr=0.02)),)
+    tiny = Recipe(options={"meta_reduction": 1})  # a wide meta-net: no all-dead ReLU layer
+    template_option = None
     conditions_on_image = True
     has_context = True
 

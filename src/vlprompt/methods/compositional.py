@@ -15,8 +15,9 @@ from torch import Tensor, nn
 
 from ..backbones import Backbone
 from ..labels import PairSpace
-from .base import Batch, MethodConfig, PromptMethod, option
+from .base import Batch, BuiltinRow, MethodConfig, PromptMethod, Recipe, option
 from .coop import nearest_words
+from .recipes import CPU_CZSL, CSP_RECIPES
 from .zeroshot import ensemble_text_features
 
 
@@ -131,6 +132,10 @@ class CSP(CompositionalPrompt):
 
     name = "csp"
     Config = CSPConfig
+    recipes = CSP_RECIPES  # CSP's, as the CSP paper runs its baselines
+    builtin_rows = (BuiltinRow("csp", CPU_CZSL.with_options(vocab_dropout=0.2)),)
+    tiny = Recipe(options={"vocab_dropout": 0.0})  # its dropout draws from each process's RNG
+    template_option = None
 
 
 @dataclass
@@ -145,6 +150,10 @@ class CZSLCoOp(CompositionalPrompt):
 
     name = "czsl-coop"
     Config = CZSLCoOpConfig
+    recipes = CSP_RECIPES  # CSP's, as the CSP paper runs its baselines
+    builtin_rows = (BuiltinRow("czsl-coop", CPU_CZSL),)
+    tiny = Recipe()
+    template_option = None
     has_context = True
     learn_vocabulary = False
     learn_context = True
@@ -167,6 +176,10 @@ class CZSLZeroShot(PairMethod):
 
     name = "czsl-zeroshot"
     Config = CZSLZeroShotConfig
+    recipes = CSP_RECIPES  # CSP's, as the CSP paper runs its baselines
+    builtin_rows = (BuiltinRow("czsl-zeroshot", CPU_CZSL),)
+    tiny = Recipe()
+    template_option = None
     learns = False
 
     def __init__(self, backbone: Backbone, classes: PairSpace, config: CZSLZeroShotConfig | None = None):
@@ -199,6 +212,10 @@ class AttrObjHeads(PairMethod):
 
     name = "attr-obj-heads"
     Config = AttrObjHeadsConfig
+    recipes = CSP_RECIPES  # CSP's, as the CSP paper runs its baselines
+    builtin_rows = (BuiltinRow("attr-obj-heads", CPU_CZSL.but(lr=1e-2)),)
+    tiny = Recipe()
+    template_option = None
     scores_with_text = False
 
     def __init__(self, backbone: Backbone, classes: PairSpace, config: MethodConfig | None = None):
@@ -227,6 +244,10 @@ class PairProjection(PairMethod):
 
     name = "pair-projection"
     Config = PairProjectionConfig
+    recipes = CSP_RECIPES  # CSP's, as the CSP paper runs its baselines
+    builtin_rows = (BuiltinRow("pair-projection", CPU_CZSL.but(lr=1e-3)),)
+    tiny = Recipe()
+    template_option = None
 
     def __init__(self, backbone: Backbone, classes: PairSpace, config: PairProjectionConfig | None = None):
         super().__init__(backbone, classes, config)

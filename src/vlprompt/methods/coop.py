@@ -9,8 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones import Backbone
-from .base import MethodConfig, PromptMethod, option
+from .base import BuiltinRow, MethodConfig, PromptMethod, Recipe, option
 from .prompting import CLASS_POSITIONS, PromptLayout, initial_context
+from .recipes import COOP_EPOCHS_BY_SHOTS, COOP_REPO, CPU_MULTITASK, CPU_SGD
 
 
 @dataclass
@@ -38,6 +39,20 @@ class CoOp(PromptMethod):
 
     name = "coop"
     Config = CoOpConfig
+    recipes = {
+        "default": Recipe(
+            epochs_by_shots=COOP_EPOCHS_BY_SHOTS, source=f"{COOP_REPO}:configs/trainers/CoOp/rn50*.yaml, COOP.md"
+        ),
+        "imagenet": Recipe(
+            train={"epochs": 50}, source=f"{COOP_REPO}:COOP.md (ImageNet: *_ep50.yaml for all settings)"
+        ),
+    }
+    builtin_rows = (
+        BuiltinRow("coop", CPU_SGD.but(lr=0.02).with_options(n_ctx=4)),
+        BuiltinRow("mt-coop", CPU_MULTITASK.with_options(n_ctx=4), per_task=True),
+    )
+    tiny = Recipe(options={"n_ctx": 4})
+    template_option = None
     has_context = True
 
     def __init__(self, backbone: Backbone, classes: Sequence[str], config: CoOpConfig | None = None):

@@ -20,6 +20,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..backbones import Backbone
+from .base import BuiltinRow, Recipe
+from .recipes import CPU_ADAMW
 from .tuning import TowerTuning, TowerTuningConfig
 
 #: ParameterDict keys cannot hold "."; backbone parameter names are stored with "/" instead.
@@ -36,6 +38,28 @@ class FullFinetune(TowerTuning):
 
     name = "full-finetune"
     Config = FullFinetuneConfig
+    recipes = {
+        "default": Recipe(
+            train={
+                "epochs": 20,
+                "batch_size": 32,
+                "optimizer": "adamw",
+                "lr": 1e-5,
+                "weight_decay": 0.1,
+                "schedule": "cosine",
+                "warmup_epochs": 0,
+            },
+            source="vlprompt's baseline (no paper recipe): WiSE-FT-like AdamW, small lr, decoupled decay 0.1",
+        )
+    }
+    builtin_rows = (BuiltinRow("full-finetune", CPU_ADAMW.but(lr=1e-4, weight_decay=0.1), default=False),)
+    tiny = Recipe()
+    template_option = "template"
+
+    @classmethod
+    def tiny_recipe(cls, backbone: Backbone) -> Recipe:
+        # The tiny ResNet's random weights leave some units dead: no gradient reaches some batch-norm weights.
+        return Recipe(options={"towers": ["text"]}) if backbone.vision_layers == 0 else cls.tiny
 
     def __init__(self, backbone: Backbone, classes: Sequence[str], config: FullFinetuneConfig | None = None):
         super().__init__(backbone, classes, config)

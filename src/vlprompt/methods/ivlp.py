@@ -18,8 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones import Backbone
-from .base import Batch, MethodConfig
+from .base import Batch, BuiltinRow, MethodConfig, Recipe
 from .maple import PhraseContextPrompts
+from .recipes import CPU_TWO_TOWER, MPL_REPO
 
 
 @dataclass
@@ -48,6 +49,15 @@ class IVLP(PhraseContextPrompts):
 
     name = "ivlp"
     Config = IVLPConfig
+    recipes = {
+        "default": Recipe(
+            train={"epochs": 5, "batch_size": 4, "lr": 0.0035},
+            source=f"{MPL_REPO}:configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml",
+        )
+    }
+    builtin_rows = (BuiltinRow("ivlp", CPU_TWO_TOWER.with_options(depth_text=3, depth_vision=3), default=False),)
+    tiny = Recipe(options={"depth_text": 2, "depth_vision": 2})  # the tiny towers have 2 blocks
+    template_option = None
 
     def __init__(self, backbone: Backbone, classes: Sequence[str], config: IVLPConfig | None = None):
         super().__init__(backbone, classes, config)

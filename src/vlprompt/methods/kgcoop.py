@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..backbones import Backbone
-from .base import Batch, option
+from .base import Batch, BuiltinRow, Recipe, option
 from .coop import CoOp, CoOpConfig
+from .recipes import CPU_SGD, KGCOOP_REPO
 from .zeroshot import ensemble_text_features
 
 
@@ -51,6 +52,15 @@ class KgCoOp(CoOp):
 
     name = "kgcoop"
     Config = KgCoOpConfig
+    recipes = {
+        "default": Recipe(
+            train={"epochs": 100, "batch_size": 128, "lr": 0.002},
+            source=f"{KGCOOP_REPO}:KgCoOp/configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml",
+        )
+    }
+    builtin_rows = (BuiltinRow("kgcoop", CPU_SGD.but(lr=0.02), default=False),)
+    tiny = Recipe()
+    template_option = "template"
 
     def __init__(self, backbone: Backbone, classes: Sequence[str], config: KgCoOpConfig | None = None):
         template = (config or self.Config()).template

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import Backbone
-from .base import Batch, MethodConfig, PromptMethod, option
+from .base import Batch, BuiltinRow, MethodConfig, PromptMethod, Recipe, option
 from .zeroshot import ensemble_text_features
 
 
@@ -31,6 +31,38 @@ class LinearProbe(PromptMethod):
 
     name = "linear-probe"
     Config = LinearProbeConfig
+    recipes = {
+        "default": Recipe(
+            train={
+                "epochs": 100,
+                "optimizer": "adamw",
+                "lr": 1e-3,
+                "weight_decay": 1e-4,
+                "schedule": "cosine",
+                "warmup_epochs": 0,
+            },
+            source="vlprompt's: AdamW with a cosine schedule on frozen features (CoOp's baseline is sklearn's L-BFGS)",
+        )
+    }
+    builtin_rows = (
+        BuiltinRow(
+            "linear-probe",
+            Recipe(
+                train={
+                    "epochs": 60,
+                    "batch_size": 64,
+                    "optimizer": "adamw",
+                    "lr": 1e-2,
+                    "weight_decay": 1e-4,
+                    "schedule": "cosine",
+                    "warmup_epochs": 0,
+                },
+                source="vlprompt's CPU recipe for the built-in benchmark",
+            ),
+        ),
+    )
+    tiny = Recipe(options={"init": "zeroshot"})
+    template_option = "template"
     scores_with_text = False
     transfers = False
 

@@ -23,9 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones import Backbone
-from .base import Batch, MethodConfig, PromptMethod
+from .base import Batch, BuiltinRow, MethodConfig, PromptMethod, Recipe
 from .coop import nearest_words
 from .prompting import PromptLayout, initial_context
+from .recipes import CPU_TWO_TOWER, MPL_REPO
 
 
 @dataclass
@@ -84,6 +85,15 @@ class MaPLe(PhraseContextPrompts):
 
     name = "maple"
     Config = MaPLeConfig
+    recipes = {
+        "default": Recipe(
+            train={"epochs": 5, "batch_size": 4, "lr": 0.0035},
+            source=f"{MPL_REPO}:configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml",
+        )
+    }
+    builtin_rows = (BuiltinRow("maple", CPU_TWO_TOWER.with_options(depth=3)),)
+    tiny = Recipe(options={"depth": 2})  # the tiny towers have 2 blocks
+    template_option = None
 
     def __init__(self, backbone: Backbone, classes: Sequence[str], config: MaPLeConfig | None = None):
         super().__init__(backbone, classes, config)

@@ -43,9 +43,10 @@ from torch import Tensor, nn
 
 from ..backbones import Backbone
 from ..labels import LabelSpaceError
-from .base import MethodConfig, MethodOptionError, option
+from .base import BuiltinRow, MethodConfig, MethodOptionError, Recipe, option
 from .multitask import TaskMethod
 from .prompting import PromptLayout, initial_context
+from .recipes import CPU_MULTITASK, SOFTCPT_REPO
 
 #: variant -> (class features: "none" | "shared" | "specific", task-specific meta prompt)
 VARIANTS: dict[str, tuple[str, bool]] = {
@@ -92,6 +93,15 @@ class SoftCPT(TaskMethod):
 
     name = "softcpt"
     Config = SoftCPTConfig
+    recipes = {
+        "default": Recipe(train={"epochs": 50}, source=f"{SOFTCPT_REPO}:configs/trainers/MTCoOp/vit_b16_ep50.yaml")
+    }
+    builtin_rows = (
+        BuiltinRow("softcpt-nata", CPU_MULTITASK.with_options(n_ctx=4)),
+        BuiltinRow("softcpt-cata", CPU_MULTITASK.with_options(n_ctx=4, variant="CATA")),
+    )
+    tiny = Recipe(options={"n_ctx": 4, "variant": "CATA"})
+    template_option = None
 
     def __init__(self, backbone: Backbone, labels: Any, config: SoftCPTConfig | None = None):
         super().__init__(backbone, labels, config)

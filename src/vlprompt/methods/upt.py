@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import Backbone
-from .base import Batch, MethodConfig, PromptMethod
+from .base import Batch, BuiltinRow, MethodConfig, PromptMethod, Recipe
 from .prompting import PromptLayout
+from .recipes import COOP_EPOCHS_BY_SHOTS, CPU_TWO_TOWER, UPT_REPO
 
 
 @dataclass
@@ -50,6 +51,15 @@ class UPT(PromptMethod):
 
     name = "upt"
     Config = UPTConfig
+    recipes = {
+        "default": Recipe(
+            epochs_by_shots=COOP_EPOCHS_BY_SHOTS,
+            source=f"{UPT_REPO}:configs/trainers/Unified/vit_b16_ep{{50,100,200}}.yaml",
+        )
+    }
+    builtin_rows = (BuiltinRow("upt", CPU_TWO_TOWER, default=False),)
+    tiny = Recipe(options={"dropout": 0.0})  # dropout draws from each process's own RNG stream
+    template_option = None
     changes_image_tower = True
 
     def __init__(self, backbone: Backbone, classes: Sequence[str], config: UPTConfig | None = None):

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones import Backbone
-from .base import Batch
+from .base import Batch, BuiltinRow, Recipe
+from .recipes import CPU_VISUAL, VP_REPO
 from .zeroshot import ZeroShot, ZeroShotConfig
 
 PROMPTERS = ("padding", "fixed_patch", "random_patch")
@@ -52,6 +53,37 @@ class VP(ZeroShot):
 
     name = "vp"
     Config = VPConfig
+    recipes = {
+        "default": Recipe(
+            train={
+                "epochs": 1000,
+                "batch_size": 256,
+                "lr": 40.0,
+                "momentum": 0.9,
+                "weight_decay": 0.0,
+                "schedule": "cosine",
+                "warmup_steps": 1000,
+            },
+            source=f"{VP_REPO}:main_clip.py, utils.py (cosine_lr)",
+        ),
+        "cpu": Recipe(
+            train={
+                "epochs": 30,
+                "batch_size": 32,
+                "lr": 40.0,
+                "momentum": 0.9,
+                "weight_decay": 0.0,
+                "schedule": "cosine",
+                "warmup_steps": 20,
+            },
+            source="VP's recipe sized for a CPU: 30 epochs, batch 32, warmup 20 steps (the same lr and schedule shape)",
+        ),
+    }
+    builtin_rows = (
+        BuiltinRow("vp", CPU_VISUAL.but(lr=40.0, weight_decay=0.0, warmup_steps=10).with_options(prompt_size=8)),
+    )
+    tiny = Recipe(options={"prompt_size": 4}, train={"lr": 1.0})  # N(0, 1) pixel prompts need a large lr
+    template_option = "templates"
     learns = True
     changes_image_tower = True
 

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import Backbone
-from .base import Batch
+from .base import Batch, BuiltinRow, Recipe
+from .recipes import CPU_VISUAL, VPT_REPO
 from .zeroshot import ZeroShot, ZeroShotConfig
 
 
@@ -46,6 +47,23 @@ class VPT(ZeroShot):
 
     name = "vpt"
     Config = VPTConfig
+    recipes = {
+        "default": Recipe(
+            train={
+                "epochs": 100,
+                "batch_size": 128,
+                "lr": 0.125,
+                "momentum": 0.9,
+                "weight_decay": 1e-4,
+                "schedule": "cosine",
+                "warmup_epochs": 10,
+            },
+            source=f"{VPT_REPO}:configs/base-prompt.yaml; lr 0.25 of its grid x batch/256",
+        )
+    }
+    builtin_rows = (BuiltinRow("vpt-deep", CPU_VISUAL.but(lr=0.5).with_options(n_tokens=8, deep=True), default=False),)
+    tiny = Recipe(options={"n_tokens": 2, "deep": True})
+    template_option = "templates"
     learns = True
     changes_image_tower = True
 

@@ -11,8 +11,9 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import Tensor
 
 from ..backbones import Backbone
-from .base import MethodConfig, PromptMethod, option
+from .base import BuiltinRow, MethodConfig, PromptMethod, Recipe, option
 from .prompting import clean_classname
+from .recipes import CPU_MULTITASK, CPU_SGD
 
 #: The 7 templates of CoOp's prompt-ensembling baseline (selected from CLIP's ImageNet 80).
 COOP_ENSEMBLE_TEMPLATES = (
@@ -73,6 +74,14 @@ class ZeroShot(PromptMethod):
 
     name = "zeroshot"
     Config = ZeroShotConfig
+    recipes = {}  # nothing to train
+    builtin_rows = (
+        BuiltinRow("zeroshot", CPU_SGD.with_options(templates=["a photo of a {}."])),
+        BuiltinRow("zeroshot-ensemble", CPU_SGD.with_options(templates=["a photo of a {}."], ensemble="coop7")),
+        BuiltinRow("mt-zeroshot", CPU_MULTITASK.with_options(templates=["a photo of a {}."]), per_task=True),
+    )
+    tiny = Recipe()
+    template_option = "templates"
     learns = False
 
     def __init__(self, backbone: Backbone, classes: Sequence[str], config: ZeroShotConfig | None = None):

@@ -38,7 +38,7 @@ from .. import distributed as dist
 from ..backbones import Backbone
 from ..data.benchmarks import FEW_SHOT_DATASETS, IMAGENET_VARIANTS, dataset_names, get_dataset
 from ..data.images import DataError
-from ..engine import PRESETS
+from ..engine import presets
 from ..evaluation import evaluate, harmonic_mean, summarize
 from ..evaluation.reports import csv_table, format_cell, mean_std, wide_table
 from ..features import FeatureCache
@@ -59,7 +59,7 @@ from .loop import (
 )
 from .multitask import AVERAGE as MULTITASK_AVERAGE
 from .multitask import MultiTask, MultiTaskRun
-from .recipes import CLASSIFICATION, MULTITASK_DEMO
+from .recipes import builtin_entry
 
 PROTOCOLS = ("few-shot", "base-to-new", "cross-dataset", "domain-generalisation")
 #: ``--datasets builtin``: the built-in benchmark's two 10-class views; ``builtin-<view>`` names one view.
@@ -131,12 +131,6 @@ def _user_overrides(bench: BenchRun) -> dict[str, Any]:
     return {k: v for k, v in train.items() if v is not None}
 
 
-def _options(cls: type[PromptMethod], bench: BenchRun, method: str, template: str | None) -> dict[str, Any]:
-    """The user's options for ``method``; a method with hand-written ``templates`` gets the dataset's (CoOp's)."""
-    options = dict(bench.method_options.get(method, {}))
-    if template and "templates" in {f.name for f in dataclasses.fields(cls.Config)}:
-        options.setdefault("templates", [template])
-    return options
 
 
 @dataclass
@@ -145,7 +139,6 @@ class DatasetSource(BenchSource):
 
     name: str
     data: DataConfig
-    template: str | None = None
 
     def recipe(self, bench: BenchRun, method: str) -> tuple[dict[str, Any], str | None, Any]:
         """(method options, preset, train overrides) of ``method`` here.
@@ -153,9 +146,9 @@ class DatasetSource(BenchSource):
         The preset is ``--preset``, else ``<method>-<dataset>`` where one exists (e.g. CoOp's ImageNet
         recipe, ``coop-imagenet``), else the method's own.
         """
-        cls = method_class(method, ClassNames)
-        preset = bench.preset or (f"{method}-{self.name}" if f"{method}-{self.name}" in PRESETS else None)
-        return _options(cls, bench, method, self.template), preset, bench.train
+        method_class(method, ClassNames)  # a method that scores classes
+        preset = bench.preset or (f"{method}-{self.name}" if f"{method}-{self.name}" in presets() else None)
+        return dict(bench.method_options.get(method, {})), preset, bench.train
 
     def run_config(self, bench: BenchRun, method: str, shots: int, class_split: str, out: Path) -> ClassificationRun:
         options, preset, train = self.recipe(bench, method)
@@ -179,7 +172,7 @@ class DatasetSource(BenchSource):
 
 def registry_source(name: str, root: str) -> DatasetSource:
     ds = get_dataset(name)
-    return DatasetSource(ds.name, DataConfig(format="benchmark", dataset=ds.name, root=root), ds.template)
+    return DatasetSource(ds.name, DataConfig(format="benchmark", dataset=ds.name, root=root))
 
 
 class BuiltinSource(DatasetSource):
@@ -189,7 +182,7 @@ class BuiltinSource(DatasetSource):
     """
 
     def recipe(self, bench, method):
-        entry = next((e for e in CLASSIFICATION if e.label == method), None)
+        entry = builtin_entry("few-shot", method)
         if entry is None or bench.preset:
             return super().recipe(bench, method)
         options = {**entry.options, **bench.method_options.get(method, {})}
@@ -238,8 +231,9 @@ class MultiTaskSource(BenchSource):
     """A multi-task collection in the few-shot sweep: one multi-task run per (method, shots), a row per task.
 
     A single-task method runs once per task (per-task CoOp), SoftCPT on all the tasks together. The built-in
-    collection's runs take the demo's recipe for the method (:data:`vlprompt.runs.recipes.MULTITASK_DEMO`, its first
-    row of that method) unless ``--preset`` is given; ``--method_options`` and ``--train`` apply on top.
+    collection's runs take the demo's recipe for the method (its first row of the built-in multi-task table,
+    :func:`vlprompt.runs.recipes.builtin_entry`) unless ``--preset`` is given; ``--method_options`` and ``--train``
+    apply on top.
     """
 
     name: str
@@ -248,7 +242,7 @@ class MultiTaskSource(BenchSource):
     def sub_run(self, bench, method, shots, class_split, out):
         if class_split != "all":
             raise ValueError(f"--datasets {self.name} runs the few-shot protocol only")
-        entry = next((e for e in MULTITASK_DEMO if e.method == method), None)
+        entry = builtin_entry("multitask", method)
         options = {**(entry.options if entry else {}), **bench.method_options.get(method, {})}
         use_entry = entry is not None and not bench.preset
         run = MultiTaskRun(

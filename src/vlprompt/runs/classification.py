@@ -14,7 +14,7 @@ from ..data.images import DataError
 from ..evaluation import evaluate, harmonic_mean
 from ..features import FeatureCache
 from ..labels import ClassNames
-from ..methods import PromptMethod
+from ..methods import PromptMethod, method_class
 from .config import RunConfig
 from .loop import Protocol, run_seeds
 
@@ -126,6 +126,14 @@ class Classification(Protocol):
 
     def shots(self) -> int:
         return self.run.data.shots
+
+    def method_options(self) -> dict[str, Any]:
+        """A registry dataset's hand template reaches every method that scores with one (unless the user set it)."""
+        options, data = super().method_options(), self.run.data
+        if data.format != "benchmark" or not data.dataset:
+            return options
+        cls = method_class(self.run.method, ClassNames)
+        return cls.with_dataset_template(options, data.dataset, get_dataset(data.dataset).template)
 
     def validate(self) -> None:
         data = self.run.data

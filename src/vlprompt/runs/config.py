@@ -11,7 +11,9 @@ import torch
 from .. import distributed as dist
 from ..backbones import DEFAULT_BACKBONE, Backbone, BackboneError, load_backbone
 from ..backbones.loading import check_backbone
-from ..engine import PRESETS, TrainConfig, preset
+from ..engine import TrainConfig, presets, recipe_config
+from ..methods import Recipe
+from ..methods.base import MethodOptionError as OptionError
 from ..predict import backbone_for_prompt
 
 
@@ -114,11 +116,23 @@ class RunConfig:
 
     def default_preset(self) -> str | None:
         """The recipe used when ``preset`` is not set."""
-        return self.method if self.method in PRESETS else None
+        return self.method if self.method in presets() else None
+
+    def recipe(self) -> Recipe:
+        """The preset's recipe (an empty one: ``TrainConfig``'s defaults, where there is none)."""
+        name = self.preset or self.default_preset()
+        if not name:
+            return Recipe()
+        recipes = presets()
+        if name not in recipes:
+            raise OptionError(f"unknown preset {name!r}; available: {', '.join(sorted(recipes))}")
+        return recipes[name]
 
     def train_config(self, shots: int = 0) -> TrainConfig:
         """The resolved recipe: the preset for ``shots`` with the fields set in ``train`` replaced."""
-        name = self.preset or self.default_preset()
-        base = preset(name, shots) if name else TrainConfig()
         train = self.train if isinstance(self.train, dict) else dataclasses.asdict(self.train)
-        return dataclasses.replace(base, **{k: v for k, v in train.items() if v is not None})
+        return recipe_config(self.recipe(), shots, **{k: v for k, v in train.items() if v is not None})
+
+    def resolved_options(self) -> dict[str, Any]:
+        """The method's options: those the recipe sets, with the user's ``method_options`` on top."""
+        return {**self.recipe().options, **self.method_options}

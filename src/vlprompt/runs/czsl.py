@@ -68,9 +68,6 @@ class CZSLRun(RunConfig):
     skip_bad_images: bool = False
     prompt: str | None = None
 
-    def default_preset(self) -> str | None:
-        return "csp-mit-states"
-
 
 def phase_images(split: CZSLSplit, phase: str, columns: list, skip_bad_images: bool = False) -> LabeledImages:
     """The images of ``phase`` as a labelled dataset whose labels index ``columns``."""

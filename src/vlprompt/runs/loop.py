@@ -63,14 +63,18 @@ class Protocol:
         """The training set, the label space to build the method on and the validation scorer."""
         raise NotImplementedError
 
+    def method_options(self) -> dict[str, Any]:
+        """The method's options here: the recipe's, the user's on top (a protocol may add the dataset's template)."""
+        return self.run.resolved_options()
+
     def check_options(self) -> None:
         """The method exists for this protocol and its options are valid (before any work)."""
         cls = method_class(self.run.method, self.label_kind)
-        cls.Config.from_dict(self.run.method_options, cls.name)
+        cls.Config.from_dict(self.method_options(), cls.name)
 
     def build_method(self, backbone: Backbone, labels: LabelSpace) -> PromptMethod:
         """The run's method on ``labels``."""
-        return build_method(self.run.method, backbone, labels, self.run.method_options)
+        return build_method(self.run.method, backbone, labels, self.method_options())
 
     def check(self, method: PromptMethod) -> None:
         """Refuse a method (with these options) that cannot run this protocol."""

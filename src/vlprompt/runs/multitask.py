@@ -59,9 +59,6 @@ class MultiTaskRun(RunConfig):
     shots: int = 16
     feature_cache_dir: str | None = None
 
-    def default_preset(self) -> str | None:
-        return super().default_preset() or "coop-imagenet"
-
 
 class MultiTask(Protocol):
     """Per task test accuracy and the mean over tasks, for a multi-task or a per-task single-task method."""
@@ -82,13 +79,13 @@ class MultiTask(Protocol):
 
     def check_options(self) -> None:
         cls = self.method_cls()
-        cls.Config.from_dict(self.run.method_options, cls.name)
+        cls.Config.from_dict(self.run.resolved_options(), cls.name)
 
     def build_method(self, backbone: Backbone, labels: LabelSpace) -> PromptMethod:
         cls = self.method_cls()
         if cls.label_kind is ClassNames:
-            return PerTask(backbone, labels, PerTaskConfig(method=cls.name, options=dict(self.run.method_options)))
-        return build_method(cls.name, backbone, labels, self.run.method_options)
+            return PerTask(backbone, labels, PerTaskConfig(method=cls.name, options=self.run.resolved_options()))
+        return build_method(cls.name, backbone, labels, self.run.resolved_options())
 
     def tasks(self) -> list[TaskData]:
         """The run's tasks (the built-in collection's, when asked for)."""

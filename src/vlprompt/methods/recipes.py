@@ -1,0 +1,76 @@
+"""Recipe pieces several methods share: Dassl's CoOp schedule and the built-in benchmark's CPU recipes.
+
+Each method declares its own recipes (``PromptMethod.recipes``, ``builtin_rows``) in its module; this
+module holds only what several of them start from, as :class:`~vlprompt.methods.base.Recipe` data (fields
+of the engine's ``TrainConfig``; fields not named keep its defaults: SGD, lr 0.002, momentum 0.9, weight
+decay 5e-4, batch 32, Dassl's per-epoch cosine with one constant warmup epoch at 1e-5).
+"""
+
+from __future__ import annotations
+
+from .base import Recipe
+
+# The authors' releases, pinned (a recipe cites ``<repo>:<path>``).
+COOP_REPO = "KaiyangZhou/CoOp@ff61507c790454bce7c5052c3ac39e60772f1f89"
+MPL_REPO = "muzairkhattak/multimodal-prompt-learning@69bce21ae8eda80ad6187534b2dce09cf6c59e17"
+PROMPTSRC_REPO = "muzairkhattak/PromptSRC@bb95c77b634d63488f2cad81ff4a72d53bdd06d5"
+KGCOOP_REPO = "htyao89/KgCoOp@c43ccc32c8739f64b165cfa205fcc6c0f5bb5b17"
+CLIP_LORA_REPO = "MaxZanella/CLIP-LoRA@358f0d7361f59e66c0b2d0b672a3dafb143a759b"
+VP_REPO = "hjbahng/visual_prompting@679e71fc888cbd8cecc37f66284dc3c44e554832"
+VPT_REPO = "KMnP/vpt@4410440ec1b489f24f66b9fad3d9b10ff3443567"
+CSP_REPO = "BatsResearch/csp@029a4afb37f8e30c30188d57fdd63f9da541d32f"
+SOFTCPT_REPO = "kding1225/softcpt@7cab4b9ce4b049212591be131d2fb663ebd6df26"
+#: UPT's code as its first author released it (the authors' own repository holds only its README).
+UPT_REPO = "pedramyamini2023/UPT@3d1640fcfd2532fd651041bc955fc5baff51c71f"
+
+#: CoOp's epochs by shots (COOP.md's commands: rn50_ep50 at 1 shot, rn50_ep100 at 2-4, rn50 (200) at 8-16).
+COOP_EPOCHS_BY_SHOTS = ((1, 50), (4, 100), (16, 200))
+
+# ---------------------------------------------------------------- the built-in benchmark (CPU-sized)
+_CPU = "vlprompt's CPU recipe for the built-in benchmark (runs/demo), not a paper's"
+#: Text prompts: SGD at a 10x lr for the short run.
+CPU_SGD = Recipe(
+    train={"epochs": 20, "batch_size": 32, "lr": 0.002, "schedule": "coop", "warmup_epochs": 1}, source=_CPU
+)
+#: Image-side prompts: per-step cosine with warmup (VP's lr is the paper's 40).
+CPU_VISUAL = Recipe(
+    train={"epochs": 10, "batch_size": 32, "momentum": 0.9, "schedule": "cosine", "warmup_epochs": 1}, source=_CPU
+)
+#: Backbone deltas (CLIP-LoRA, full fine-tuning): AdamW, per-step cosine, no warmup.
+CPU_ADAMW = Recipe(
+    train={"epochs": 10, "batch_size": 32, "optimizer": "adamw", "schedule": "cosine", "warmup_epochs": 0}, source=_CPU
+)
+#: Two-tower prompts: MaPLe's recipe (lr 0.0035 at batch 4) at batch 32, its lr scaled with the batch.
+CPU_TWO_TOWER = CPU_SGD.but(epochs=10, lr=0.02)
+#: The built-in multi-task collection's recipe (4 shots a class; every method of the multi-task table).
+CPU_MULTITASK = CPU_SGD.but(epochs=10, lr=0.02)
+
+
+def csp_recipe(lr: float, source: str) -> Recipe:
+    """CSP's recipe (shared by its compositional baselines): Adam with L2 decay 1e-5, no schedule, 20 epochs,
+    batch 128, the epoch of best validation AUC."""
+    train = {
+        "epochs": 20,
+        "batch_size": 128,
+        "optimizer": "adam",
+        "lr": lr,
+        "weight_decay": 1e-5,
+        "schedule": "constant",
+        "warmup_epochs": 0,
+        "select": "best",
+        "eval_every": 1,
+    }
+    return Recipe(train=train, source=source)
+
+
+_CSP = f"{CSP_REPO}:README.md (MIT-States command), train.py; the paper's per-dataset lr"
+#: CSP's recipes per dataset (lr 5e-5 on MIT-States and C-GQA, 5e-4 on UT-Zappos); the default is MIT-States'.
+CSP_RECIPES = {
+    "default": csp_recipe(5e-5, _CSP),
+    "mit-states": csp_recipe(5e-5, _CSP),
+    "ut-zappos": csp_recipe(5e-4, _CSP),
+    "cgqa": csp_recipe(5e-5, _CSP),
+}
+#: CSP's UT-Zappos recipe sized for the built-in benchmark on a CPU: 150 steps instead of about 3,600, so a 10x
+#: learning rate. CoOp and CSP share it, as in the CSP paper.
+CPU_CZSL = CSP_RECIPES["ut-zappos"].but(_CPU, epochs=10, lr=5e-3)
