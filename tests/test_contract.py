@@ -129,7 +129,10 @@ def test_builds_trains_and_touches_only_its_own_tensors(name, backbone, train_da
                  "has_context", "changes_backbone"):  # fmt: skip
         assert isinstance(getattr(cls, flag), bool), flag
     assert isinstance(method.labels, cls.label_kind) and method.num_classes == len(method.labels)
-    assert set(method.trainable_state()) == {k for k, _ in method.named_parameters()}  # no persistent buffers
+    setup_state = set(getattr(method, "_setup_state", ()))
+    assert not setup_state or cls.sets_up, f"{name} registers setup state but does not declare sets_up"
+    # a prompt file holds the trainable tensors and the setup state, never other persistent buffers
+    assert set(method.trainable_state()) == {k for k, _ in method.named_parameters()} | setup_state
     check_one_step(method, backbone, train_data, cache)
 
 

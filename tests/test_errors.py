@@ -166,7 +166,9 @@ CASES: dict[str, Callable[[Env], Case]] = {
     "options: class position typo": lambda e: Case(
         e.train(*_opts("{class_token_position: middel}")), "must be one of ['end', 'middle', 'front']"
     ),
-    "options: negative init_std": lambda e: Case(e.train(*_opts("{init_std: -1}")), "coop option init_std must be >= 0"),
+    "options: negative init_std": lambda e: Case(
+        e.train(*_opts("{init_std: -1}")), "coop option init_std must be >= 0"
+    ),
     "options: bool as word": lambda e: Case(e.train(*_opts("{class_specific: maybe}")), "must be true or false"),
     "options: unknown name": lambda e: Case(e.train(*_opts("{nctx: 4}")), "unknown option(s) ['nctx'] for method coop"),
     "options: cocoop meta_reduction 0": lambda e: Case(

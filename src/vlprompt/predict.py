@@ -133,7 +133,7 @@ def probabilities(
         features = backbone.encode_image(pixels) if frozen else None
         for method, text, chunks in zip(methods, texts, out):
             batch = Batch(pixels=pixels) if method.changes_image_tower else Batch(features=features)
-            chunks.append(method.logits(backbone, batch, text).float().softmax(dim=-1).cpu())
+            chunks.append(method.score(backbone, batch, text).float().softmax(dim=-1).cpu())
     return [torch.cat(chunks) for chunks in out]
 
 

@@ -169,6 +169,7 @@ def load_prompt(directory: str | Path, backbone: Backbone, strict_backbone: bool
         raise PromptFileError(f"{config_path}: {err}") from None
     method = cls(backbone, labels, method_config)
     tensors = load_tensors(Path(directory) / TENSORS_FILE)
+    method.expect_setup_state(tensors)
     sizes = (saved.get("preprocess", {}).get("size"), backbone.image_size)
     check_shapes(method, tensors, Path(directory), sizes if sizes[0] != sizes[1] else None)
     method.load_state_dict(tensors, strict=not has_extra_state(method))  # check_shapes matched the names

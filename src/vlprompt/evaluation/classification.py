@@ -37,12 +37,12 @@ def predict_logits(
         disable = not (progress and dist.is_main())
         chunks = [torch.empty(0, method.num_classes)]
         for pixels, _ in tqdm(loader, desc=f"score {method.name}", disable=disable, leave=False):
-            chunks.append(method.logits(backbone, Batch(pixels=pixels), text).float().cpu())
+            chunks.append(method.score(backbone, Batch(pixels=pixels), text).float().cpu())
         return dist.gather_shards(torch.cat(chunks), len(data)).to(backbone.device)
     feats = (cache or FeatureCache()).features(backbone, data, progress=progress, key_extra=method.cache_key())
     return torch.cat(
         [
-            method.logits(backbone, Batch(features=feats[s : s + batch_size]), text)
+            method.score(backbone, Batch(features=feats[s : s + batch_size]), text)
             for s in range(0, len(feats), batch_size)
         ]
     )

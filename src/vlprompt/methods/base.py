@@ -61,6 +61,10 @@ class MethodOptionError(ValueError):
     """A method option of the wrong type, out of its range, or unknown."""
 
 
+class MethodInputError(ValueError):
+    """A method handed inputs it cannot score (e.g. cached features where it changes the image tower)."""
+
+
 def option(default: Any = dataclasses.MISSING, *, low=None, high=None, choices=None, **kwargs) -> Any:
     """A method config field with its valid range (``low <= value <= high``) or ``choices``, checked on load."""
     metadata = {"low": low, "high": high, "choices": tuple(choices) if choices is not None else None}
@@ -318,7 +322,8 @@ class PromptMethod(nn.Module):
     def register_setup_state(self, name: str, tensor: Tensor) -> None:
         """A tensor built by :meth:`setup` (its size may depend on the data): saved in the prompt file."""
         self.register_buffer(name, tensor)
-        self._setup_state = (*getattr(self, "_setup_state", ()), name)
+        if name not in getattr(self, "_setup_state", ()):
+            self._setup_state = (*getattr(self, "_setup_state", ()), name)
 
     def expect_setup_state(self, tensors: Mapping[str, Tensor]) -> None:
         """Before loading a prompt file: make room for the setup state it holds, at the file's shapes."""
@@ -385,6 +390,19 @@ class PromptMethod(nn.Module):
         if text is None:
             text = self.text_features(backbone, image if self.conditions_on_image else None)
         return cosine_logits(image, text, backbone.logit_scale)
+
+    def score(self, backbone: Backbone, batch: Batch, text: Tensor | None = None) -> Tensor:
+        """[B, C] logits of one evaluation batch: every scoring path (evaluation, predict, CZSL, bench) calls this.
+
+        A method that changes the image tower refuses cached frozen features; a test-time method adapts to
+        the batch first and restores its tensors afterwards (:meth:`adapted`).
+        """
+        if batch.features is not None and self.changes_image_tower:
+            raise MethodInputError(
+                f"{self.name} changes the image tower: it must see pixels, not cached frozen image features"
+            )
+        with self.adapted(backbone, batch):
+            return self.logits(backbone, batch, text)
 
     def loss(self, backbone: Backbone, batch: Batch, logits: Tensor, label_smoothing: float = 0.0) -> Tensor:
         """The training objective (cross-entropy over the label space; methods add regularisers)."""

@@ -105,7 +105,7 @@ def pair_scores(
     """Scores of every image over the columns being scored (see :func:`scoring`), chunk by chunk."""
     for start in range(0, len(features), chunk):
         with torch.no_grad():
-            scores = method.logits(backbone, Batch(features=features[start : start + chunk]), text).float().cpu()
+            scores = method.score(backbone, Batch(features=features[start : start + chunk]), text).float().cpu()
         yield scores
 
 

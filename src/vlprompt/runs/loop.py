@@ -143,6 +143,7 @@ def _run_seed(run, protocol, train_config: TrainConfig, seed: int, out: Path, ba
     torch.manual_seed(seed)
     method = protocol.build_method(backbone, labels)
     protocol.check(method)
+    method.setup(backbone, train_set, cache)
     fit_info: dict[str, Any] = {}
     if method.learns:
         result = fit(

@@ -1,0 +1,159 @@
+"""Adding a method is one module and one ``register`` call: throwaway methods run through every command.
+
+The methods live in ``tests/extensions/throwaway_methods.py`` (as a contributor's own module would): a learned
+shift of the class features (an ordinary method), a training-free cache built at setup from the few-shot
+features, and a test-time method that adapts to each test batch and resets.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from benchmark_fixtures import write_fixture
+from extensions.throwaway_methods import CacheOnly, EntropyShift, TextShift
+from test_contract import check_one_step
+
+from vlprompt.cli import main
+from vlprompt.data import image_folder, split_json
+from vlprompt.engine import FeatureCache
+from vlprompt.evaluation.classification import predict_logits
+from vlprompt.labels import ClassNames
+from vlprompt.methods import METHODS, Batch, build_method, register
+from vlprompt.methods.base import DECLARATIONS, MethodInputError, MethodOptionError, PromptMethod
+from vlprompt.prompts import load_prompt, save_pretrained
+
+TINY = ["--backbone.name", "tiny-random-vit"]
+
+
+@pytest.fixture()
+def registered():
+    """The throwaway methods, registered with one call each, and removed again afterwards."""
+    before = dict(METHODS)
+    for cls in (TextShift, CacheOnly, EntropyShift):
+        register(cls)
+    yield
+    METHODS.clear()
+    METHODS.update(before)
+
+
+@pytest.fixture(scope="module")
+def bench_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench-data")
+    write_fixture("dtd", root)
+    return root
+
+
+def _data(image_root: Path, split_file: Path) -> list[str]:
+    return ["--data.root", str(image_root), "--data.split_file", str(split_file), "--data.shots", "4"]
+
+
+@pytest.mark.parametrize("name", [TextShift.name, CacheOnly.name, EntropyShift.name])
+def test_a_registered_method_runs_through_every_command(
+    name, registered, tmp_path, image_root, split_file, bench_root, capsys
+):
+    out = tmp_path / "train"
+    args = ["train", *TINY, *_data(image_root, split_file), "--method", name, "--seeds", "[1]", "--out", str(out)]
+    assert main(args) == 0
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    if METHODS[name].recipes:  # its own recipe is the default preset
+        assert config["train"]["epochs"] == 2 and config["train"]["lr"] == 0.01
+    prompt = out / "seed1" / "prompt"
+    trained = json.loads((out / "results.json").read_text())["per_seed"][0]["accuracy"]
+    capsys.readouterr()
+    assert main(["eval", "--prompt", str(prompt), *_data(image_root, split_file)]) == 0
+    evaluated = json.loads(capsys.readouterr().out)["accuracy"]
+    assert evaluated == pytest.approx(trained)  # the saved prompt (and its setup state) scores as trained
+    image = str(next(image_root.glob("*/*.png")))
+    assert main(["predict", image, "--prompt", str(prompt), "--json", "true"]) == 0
+    bench = ["bench", "few-shot", "--datasets", "dtd", "--methods", name, "--shots", "2", "--seeds", "1"]
+    assert main([*bench, "--root", str(bench_root), *TINY, "--train.epochs", "1", "--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / "results.md").read_text().count(f"| {name} |") == 1
+
+
+@pytest.mark.parametrize("cls", [TextShift, CacheOnly, EntropyShift])
+def test_the_contract_suite_takes_a_registered_method(cls, registered, vit_backbone, image_root, tmp_path):
+    data = image_folder(image_root, vit_backbone.image_transform())
+    cache = FeatureCache()
+    torch.manual_seed(0)
+    method = build_method(cls.name, vit_backbone, ClassNames(tuple(data.classnames)))
+    method.setup(vit_backbone, data, cache)
+    check_one_step(method, vit_backbone, data, cache)
+    batch = Batch(features=cache.features(vit_backbone, data, progress=False)[:8])
+    method.eval()
+    with torch.no_grad():
+        logits = method.score(vit_backbone, batch)
+    save_pretrained(method, vit_backbone, tmp_path / "prompt")
+    loaded = load_prompt(tmp_path / "prompt", vit_backbone)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.score(vit_backbone, batch), logits, atol=1e-5, rtol=0)
+
+
+def test_registration_checks_the_declarations(registered):
+    class Undeclared(PromptMethod):
+        name = "undeclared"
+
+    with pytest.raises(TypeError, match="must declare"):
+        register(Undeclared)
+    for name, cls in METHODS.items():  # every registered method declares each of them itself
+        assert all(hasattr(cls, d) for d in DECLARATIONS), name
+    with pytest.raises(ValueError, match="already registered"):
+        register(type("Clash", (TextShift,), {"name": "coop"}))
+
+
+def test_setup_builds_a_cache_that_the_prompt_file_carries(registered, vit_backbone, image_root, tmp_path):
+    data = image_folder(image_root, vit_backbone.image_transform())
+    method = CacheOnly(vit_backbone, ClassNames(tuple(data.classnames)))
+    assert method.keys.shape == (0, vit_backbone.embed_dim)
+    method.setup(vit_backbone, data, FeatureCache())
+    assert method.keys.shape == (len(data), vit_backbone.embed_dim) and method.values.tolist() == data.labels
+    features = torch.nn.functional.normalize(FeatureCache().features(vit_backbone, data, progress=False), dim=-1)
+    by_hand = torch.stack(
+        [sum(torch.exp(-5.0 * (1 - f @ k)) * (label == c) for k, label in zip(features, data.labels))
+         for f in features for c in range(4)]  # fmt: skip
+    ).reshape(len(data), 4)
+    torch.testing.assert_close(predict_logits(method, vit_backbone, data), by_hand)
+    save_pretrained(method, vit_backbone, tmp_path / "cache")
+    loaded = load_prompt(tmp_path / "cache", vit_backbone)
+    assert torch.equal(loaded.keys, method.keys) and torch.equal(loaded.values, method.values)
+
+
+def test_the_test_time_step_adapts_each_batch_and_resets(registered, vit_backbone, image_root, split_file):
+    test = split_json(split_file, image_root, "test", vit_backbone.image_transform())
+    method = EntropyShift(vit_backbone, ClassNames(tuple(test.classnames)), EntropyShift.Config(steps=2, lr=0.01))
+    plain = predict_logits(method, vit_backbone, test)  # adapted per batch
+    assert torch.equal(method.shift, torch.zeros_like(method.shift))  # reset after every batch
+    assert torch.equal(predict_logits(method, vit_backbone, test), plain)  # deterministic
+    features = FeatureCache().features(vit_backbone, test, progress=False)
+    with torch.no_grad():
+        unadapted = method.logits(vit_backbone, Batch(features=features))
+        adapted = method.score(vit_backbone, Batch(features=features))
+
+    def entropy(logits):
+        probs = logits.softmax(-1).mean(0)
+        return float(-(probs * probs.log()).sum())
+
+    assert not torch.equal(adapted, unadapted) and entropy(adapted) < entropy(unadapted)  # adapted: more confident
+    assert torch.equal(method.logits(vit_backbone, Batch(features=features)), unadapted)  # ... and was reset
+
+
+def test_a_method_that_changes_the_image_tower_refuses_cached_features(vit_backbone):
+    vp = build_method("vp", vit_backbone, ["red", "blue"], {"prompt_size": 4})
+    with pytest.raises(MethodInputError, match="must see pixels, not cached frozen image features"):
+        vp.score(vit_backbone, Batch(features=torch.zeros(2, vit_backbone.embed_dim)))
+
+
+def test_options_are_checked_the_same_way_everywhere(registered, tmp_path, image_root, split_file, capsys):
+    message = "throwaway-shift option init must be in [-1.0, 1.0], not 3.0"
+    with pytest.raises(MethodOptionError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        TextShift.Config(init=3.0)  # Python
+    args = ["train", *TINY, *_data(image_root, split_file), "--method", TextShift.name, "--out", str(tmp_path / "o")]
+    assert main([*args, "--method_options", "{init: 3.0}"]) == 2  # the command line
+    assert message in capsys.readouterr().err
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"method": TextShift.name, "method_options": {"init": 3.0}}))
+    assert main(["train", "--config", str(config), *args[1:]]) == 2  # a YAML file
+    assert message in capsys.readouterr().err
