@@ -251,3 +251,32 @@ def test_a_backbone_delta_stays_with_its_method(vit_backbone, image_root, tmp_pa
         torch.testing.assert_close(loaded.text_features(vit_backbone), method.text_features(vit_backbone))
     with pytest.raises(Exception, match="no backbone parameter"):
         vit_backbone.with_weights({"model.nope": method.ln_bias}, "encode_text", ["a"])
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_declares_its_recipes_tiny_options_and_template_use(name, vit_backbone):
+    """Every recipe, built-in row and tiny option set is valid; the method declares each itself (register checks)."""
+    from vlprompt.engine import recipe_config
+    from vlprompt.methods.base import DECLARATIONS
+    from vlprompt.runs.recipes import table_of
+
+    cls = METHODS[name]
+    assert all(hasattr(cls, d) for d in DECLARATIONS)  # and each its own: register() refuses inherited ones
+    for key, recipe in cls.recipes.items():
+        recipe_config(recipe, shots=1).validate()
+        recipe_config(recipe, shots=16).validate()
+        cls.Config.from_dict(dict(recipe.options), name)
+        assert "@" in recipe.source or "vlprompt" in recipe.source, f"{name} recipe {key}: cite repo@commit:path"
+    for row in cls.builtin_rows:
+        recipe_config(row.recipe).validate()
+        cls.Config.from_dict(dict(row.recipe.options), name)
+        assert table_of(cls, row.per_task) in ("few-shot", "czsl", "multitask")
+    cls.Config.from_dict(dict(cls.tiny_recipe(vit_backbone).options), name)
+    if cls.template_option is not None:
+        options = cls.with_dataset_template({}, "oxford_pets", "a photo of a {}, a type of pet.")
+        built = cls.Config.from_dict(options, name)
+        value = getattr(built, cls.template_option)
+        assert value in ("a photo of a {}, a type of pet.", ["a photo of a {}, a type of pet."])
+        assert cls.with_dataset_template({cls.template_option: value}, "dtd", "x {}") == {cls.template_option: value}
+    else:
+        assert cls.with_dataset_template({}, "oxford_pets", "a photo of a {}, a type of pet.") == {}

@@ -14,11 +14,13 @@ import logging
 import os
 import re
 import sys
+import textwrap
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import docstring_parser
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 
 from . import __version__
@@ -26,8 +28,9 @@ from . import distributed as dist
 from .backbones import BackboneError
 from .data import DataError, base_new_split
 from .data.protocols import CLASS_SPLITS
+from .engine.presets import preset_name
 from .labels import ClassNames, LabelSpaceError, PairSpace, TaskSpace
-from .methods import methods_for
+from .methods import COMMAND_OF_LABELS, METHODS, PromptMethod, method_class, methods_for
 from .prompts import PromptFileError
 from .runs import (
     BackboneConfig,
@@ -245,6 +248,17 @@ class IncontextCommand:
             raise ValueError("give --examples [a.png,...], --outputs [a_mask.png,...] and --queries [q.png,...]")
 
 
+@dataclass
+class MethodsCommand:
+    """Every registered method: the command that trains it, its capabilities and its recipes.
+
+    Attributes:
+        json: print JSON (one object per method) instead of a table.
+    """
+
+    json: bool = False
+
+
 def _require_prompt(prompt: str) -> None:
     if not prompt:
         raise ValueError("--prompt is required: a prompt directory (e.g. RUN/seed1/prompt)")
@@ -263,6 +277,10 @@ COMMAND_CONFIGS: dict[str, tuple[type, str]] = {
     "bench": (BenchRun, "run a protocol over datasets, methods, shots and seeds (paper-style tables)"),
     "data": (DataCommand, "check benchmark datasets: `vlprompt data check NAME|all --root DIR`"),
     "incontext": (IncontextCommand, "in-context visual prompting by inpainting (no training)"),
+    "methods": (
+        MethodsCommand,
+        "list the methods: command, capabilities, recipes (`vlprompt train --method X --help`)",
+    ),
 }
 _METHOD_HELP = {
     "train": f"the method: {', '.join(methods_for(ClassNames))}",
@@ -297,6 +315,74 @@ def build_parser() -> ArgumentParser:
             sub._option_string_actions["--method"].help = _METHOD_HELP[name]
         commands.add_subcommand(name, sub, help=help_text)
     return parser
+
+
+#: Commands that train a registered method (``--method NAME``): ``--help`` with a method shows its options.
+METHOD_COMMANDS = ("train", "czsl", "multitask")
+
+
+def method_help(argv: list[str]) -> str | None:
+    """``vlprompt train --method kgcoop --help``: the command's help, then the method's options, capabilities and
+    recipes (None when ``argv`` asks for no help about a method)."""
+    command = next((a for a in argv if a in COMMAND_CONFIGS), None)
+    if command not in METHOD_COMMANDS or not {"--help", "-h"} & set(argv) or "--method" not in argv[:-1]:
+        return None
+    cls = method_class(argv[argv.index("--method") + 1])
+    sub = build_parser()._subcommands_action._name_parser_map[command]
+    return sub.format_help() + "\n" + describe_method(cls)
+
+
+def describe_method(cls: type[PromptMethod]) -> str:
+    """A method's options (type, default, range, docstring), capabilities, presets and template use, as text."""
+    config = cls.Config
+    docs: dict[str, str] = {}
+    for klass in reversed(config.__mro__):
+        docs |= {p.arg_name: p.description or "" for p in docstring_parser.parse(klass.__doc__ or "").params}
+    hints = typing.get_type_hints(config)
+    command = COMMAND_OF_LABELS.get(cls.label_kind, "train")
+    lines = [f"{cls.name} options (`vlprompt {command} --method {cls.name} --method_options '{{name: value, ...}}'`, "
+             "or method_options: in a --config YAML):"]  # fmt: skip
+    for f in dataclasses.fields(config):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        low, high, choices = (f.metadata.get(k) for k in ("low", "high", "choices"))
+        limits = [f">= {low}"] if low is not None else []
+        limits += [f"<= {high}"] if high is not None else []
+        limits += [f"one of {list(choices)}"] if choices is not None else []
+        kind = getattr(hints[f.name], "__name__", None) or str(hints[f.name])
+        lines.append(f"  {f.name}: {kind} = {default!r}" + (f" ({', '.join(limits)})" if limits else ""))
+        lines += textwrap.wrap(docs.get(f.name, ""), 100, initial_indent="      ", subsequent_indent="      ")
+    flags = [k for k, v in cls.capabilities().items() if v]
+    lines += ["", f"capabilities: {', '.join(flags) or 'none'}"]
+    template = f"the dataset's hand template in option {cls.template_option!r}" if cls.template_option else "none"
+    lines.append(f"template: {template}")
+    lines.append("presets (--preset):" if cls.recipes else "presets: none (TrainConfig's defaults)")
+    for key, recipe in cls.recipes.items():
+        lines.append(f"  {preset_name(cls.name, key)}: {dict(recipe.train)}" + (
+            f" epochs by shots {list(recipe.epochs_by_shots)}" if recipe.epochs_by_shots else ""))  # fmt: skip
+        lines.append(f"      source: {recipe.source}")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_methods(cfg: MethodsCommand, _: Any) -> int:
+    rows = [
+        {
+            "method": name,
+            "command": COMMAND_OF_LABELS.get(cls.label_kind, "train"),
+            "capabilities": [k for k, v in cls.capabilities().items() if v],
+            "presets": [preset_name(name, k) for k in cls.recipes],
+            "template": cls.template_option,
+        }
+        for name, cls in METHODS.items()
+    ]
+    if cfg.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print("| method | command | capabilities | presets |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['command']} | {', '.join(r['capabilities'])} | {', '.join(r['presets'])} |")
+    print("(single-task methods also run in `vlprompt multitask`, once per task; "
+          "`vlprompt COMMAND --method NAME --help` shows a method's options)")  # fmt: skip
+    return 0
 
 
 def _config(cls: type, namespace) -> Any:
@@ -472,6 +558,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "data": cmd_data,
     "incontext": cmd_incontext,
+    "methods": cmd_methods,
 }
 
 
@@ -554,6 +641,10 @@ def main(argv: list[str] | None = None) -> int:
     quiet_third_party_logs(debug)
     prog = f"vlprompt {command}" if command else "vlprompt"
     try:
+        help_text = method_help(argv)
+        if help_text is not None:
+            print(help_text, end="")
+            return 0
         parser = build_parser()
         try:
             namespace = parser.parse_args(expand_list_values(expand_bare_flags(argv)))

@@ -76,7 +76,7 @@ class VP(ZeroShot):
                 "schedule": "cosine",
                 "warmup_steps": 20,
             },
-            source="VP's recipe sized for a CPU: 30 epochs, batch 32, warmup 20 steps (the same lr and schedule shape)",
+            source="vlprompt's: VP's recipe sized for a CPU (30 epochs, batch 32, 20 warmup steps)",
         ),
     }
     builtin_rows = (
