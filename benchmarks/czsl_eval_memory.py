@@ -8,6 +8,7 @@ calibrates the feasibility threshold on validation and evaluates test with it. S
 produced 256 images at a time and never held as a whole matrix.
 
     python benchmarks/czsl_eval_memory.py            # writes benchmarks/results/czsl_eval_memory.json
+    python benchmarks/czsl_eval_memory.py --smoke    # 20 x 30 pairs, 200 images: seconds, a temporary file
 
 It reports the process's peak resident memory (``ru_maxrss``), its resident memory after the imports
 and before the evaluation, what one full score matrix would take (N x P x 4 bytes) and what the
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import parse_args  # benchmarks/common.py, beside this script
 
 from vlprompt.data.czsl import CZSLSplit
 from vlprompt.evaluation.czsl import calibrate_feasibility, evaluate_czsl, feasibility_scores
@@ -120,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, default=256, help="images per score chunk")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "czsl_eval_memory.json")
-    args = parser.parse_args(argv)
+    smoke = {"attrs": 20, "objs": 30, "seen_pairs": 50, "unseen_pairs": 20, "val_images": 100, "test_images": 100,
+             "chunk": 32}  # fmt: skip
+    args = parse_args(parser, "czsl_eval_memory", smoke, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     rss_imports = rss_now()
@@ -183,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     test_matrix = args.test_images * n_pairs * 4
     report = {
         "benchmark": "czsl_eval_memory",
+        **({"smoke": True, "note": "--smoke run: tiny sizes, the numbers mean nothing"} if args.smoke else {}),
         "shape": {
             "attrs": args.attrs,
             "objs": args.objs,

@@ -14,7 +14,8 @@ random; ``benchmarks/common.py``):
 
 The two SoftCPT variants give the same loss (checked to 1e-4 relative). Timings are interleaved and
 repeated (medians and per-round ratios), for T in (2, 4, 8) to show how the cost grows with T.
-Results: ``benchmarks/results/softcpt_step.json``. Run: ``python benchmarks/softcpt_step.py``.
+Results: ``benchmarks/results/softcpt_step.json``. Run: ``python benchmarks/softcpt_step.py``
+(``--smoke``: tiny text tower, T = 2, one round, seconds; see ``benchmarks/common.py``).
 """
 
 from __future__ import annotations
@@ -24,18 +25,16 @@ import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import machine_record, paired_ratios, run_rounds, text_tower_backbone
+from common import machine_record, paired_ratios, parse_args, run_rounds, text_tower_backbone, text_tower_record
 
 from vlprompt.backbones import Backbone
 from vlprompt.labels import Task, TaskSpace
 from vlprompt.methods import Batch, CoOp, CoOpConfig, SoftCPT, SoftCPTConfig
 from vlprompt.methods.multitask import task_cross_entropy
 
-RESULTS = Path(__file__).resolve().parent / "results" / "softcpt_step.json"
 WORDS = ["red", "green", "blue", "small", "large", "striped", "wooden", "metal", "glass", "old", "bird", "fish",
          "cat", "dog", "horse", "flower", "tree", "car", "boat", "house"]  # fmt: skip
 CLASSES_PER_TASK = 10
@@ -109,11 +108,12 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--budget", type=float, default=300.0, help="seconds; rounds stop early to stay within it")
-    args = parser.parse_args()
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    parser.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)), help="torch threads")
+    args = parse_args(parser, "softcpt_step", smoke={"tasks": [2], "rounds": 1})
+    torch.set_num_threads(args.threads)
     load = list(os.getloadavg())
     start = time.time()
-    bb = text_tower_backbone()
+    bb = text_tower_backbone(tiny=args.smoke)
     results = {}
     for i, n_tasks in enumerate(args.tasks):
         print(f"T = {n_tasks} tasks of {CLASSES_PER_TASK} classes, batch {BATCH}", flush=True)
@@ -130,10 +130,11 @@ def main() -> None:
         }
         print(json.dumps(results[str(n_tasks)], indent=1), flush=True)
     record = {"benchmark": "softcpt_step", "batch": BATCH, "classes_per_task": CLASSES_PER_TASK, "results": results}
-    record |= machine_record(load)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    record |= {"text_tower": text_tower_record(bb), "total_seconds": round(time.time() - start, 1)}
+    record |= machine_record(load, smoke=args.smoke)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.out} ({record['total_seconds']} s)")
 
 
 if __name__ == "__main__":

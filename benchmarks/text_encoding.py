@@ -7,7 +7,8 @@ b) Batched CoCoOp (B images x C classes in one chunked pass) vs the reference pe
    with truncation (to separate batching from truncation).
 
 Timings are interleaved and repeated; medians are reported. Results go to
-``benchmarks/results/text_encoding.json``. Run: ``python benchmarks/text_encoding.py``.
+``benchmarks/results/text_encoding.json``. Run: ``python benchmarks/text_encoding.py``
+(``--smoke``: tiny text tower and sizes, seconds; see ``benchmarks/common.py``).
 """
 
 from __future__ import annotations
@@ -18,17 +19,15 @@ import os
 import random
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import machine_record, paired_ratios, run_rounds  # benchmarks/common.py, beside this script
+from common import machine_record, paired_ratios, parse_args, run_rounds, text_tower_record  # beside this script
 from common import text_tower_backbone as build_backbone
 
 from vlprompt.backbones import Backbone
-from vlprompt.methods import CoCoOp, CoCoOpConfig, CoOp, CoOpConfig
+from vlprompt.methods import Batch, CoCoOp, CoCoOpConfig, CoOp, CoOpConfig
 
-RESULTS = Path(__file__).resolve().parent / "results" / "text_encoding.json"
 _WORD_LIST = """
 red green blue small large striped spotted wooden metal glass old young wild domestic river mountain forest
 desert sea garden city bird fish cat dog horse flower tree car boat plane chair table lamp clock shoe hat bag
@@ -114,6 +113,7 @@ def bench_cocoop(bb: Backbone, args, deadline: float) -> dict:
     method = CoCoOp(bb, names, CoCoOpConfig())
     images = torch.randn(args.cocoop_images, bb.embed_dim)
     labels = torch.randint(0, len(names), (args.cocoop_images,))
+    batch = Batch(features=images, targets=labels)
 
     def loop_text(feat: torch.Tensor, padded: bool) -> torch.Tensor:
         ctx = method.ctx + method.meta_net(F.normalize(feat, dim=-1))
@@ -133,7 +133,7 @@ def bench_cocoop(bb: Backbone, args, deadline: float) -> dict:
         return run
 
     variants = {
-        "batched": step(lambda: F.cross_entropy(method(bb, images), labels)),
+        "batched": step(lambda: method.loss(bb, batch, method.logits(bb, batch))),
         "loop_truncated": step(lambda: loop_loss(padded=False)),
         "loop_reference_77": step(lambda: loop_loss(padded=True)),
     }
@@ -181,13 +181,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats of every timing")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budget", type=float, default=215.0, help="seconds: no round starts that would end later")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    smoke = {"classes": 4, "n_ctx": 4, "batch": 4, "cocoop_images": 2, "cocoop_classes": 2, "rounds": 1}
+    args = parse_args(parser, "text_encoding", smoke)
 
     torch.set_num_threads(args.threads)
     start = time.time()
     load_at_start = list(os.getloadavg())
-    bb = build_backbone()
+    bb = build_backbone(tiny=args.smoke)
     warm_up(bb)
     print(
         f"text tower: width {bb.text_width}, {len(bb.model.transformer.resblocks)} layers, context {bb.context_length}"
@@ -198,10 +198,10 @@ def main() -> None:
     cocoop = bench_cocoop(bb, args, deadline=start + args.budget)
     result = {
         "benchmark": "text_encoding",
-        **machine_record(load_at_start),
+        **machine_record(load_at_start, smoke=args.smoke),
         "device": "cpu",
         "dtype": "float32",
-        "text_tower": {"width": 512, "layers": 12, "heads": 8, "context_length": 77, "embed_dim": 512},
+        "text_tower": text_tower_record(bb),
         "coop_step": coop,
         "cocoop_step": cocoop,
         "total_seconds": round(time.time() - start, 1),

@@ -9,7 +9,8 @@ timed against:
 Timings are interleaved and repeated (medians and per-round ratios). The memory part counts the bytes
 autograd saves for the backward pass of one step (exact, not sampled), with and without activation
 checkpointing of the prompted image tower. Results: ``benchmarks/results/visual_step_cost.json``.
-Run: ``python benchmarks/visual_step_cost.py``.
+Run: ``python benchmarks/visual_step_cost.py`` (``--smoke``: a two-block 32-px CLIP with a tiny text
+tower, 4 classes, one round, seconds; see ``benchmarks/common.py``).
 """
 
 from __future__ import annotations
@@ -20,16 +21,15 @@ import os
 import random
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import machine_record, paired_ratios, random_backbone, run_rounds  # benchmarks/common.py, beside
+from common import TINY_TEXT, machine_record, paired_ratios, parse_args, random_backbone, run_rounds  # beside
 
 from vlprompt.backbones import Backbone
 from vlprompt.methods import VPT, Batch, MaPLe, MaPLeConfig, VPTConfig
 
-RESULTS = Path(__file__).resolve().parent / "results" / "visual_step_cost.json"
+SMOKE_MODEL = "tiny random CLIP (image 64 x 2 at 32 px, text 64 x 2)"
 WORDS = [
     "red",
     "green",
@@ -53,8 +53,14 @@ WORDS = [
 ]
 
 
-def build_backbone(seed: int = 0) -> Backbone:
-    """ViT-B-16's towers (image: width 768, 12 layers, 224 px, patch 16; text: width 512, 12 layers), random."""
+def build_backbone(seed: int = 0, tiny: bool = False) -> Backbone:
+    """ViT-B-16's towers (image: width 768, 12 layers, 224 px, patch 16; text: width 512, 12 layers), random.
+
+    ``tiny``: a two-block 32-px image tower and a two-block text tower (``--smoke``).
+    """
+    if tiny:
+        vision = {"layers": 2, "width": 64, "patch_size": 16, "image_size": 32, "head_width": 32}
+        return random_backbone(vision, "bench-tiny", seed, TINY_TEXT, embed_dim=64)
     vision = {"layers": 12, "width": 768, "patch_size": 16, "image_size": 224, "head_width": 64}
     return random_backbone(vision, "bench-vit-b-16", seed)
 
@@ -139,7 +145,7 @@ def method_step(bb, method, pixels, labels):
         batch = Batch(pixels=pixels, targets=labels)
         loss = method.loss(bb, batch, method(bb, batch))
         loss.backward()
-        return loss
+        return loss.detach()
 
     return run
 
@@ -148,7 +154,7 @@ def bench_vpt(bb, args, deadline) -> dict:
     names = class_names(args.classes)
     torch.manual_seed(1)
     vpt = VPT(bb, names, VPTConfig(n_tokens=args.tokens, deep=True)).train()
-    pixels = torch.randn(args.batch, 3, 224, 224)
+    pixels = torch.randn(args.batch, 3, bb.image_size, bb.image_size)
     labels = torch.randint(0, len(names), (args.batch,))
     text = vpt.template_features
 
@@ -157,7 +163,7 @@ def bench_vpt(bb, args, deadline) -> dict:
         prompts = vpt.prompts
         loss = loss_of(bare_image(bb, pixels, prompts[0], list(prompts[1:])), text, labels, bb.logit_scale)
         loss.backward()
-        return loss
+        return loss.detach()
 
     times, out = run_rounds({"vlprompt": method_step(bb, vpt, pixels, labels), "bare": bare}, args.rounds, deadline)
     memory = activation_memory(bb, vpt, pixels, labels)
@@ -167,8 +173,8 @@ def bench_vpt(bb, args, deadline) -> dict:
 def bench_maple(bb, args, deadline) -> dict:
     names = class_names(args.classes)
     torch.manual_seed(2)
-    maple = MaPLe(bb, names, MaPLeConfig()).train()
-    pixels = torch.randn(args.batch, 3, 224, 224)
+    maple = MaPLe(bb, names, MaPLeConfig(depth=min(MaPLeConfig().depth, bb.text_layers))).train()
+    pixels = torch.randn(args.batch, 3, bb.image_size, bb.image_size)
     labels = torch.randint(0, len(names), (args.batch,))
     layout, n = maple.layout, maple.config.n_ctx
     ids = bb.tokenize([f"a photo of a {name}." for name in names])
@@ -183,7 +189,7 @@ def bench_maple(bb, args, deadline) -> dict:
             text = bare_text(bb, embeds, layout.eot_index, deep_text, n, length)
             loss = loss_of(image, text, labels, bb.logit_scale)
             loss.backward()
-            return loss
+            return loss.detach()
 
         return run
 
@@ -222,21 +228,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budget", type=float, default=300.0, help="seconds: no round starts that would end later")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    args = parse_args(parser, "visual_step_cost", smoke={"classes": 4, "batch": 2, "tokens": 2, "rounds": 1})
     torch.set_num_threads(args.threads)
     start, load = time.time(), list(os.getloadavg())
-    bb = build_backbone()
+    bb = build_backbone(tiny=args.smoke)
     print(f"VPT-deep step, {args.batch} images, {args.tokens} tokens in all {bb.vision_layers} blocks")
     vpt = bench_vpt(bb, args, deadline=start + args.budget * 0.4)
     print(f"MaPLe step, {args.batch} images, {args.classes} classes")
     maple = bench_maple(bb, args, deadline=start + args.budget)
     result = {
         "benchmark": "visual_step_cost",
-        **machine_record(load),
+        **machine_record(load, smoke=args.smoke),
         "device": "cpu",
         "dtype": "float32",
-        "model": "ViT-B-16-sized random CLIP (image 768 x 12 at 224 px, text 512 x 12)",
+        "model": SMOKE_MODEL if args.smoke else "ViT-B-16-sized random CLIP (image 768 x 12 at 224 px, text 512 x 12)",
         "vpt_deep_step": vpt,
         "maple_step": maple,
         "total_seconds": round(time.time() - start, 1),
