@@ -206,3 +206,29 @@ def test_loaded_coop_transfers_to_new_classes(tmp_path, vit_backbone):
     method.set_classes(vit_backbone, ["purple", "orange"])
     with torch.no_grad():
         assert torch.equal(loaded.text_features(vit_backbone), method.text_features(vit_backbone))
+
+
+def test_save_pretrained_and_from_pretrained_on_the_objects_users_hold(tmp_path, image_root):
+    """peft's style: ``method.save_pretrained(dir)``, ``Class.from_pretrained(dir)`` (backbone: the recorded one)."""
+    from vlprompt.bank import PromptBank
+    from vlprompt.methods import VP, CoOp, PromptMethod
+
+    backbone = tiny_random_backbone("vit")
+    torch.manual_seed(0)
+    coop = build_method("coop", backbone, CLASSES, {"n_ctx": 2})
+    coop.save_pretrained(tmp_path / "coop", backbone)
+    for cls in (PromptMethod, CoOp):
+        loaded = cls.from_pretrained(tmp_path / "coop")  # onto the backbone the prompt records
+        assert type(loaded) is CoOp and torch.equal(loaded.ctx, coop.ctx)
+    with pytest.raises(PromptFileError, match="holds a coop prompt, not VP"):
+        VP.from_pretrained(tmp_path / "coop", backbone)
+    bank = PromptBank({"colour": coop, "shape": build_method("zeroshot", backbone, ["square", "coin"])})
+    bank.save_pretrained(tmp_path / "bank", backbone)
+    again = PromptBank.from_pretrained(tmp_path / "bank")
+    assert again.names == ["colour", "shape"] and torch.equal(again["colour"].ctx, coop.ctx)
+    image = str(next(image_root.glob("*/*.png")))
+    predictor = vlprompt.Predictor.from_pretrained(tmp_path / "coop")
+    predictor.save_pretrained(tmp_path / "copy")
+    assert torch.equal(
+        vlprompt.Predictor.from_pretrained(tmp_path / "copy").probabilities([image]), predictor.probabilities([image])
+    )

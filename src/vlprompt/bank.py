@@ -134,6 +134,21 @@ class PromptBank:
     def save(self, backbone: Backbone, directory: str | Path, extra=None) -> Path:
         return save_bank(self.prompts, backbone, directory, extra)
 
+    def save_pretrained(self, directory: str | Path, backbone: Backbone, extra=None) -> Path:
+        """Write the bank (bank.json and one prompt directory per task), as ``save``."""
+        return self.save(backbone, directory, extra)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, backbone: Backbone | None = None, strict_backbone: bool = False
+    ) -> PromptBank:
+        """Load a bank onto ``backbone`` (default: the backbone its prompts record), as ``load``."""
+        if backbone is None:
+            from .predict import backbone_for_prompt
+
+            backbone = backbone_for_prompt(directory, None, None)
+        return cls.load(directory, backbone, strict_backbone)
+
 
 def load_task_methods(
     directory: str | Path, backbone: Backbone, tasks: Sequence[str], strict_backbone: bool = False

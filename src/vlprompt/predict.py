@@ -84,6 +84,13 @@ class Predictor:
             return cls(load_task_method(prompt_dir, backbone, task), backbone, **kwargs)
         return cls(load_prompt(prompt_dir, backbone), backbone, **kwargs)
 
+    #: peft's name for loading: ``Predictor.from_pretrained(prompt_dir)``.
+    from_pretrained = from_prompt
+
+    def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
+        """Write the predictor's method as a prompt directory (a zero-shot predictor too)."""
+        return self.method.save_pretrained(directory, self.backbone, extra)
+
     @classmethod
     def zero_shot(
         cls,

@@ -94,6 +94,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     activation_checkpointing: bool = False
 
+    def __post_init__(self) -> None:
+        self.validate()  # checked on construction, whatever builds it (the CLI, YAML, a preset or Python)
+
     def validate(self) -> None:
         """Every option in range (messages name the CLI flags, ``--train.<field>``)."""
         choices = {

@@ -14,6 +14,7 @@ import typing
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -428,6 +429,27 @@ class PromptMethod(nn.Module):
         """
 
     # ---------------------------------------------------------------- files and caches
+    def save_pretrained(self, directory: str | Path, backbone: Backbone, extra: dict[str, Any] | None = None) -> Path:
+        """Write this method as a prompt directory (prompt.json and safetensors, see :mod:`vlprompt.prompts`)."""
+        from ..prompts import save_pretrained
+
+        return save_pretrained(self, backbone, directory, extra)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, backbone: Backbone | None = None, strict_backbone: bool = False
+    ) -> PromptMethod:
+        """Load a prompt directory onto ``backbone`` (default: the backbone it records); on a method class, the
+        prompt must be of that method (``CoOp.from_pretrained(dir)``), on ``PromptMethod`` any method."""
+        from ..predict import backbone_for_prompt
+        from ..prompts import PromptFileError, load_prompt
+
+        backbone = backbone if backbone is not None else backbone_for_prompt(directory, None, None)
+        method = load_prompt(directory, backbone, strict_backbone)
+        if not isinstance(method, cls):
+            raise PromptFileError(f"{directory} holds a {method.name} prompt, not {cls.__name__}")
+        return method
+
     def trainable_state(self) -> dict[str, Tensor]:
         """The tensors a prompt file stores (training bookkeeping kept as module extra state is not one)."""
         return {
