@@ -75,7 +75,7 @@ def test_demo_runs_a_subset(bench, tmp_path, monkeypatch, capsys):
     assert main(["demo", "--out", str(out), "--seeds", "[1]", "--methods", methods]) == 0
     report = json.loads((out / "results.json").read_text())
     assert {r["task"] for r in report["multitask"]["per_seed"]} == {"colour", "shape", "texture", "coloured shape",
-                                                                   "average"}  # fmt: skip
+                                                                   "Average"}  # fmt: skip
     assert "| mt-zeroshot |" in (out / "results.md").read_text()
     assert report["classification"]["summary"][0]["method"] == "zeroshot"
     assert {r["world"] for r in report["czsl"]["per_seed"]} == {"closed", "open", "open+calibrated"}
@@ -127,7 +127,7 @@ def test_softcpt_and_per_task_coop_beat_zero_shot_on_the_multitask_collection(be
         run = MultiTaskRun(method=entry.method, method_options=entry.options, tasks=tasks, shots=MULTITASK_SHOTS,
                            train=train_overrides(entry.train), seeds=[1], out=str(tmp_path / entry.label))  # fmt: skip
         rows = run_multitask(run, shapes, cache, progress=False)
-        assert [r["task"] for r in rows] == [t.name for t in tasks] + ["average"]
+        assert [r["task"] for r in rows] == [t.name for t in tasks] + ["Average"]
         mean[entry.label] = rows[-1]["accuracy"]
     assert min(mean["mt-coop"], mean["softcpt-nata"]) >= mean["mt-zeroshot"] + 0.03, mean
 

@@ -112,8 +112,11 @@ def test_setup_builds_a_cache_that_the_prompt_file_carries(registered, vit_backb
     assert method.keys.shape == (len(data), vit_backbone.embed_dim) and method.values.tolist() == data.labels
     features = torch.nn.functional.normalize(FeatureCache().features(vit_backbone, data, progress=False), dim=-1)
     by_hand = torch.stack(
-        [sum(torch.exp(-5.0 * (1 - f @ k)) * (label == c) for k, label in zip(features, data.labels))
-         for f in features for c in range(4)]  # fmt: skip
+        [
+            sum(torch.exp(-5.0 * (1 - f @ k)) * (label == c) for k, label in zip(features, data.labels))
+            for f in features
+            for c in range(4)
+        ]  # fmt: skip
     ).reshape(len(data), 4)
     torch.testing.assert_close(predict_logits(method, vit_backbone, data), by_hand)
     save_pretrained(method, vit_backbone, tmp_path / "cache")

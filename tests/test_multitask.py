@@ -178,7 +178,7 @@ def multitask_run(tasks, out, method="softcpt", options=None, **kwargs) -> Multi
 def test_a_multitask_run_reports_each_task_and_their_mean(two_tasks, vit_backbone, tmp_path):
     cache = FeatureCache()
     rows = run_multitask(multitask_run(two_tasks, tmp_path / "soft"), vit_backbone, cache, progress=False)
-    assert [r["task"] for r in rows] == ["cool colour", "any colour", "average"]
+    assert [r["task"] for r in rows] == ["cool colour", "any colour", "Average"]
     assert rows[2]["accuracy"] == pytest.approx((rows[0]["accuracy"] + rows[1]["accuracy"]) / 2)
     seed = tmp_path / "soft" / "seed1"
     train = [json.loads((seed / f"train_subset_task{t}.json").read_text()) for t in (0, 1)]
@@ -189,7 +189,7 @@ def test_a_multitask_run_reports_each_task_and_their_mean(two_tasks, vit_backbon
     test_set = test.load(vit_backbone.image_transform())["test"]
     assert evaluate(method, vit_backbone, test_set, cache)["accuracy"] == pytest.approx(rows[1]["accuracy"])
     summary = json.loads((tmp_path / "soft" / "results.json").read_text())["summary"]
-    assert [r["task"] for r in summary] == ["cool colour", "any colour", "average"]
+    assert [r["task"] for r in summary] == ["cool colour", "any colour", "Average"]
 
 
 def test_per_task_coop_writes_a_bank_that_predicts_every_task_in_one_pass(two_tasks, vit_backbone, tmp_path):
@@ -237,7 +237,7 @@ def test_the_multitask_command_runs_from_the_cli(two_tasks, tmp_path, capsys):
                  "--out", str(tmp_path / "cli")])  # fmt: skip
     out = capsys.readouterr()
     assert code == 0, out.err
-    assert "| softcpt | 1 | average |" in out.out.replace("  ", " ")
+    assert "| softcpt | 1 | Average |" in out.out.replace("  ", " ")
 
 
 # ---------------------------------------------------------------- bad input

@@ -7,6 +7,9 @@ import io
 import statistics
 from collections.abc import Mapping, Sequence
 
+#: The name of the mean row or column over datasets or tasks, in every table.
+AVERAGE = "Average"
+
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""

@@ -40,7 +40,7 @@ from ..data.benchmarks import FEW_SHOT_DATASETS, IMAGENET_VARIANTS, dataset_name
 from ..data.images import DataError
 from ..engine import presets
 from ..evaluation import evaluate, harmonic_mean, summarize
-from ..evaluation.reports import csv_table, format_cell, mean_std, wide_table
+from ..evaluation.reports import AVERAGE, csv_table, format_cell, mean_std, wide_table
 from ..features import FeatureCache
 from ..io import atomic_write_text
 from ..labels import ClassNames
@@ -57,7 +57,6 @@ from .loop import (
     validate_run,
     write_config,
 )
-from .multitask import AVERAGE as MULTITASK_AVERAGE
 from .multitask import MultiTask, MultiTaskRun
 from .recipes import builtin_entry
 
@@ -69,7 +68,6 @@ BUILTIN = "builtin"
 BUILTIN_DEFAULT = ("colours", "shapes")
 #: The source every cross-dataset and domain-generalisation prompt is trained on.
 SOURCE_DATASET = "imagenet"
-AVERAGE = "Average"
 
 
 @dataclass
@@ -129,8 +127,6 @@ class BenchSource:
 def _user_overrides(bench: BenchRun) -> dict[str, Any]:
     train = bench.train if isinstance(bench.train, dict) else dataclasses.asdict(bench.train)
     return {k: v for k, v in train.items() if v is not None}
-
-
 
 
 @dataclass
@@ -223,7 +219,7 @@ class BenchMultiTask(MultiTask):
 
     def evaluate(self, method, backbone, keys):
         rows = super().evaluate(method, backbone, keys)
-        return [{**r, "dataset": r["task"]} for r in rows if r["task"] != MULTITASK_AVERAGE]
+        return [{**r, "dataset": r["task"]} for r in rows if r["task"] != AVERAGE]
 
 
 @dataclass

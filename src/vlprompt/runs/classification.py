@@ -19,7 +19,9 @@ from .config import RunConfig
 from .loop import Protocol, run_seeds
 
 FORMATS = ("split-json", "imagefolder", "benchmark")
-CLASS_SPLITS = ("all", "base-to-new")
+#: The protocol's views of the classes (``--data.class_split``); the halves themselves are
+#: :data:`vlprompt.data.protocols.CLASS_SPLITS`.
+CLASS_SPLIT_PROTOCOLS = ("all", "base-to-new")
 
 
 @dataclass
@@ -94,8 +96,8 @@ class DataConfig(ImageSource):
 
     def validate(self, where: str = "--data") -> None:
         super().validate(where)
-        if self.class_split not in CLASS_SPLITS:
-            raise DataError(f"{where}.class_split must be one of {CLASS_SPLITS}, not {self.class_split!r}")
+        if self.class_split not in CLASS_SPLIT_PROTOCOLS:
+            raise DataError(f"{where}.class_split must be one of {CLASS_SPLIT_PROTOCOLS}, not {self.class_split!r}")
         if self.shots < 0:
             raise DataError(f"{where}.shots must be >= 0 (0: all images), not {self.shots}")
 

@@ -3,7 +3,7 @@
 A multi-task method (SoftCPT) trains once on batches that mix the tasks; a single-task method (CoOp,
 zero-shot, ...) runs once per task side by side (:class:`~vlprompt.methods.PerTask`), and its trained
 prompts are saved as a prompt bank (:mod:`vlprompt.bank`). Every seed reports each task's test accuracy
-and their mean (the "average" row).
+and their mean (the "Average" row).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from ..bank import save_bank
 from ..data.images import DataError, LabeledImages
 from ..data.tasks import TaskImages, few_shot_per_task
 from ..evaluation import evaluate
+from ..evaluation.reports import AVERAGE
 from ..features import FeatureCache
 from ..labels import ClassNames, LabelSpace, TaskSpace
 from ..methods import PerTask, PerTaskConfig, PromptMethod, build_method, method_class
@@ -25,7 +26,6 @@ from .classification import ImageSource
 from .config import RunConfig
 from .loop import Protocol, run_seeds
 
-AVERAGE = "average"
 COLLECTIONS = ("", "builtin")
 
 
@@ -179,7 +179,7 @@ def run_multitask(
 ) -> list[dict[str, Any]]:
     """Train and test ``run.method`` on every task for every seed; write prompts (or banks) and tables.
 
-    Returns per seed one row per task and an "average" row.
+    Returns per seed one row per task and an "Average" row.
     """
     cache = cache or FeatureCache(run.feature_cache_dir)
     return run_seeds(run, MultiTask(run), backbone, cache, progress)
