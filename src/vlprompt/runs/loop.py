@@ -138,7 +138,8 @@ def run_seeds(
 
 def _run_seed(run, protocol, train_config: TrainConfig, seed: int, out: Path, backbone, cache, progress):
     seed_dir = out / f"seed{seed}"
-    seed_dir.mkdir(exist_ok=True)
+    if dist.is_main():  # the other ranks write nothing there (and on a disk of their own the run has no folder)
+        seed_dir.mkdir(exist_ok=True)
     train_set, labels, scorer = protocol.seed_data(seed, seed_dir if dist.is_main() else None)
     torch.manual_seed(seed)
     method = protocol.build_method(backbone, labels)
