@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
+from ..errors import OptionError
 from .trainer import TrainConfig
 
 
@@ -88,5 +89,5 @@ def preset(name: str, shots: int = 16, **overrides) -> TrainConfig:
     try:
         config = PRESETS[name](shots)
     except KeyError:
-        raise ValueError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}") from None
+        raise OptionError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}") from None
     return replace(config, **overrides)
