@@ -1,8 +1,20 @@
 """vlprompt: prompt learning for CLIP-style vision-language models."""
 
+from .errors import BackboneError, DataError, OptionError, PromptFileError, RunDirError, VlpromptError
+
 __version__ = "0.1.0"
 
-__all__ = ["Prediction", "Predictor", "__version__"]
+__all__ = [
+    "BackboneError",
+    "DataError",
+    "OptionError",
+    "Prediction",
+    "Predictor",
+    "PromptFileError",
+    "RunDirError",
+    "VlpromptError",
+    "__version__",
+]
 
 
 def __getattr__(name: str):

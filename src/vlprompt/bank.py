@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .backbones import Backbone
+from .errors import OptionError
 from .io import atomic_write_text
 from .labels import LabelSpaceError
 from .methods import PromptMethod
@@ -39,7 +40,7 @@ def save_bank(prompts: Mapping[str, PromptMethod], backbone: Backbone, directory
     """Write every prompt under its name into the bank ``directory`` (each prompt file atomically, bank.json last)."""
     directory = Path(directory)
     if not prompts:
-        raise ValueError("a prompt bank needs at least one prompt")
+        raise OptionError("a prompt bank needs at least one prompt")
     entries = []
     for i, (name, method) in enumerate(prompts.items()):
         sub = f"{i:02d}-{_slug(name)}"
@@ -127,7 +128,7 @@ class PromptBank:
     def from_prompts(cls, prompts: Mapping[str, str | Path], backbone: Backbone) -> PromptBank:
         """Gather separately trained prompt directories under task names; all must record one backbone."""
         if not prompts:
-            raise ValueError("a prompt bank needs at least one prompt")
+            raise OptionError("a prompt bank needs at least one prompt")
         check_one_backbone({f"prompt {n!r} ({p})": read_prompt_config(p)["backbone"] for n, p in prompts.items()})
         return cls({name: load_prompt(path, backbone) for name, path in prompts.items()})
 

@@ -25,13 +25,12 @@ from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 
 from . import __version__
 from . import distributed as dist
-from .backbones import BackboneError
 from .data import DataError, base_new_split
 from .data.protocols import CLASS_SPLITS
 from .engine.presets import preset_name
-from .labels import ClassNames, LabelSpaceError, PairSpace, TaskSpace
+from .errors import OptionError, VlpromptError
+from .labels import ClassNames, PairSpace, TaskSpace
 from .methods import COMMAND_OF_LABELS, METHODS, PromptMethod, method_class, methods_for
-from .prompts import PromptFileError
 from .runs import (
     BackboneConfig,
     ClassificationRun,
@@ -47,8 +46,6 @@ from .runs.bench import PROTOCOLS, BenchRun
 log = logging.getLogger("vlprompt")
 BOOL_WORDS = {"true", "false", "yes", "no", "1", "0", "null"}
 DEBUG_FLAG = "--debug"
-#: errors that mean "bad options or input": one message, exit code 2 (all our own errors are ValueErrors).
-USER_ERRORS = (ValueError, DataError, BackboneError, PromptFileError, LabelSpaceError)
 
 
 @dataclass
@@ -74,7 +71,7 @@ class EvalCommand:
     def validate(self) -> None:
         _require_prompt(self.prompt)
         if self.class_split not in CLASS_SPLITS:
-            raise ValueError(f"--class_split must be 'all', 'base' or 'new', not {self.class_split!r}")
+            raise OptionError(f"--class_split must be 'all', 'base' or 'new', not {self.class_split!r}")
         self.backbone.validate()
         self.data.validate()
 
@@ -106,15 +103,15 @@ class PredictCommand:
 
     def validate(self) -> None:
         if (self.prompt is None) == (self.classes is None):
-            raise ValueError("give either --prompt DIR or --classes (zero-shot), not both")
+            raise OptionError("give either --prompt DIR or --classes (zero-shot), not both")
         if self.topk < 1:
-            raise ValueError(f"--topk must be >= 1, not {self.topk}")
+            raise OptionError(f"--topk must be >= 1, not {self.topk}")
         if self.batch_size < 1:
-            raise ValueError(f"--batch_size must be >= 1, not {self.batch_size}")
+            raise OptionError(f"--batch_size must be >= 1, not {self.batch_size}")
         if self.classes is not None and not self.class_names():
-            raise ValueError("--classes needs at least one class name")
+            raise OptionError("--classes needs at least one class name")
         if self.task is not None and (self.prompt is None or not self.tasks()):
-            raise ValueError("--task names task(s) of --prompt (a prompt bank or multi-task prompt), e.g. --task a")
+            raise OptionError("--task names task(s) of --prompt (a prompt bank or multi-task prompt), e.g. --task a")
         self.backbone.validate()
 
     def class_names(self) -> list[str]:
@@ -141,7 +138,7 @@ class InterpretCommand:
     def validate(self) -> None:
         _require_prompt(self.prompt)
         if self.k < 1:
-            raise ValueError(f"--k must be >= 1, not {self.k}")
+            raise OptionError(f"--k must be >= 1, not {self.k}")
         self.backbone.validate()
 
 
@@ -167,9 +164,9 @@ class DemoCommand:
 
     def validate(self) -> None:
         if self.shots < 0:
-            raise ValueError(f"--shots must be >= 0 (0: all images), not {self.shots}")
+            raise OptionError(f"--shots must be >= 0 (0: all images), not {self.shots}")
         if not self.seeds:
-            raise ValueError("--seeds is empty: give at least one seed, e.g. --seeds [1]")
+            raise OptionError("--seeds is empty: give at least one seed, e.g. --seeds [1]")
 
 
 @dataclass
@@ -188,11 +185,11 @@ class BankCommand:
 
     def validate(self) -> None:
         if not self.prompts:
-            raise ValueError("--prompts is empty: give task names and prompt directories, e.g. '{colour: DIR}'")
+            raise OptionError("--prompts is empty: give task names and prompt directories, e.g. '{colour: DIR}'")
         if not self.out:
-            raise ValueError("--out is required: the bank directory to write")
+            raise OptionError("--out is required: the bank directory to write")
         if Path(self.out).exists() and any(Path(self.out).iterdir()):
-            raise ValueError(f"--out {self.out} exists and is not empty: choose a new directory")
+            raise OptionError(f"--out {self.out} exists and is not empty: choose a new directory")
         self.backbone.validate()
 
 
@@ -208,7 +205,7 @@ class DataCommand:
 
     def validate(self) -> None:
         if not self.root:
-            raise ValueError("--root is required: the folder that holds the dataset folders (CoOp's $DATA)")
+            raise OptionError("--root is required: the folder that holds the dataset folders (CoOp's $DATA)")
 
 
 @dataclass
@@ -243,9 +240,9 @@ class IncontextCommand:
         from .incontext import TASKS
 
         if self.task not in TASKS:
-            raise ValueError(f"--task must be one of {sorted(TASKS)}, not {self.task!r}")
+            raise OptionError(f"--task must be one of {sorted(TASKS)}, not {self.task!r}")
         if not self.examples or not self.queries:
-            raise ValueError("give --examples [a.png,...], --outputs [a_mask.png,...] and --queries [q.png,...]")
+            raise OptionError("give --examples [a.png,...], --outputs [a_mask.png,...] and --queries [q.png,...]")
 
 
 @dataclass
@@ -261,7 +258,7 @@ class MethodsCommand:
 
 def _require_prompt(prompt: str) -> None:
     if not prompt:
-        raise ValueError("--prompt is required: a prompt directory (e.g. RUN/seed1/prompt)")
+        raise OptionError("--prompt is required: a prompt directory (e.g. RUN/seed1/prompt)")
 
 
 #: subcommand -> (config dataclass, help)
@@ -512,7 +509,7 @@ def cmd_interpret(cfg: InterpretCommand, _: Any) -> int:
     backbone = cfg.backbone.load(cfg.prompt)
     method = load_prompt(cfg.prompt, backbone)
     if not method.has_context:
-        raise ValueError(f"{method.name} has no context vectors to interpret")
+        raise OptionError(f"{method.name} has no context vectors to interpret")
     for i, words in enumerate(method.nearest_words(backbone, cfg.k)):
         print(f"ctx {i:>2}: " + ", ".join(f"{w} ({d:.3f})" for w, d in words))
     return 0
@@ -630,8 +627,10 @@ def expand_list_values(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vlprompt`` console script.
 
-    A bad option or input is one line on stderr and exit code 2; any other failure is one line and
-    exit code 1. ``--debug`` (anywhere on the command line) shows the traceback instead.
+    A bad option or input (a :class:`~vlprompt.errors.VlpromptError`, an option jsonargparse rejects, or
+    a file-system error) is one line on stderr and exit code 2; any other exception is unexpected: one
+    line naming its type, a hint to rerun with ``--debug``, and exit code 1. ``--debug`` (anywhere on
+    the command line) shows the traceback instead. Ctrl-C is exit code 130.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in argv
@@ -674,12 +673,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def describe_error(err: Exception) -> tuple[int, str]:
-    """(exit code, one-line message): 2 for bad options or inputs, 1 for anything unexpected."""
-    if isinstance(err, USER_ERRORS):
+    """(exit code, one-line message): 2 for bad options or inputs, 1 for anything unexpected.
+
+    Bad input is a :class:`~vlprompt.errors.VlpromptError` (or a file-system error: a missing file, a
+    full disk, no permission); any other exception, a plain ``ValueError`` from torch included, is a bug
+    or a failure we did not foresee, so its type is named and ``--debug`` shows where it came from.
+    """
+    if isinstance(err, VlpromptError):
         return 2, str(err)
     if isinstance(err, OSError):
         return 2, os_error_message(err)
-    return 1, f"{type(err).__name__}: {err}"
+    lines = str(err).strip().splitlines()
+    if not lines:
+        return 1, type(err).__name__
+    more = " ..." if len(lines) > 1 else ""  # the rest is in the --debug traceback
+    return 1, f"{type(err).__name__}: {lines[0]}{more}"
 
 
 def os_error_message(err: OSError) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 from .backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from .data.synthetic import MULTITASK, VIEWS, build_benchmark
 from .engine import FeatureCache
+from .errors import OptionError
 from .evaluation import markdown_table, summarize, wide_table
 from .io import atomic_write_text
 from .plots import plot_method_bars, plot_training_curves
@@ -71,9 +72,9 @@ def run_demo(
     wanted = selected_demo_methods(methods)
     unknown = sorted(set(wanted) - set(demo_methods()))
     if unknown:
-        raise ValueError(f"unknown demo method(s) {unknown}; choose from {demo_methods()}")
+        raise OptionError(f"unknown demo method(s) {unknown}; choose from {demo_methods()}")
     if view not in VIEWS:
-        raise ValueError(f"unknown view {view!r}; choose from {list(VIEWS)}")
+        raise OptionError(f"unknown view {view!r}; choose from {list(VIEWS)}")
     out = prepare_out_dir(out, resume=False, overwrite=overwrite, command="demo")
     config = {
         "command": "demo",

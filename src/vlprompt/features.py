@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from . import distributed as dist
 from .backbones import Backbone
 from .data.images import IMAGE_DECODING, LabeledImages
+from .errors import OptionError
 from .io import CorruptFileError, atomic_write
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -72,7 +73,7 @@ class FeatureCache:
         precision: str = "fp32",
     ):
         if precision not in PRECISIONS:
-            raise ValueError(f"feature precision must be one of {PRECISIONS}, not {precision!r}")
+            raise OptionError(f"feature precision must be one of {PRECISIONS}, not {precision!r}")
         self.directory = Path(directory) if directory else None
         self.batch_size = batch_size
         self.num_workers = num_workers

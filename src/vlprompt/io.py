@@ -20,8 +20,10 @@ import torch
 from safetensors import SafetensorError
 from torch import Tensor
 
+from .errors import DataError
 
-class CorruptFileError(ValueError):
+
+class CorruptFileError(DataError):
     """A file's content does not match the checksum recorded with it, or cannot be read."""
 
 

@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from .errors import DataError
 
-class LabelSpaceError(ValueError):
+
+class LabelSpaceError(DataError):
     """A label space is malformed or does not fit the method."""
 
 

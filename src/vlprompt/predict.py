@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .backbones import DEFAULT_BACKBONE, Backbone, BackboneError, load_backbone
 from .data.images import load_rgb
+from .errors import OptionError
 from .methods import Batch, PromptMethod, ZeroShot, ZeroShotConfig
 from .prompts import load_prompt, read_prompt_config
 
@@ -147,7 +148,7 @@ def probabilities(
 def predictions(method: PromptMethod, probs: torch.Tensor, topk: int = 5) -> list[Prediction]:
     """One :class:`Prediction` per row of ``probs`` [N, C] over ``method``'s labels, with the ``topk`` best."""
     if topk < 1:
-        raise ValueError(f"topk must be >= 1, not {topk}")
+        raise OptionError(f"topk must be >= 1, not {topk}")
     names = method.class_names()
     k = min(topk, len(names))
     out = []

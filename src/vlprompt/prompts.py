@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save
 
 from . import __version__
 from .backbones import Backbone
+from .errors import PromptFileError
 from .io import atomic_write_bytes, atomic_write_text, non_finite, tensors_sha256
 from .labels import LabelSpaceError, label_space_from_json
 from .methods import PromptMethod, method_class
@@ -38,10 +39,6 @@ _KNOWN_KEYS = {
     "extra",
     "tensors_sha256",
 }
-
-
-class PromptFileError(ValueError):
-    """A prompt directory is missing, malformed, or does not fit the backbone."""
 
 
 class BackboneMismatchWarning(UserWarning):

@@ -15,15 +15,12 @@ from pathlib import Path
 
 from . import __version__
 from . import distributed as dist
+from .errors import RunDirError
 from .io import atomic_write_text, remove_stale_temp_files
 
 MARKER = ".vlprompt-run"
 FORMAT = "vlprompt-run"
 VERSION = 1
-
-
-class RunDirError(ValueError):
-    """A run directory cannot be used as asked (it is not a vlprompt run, or it is protected)."""
 
 
 def is_run_dir(path: str | Path) -> bool:

@@ -25,12 +25,10 @@ import torch.utils.checkpoint
 from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
+from ..errors import BackboneError
+
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class BackboneError(ValueError):
-    """A backbone could not be loaded or cannot do what was asked."""
 
 
 #: Deep ("per-layer") token prompts for one tower. Either a sequence whose element ``i - 1`` (a

@@ -16,6 +16,7 @@ import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, set_model_preprocess_cfg
 from safetensors.torch import load_file
 
+from ..errors import BackboneError
 from ..io import file_sha256
 
 __all__ = [
@@ -42,7 +43,7 @@ VALUES_KEY = "token_embedding.values"
 _TABLE_KEY = "token_embedding.weight"
 
 
-class BundledModelError(ValueError):
+class BundledModelError(BackboneError):
     """A bundled model is unknown, incomplete or corrupted."""
 
 

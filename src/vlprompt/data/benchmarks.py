@@ -32,6 +32,7 @@ from pathlib import Path
 
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
+from ..errors import OptionError
 from .images import (
     SPLITS,
     DataError,
@@ -288,7 +289,7 @@ def imagenet_index() -> dict[str, int]:
 def imagenet_subset(name: str) -> list[str]:
     """The wnids of the 200 ImageNet classes of ``imagenet_a`` or ``imagenet_r`` (Hendrycks et al.'s lists)."""
     if name not in IMAGENET_SUBSETS:
-        raise ValueError(f"unknown ImageNet subset {name!r}; known: {list(IMAGENET_SUBSETS)}")
+        raise OptionError(f"unknown ImageNet subset {name!r}; known: {list(IMAGENET_SUBSETS)}")
     wnids = _imagenet_data()["wnids"]
     return [wnids[i] for i in _imagenet_data()[name]]
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import OptionError
 from ..io import atomic_write_bytes, atomic_write_text, torch_bytes, torch_load_failure
 from .images import DataError, load_rgb
 
@@ -122,7 +123,7 @@ class CZSLSplit:
             return list(self.pairs)
         if world == "open":
             return self.open_world_pairs()
-        raise ValueError(f"world must be 'closed' or 'open', not {world!r}")
+        raise OptionError(f"world must be 'closed' or 'open', not {world!r}")
 
     def phase_pairs(self, phase: str) -> list[Pair]:
         """The pair list of ``phase`` as in its file."""
@@ -135,7 +136,7 @@ class CZSLSplit:
         index: dict[Pair, int] = {}
         for i, (a, o) in enumerate(columns):
             if index.setdefault((a, o), i) != i:
-                raise ValueError(f"the column list holds ({a}, {o}) twice")
+                raise DataError(f"the column list holds ({a}, {o}) twice")
         return index
 
     def seen_mask(self, columns: Sequence[Pair] | None = None) -> torch.Tensor:
@@ -159,7 +160,7 @@ class CZSLSplit:
             attrs = [self.attr2idx[a] for a, _ in cols]
             objs = [self.obj2idx[o] for _, o in cols]
         except KeyError as err:
-            raise ValueError(f"column name {err.args[0]!r} is not an attribute/object of this split") from None
+            raise DataError(f"column name {err.args[0]!r} is not an attribute/object of this split") from None
         return torch.tensor(attrs, dtype=torch.long), torch.tensor(objs, dtype=torch.long)
 
     def labels(self, phase: str, columns: Sequence[Pair] | None = None) -> torch.Tensor:
@@ -178,7 +179,7 @@ class CZSLSplit:
 
 def _check_phase(phase: str) -> None:
     if phase not in PHASES:
-        raise ValueError(f"phase must be one of {PHASES}, not {phase!r}")
+        raise OptionError(f"phase must be one of {PHASES}, not {phase!r}")
 
 
 def load_czsl(root: str | Path, split: str = DEFAULT_SPLIT, *, allow_novel_primitives: bool = False) -> CZSLSplit:
@@ -422,7 +423,7 @@ def write_czsl(
     for phase, pairs in lists.items():
         for i, pair in enumerate(pairs):
             if len(pair) != 2 or not all(isinstance(n, str) and n and n.split() == [n] for n in pair):
-                raise ValueError(f"{phase} pair {i} {pair!r}: names must be non-empty strings without spaces")
+                raise DataError(f"{phase} pair {i} {pair!r}: names must be non-empty strings without spaces")
     entries = [_sample_entry(i, sample) for i, sample in enumerate(samples)]
     split_dir = root / split
     split_dir.mkdir(parents=True, exist_ok=True)
@@ -437,12 +438,12 @@ def _sample_entry(i: int, sample: Mapping[str, Any]) -> dict[str, Any]:
     entry = dict(sample)
     for key in ("image", "attr", "obj", "set"):
         if not isinstance(entry.get(key), str):
-            raise ValueError(f"sample {i} needs a string {key!r}, got {entry.get(key)!r}")
+            raise DataError(f"sample {i} needs a string {key!r}, got {entry.get(key)!r}")
     if entry["set"] not in SET_VALUES:
-        raise ValueError(f"sample {i} has set {entry['set']!r}, expected one of {SET_VALUES}")
+        raise DataError(f"sample {i} has set {entry['set']!r}, expected one of {SET_VALUES}")
     for key, value in entry.items():
         if not isinstance(value, (str, int, float, bool, type(None))):
-            raise ValueError(f"sample {i} key {key!r}: only plain values can be saved, got {type(value)}")
+            raise DataError(f"sample {i} key {key!r}: only plain values can be saved, got {type(value)}")
     return entry
 
 

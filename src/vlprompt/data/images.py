@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from ..errors import DataError
 from ..io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -27,10 +28,6 @@ SKIP_HINT = (
     "to leave such files out (counted and reported), pass --data.skip_bad_images true (vlprompt train, eval), "
     "--skip_bad_images true (vlprompt czsl) or skip_bad_images=True (Python)"
 )
-
-
-class DataError(ValueError):
-    """Bad or missing input data; the message names the file, line or field."""
 
 
 def load_rgb(path: str | Path) -> Image.Image:

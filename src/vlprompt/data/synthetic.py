@@ -32,6 +32,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..errors import OptionError
 from ..io import atomic_directory
 from .czsl import write_czsl
 from .images import write_split_json
@@ -282,7 +283,7 @@ def render_scene(
     Draws exactly what :func:`render_array` draws from ``rng``, so both give the same image.
     """
     if colour not in COLOURS or shape not in _UNIT_SHAPES or domain not in _STYLES:
-        raise ValueError(
+        raise OptionError(
             f"unknown colour/shape/domain ({colour!r}, {shape!r}, {domain!r}); expected one of "
             f"{list(COLOURS)}, {list(SHAPES)}, {list(DOMAINS)}"
         )
@@ -475,7 +476,7 @@ def benchmark_images(seed: int, split: str = "test") -> tuple[np.ndarray, np.nda
         ``(images uint8 [N, H, W, 3], colour indices [N], shape indices [N])`` in pair order.
     """
     if split not in _SLICES:
-        raise ValueError(f"split must be one of {list(_SLICES)}, not {split!r}")
+        raise OptionError(f"split must be one of {list(_SLICES)}, not {split!r}")
     wanted = _SLICES[split]
     images, colours, shapes = [], [], []
     for ci, colour in enumerate(COLOURS):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from ..errors import OptionError
 from ..methods import METHODS, Recipe
 from .trainer import TrainConfig
 
@@ -32,5 +33,5 @@ def preset(name: str, shots: int = 16, **overrides) -> TrainConfig:
     """The named recipe for ``shots``-shot training, with field overrides."""
     recipes = presets()
     if name not in recipes:
-        raise ValueError(f"unknown preset {name!r}; available: {', '.join(sorted(recipes))}")
+        raise OptionError(f"unknown preset {name!r}; available: {', '.join(sorted(recipes))}")
     return recipe_config(recipes[name], shots, **overrides)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from ..errors import OptionError
+
 SCHEDULES = ("constant", "cosine", "coop")
 
 
@@ -20,7 +22,7 @@ def lr_factor(
       epoch ``warmup`` (so the warmup epochs count inside the budget and lr never reaches 0).
     """
     if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, not {schedule!r}")
+        raise OptionError(f"schedule must be one of {SCHEDULES}, not {schedule!r}")
 
     def linear_warmup(t: int) -> float:
         return (t + 1) / warmup

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .. import distributed as dist
 from ..backbones import Backbone
 from ..data.images import LabeledImages
+from ..errors import DataError, OptionError
 from ..features import FeatureCache
 from ..io import atomic_write, atomic_write_bytes, load_checkpoint, remove_stale_temp_files, tensors_sha256, torch_bytes
 from ..methods import Batch, PromptMethod
@@ -107,21 +108,21 @@ class TrainConfig:
         }
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
-                raise ValueError(f"--train.{name} must be one of {', '.join(valid)}, not {getattr(self, name)!r}")
+                raise OptionError(f"--train.{name} must be one of {', '.join(valid)}, not {getattr(self, name)!r}")
         minimum = {"epochs": 1, "batch_size": 1, "grad_accum": 1, "checkpoint_every": 1, "checkpoint_every_steps": 0}
         minimum |= dict.fromkeys(("warmup_epochs", "eval_every", "num_workers", "momentum", "weight_decay"), 0)
         minimum |= {"warmup_lr": 0, "label_smoothing": 0}
         for name, low in minimum.items():
             if getattr(self, name) < low:
-                raise ValueError(f"--train.{name} must be >= {low}, not {getattr(self, name)}")
+                raise OptionError(f"--train.{name} must be >= {low}, not {getattr(self, name)}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise ValueError(f"--train.warmup_steps must be >= 0, not {self.warmup_steps}")
+            raise OptionError(f"--train.warmup_steps must be >= 0, not {self.warmup_steps}")
         if not self.lr > 0:
-            raise ValueError(f"--train.lr must be > 0, not {self.lr}")
+            raise OptionError(f"--train.lr must be > 0, not {self.lr}")
         if self.label_smoothing >= 1:
-            raise ValueError(f"--train.label_smoothing must be < 1, not {self.label_smoothing}")
+            raise OptionError(f"--train.label_smoothing must be < 1, not {self.label_smoothing}")
         if self.select == "best" and self.eval_every < 1:
-            raise ValueError("--train.select best compares epochs on validation: set --train.eval_every 1 (or more)")
+            raise OptionError("--train.select best compares epochs on validation: set --train.eval_every 1 (or more)")
 
 
 @dataclass
@@ -169,7 +170,7 @@ def fit(
     """
     config.validate()
     if config.select == "best" and scorer is None:
-        raise ValueError("select='best' needs a validation scorer (e.g. a validation split)")
+        raise OptionError("select='best' needs a validation scorer (e.g. a validation split)")
     start_time = time.time()
     plan = StepPlan.build(len(train_set), config)
     feed = BatchFeed.build(method, backbone, train_set, config, cache, progress)
@@ -234,12 +235,12 @@ class StepPlan:
     @classmethod
     def build(cls, n: int, config: TrainConfig) -> StepPlan:
         if n == 0:
-            raise ValueError("the training set is empty")
+            raise DataError("the training set is empty")
         world = dist.world_size()
         per_step = min(config.batch_size, n)
         micro = per_step // (world * config.grad_accum)
         if micro * world * config.grad_accum != per_step:
-            raise ValueError(
+            raise OptionError(
                 f"batch_size {per_step} must split evenly over {world} process(es) x {config.grad_accum} "
                 "accumulation steps"
             )
@@ -329,7 +330,7 @@ class TrainingState:
     def build(cls, method: PromptMethod, config: TrainConfig, plan: StepPlan, device: torch.device) -> TrainingState:
         groups = [g for g in method.param_groups() if g["params"]]
         if not groups:
-            raise ValueError(f"method {method.name} has nothing to train")
+            raise OptionError(f"method {method.name} has nothing to train")
         optimizer = _make_optimizer(groups, config)
         per_epoch = config.schedule == "coop"
         total = config.epochs if per_epoch else config.epochs * plan.steps_per_epoch
@@ -480,11 +481,11 @@ def _distributed(method: PromptMethod) -> torch.nn.Module:
 def _use_cache(method: PromptMethod, config: TrainConfig) -> bool:
     if method.changes_image_tower:
         if config.cache_features:
-            raise ValueError(f"{method.name} changes the image tower: its image features cannot be cached")
+            raise OptionError(f"{method.name} changes the image tower: its image features cannot be cached")
         return False
     if config.cache_features is None:
         if config.augment:
-            raise ValueError(
+            raise OptionError(
                 "augment is on and the method leaves the image tower untouched: choose explicitly, "
                 "cache_features=true (features of un-augmented images, fast) or cache_features=false "
                 "(augmented images through the image tower every epoch)"

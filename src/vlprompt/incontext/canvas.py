@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import OptionError
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -48,7 +50,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class CanvasError(ValueError):
+class CanvasError(OptionError):
     """A canvas cannot be built as asked (size, patch grid, images)."""
 
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from ..errors import OptionError
 from .canvas import answer_cell, build_canvases, resize_cells
 from .models import Inpainter
 from .tasks import Task, get_task, luma
@@ -73,7 +74,7 @@ def choose_examples(
 ) -> np.ndarray:
     """Indices [n_queries, k] of the pool examples each query gets (``random`` or ``nearest``)."""
     if k < 1 or k > pool_size:
-        raise ValueError(f"k must be between 1 and the pool size {pool_size}, not {k}")
+        raise OptionError(f"k must be between 1 and the pool size {pool_size}, not {k}")
     if selection == "random":
         rng = np.random.default_rng(np.random.SeedSequence([seed, 3117]))
         return np.stack([rng.choice(pool_size, size=k, replace=False) for _ in range(n_queries)])
@@ -82,7 +83,7 @@ def choose_examples(
             raise ValueError("nearest example selection needs query_features and pool_features")
         similarity = query_features @ pool_features.T
         return similarity.topk(k, dim=1).indices.numpy()
-    raise ValueError(f"unknown example selection {selection!r}; choose from {SELECTIONS[:2]}")
+    raise OptionError(f"unknown example selection {selection!r}; choose from {SELECTIONS[:2]}")
 
 
 @torch.no_grad()

@@ -38,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import Block, PatchEmbed
 from torch import Tensor, nn
 
+from ..errors import BackboneError
 from ..io import atomic_write, atomic_write_text, file_sha256
 from .canvas import CanvasLayout, denormalize, normalize
 
@@ -65,7 +66,7 @@ _BUNDLED = {BUNDLED_INPAINTER: _HERE / "tiny_canvas"}
 FORMAT = "vlprompt-inpainter"
 
 
-class InpainterCheckpointError(ValueError):
+class InpainterCheckpointError(BackboneError):
     """A weight file is missing, unreadable, or does not fit the model's architecture."""
 
 

@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from ..errors import DataError
 from .canvas import resize_cells
 
 __all__ = [
@@ -51,7 +52,7 @@ __all__ = [
 ]
 
 
-class TaskInputError(ValueError):
+class TaskInputError(DataError):
     """An example or query does not fit the task (sizes, counts, a mask that is not binary)."""
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..data.synthetic import COLOURS, DOMAINS, SHAPES, render_scene
+from ..errors import OptionError
 from .tasks import luma
 
 __all__ = [
@@ -113,7 +114,7 @@ def task_batch(task: str, images: Tensor, masks: Tensor, colours: Tensor | None 
         return images, images * soft + (1 - soft)
     if task == "flip":
         return images, images.flip(-1)
-    raise ValueError(f"unknown pretraining task {task!r}; choose from {PRETRAIN_TASKS}")
+    raise OptionError(f"unknown pretraining task {task!r}; choose from {PRETRAIN_TASKS}")
 
 
 def _allowed(task: str, scenes: Scenes) -> np.ndarray:

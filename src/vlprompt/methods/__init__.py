@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 from ..backbones import Backbone
+from ..errors import OptionError
 from ..labels import ClassNames, PairSpace, TaskSpace
 from .base import CAPABILITIES, DECLARATIONS, Batch, BuiltinRow, MethodConfig, PromptMethod, Recipe, cosine_logits
 from .clip_lora import CLIPLoRA, CLIPLoRAConfig
@@ -96,10 +97,10 @@ def method_class(name: str, label_kind: type | None = None) -> type[PromptMethod
         cls = METHODS[name.lower()]
     except KeyError:
         valid = methods_for(label_kind) if label_kind else sorted(METHODS)
-        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(valid)}") from None
+        raise OptionError(f"unknown method {name!r}; valid methods: {', '.join(valid)}") from None
     if label_kind is not None and cls.label_kind is not label_kind:
         command = COMMAND_OF_LABELS.get(cls.label_kind, "another command")
-        raise ValueError(
+        raise OptionError(
             f"method {name!r} scores {cls.label_kind.kind}, not {label_kind.kind}: run it with `vlprompt {command}`; "
             f"methods here: {', '.join(methods_for(label_kind))}"
         )

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import Backbone
+from ..errors import OptionError
 from ..labels import ClassNames, LabelSpace
 
 if TYPE_CHECKING:
@@ -58,12 +59,13 @@ class Batch:
         return len(self.features if self.features is not None else self.pixels)
 
 
-class MethodOptionError(ValueError):
-    """A method option of the wrong type, out of its range, or unknown."""
+class MethodOptionError(OptionError):
+    """A method option of the wrong type, out of its range, unknown, or one the backbone cannot carry."""
 
 
-class MethodInputError(ValueError):
-    """A method handed inputs it cannot score (e.g. cached features where it changes the image tower)."""
+class MethodInputError(OptionError):
+    """A method asked to score what it cannot (other classes than it learned, cached features where it changes
+    the image tower)."""
 
 
 def option(default: Any = dataclasses.MISSING, *, low=None, high=None, choices=None, **kwargs) -> Any:
@@ -353,7 +355,7 @@ class PromptMethod(nn.Module):
         """Score another label space with the same learned tensors (see :attr:`transfers`)."""
         labels = self.label_kind.coerce(labels, self.labels)
         if not self.transfers_to_new_classes and labels != self.labels:
-            raise ValueError(f"{self.name} learned one output per training class: it cannot score other classes")
+            raise MethodInputError(f"{self.name} learned one output per training class: it cannot score other classes")
         self.labels = labels
         self._labels_changed(backbone)
 

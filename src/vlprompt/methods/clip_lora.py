@@ -89,8 +89,7 @@ class CLIPLoRA(TowerTuning):
         cfg = self.config
         if not cfg.projections or any(p not in PROJECTIONS for p in cfg.projections):
             raise MethodOptionError(
-                f"--method_options (clip-lora): projections must be a non-empty list of {list(PROJECTIONS)}, "
-                f"not {cfg.projections!r}"
+                f"clip-lora option projections must be a non-empty list of {list(PROJECTIONS)}, not {cfg.projections!r}"
             )
         tuned = backbone.split_attention_copy(cfg.towers)
         targets = {}
@@ -99,7 +98,7 @@ class CLIPLoRA(TowerTuning):
             outside = [i for i in cfg.layers if not 0 <= i < len(blocks)]
             if outside:
                 raise MethodOptionError(
-                    f"--method_options (clip-lora): layers {outside} outside the {len(blocks)}-block {tower} tower"
+                    f"clip-lora option layers {outside} outside the {len(blocks)}-block {tower} tower"
                 )
             for i, attention in enumerate(blocks):
                 if not cfg.layers or i in cfg.layers:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..backbones import Backbone
 from ..labels import PairSpace
-from .base import Batch, BuiltinRow, MethodConfig, PromptMethod, Recipe, option
+from .base import Batch, BuiltinRow, MethodConfig, MethodOptionError, PromptMethod, Recipe, option
 from .coop import nearest_words
 from .recipes import CPU_CZSL, CSP_RECIPES
 from .zeroshot import ensemble_text_features
@@ -86,7 +86,7 @@ class CompositionalPrompt(PairMethod):
         slots = (ids == x_id).nonzero().flatten().tolist()
         eot = int(backbone.eot_index(ids[None])[0])
         if len(slots) != 2 or slots[1] != slots[0] + 1 or slots[1] + 1 != eot:
-            raise ValueError(f"template {self.config.template!r} must end with two adjacent X slots")
+            raise MethodOptionError(f"template {self.config.template!r} must end with two adjacent X slots")
         embeds = backbone.token_embedding(ids[: eot + 1])
         context = embeds[1 : slots[0]].clone()
         vocab = self.vocabulary_vectors(backbone)

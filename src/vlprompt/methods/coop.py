@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..backbones import Backbone
-from .base import BuiltinRow, MethodConfig, PromptMethod, Recipe, option
+from ..backbones import Backbone, BackboneError
+from .base import BuiltinRow, MethodConfig, MethodInputError, PromptMethod, Recipe, option
 from .prompting import CLASS_POSITIONS, PromptLayout, initial_context
 from .recipes import COOP_EPOCHS_BY_SHOTS, COOP_REPO, CPU_MULTITASK, CPU_SGD
 
@@ -71,7 +71,7 @@ class CoOp(PromptMethod):
     def set_classes(self, backbone: Backbone, classes) -> None:
         labels = self.label_kind.coerce(classes)
         if self.config.class_specific and labels != self.labels:
-            raise ValueError(
+            raise MethodInputError(
                 f"class-specific CoOp learned one context for each of its {len(self.labels)} classes, in order; "
                 "it cannot score other classes (train with class_specific=false to transfer)"
             )
@@ -98,7 +98,7 @@ def nearest_words(backbone: Backbone, ctx: Tensor, k: int = 3) -> list[list[tupl
     # vlprompt/tiny-shapes keeps 97 of its 49,408), and ties among them mean nothing.
     meaningful = table.abs().sum(-1).nonzero().flatten()
     if len(meaningful) == 0:
-        raise ValueError("the backbone's token embedding table is all zeros: no words to compare with")
+        raise BackboneError("the backbone's token embedding table is all zeros: no words to compare with")
     dist = torch.cdist(ctx, table[meaningful], compute_mode="donot_use_mm_for_euclid_dist")
     values, rows = dist.topk(min(k, len(meaningful)), largest=False)
     return [

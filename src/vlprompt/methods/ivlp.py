@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones import Backbone
-from .base import Batch, BuiltinRow, MethodConfig, Recipe
+from .base import Batch, BuiltinRow, MethodConfig, MethodOptionError, Recipe
 from .maple import PhraseContextPrompts
 from .recipes import CPU_TWO_TOWER, MPL_REPO
 
@@ -63,7 +63,7 @@ class IVLP(PhraseContextPrompts):
         super().__init__(backbone, classes, config)
         cfg = self.config
         if min(cfg.depth_text, cfg.depth_vision, cfg.n_ctx_text, cfg.n_ctx_vision) < 1:
-            raise ValueError("ivlp needs depths and context sizes >= 1")
+            raise MethodOptionError("ivlp needs depths and context sizes >= 1")
         backbone.check_token_prompts(cfg.depth_vision)
         self._init_context(backbone, cfg.n_ctx_text, cfg.ctx_init, cfg.init_std, cfg.depth_text)
         shape = (cfg.depth_text - 1, cfg.n_ctx_text, backbone.text_width)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..backbones import Backbone
-from .base import Batch, BuiltinRow, Recipe, option
+from .base import Batch, BuiltinRow, MethodOptionError, Recipe, option
 from .coop import CoOp, CoOpConfig
 from .recipes import CPU_SGD, KGCOOP_REPO
 from .zeroshot import ensemble_text_features
@@ -65,7 +65,7 @@ class KgCoOp(CoOp):
     def __init__(self, backbone: Backbone, classes: Sequence[str], config: KgCoOpConfig | None = None):
         template = (config or self.Config()).template
         if "{}" not in template:
-            raise ValueError(f"kgcoop template {template!r} has no '{{}}' for the class name")
+            raise MethodOptionError(f"kgcoop template {template!r} has no '{{}}' for the class name")
         super().__init__(backbone, classes, config)
         self._step_text: Tensor | None = None
 

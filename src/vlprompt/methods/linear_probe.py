@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import Backbone
-from .base import Batch, BuiltinRow, MethodConfig, PromptMethod, Recipe, option
+from .base import Batch, BuiltinRow, MethodConfig, MethodOptionError, PromptMethod, Recipe, option
 from .zeroshot import ensemble_text_features
 
 
@@ -75,7 +75,7 @@ class LinearProbe(PromptMethod):
                 self.head.weight.copy_(feats * backbone.logit_scale)
                 self.head.bias.zero_()
         elif self.config.init != "random":
-            raise ValueError(f"linear-probe init must be 'random' or 'zeroshot', not {self.config.init!r}")
+            raise MethodOptionError(f"linear-probe init must be 'random' or 'zeroshot', not {self.config.init!r}")
 
     def logits(self, backbone: Backbone, batch: Batch, text: Tensor | None = None) -> Tensor:
         return self.head(F.normalize(self.image_features(backbone, batch).float(), dim=-1))

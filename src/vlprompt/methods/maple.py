@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones import Backbone
-from .base import Batch, BuiltinRow, MethodConfig, PromptMethod, Recipe
+from .base import Batch, BuiltinRow, MethodConfig, MethodOptionError, PromptMethod, Recipe
 from .coop import nearest_words
 from .prompting import PromptLayout, initial_context
 from .recipes import CPU_TWO_TOWER, MPL_REPO
@@ -59,7 +59,9 @@ class PhraseContextPrompts(PromptMethod):
 
     def _init_context(self, backbone: Backbone, n_ctx: int, ctx_init: str, std: float, depth_text: int) -> None:
         if depth_text > backbone.text_layers:
-            raise ValueError(f"{self.name} text depth {depth_text} exceeds the {backbone.text_layers}-layer text tower")
+            raise MethodOptionError(
+                f"{self.name} text depth {depth_text} exceeds the {backbone.text_layers}-layer text tower"
+            )
         if ctx_init and backbone.bpe_length(ctx_init) >= n_ctx:
             ctx, self.prefix_text = initial_context(backbone, 0, ctx_init)[:n_ctx].clone(), ctx_init
         else:
@@ -99,7 +101,7 @@ class MaPLe(PhraseContextPrompts):
         super().__init__(backbone, classes, config)
         cfg = self.config
         if cfg.depth < 1 or cfg.n_ctx < 1:
-            raise ValueError(f"maple needs depth >= 1 and n_ctx >= 1, not depth={cfg.depth}, n_ctx={cfg.n_ctx}")
+            raise MethodOptionError(f"maple needs depth >= 1 and n_ctx >= 1, not depth={cfg.depth}, n_ctx={cfg.n_ctx}")
         backbone.check_token_prompts(cfg.depth)
         self._init_context(backbone, cfg.n_ctx, cfg.ctx_init, cfg.init_std, cfg.depth)
         text_width, vision_width = backbone.text_width, backbone.vision_width

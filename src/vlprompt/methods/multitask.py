@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..backbones import Backbone
 from ..labels import ClassNames, LabelSpaceError, TaskSpace
-from .base import Batch, MethodConfig, PromptMethod
+from .base import Batch, MethodConfig, MethodOptionError, PromptMethod
 
 
 def task_cross_entropy(
@@ -119,7 +119,7 @@ class PerTask(TaskMethod):
 
         cls = method_class(self.config.method, ClassNames)
         if cls.changes_backbone:
-            raise ValueError(
+            raise MethodOptionError(
                 f"{cls.name} changes the backbone: per-task members cannot share one image tower; "
                 "train each task on its own with `vlprompt train`"
             )

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones import Backbone
+from .base import MethodOptionError
 
 CLASS_POSITIONS = ("end", "middle", "front")
 
@@ -46,11 +47,13 @@ class PromptLayout(nn.Module):
     ):
         super().__init__()
         if position not in CLASS_POSITIONS:
-            raise ValueError(f"class_token_position must be one of {CLASS_POSITIONS}, not {position!r}")
+            raise MethodOptionError(f"class_token_position must be one of {CLASS_POSITIONS}, not {position!r}")
         if prefix_text and (position != "end" or backbone.bpe_length(prefix_text) < n_ctx):
-            raise ValueError(f"prefix text {prefix_text!r} needs the class at the end and at least {n_ctx} tokens")
+            raise MethodOptionError(
+                f"prefix text {prefix_text!r} needs the class at the end and at least {n_ctx} tokens"
+            )
         if not classnames:
-            raise ValueError("a prompt needs at least one class name")
+            raise MethodOptionError("a prompt needs at least one class name")
         self.n_ctx = n_ctx
         self.position = position
         names = [clean_classname(n) for n in classnames]
@@ -151,5 +154,5 @@ def phrase_embeddings(backbone: Backbone, phrase: str) -> Tensor:
     """Word embeddings [n, d] of the BPE tokens of ``phrase`` (e.g. "a photo of a" gives 4)."""
     ids = backbone.token_ids(phrase)
     if not ids:
-        raise ValueError(f"context init phrase {phrase!r} has no tokens")
+        raise MethodOptionError(f"context init phrase {phrase!r} has no tokens")
     return backbone.token_embedding(torch.tensor(ids))

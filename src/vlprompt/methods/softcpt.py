@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from ..backbones import Backbone
 from ..labels import LabelSpaceError
-from .base import BuiltinRow, MethodConfig, MethodOptionError, Recipe, option
+from .base import BuiltinRow, MethodConfig, MethodInputError, MethodOptionError, Recipe, option
 from .multitask import TaskMethod
 from .prompting import PromptLayout, initial_context
 from .recipes import CPU_MULTITASK, SOFTCPT_REPO
@@ -147,7 +147,7 @@ class SoftCPT(TaskMethod):
                 "(NATA, CATA, CSTA) can"
             )
         if self.class_features == "specific" and labels.tasks != self.trained_classes:
-            raise ValueError(
+            raise MethodInputError(
                 f"softcpt {self.config.variant} learned class tokens for each training class: "
                 "it cannot score other classes"
             )

@@ -44,11 +44,10 @@ class TowerTuning(PromptMethod):
         bad = [t for t in cfg.towers if t not in TOWERS]
         if bad or not cfg.towers or len(set(cfg.towers)) != len(cfg.towers):
             raise MethodOptionError(
-                f"--method_options ({self.name}): towers must be a non-empty list of distinct {list(TOWERS)}, "
-                f"not {cfg.towers!r}"
+                f"{self.name} option towers must be a non-empty list of distinct {list(TOWERS)}, not {cfg.towers!r}"
             )
         if "{}" not in cfg.template:
-            raise MethodOptionError(f"--method_options ({self.name}): template {cfg.template!r} has no '{{}}'")
+            raise MethodOptionError(f"{self.name} option template {cfg.template!r} has no '{{}}'")
         if "image" not in cfg.towers:
             self.changes_image_tower = False  # image features are the frozen ones: cacheable
 

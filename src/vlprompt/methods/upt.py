@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import Backbone
-from .base import Batch, BuiltinRow, MethodConfig, PromptMethod, Recipe
+from .base import Batch, BuiltinRow, MethodConfig, MethodOptionError, PromptMethod, Recipe
 from .prompting import PromptLayout
 from .recipes import COOP_EPOCHS_BY_SHOTS, CPU_TWO_TOWER, UPT_REPO
 
@@ -66,7 +66,7 @@ class UPT(PromptMethod):
         super().__init__(backbone, classes, config)
         cfg, width = self.config, backbone.text_width
         if cfg.n_ctx < 1:
-            raise ValueError(f"upt n_ctx must be >= 1, not {cfg.n_ctx}")
+            raise MethodOptionError(f"upt n_ctx must be >= 1, not {cfg.n_ctx}")
         backbone.check_token_prompts()
         self.shared = nn.Parameter(nn.init.normal_(torch.empty(2 * cfg.n_ctx, width), std=cfg.init_std))
         self.attention = nn.MultiheadAttention(width, 1, dropout=cfg.dropout, batch_first=True)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones import Backbone
-from .base import Batch, BuiltinRow, Recipe
+from .base import Batch, BuiltinRow, MethodOptionError, Recipe
 from .recipes import CPU_VISUAL, VP_REPO
 from .zeroshot import ZeroShot, ZeroShotConfig
 
@@ -91,20 +91,22 @@ class VP(ZeroShot):
         super().__init__(backbone, classes, config)
         cfg, size = self.config, backbone.image_size
         if cfg.prompter not in PROMPTERS:
-            raise ValueError(f"vp prompter must be one of {PROMPTERS}, not {cfg.prompter!r}")
+            raise MethodOptionError(f"vp prompter must be one of {PROMPTERS}, not {cfg.prompter!r}")
         if cfg.prompt_size < 1:
-            raise ValueError(f"vp prompt_size must be >= 1, not {cfg.prompt_size}")
+            raise MethodOptionError(f"vp prompt_size must be >= 1, not {cfg.prompt_size}")
         p = cfg.prompt_size
         if cfg.prompter == "padding":
             if 2 * p >= size:
-                raise ValueError(f"a padding of {p} px leaves no image inside a {size} px input (needs < {size / 2})")
+                raise MethodOptionError(
+                    f"a padding of {p} px leaves no image inside a {size} px input (needs < {size / 2})"
+                )
             self.pad_up = nn.Parameter(torch.randn(1, 3, p, size))
             self.pad_down = nn.Parameter(torch.randn(1, 3, p, size))
             self.pad_left = nn.Parameter(torch.randn(1, 3, size - 2 * p, p))
             self.pad_right = nn.Parameter(torch.randn(1, 3, size - 2 * p, p))
         else:
             if p >= size:
-                raise ValueError(f"a {p} px patch does not fit inside a {size} px input")
+                raise MethodOptionError(f"a {p} px patch does not fit inside a {size} px input")
             self.patch = nn.Parameter(torch.randn(1, 3, p, p))
         self.image_size = size
         self.to(backbone.device)

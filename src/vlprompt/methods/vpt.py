@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import Backbone
-from .base import Batch, BuiltinRow, Recipe
+from .base import Batch, BuiltinRow, MethodOptionError, Recipe
 from .recipes import CPU_VISUAL, VPT_REPO
 from .zeroshot import ZeroShot, ZeroShotConfig
 
@@ -73,7 +73,7 @@ class VPT(ZeroShot):
         depth = (cfg.depth or backbone.vision_layers) if cfg.deep else 1
         backbone.check_token_prompts(depth)
         if cfg.n_tokens < 1:
-            raise ValueError(f"vpt n_tokens must be >= 1, not {cfg.n_tokens}")
+            raise MethodOptionError(f"vpt n_tokens must be >= 1, not {cfg.n_tokens}")
         width = backbone.vision_width
         bound = math.sqrt(6.0 / (3 * backbone.patch_size**2 + width))
         self.prompts = nn.Parameter(torch.empty(depth, cfg.n_tokens, width).uniform_(-bound, bound))

@@ -11,7 +11,7 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import Tensor
 
 from ..backbones import Backbone
-from .base import BuiltinRow, MethodConfig, PromptMethod, Recipe, option
+from .base import BuiltinRow, MethodConfig, MethodOptionError, PromptMethod, Recipe, option
 from .prompting import clean_classname
 from .recipes import CPU_MULTITASK, CPU_SGD
 
@@ -54,11 +54,11 @@ class ZeroShotConfig(MethodConfig):
 
     def all_templates(self) -> list[str]:
         if self.ensemble not in ENSEMBLES:
-            raise ValueError(f"ensemble must be one of {sorted(ENSEMBLES)}, not {self.ensemble!r}")
+            raise MethodOptionError(f"ensemble must be one of {sorted(ENSEMBLES)}, not {self.ensemble!r}")
         out = list(dict.fromkeys(list(ENSEMBLES[self.ensemble]) + list(self.templates)))
         for template in out:
             if "{}" not in template:
-                raise ValueError(f"template {template!r} has no '{{}}' for the class name")
+                raise MethodOptionError(f"template {template!r} has no '{{}}' for the class name")
         return out
 
 

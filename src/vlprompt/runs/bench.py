@@ -39,6 +39,7 @@ from ..backbones import Backbone
 from ..data.benchmarks import FEW_SHOT_DATASETS, IMAGENET_VARIANTS, dataset_names, get_dataset
 from ..data.images import DataError
 from ..engine import presets
+from ..errors import OptionError
 from ..evaluation import evaluate, harmonic_mean, summarize
 from ..evaluation.reports import AVERAGE, csv_table, format_cell, mean_std, wide_table
 from ..features import FeatureCache
@@ -198,7 +199,7 @@ def builtin_views(names: list[str]) -> list[str]:
     for name in names:
         view = name.removeprefix(f"{BUILTIN}-")
         if name != BUILTIN and view not in VIEWS:
-            raise ValueError(f"unknown built-in view {name!r}; choose builtin or {[f'{BUILTIN}-{v}' for v in VIEWS]}")
+            raise OptionError(f"unknown built-in view {name!r}; choose builtin or {[f'{BUILTIN}-{v}' for v in VIEWS]}")
         views += list(BUILTIN_DEFAULT) if name == BUILTIN else [view]
     return list(dict.fromkeys(views))
 
@@ -237,7 +238,7 @@ class MultiTaskSource(BenchSource):
 
     def sub_run(self, bench, method, shots, class_split, out):
         if class_split != "all":
-            raise ValueError(f"--datasets {self.name} runs the few-shot protocol only")
+            raise OptionError(f"--datasets {self.name} runs the few-shot protocol only")
         entry = builtin_entry("multitask", method)
         options = {**(entry.options if entry else {}), **bench.method_options.get(method, {})}
         use_entry = entry is not None and not bench.preset
@@ -283,7 +284,7 @@ class Transfer(Classification):
 
     def check(self, method: PromptMethod) -> None:
         if not method.transfers_to_new_classes:
-            raise ValueError(f"{method.name} with these options cannot score other classes: no transfer protocol")
+            raise OptionError(f"{method.name} with these options cannot score other classes: no transfer protocol")
 
     def evaluate(self, method, backbone, keys):
         rows = [{**row, "dataset": self.source} for row in super().evaluate(method, backbone, keys)]
@@ -319,11 +320,11 @@ class TransferSource(BenchSource):
 def make_sources(protocol: str, bench: BenchRun) -> list[BenchSource]:
     """The sweep's sources for ``protocol`` and ``bench.datasets``."""
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose from {list(PROTOCOLS)}")
+        raise OptionError(f"unknown protocol {protocol!r}; choose from {list(PROTOCOLS)}")
     transfer = protocol in ("cross-dataset", "domain-generalisation")
     if any(map(is_builtin, bench.datasets)):
         if transfer or not all(map(is_builtin, bench.datasets)):
-            raise ValueError(
+            raise OptionError(
                 "--datasets builtin runs without registry datasets, and only few-shot and base-to-new (the built-in "
                 "benchmark has no ImageNet to transfer from)"
             )
@@ -334,7 +335,7 @@ def make_sources(protocol: str, bench: BenchRun) -> list[BenchSource]:
         registry = [n for n in bench.datasets if n not in EXTRA_SOURCES]
         for name in dataset_names(registry):
             if get_dataset(name).test_only:
-                raise ValueError(f"--datasets {name} is evaluation-only: it belongs to domain-generalisation")
+                raise OptionError(f"--datasets {name} is evaluation-only: it belongs to domain-generalisation")
             sources.append(registry_source(name, _root(bench)))
         for name in bench.datasets:
             sources += EXTRA_SOURCES[name](bench) if name in EXTRA_SOURCES else []
@@ -344,9 +345,9 @@ def make_sources(protocol: str, bench: BenchRun) -> list[BenchSource]:
     )
     names = [n for n in dataset_names(bench.datasets, default) if n != SOURCE_DATASET]
     if protocol == "domain-generalisation" and set(names) - set(IMAGENET_VARIANTS):
-        raise ValueError(f"domain generalisation targets are the ImageNet variants {list(IMAGENET_VARIANTS)}")
+        raise OptionError(f"domain generalisation targets are the ImageNet variants {list(IMAGENET_VARIANTS)}")
     if protocol == "cross-dataset" and set(names) & set(IMAGENET_VARIANTS):
-        raise ValueError("cross-dataset targets are the 10 few-shot datasets besides ImageNet (variants: DG)")
+        raise OptionError("cross-dataset targets are the 10 few-shot datasets besides ImageNet (variants: DG)")
     root = _root(bench)
     return [TransferSource(registry_source(SOURCE_DATASET, root), [registry_source(n, root) for n in names])]
 
@@ -360,17 +361,17 @@ def _root(bench: BenchRun) -> str:
 def check_methods(protocol: str, bench: BenchRun) -> None:
     """Refuse, before any work, a method that cannot run ``protocol`` (class-specific outputs)."""
     if not bench.methods:
-        raise ValueError("--methods is empty: give at least one method, e.g. --methods [coop]")
+        raise OptionError("--methods is empty: give at least one method, e.g. --methods [coop]")
     unknown = sorted(set(bench.method_options) - set(bench.methods))
     if unknown:
-        raise ValueError(f"--method_options names {unknown}, which are not in --methods {bench.methods}")
+        raise OptionError(f"--method_options names {unknown}, which are not in --methods {bench.methods}")
     if all(name in EXTRA_SOURCES for name in bench.datasets):
         return  # multi-task sources: each sub-run's protocol checks its method before any work (validate_run)
     for method in bench.methods:
         cls = method_class(method, ClassNames)
         config = cls.Config.from_dict(bench.method_options.get(method), cls.name)
         if protocol != "few-shot" and not cls.transfers_with(config):
-            raise ValueError(
+            raise OptionError(
                 f"{method} with these options learns one output per training class and cannot score new classes: "
                 f"it cannot run {protocol} (run it with few-shot, or choose a method that transfers)"
             )
@@ -389,10 +390,10 @@ def plan(protocol: str, bench: BenchRun, out: Path) -> list[SubRun]:
     """Every sub-run of the sweep, each validated (options, recipe, data names) before any work."""
     check_methods(protocol, bench)
     if not bench.seeds:
-        raise ValueError("--seeds is empty: give at least one seed, e.g. --seeds [1]")
+        raise OptionError("--seeds is empty: give at least one seed, e.g. --seeds [1]")
     shots = bench.shots_for(protocol)
     if any(k < 1 for k in shots):
-        raise ValueError(f"--shots must all be >= 1, not {shots}")
+        raise OptionError(f"--shots must all be >= 1, not {shots}")
     class_split = "base-to-new" if protocol == "base-to-new" else "all"
     subs = []
     for source in make_sources(protocol, bench):

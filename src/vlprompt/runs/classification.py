@@ -11,6 +11,7 @@ from ..backbones import Backbone
 from ..data import LabeledImages, base_new_split, few_shot, image_folder, split_json
 from ..data.benchmarks import get_dataset
 from ..data.images import DataError
+from ..errors import OptionError
 from ..evaluation import evaluate, harmonic_mean
 from ..features import FeatureCache
 from ..labels import ClassNames
@@ -170,7 +171,7 @@ class Classification(Protocol):
 
     def check(self, method: PromptMethod) -> None:
         if self.base_to_new and not method.transfers_to_new_classes:
-            raise ValueError(f"{method.name} with these options cannot score new classes: no base-to-new protocol")
+            raise OptionError(f"{method.name} with these options cannot score new classes: no base-to-new protocol")
 
     def evaluate(self, method: PromptMethod, backbone: Backbone, keys: dict[str, Any]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {**keys, "shots": self.run.data.shots}

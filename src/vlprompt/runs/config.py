@@ -12,8 +12,8 @@ from .. import distributed as dist
 from ..backbones import DEFAULT_BACKBONE, Backbone, BackboneError, load_backbone
 from ..backbones.loading import check_backbone
 from ..engine import TrainConfig, presets, recipe_config
+from ..errors import OptionError
 from ..methods import Recipe
-from ..methods.base import MethodOptionError as OptionError
 from ..predict import backbone_for_prompt
 
 

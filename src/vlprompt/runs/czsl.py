@@ -16,6 +16,7 @@ from torch import Tensor
 from ..backbones import Backbone
 from ..data.czsl import CZSLSplit, load_czsl
 from ..data.images import DataError, LabeledImages, Sample
+from ..errors import OptionError
 from ..evaluation.czsl import (
     REFERENCE_GLOVE_ALIASES,
     CZSLResult,
@@ -143,11 +144,11 @@ class Compositional(Protocol):
     def validate(self) -> None:
         run = self.run
         if run.world not in WORLDS:
-            raise ValueError(f"--world must be one of {WORLDS}, not {run.world!r}")
+            raise OptionError(f"--world must be one of {WORLDS}, not {run.world!r}")
         if run.glove_fallback not in GLOVE_FALLBACKS:
-            raise ValueError(f"--glove_fallback must be one of {GLOVE_FALLBACKS}, not {run.glove_fallback!r}")
+            raise OptionError(f"--glove_fallback must be one of {GLOVE_FALLBACKS}, not {run.glove_fallback!r}")
         if run.topk < 1:
-            raise ValueError(f"--topk must be >= 1, not {run.topk}")
+            raise OptionError(f"--topk must be >= 1, not {run.topk}")
         if not run.root:
             raise DataError("--root is required: the CZSL dataset root")
 

@@ -16,6 +16,7 @@ from ..backbones import Backbone
 from ..data.images import LabeledImages
 from ..engine import TrainConfig, fit
 from ..engine.trainer import Scorer
+from ..errors import OptionError, RunDirError
 from ..evaluation import markdown_table, summarize
 from ..evaluation.reports import csv_table
 from ..features import FeatureCache
@@ -175,7 +176,7 @@ def validate_run(run: RunConfig, protocol: Protocol, prompt: str | None = None) 
     if not prompt:
         protocol.check_options()
         if not run.seeds:
-            raise ValueError("--seeds is empty: give at least one seed, e.g. --seeds [1]")
+            raise OptionError("--seeds is empty: give at least one seed, e.g. --seeds [1]")
     train_config = run.train_config(protocol.shots())
     train_config.validate()
     protocol.validate()
@@ -214,13 +215,13 @@ def check_config_unchanged(run_dir: Path, config: dict[str, Any], resume: bool) 
     try:
         saved = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ValueError(f"cannot resume {run_dir}: {path} is not valid YAML ({err})") from None
+        raise RunDirError(f"cannot resume {run_dir}: {path} is not valid YAML ({err})") from None
     if not isinstance(saved, dict):
-        raise ValueError(f"cannot resume {run_dir}: {path} does not hold a run config")
+        raise RunDirError(f"cannot resume {run_dir}: {path} does not hold a run config")
     ignore = {"resume", "overwrite", "out"}  # a moved or copied run directory resumes too
     changed = sorted(k for k in set(saved) | set(config) if k not in ignore and saved.get(k) != config.get(k))
     if changed:
-        raise ValueError(f"cannot resume {run_dir}: its config differs in {changed} (start a new --out instead)")
+        raise RunDirError(f"cannot resume {run_dir}: its config differs in {changed} (start a new --out instead)")
 
 
 def metric_names(rows: list[dict[str, Any]]) -> list[str]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..engine import TrainConfig, recipe_config
+from ..errors import OptionError
 from ..labels import ClassNames, PairSpace, TaskSpace
 from ..methods import METHODS, PromptMethod
 
@@ -46,7 +47,7 @@ def table_of(cls: type[PromptMethod], per_task: bool) -> str:
 def builtin_entries(table: str) -> tuple[DemoEntry, ...]:
     """Every registered method's rows of ``table`` (one of :data:`TABLES`), in registry order."""
     if table not in TABLES:
-        raise ValueError(f"unknown built-in table {table!r}; choose from {TABLES}")
+        raise OptionError(f"unknown built-in table {table!r}; choose from {TABLES}")
     return tuple(
         DemoEntry(row.label, name, dict(row.recipe.options), recipe_config(row.recipe), row.default)
         for name, cls in METHODS.items()

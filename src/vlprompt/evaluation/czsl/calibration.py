@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ...errors import DataError, OptionError
 from .curve import _curve
 from .inputs import _bool_vector, _Setup
 from .results import CalibrationResult
@@ -58,11 +59,11 @@ def calibrate_feasibility(
     if feas.shape != seen.shape:
         raise ValueError(f"feasibility must have shape {tuple(seen.shape)}, got {tuple(feas.shape)}")
     if n_thresholds < 1:
-        raise ValueError(f"n_thresholds must be >= 1, got {n_thresholds}")
+        raise OptionError(f"n_thresholds must be >= 1, got {n_thresholds}")
     keep = torch.ones_like(seen) if keep_mask is None else _bool_vector(keep_mask, "keep_mask")
     candidates = ~seen & keep
     if not candidates.any():
-        raise ValueError("there are no non-seen columns to calibrate")
+        raise DataError("there are no non-seen columns to calibrate")
     cand_feas = feas[candidates]
     if torch.isnan(cand_feas).any():
         raise ValueError("feasibility contains NaN")

@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 
 from ...data.czsl import CZSLSplit
+from ...errors import OptionError
 from .curve import _curve, _result
 from .inputs import _Setup
 from .results import CZSLResult
@@ -74,7 +75,7 @@ def evaluate_split(
         topk: top-k accuracy.
     """
     if phase not in ("val", "test"):
-        raise ValueError(f"phase must be 'val' or 'test', not {phase!r}")
+        raise OptionError(f"phase must be 'val' or 'test', not {phase!r}")
     columns = split.columns(world)
     labels = split.labels(phase, columns) if pair_labels is None else pair_labels
     attrs, objs = split.pair_parts(columns)

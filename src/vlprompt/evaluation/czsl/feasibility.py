@@ -12,6 +12,7 @@ import torch
 
 from ...data.czsl import CZSLSplit, Pair
 from ...data.images import DataError
+from ...errors import OptionError
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def load_glove(
         aliases: name substitutions applied after lower-casing.
     """
     if fallback not in ("error", "zeros", "skip"):
-        raise ValueError(f"fallback must be 'error', 'zeros' or 'skip', not {fallback!r}")
+        raise OptionError(f"fallback must be 'error', 'zeros' or 'skip', not {fallback!r}")
     path = Path(path)
     parts_of = _lookup_words(names, aliases)
     wanted = {p for parts in parts_of for p in parts}

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ...errors import DataError, OptionError
+
 
 @dataclass
 class _Setup:
@@ -42,9 +44,9 @@ class _Setup:
         keep = torch.ones_like(seen) if keep_mask is None else _bool_vector(keep_mask, "keep_mask", n_cols)
         labels = _column_labels(pair_labels, n_cols)
         if not isinstance(topk, int) or topk < 1:
-            raise ValueError(f"topk must be a positive int, got {topk!r}")
+            raise OptionError(f"topk must be a positive int, got {topk!r}")
         if int(seen.sum()) < topk:
-            raise ValueError(f"need at least topk={topk} seen columns, got {int(seen.sum())}")
+            raise DataError(f"need at least topk={topk} seen columns, got {int(seen.sum())}")
         image_seen = _image_seen(seen, keep, labels)
         if attr_of_pair is not None and obj_of_pair is not None:
             attr_of_pair, obj_of_pair = _pair_parts(attr_of_pair, obj_of_pair, n_cols)
@@ -106,7 +108,7 @@ def _image_seen(seen: torch.Tensor, keep: torch.Tensor, labels: torch.Tensor) ->
     image_seen = seen[labels]
     if image_seen.all() or not image_seen.any():
         kind = "unseen" if image_seen.all() else "seen"
-        raise ValueError(f"no images of {kind} pairs: both seen and unseen images are needed")
+        raise DataError(f"no images of {kind} pairs: both seen and unseen images are needed")
     return image_seen
 
 
@@ -118,7 +120,7 @@ def _pair_parts(
     obj_of_pair = _long_vector(obj_of_pair, "obj_of_pair", n_cols)
     code = attr_of_pair * (int(obj_of_pair.max()) + 1) + obj_of_pair
     if torch.unique(code).numel() != n_cols:
-        raise ValueError("two columns have the same (attribute, object) pair")
+        raise DataError("two columns have the same (attribute, object) pair")
     return attr_of_pair, obj_of_pair
 
 
