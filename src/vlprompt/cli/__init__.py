@@ -1,0 +1,79 @@
+"""The ``vlprompt`` command line, generated from the typed run and command configs (jsonargparse).
+
+Every subcommand's options are the fields of one dataclass (``ClassificationRun`` for ``train``,
+``CZSLRun`` for ``czsl``, the small command configs below for the rest), so the CLI, YAML files and
+the Python API take the same options; boolean options also work as bare flags (``--json``).
+
+The package: ``options`` (the small commands' configs and the command table), ``parser`` (the generated
+parser and per-method help), ``commands`` (what each command does) and ``errors`` (one-line failures).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+
+from jsonargparse import ArgumentError
+
+from .. import distributed as dist
+from .commands import COMMANDS
+from .errors import describe_error, parse_error_message, quiet_third_party_logs
+from .options import COMMAND_CONFIGS
+from .parser import DEBUG_FLAG, build_parser, expand_bare_flags, expand_list_values, method_help
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``vlprompt`` console script.
+
+    A bad option or input (a :class:`~vlprompt.errors.VlpromptError`, an option jsonargparse rejects, or
+    a file-system error) is one line on stderr and exit code 2; any other exception is unexpected: one
+    line naming its type, a hint to rerun with ``--debug``, and exit code 1. ``--debug`` (anywhere on
+    the command line) shows the traceback instead. Ctrl-C is exit code 130.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv
+    argv = [a for a in argv if a != DEBUG_FLAG]
+    command = next((a for a in argv if a in COMMAND_CONFIGS), None)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_third_party_logs(debug)
+    prog = f"vlprompt {command}" if command else "vlprompt"
+    try:
+        help_text = method_help(argv)
+        if help_text is not None:
+            print(help_text, end="")
+            return 0
+        parser = build_parser()
+        try:
+            namespace = parser.parse_args(expand_list_values(expand_bare_flags(argv)))
+        except ArgumentError as err:
+            if debug:
+                raise
+            print(f"{prog}: error: {parse_error_message(str(err))}", file=sys.stderr)
+            print(f"(`{prog} --help` lists the options)", file=sys.stderr)
+            return 2
+        dist.init_from_env()
+        sub = namespace[command]
+        config = _config(COMMAND_CONFIGS[command][0], parser.instantiate(namespace)[command])
+        return COMMANDS[command](config, sub)
+    except Exception as err:  # noqa: BLE001 - every failure is one message; --debug shows the traceback
+        if debug:
+            raise
+        code, message = describe_error(err)
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        if code != 2:
+            print(f"(an unexpected error: rerun with {DEBUG_FLAG} for the traceback)", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prog}: interrupted (a run continues where it stopped with --resume true)", file=sys.stderr)
+        return 130
+
+
+def _config(cls: type, namespace) -> object:
+    values = {k: v for k, v in vars(namespace).items() if k in {f.name for f in dataclasses.fields(cls)}}
+    return cls(**values)
+
+
+__all__ = ["build_parser", "describe_error", "expand_bare_flags", "main", "quiet_third_party_logs"]

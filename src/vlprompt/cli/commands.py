@@ -1,0 +1,226 @@
+"""What each command does, given its parsed config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .. import distributed as dist
+from ..data import DataError, base_new_split
+from ..engine.presets import preset_name
+from ..errors import OptionError
+from ..methods import COMMAND_OF_LABELS, METHODS
+from ..runs import (
+    ClassificationRun,
+    CZSLRun,
+    MultiTaskRun,
+    run_classification,
+    run_czsl,
+    run_multitask,
+)
+from ..runs.bench import BenchRun
+from .options import (
+    BankCommand,
+    DataCommand,
+    DemoCommand,
+    EvalCommand,
+    IncontextCommand,
+    InterpretCommand,
+    MethodsCommand,
+    PredictCommand,
+)
+
+
+def cmd_methods(cfg: MethodsCommand, _: Any) -> int:
+    rows = [
+        {
+            "method": name,
+            "command": COMMAND_OF_LABELS.get(cls.label_kind, "train"),
+            "capabilities": [k for k, v in cls.capabilities().items() if v],
+            "presets": [preset_name(name, k) for k in cls.recipes],
+            "template": cls.template_option,
+        }
+        for name, cls in METHODS.items()
+    ]
+    if cfg.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print("| method | command | capabilities | presets |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['command']} | {', '.join(r['capabilities'])} | {', '.join(r['presets'])} |")
+    print("(single-task methods also run in `vlprompt multitask`, once per task; "
+          "`vlprompt COMMAND --method NAME --help` shows a method's options)")  # fmt: skip
+    return 0
+
+
+def cmd_train(run: ClassificationRun, _: Any) -> int:
+    run_classification(run)
+    return _print_results(run.out)
+
+
+def cmd_czsl(run: CZSLRun, _: Any) -> int:
+    run_czsl(run)
+    return _print_results(run.out)
+
+
+def cmd_multitask(run: MultiTaskRun, _: Any) -> int:
+    run_multitask(run)
+    return _print_results(run.out)
+
+
+def _print_results(out: str) -> int:
+    if dist.is_main():
+        print((Path(out) / "results.md").read_text(), end="")
+        print(f"run directory: {out}")
+    return 0
+
+
+def cmd_eval(cfg: EvalCommand, _: Any) -> int:
+    from ..evaluation import evaluate
+    from ..prompts import load_prompt
+
+    cfg.validate()
+    backbone = cfg.backbone.load(cfg.prompt)
+    if cfg.task is not None:
+        from ..bank import load_task_method
+
+        method = load_task_method(cfg.prompt, backbone, cfg.task)
+    else:
+        method = load_prompt(cfg.prompt, backbone)
+    data = cfg.data.load(backbone.image_transform())
+    if cfg.split not in data:
+        raise DataError(f"--split {cfg.split!r} is not in the dataset (have {sorted(data)})")
+    dataset = base_new_split(data[cfg.split], cfg.class_split)
+    if list(dataset.classnames) != method.class_names():
+        method.set_classes(backbone, dataset.classnames)
+    metrics = evaluate(method, backbone, dataset, progress=True)
+    summary = {"prompt": cfg.prompt, "split": cfg.split, "class_split": cfg.class_split, "n": len(dataset), **metrics}
+    if cfg.task is not None:
+        summary["task"] = cfg.task
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_predict(cfg: PredictCommand, namespace: Any) -> int:
+    from ..predict import Predictor, predict_tasks
+
+    cfg.validate()
+    backbone = cfg.backbone.load(cfg.prompt)
+    images = list(namespace.images)
+    if cfg.task is not None:
+        by_task = predict_tasks(cfg.prompt, cfg.tasks(), images, backbone, cfg.topk, cfg.batch_size)
+        if cfg.json:
+            out = [
+                {"image": path, **{t: p[i].probabilities for t, p in by_task.items()}} for i, path in enumerate(images)
+            ]
+            print(json.dumps(out, indent=2))
+            return 0
+        for i, path in enumerate(images):
+            print(path)
+            for task, preds in by_task.items():
+                print(f"  {task}: " + ", ".join(f"{name} {100 * prob:.2f}%" for name, prob in preds[i].top))
+        return 0
+    if cfg.prompt is not None:
+        predictor = Predictor.from_prompt(cfg.prompt, backbone, batch_size=cfg.batch_size)
+    else:
+        predictor = Predictor.zero_shot(cfg.class_names(), backbone, template=cfg.template, batch_size=cfg.batch_size)
+    predictions = predictor.predict(images, topk=cfg.topk, progress=len(images) > cfg.batch_size)
+    if cfg.json:
+        out = [{"image": path, "probabilities": p.probabilities} for path, p in zip(images, predictions)]
+        print(json.dumps(out, indent=2))
+        return 0
+    for path, prediction in zip(images, predictions):
+        print(path)
+        for rank, (name, prob) in enumerate(prediction.top, 1):
+            print(f"  {rank:>2}. {name:<30} {100 * prob:6.2f}%")
+    return 0
+
+
+def cmd_demo(cfg: DemoCommand, _: Any) -> int:
+    from ..demo import run_demo
+
+    cfg.validate()
+    report = run_demo(cfg.out, list(cfg.seeds), cfg.methods, cfg.shots, cfg.overwrite, view=cfg.view)
+    print(report["table"], end="")
+    print(f"run directory: {cfg.out}")
+    return 0
+
+
+def cmd_bench(bench: BenchRun, namespace: Any) -> int:
+    from ..runs.bench import run_bench
+
+    report = run_bench(namespace.protocol, bench)
+    if dist.is_main():
+        print(report["table"], end="")
+        print(f"bench directory: {bench.out}")
+    return 0
+
+
+def cmd_data(cfg: DataCommand, namespace: Any) -> int:
+    from ..data.benchmarks import DATASETS, check_dataset, dataset_names
+
+    cfg.validate()
+    reports = [check_dataset(name, cfg.root) for name in dataset_names(namespace.names, tuple(DATASETS))]
+    for report in reports:
+        print(report.text())
+    ready = sum(r.ok for r in reports)
+    print(f"{ready} of {len(reports)} dataset(s) ready under {cfg.root} (docs/datasets.md says where to get each)")
+    return 0 if ready == len(reports) else 1
+
+
+def cmd_interpret(cfg: InterpretCommand, _: Any) -> int:
+    from ..prompts import load_prompt
+
+    cfg.validate()
+    backbone = cfg.backbone.load(cfg.prompt)
+    method = load_prompt(cfg.prompt, backbone)
+    if not method.has_context:
+        raise OptionError(f"{method.name} has no context vectors to interpret")
+    for i, words in enumerate(method.nearest_words(backbone, cfg.k)):
+        print(f"ctx {i:>2}: " + ", ".join(f"{w} ({d:.3f})" for w, d in words))
+    return 0
+
+
+def cmd_bank(cfg: BankCommand, _: Any) -> int:
+    from ..bank import PromptBank
+
+    cfg.validate()
+    first = next(iter(cfg.prompts.values()))
+    backbone = cfg.backbone.load(first)
+    PromptBank.from_prompts(cfg.prompts, backbone).save(backbone, cfg.out)
+    print(f"prompt bank of {len(cfg.prompts)} prompts ({', '.join(cfg.prompts)}): {cfg.out}")
+    return 0
+
+
+def cmd_incontext(cfg: IncontextCommand, _: Any) -> int:
+    from ..incontext import load_inpainter
+    from ..incontext.predict import predict_files
+
+    cfg.validate()
+    model = load_inpainter(cfg.model, cfg.arch)
+    records = predict_files(model, cfg.task, cfg.examples, cfg.outputs, cfg.queries, cfg.out, cfg.targets)
+    if cfg.json:
+        print(json.dumps(records, indent=2))
+        return 0
+    for record in records:
+        extra = ", ".join(f"{k}: {v}" for k, v in record.items() if k not in ("query", "canvas", "answer"))
+        print(f"{record['query']} -> {record['answer']}" + (f" ({extra})" if extra else ""))
+    print(f"filled canvases and answers in {cfg.out}")
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "predict": cmd_predict,
+    "czsl": cmd_czsl,
+    "multitask": cmd_multitask,
+    "demo": cmd_demo,
+    "interpret": cmd_interpret,
+    "bank": cmd_bank,
+    "bench": cmd_bench,
+    "data": cmd_data,
+    "incontext": cmd_incontext,
+    "methods": cmd_methods,
+}
