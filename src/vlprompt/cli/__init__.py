@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 
 from jsonargparse import ArgumentError
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         sub = namespace[command]
         config = _config(COMMAND_CONFIGS[command][0], parser.instantiate(namespace)[command])
         return COMMANDS[command](config, sub)
+    except BrokenPipeError:  # the reader stopped early (`vlprompt methods | head`): not an error worth a line
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's documented way to exit quietly
+        return 1
     except Exception as err:  # noqa: BLE001 - every failure is one message; --debug shows the traceback
         if debug:
             raise
