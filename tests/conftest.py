@@ -115,3 +115,30 @@ def assert_state_equal(before: dict[str, torch.Tensor], module: torch.nn.Module)
     assert before.keys() == after.keys()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert not changed, f"tensors changed: {changed[:5]}"
+
+
+def torchrun(worker: Path, *args: str, processes: int = 2) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that run ``worker`` under torchrun with ``processes`` gloo processes here."""
+    import os
+    import socket
+    import sys
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(worker.parent), os.environ.get("PYTHONPATH", "")]),
+    }
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT"):
+        env.pop(var, None)
+    if Path("/sys/class/net/lo").exists():
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(processes),
+        "--master_addr", "127.0.0.1", "--master_port", str(port), str(worker), *args,
+    ]  # fmt: skip
+    return command, env

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,17 +13,12 @@ import bench_ddp_worker
 import pytest
 import torch
 from benchmark_fixtures import write_fixture
+from conftest import torchrun
 from safetensors.torch import load_file
 
 WORKER = Path(__file__).with_name("bench_ddp_worker.py")
 #: What varies between two runs of the same bench (wall-clock time), left out of the comparison.
 TIMINGS = {"train_seconds"}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def commands(root: Path, out: Path) -> list[list[str]]:
@@ -52,22 +45,7 @@ def benches(tmp_path_factory):
         write_fixture(name, root)
     ddp_out, single_out = tmp_path_factory.mktemp("ddp"), tmp_path_factory.mktemp("single")
     log = tmp_path_factory.mktemp("writes") / "writes"
-    env = {
-        **os.environ,
-        "MASTER_ADDR": "127.0.0.1",
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")]),
-    }
-    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT"):
-        env.pop(var, None)
-    if Path("/sys/class/net/lo").exists():
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-        str(WORKER), str(ddp_out), str(log), json.dumps(commands(root, ddp_out)),
-    ]  # fmt: skip
+    command, env = torchrun(WORKER, str(ddp_out), str(log), json.dumps(commands(root, ddp_out)))
     start = time.time()
     proc = subprocess.Popen(  # its own process group: a hang is ended with torchrun's workers
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True

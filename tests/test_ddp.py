@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import ddp_worker
 import pytest
 import torch
+from conftest import torchrun
 from safetensors.torch import load_file
 
 from vlprompt.engine.trainer import CHECKPOINT, METRICS
@@ -19,32 +17,11 @@ from vlprompt.engine.trainer import CHECKPOINT, METRICS
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def runs(image_root, tmp_path_factory):
     """Launch the 2-process run in the background, train one process here meanwhile."""
     ddp_out = tmp_path_factory.mktemp("ddp")
-    env = {
-        **os.environ,
-        "MASTER_ADDR": "127.0.0.1",
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")]),
-    }
-    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT"):
-        env.pop(var, None)
-    if Path("/sys/class/net/lo").exists():
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-        str(WORKER), str(image_root), str(ddp_out),
-    ]  # fmt: skip
+    command, env = torchrun(WORKER, str(image_root), str(ddp_out))
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     single_out = tmp_path_factory.mktemp("single")
     for run, *_ in ddp_worker.RUNS:
