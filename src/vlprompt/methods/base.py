@@ -8,12 +8,10 @@ and its optimizer parameter groups; the engine only loops, steps, syncs, checkpo
 
 from __future__ import annotations
 
-import dataclasses
-import types
 import typing
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -24,6 +22,8 @@ from torch import Tensor, nn
 from ..backbones import Backbone
 from ..errors import OptionError
 from ..labels import ClassNames, LabelSpace
+from .config import MethodConfig, MethodOptionError, option
+from .recipes import BuiltinRow, Recipe
 
 if TYPE_CHECKING:
     from ..data.images import LabeledImages
@@ -59,154 +59,9 @@ class Batch:
         return len(self.features if self.features is not None else self.pixels)
 
 
-class MethodOptionError(OptionError):
-    """A method option of the wrong type, out of its range, unknown, or one the backbone cannot carry."""
-
-
 class MethodInputError(OptionError):
     """A method asked to score what it cannot (other classes than it learned, cached features where it changes
     the image tower)."""
-
-
-def option(default: Any = dataclasses.MISSING, *, low=None, high=None, choices=None, **kwargs) -> Any:
-    """A method config field with its valid range (``low <= value <= high``) or ``choices``, checked on load."""
-    metadata = {"low": low, "high": high, "choices": tuple(choices) if choices is not None else None}
-    return dataclasses.field(default=default, metadata=metadata, **kwargs)
-
-
-@dataclass
-class MethodConfig:
-    """Base of every method's hyperparameters (defaults are the paper's).
-
-    Every field is checked on construction, whatever builds the config (the command line, a YAML file, a
-    prompt file or Python): its type, and for fields made with :func:`option` its range or choices. An int
-    is accepted where a float is asked (and stored as a float); anything else wrong is a
-    :class:`MethodOptionError` naming the method and the option.
-    """
-
-    #: The registered method these options belong to, for messages (set by :func:`vlprompt.methods.register`).
-    method_name: ClassVar[str] = ""
-
-    def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        method = self.method_name or type(self).__name__
-        for f in dataclasses.fields(self):
-            value = _check_option(f, hints[f.name], getattr(self, f.name), f"{method} option {f.name}")
-            object.__setattr__(self, f.name, value)
-
-    @classmethod
-    def from_dict(cls, options: dict[str, Any] | None, method: str = "", source: str = "--method_options") -> Any:
-        """Build from a plain dict, rejecting unknown keys (then every field is checked on construction).
-
-        ``source`` names where the options came from in the unknown-key message (a CLI flag or a file).
-        """
-        options = dict(options or {})
-        method = method or cls.method_name or cls.__name__
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise MethodOptionError(
-                f"{source}: unknown option(s) {unknown} for method {method}; valid: {sorted(names)}"
-            )
-        return cls(**options)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
-
-
-def _check_option(f: dataclasses.Field, hint: Any, value: Any, where: str) -> Any:
-    """``value`` converted to the field's type (an int where a float is asked), or a MethodOptionError."""
-    value = _check_type(hint, value, where)
-    low, high, choices = (f.metadata.get(k) for k in ("low", "high", "choices"))
-    if choices is not None and value not in choices:
-        raise MethodOptionError(f"{where} must be one of {list(choices)}, not {value!r}")
-    if value is not None and ((low is not None and value < low) or (high is not None and value > high)):
-        bounds = f">= {low}" if high is None else f"<= {high}" if low is None else f"in [{low}, {high}]"
-        raise MethodOptionError(f"{where} must be {bounds}, not {value!r}")
-    return value
-
-
-def _check_type(hint: Any, value: Any, where: str) -> Any:
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) is typing.Literal:
-        if value not in args:
-            raise MethodOptionError(f"{where} must be one of {list(args)}, not {value!r}")
-        return value
-    if typing.get_origin(hint) in (types.UnionType, typing.Union):
-        for arg in args:
-            try:
-                return _check_type(arg, value, where)
-            except MethodOptionError:
-                continue
-        expected = " or ".join(_TYPE_WORDS.get(a, str(a)) for a in args)
-        raise MethodOptionError(f"{where} must be {expected}, not {value!r}")
-    if typing.get_origin(hint) in (list, tuple):
-        if not isinstance(value, list | tuple):
-            raise MethodOptionError(f"{where} must be a list, not {value!r}")
-        return [_check_type(args[0], v, where) for v in value] if args else list(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in _TYPE_WORDS and (type(value) is not hint):
-        raise MethodOptionError(f"{where} must be {_TYPE_WORDS[hint]}, not {value!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A training recipe as data: fields of the engine's ``TrainConfig``, the method options it sets, its source.
-
-    Attributes:
-        train: ``TrainConfig`` fields (the rest keep their defaults).
-        options: method options the recipe sets (the user's ``--method_options`` apply on top).
-        source: where it comes from: ``repo@commit:path`` of the authors' release, or why it is ours.
-        epochs_by_shots: ``((K, epochs), ...)``: the epochs of the first row whose K >= the run's shots
-            (the last row beyond), e.g. CoOp's 50 / 100 / 200 epochs by shots.
-    """
-
-    train: Mapping[str, Any] = field(default_factory=dict)
-    options: Mapping[str, Any] = field(default_factory=dict)
-    source: str = ""
-    epochs_by_shots: tuple[tuple[int, int], ...] = ()
-
-    def train_fields(self, shots: int = 16) -> dict[str, Any]:
-        """The ``TrainConfig`` fields for a ``shots``-shot run."""
-        fields = dict(self.train)
-        if self.epochs_by_shots:
-            fields["epochs"] = next((e for k, e in self.epochs_by_shots if shots <= k), self.epochs_by_shots[-1][1])
-        return fields
-
-    def but(self, source: str = "", **train: Any) -> Recipe:
-        """This recipe with some ``TrainConfig`` fields replaced (and a note of why, added to its source)."""
-        note = f"{self.source}; {source}" if self.source and source else source or self.source
-        return dataclasses.replace(self, train={**self.train, **train}, source=note)
-
-    def with_options(self, **options: Any) -> Recipe:
-        """This recipe setting method options too."""
-        return dataclasses.replace(self, options={**self.options, **options})
-
-
-@dataclass(frozen=True)
-class BuiltinRow:
-    """A row of the built-in benchmark's tables (the demo's, and ``vlprompt bench`` on the built-in views).
-
-    The table follows the method's label space: classes (the few-shot table), attribute-object pairs (the
-    compositional table) or tasks (the multi-task table); ``per_task`` puts a single-task method in the
-    multi-task table, run once per task.
-
-    Attributes:
-        label: the row's name (``vlprompt demo --methods LABEL``).
-        recipe: its CPU-sized recipe and options.
-        default: whether ``vlprompt demo`` runs it without ``--methods``.
-        per_task: a single-task method's row of the multi-task table.
-    """
-
-    label: str
-    recipe: Recipe
-    default: bool = True
-    per_task: bool = False
 
 
 #: The capability flags every method declares (class flags; :meth:`PromptMethod.capabilities` per config).
@@ -471,3 +326,20 @@ def cosine_logits(image_features: Tensor, text_features: Tensor, scale: Tensor |
         if txt.dim() == 3:
             return scale * torch.einsum("bd,bcd->bc", img, txt)
         return scale * img @ txt.t()
+
+
+# The contract's names, importable from here as before the options and recipes got their own modules.
+__all__ = [
+    "CAPABILITIES",
+    "DECLARATIONS",
+    "EXTRA_STATE_KEY",
+    "Batch",
+    "BuiltinRow",
+    "MethodConfig",
+    "MethodInputError",
+    "MethodOptionError",
+    "PromptMethod",
+    "Recipe",
+    "cosine_logits",
+    "option",
+]

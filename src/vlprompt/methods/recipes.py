@@ -1,4 +1,5 @@
-"""Recipe pieces several methods share: Dassl's CoOp schedule and the built-in benchmark's CPU recipes.
+"""Recipes as data (:class:`Recipe`, :class:`BuiltinRow`) and the pieces several methods share: the pinned
+releases, Dassl's CoOp schedule and the built-in benchmark's CPU recipes.
 
 Each method declares its own recipes (``PromptMethod.recipes``, ``builtin_rows``) in its module; this
 module holds only what several of them start from, as :class:`~vlprompt.methods.base.Recipe` data (fields
@@ -8,7 +9,66 @@ decay 5e-4, batch 32, Dassl's per-epoch cosine with one constant warmup epoch at
 
 from __future__ import annotations
 
-from .base import Recipe
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A training recipe as data: fields of the engine's ``TrainConfig``, the method options it sets, its source.
+
+    Attributes:
+        train: ``TrainConfig`` fields (the rest keep their defaults).
+        options: method options the recipe sets (the user's ``--method_options`` apply on top).
+        source: where it comes from: ``repo@commit:path`` of the authors' release, or why it is ours.
+        epochs_by_shots: ``((K, epochs), ...)``: the epochs of the first row whose K >= the run's shots
+            (the last row beyond), e.g. CoOp's 50 / 100 / 200 epochs by shots.
+    """
+
+    train: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    source: str = ""
+    epochs_by_shots: tuple[tuple[int, int], ...] = ()
+
+    def train_fields(self, shots: int = 16) -> dict[str, Any]:
+        """The ``TrainConfig`` fields for a ``shots``-shot run."""
+        fields = dict(self.train)
+        if self.epochs_by_shots:
+            fields["epochs"] = next((e for k, e in self.epochs_by_shots if shots <= k), self.epochs_by_shots[-1][1])
+        return fields
+
+    def but(self, source: str = "", **train: Any) -> Recipe:
+        """This recipe with some ``TrainConfig`` fields replaced (and a note of why, added to its source)."""
+        note = f"{self.source}; {source}" if self.source and source else source or self.source
+        return dataclasses.replace(self, train={**self.train, **train}, source=note)
+
+    def with_options(self, **options: Any) -> Recipe:
+        """This recipe setting method options too."""
+        return dataclasses.replace(self, options={**self.options, **options})
+
+
+@dataclass(frozen=True)
+class BuiltinRow:
+    """A row of the built-in benchmark's tables (the demo's, and ``vlprompt bench`` on the built-in views).
+
+    The table follows the method's label space: classes (the few-shot table), attribute-object pairs (the
+    compositional table) or tasks (the multi-task table); ``per_task`` puts a single-task method in the
+    multi-task table, run once per task.
+
+    Attributes:
+        label: the row's name (``vlprompt demo --methods LABEL``).
+        recipe: its CPU-sized recipe and options.
+        default: whether ``vlprompt demo`` runs it without ``--methods``.
+        per_task: a single-task method's row of the multi-task table.
+    """
+
+    label: str
+    recipe: Recipe
+    default: bool = True
+    per_task: bool = False
+
 
 # The authors' releases, pinned (a recipe cites ``<repo>:<path>``).
 COOP_REPO = "KaiyangZhou/CoOp@ff61507c790454bce7c5052c3ac39e60772f1f89"
