@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -15,11 +16,14 @@ from vlprompt.data.benchmarks import (
     DATASETS,
     FEW_SHOT_DATASETS,
     IMAGENET_VARIANTS,
+    KNOWN_CLASSES,
+    REGISTRY_FILE,
     check_dataset,
     get_dataset,
     imagenet_index,
     imagenet_subset,
     imagenet_wnids,
+    read_registry,
 )
 from vlprompt.runs import Classification, ClassificationRun, DataConfig
 
@@ -37,6 +41,45 @@ def test_registry_holds_the_field_benchmark_with_coop_templates():
     assert len(set(a)) == len(set(r)) == 200 and a[0] == "n01498041"  # stingray, ImageNet label 6
     assert imagenet_index()["n01498041"] == 6 and IMAGENET_CLASSNAMES[6] == "stingray"
     assert len(DATASETS["oxford_pets"].known_classes()) == 37 and len(DATASETS["dtd"].known_classes()) == 47
+
+
+def test_registry_file_reads_into_the_registry_the_python_code_built():
+    # The digest of every field of every dataset as the registry was written in Python before it moved to
+    # datasets.json. Change it only with a deliberate change to the registry.
+    registry = repr((DATASETS, KNOWN_CLASSES, FEW_SHOT_DATASETS, IMAGENET_VARIANTS))
+    assert hashlib.sha256(registry.encode()).hexdigest() == (
+        "868f8594665e106c0d418d802dd4f8f0876cbe319511b56373097dab12e75871"
+    )
+    assert IMAGENET_VARIANTS == ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+    assert DATASETS["oxford_pets"].required[-1].path == "split_zhou_OxfordPets.json"
+    assert [r.path for r in DATASETS["imagenet"].required] == ["images/train", "images/val", "classnames.txt"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d[1].pop("template"), r"datasets\[1\]: field 'template' is missing"),
+        (lambda d: d[1].update(num_classes="100"), r"datasets\[1\]: field 'num_classes' must be of type int"),
+        (lambda d: d[1].update(num_classes=True), r"field 'num_classes' must be of type int"),
+        (lambda d: d[1].update(colour="red"), r"datasets\[1\]: unknown field 'colour'"),
+        (lambda d: d[1].update(layout="zip"), r"unknown layout 'zip'"),
+        (lambda d: d[1].update(template="a photo."), r"a template with one '\{\}'"),
+        (lambda d: d[1].pop("split_drive_id"), r"'split_file' and 'split_drive_id' go together"),
+        (lambda d: d[0].update(split_file="x.json"), r"datasets\[0\]: 'split_file' and 'split_drive_id' go"),
+        (lambda d: d[1].update(downloads=[{"source": "x"}]), r"each download is"),
+        (lambda d: d[2].update(classes=["a", "a"]), r"'classes' must be 37 distinct class names"),
+        (lambda d: d[14].update(subset="imagenet_b"), r"subset must be one of"),
+        (lambda d: d[2].update(title="caltech101"), r"datasets\[2\]: 'oxford_pets' \(caltech101\) clashes"),
+        (lambda d: d[2].update(name="Pets"), r"the name 'Pets' must be lowercase"),
+    ],
+)
+def test_registry_file_is_checked(tmp_path, edit, message):
+    data = json.loads(REGISTRY_FILE.read_text())
+    edit(data["datasets"])
+    path = tmp_path / "datasets.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=message):
+        read_registry(path)
 
 
 @pytest.mark.parametrize("name", list(DATASETS))

@@ -19,34 +19,46 @@ test fixture, a smaller experiment): the label space is the classes present. Eve
 one the registry knows where vlprompt ships the list (the ImageNet family, OxfordPets, DTD,
 EuroSAT); for the other datasets the check is that there are at most as many classes as the
 dataset has. ``vlprompt data check`` reports a subset as such (``4 of 37 classes``).
+
+The registry itself is data: ``datasets.json`` beside this module (names, titles, folders, layouts,
+templates, class counts, download sources, shipped class names), read and checked by
+:func:`read_registry` when the module is imported. The readers of the layouts are in
+:mod:`vlprompt.data.layouts`.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
+from typing import Any
 
-from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+from .images import DataError, LabeledImages
+from .layouts import IMAGENET_SUBSETS, READERS, imagenet_index, imagenet_subset, imagenet_wnids
 
-from ..errors import OptionError
-from .images import (
-    SPLITS,
-    DataError,
-    LabeledImages,
-    Sample,
-    _read_split_file,
-    _split_classnames,
-    image_folder,
-    split_json,
-)
-
-DRIVE = "https://drive.google.com/file/d/{}/view"
-SPLIT_SOURCE = "CoOp's fixed split (DATASETS.md of KaiyangZhou/CoOp): " + DRIVE
-CLASSNAMES_SOURCE = "ImageNet's classnames.txt (CoOp: " + DRIVE.format("1-61f_ol79pViBFDG_IDlUQSwoLcn2XXF") + ")"
+__all__ = [
+    "CLASSNAMES_SOURCE",
+    "DATASETS",
+    "DRIVE",
+    "FEW_SHOT_DATASETS",
+    "IMAGENET_SUBSETS",
+    "IMAGENET_VARIANTS",
+    "KNOWN_CLASSES",
+    "REGISTRY_FILE",
+    "SPLIT_SOURCE",
+    "BenchmarkDataset",
+    "CheckReport",
+    "Registry",
+    "Required",
+    "check_dataset",
+    "dataset_names",
+    "get_dataset",
+    "imagenet_index",
+    "imagenet_subset",
+    "imagenet_wnids",
+    "read_registry",
+]
 
 
 @dataclass(frozen=True)
@@ -123,7 +135,7 @@ class BenchmarkDataset:
         if missing:
             raise DataError(f"{self.name}: " + "; ".join(missing))
         folder = self.directory(root)
-        reader = _READERS[self.layout]
+        reader = READERS[self.layout]
         splits = reader(self, folder, transform, skip_bad_images)
         if len(splits["test"].classnames) > self.num_classes:
             raise DataError(
@@ -132,477 +144,159 @@ class BenchmarkDataset:
         return splits
 
 
-def _split_json(ds: BenchmarkDataset, folder: Path, transform, skip: bool) -> dict[str, LabeledImages]:
-    split_path, image_dir = folder / ds.split_file, folder / ds.image_dir
-    data = _read_split_file(split_path)
-    classnames = _split_classnames(split_path, data)
-    _check_known(ds, classnames, split_path)
-    if not skip:
-        _check_class_folders(data, classnames, split_path, image_dir)
-    return {s: split_json(split_path, image_dir, s, transform, skip) for s in SPLITS}
+#: The registry's data file (shipped as package data).
+REGISTRY_FILE = Path(__file__).with_name("datasets.json")
+#: The layouts whose reader needs ImageNet's ``classnames.txt`` in the dataset's folder.
+_CLASSNAMES_LAYOUTS = ("imagenet", "imagenet-v2", "imagenet-folders")
+#: Each field of a dataset entry in the data file: its type and whether it must be there.
+_FIELDS: dict[str, tuple[type, bool]] = {
+    "name": (str, True),
+    "title": (str, True),
+    "folder": (str, True),
+    "layout": (str, True),
+    "image_dir": (str, True),
+    "template": (str, True),
+    "num_classes": (int, True),
+    "downloads": (list, True),
+    "split_file": (str, False),
+    "split_drive_id": (str, False),
+    "subset": (str, False),
+    "test_only": (bool, False),
+    "classes": (list, False),
+}
 
 
-def _check_known(ds: BenchmarkDataset, classnames: Sequence[str], where: Path) -> None:
-    known = ds.known_classes()
-    if known is None:
-        return
-    unknown = [n for n in classnames if n not in known]
+@dataclass(frozen=True)
+class Registry:
+    """The registry as read from its data file."""
+
+    sources: dict[str, str]
+    datasets: dict[str, BenchmarkDataset]
+    known_classes: dict[str, tuple[str, ...]]
+
+
+def read_registry(path: str | Path = REGISTRY_FILE) -> Registry:
+    """Read and check the registry's data file (see ``datasets.json`` for its fields).
+
+    Raises:
+        DataError: a malformed file, naming the entry and the field.
+    """
+    path = Path(path)
+    sources, entries = _read_file(path)
+    datasets: dict[str, BenchmarkDataset] = {}
+    known: dict[str, tuple[str, ...]] = {}
+    for number, entry in enumerate(entries):
+        where = f"{path}: datasets[{number}]"
+        _check_fields(entry, where)
+        ds = BenchmarkDataset(**_dataset_fields(entry, sources, where))
+        _check_unique(ds, datasets, where)
+        datasets[ds.name] = ds
+        if "classes" in entry:
+            known[ds.name] = _classes(entry["classes"], ds.num_classes, where)
+    return Registry(sources, datasets, known)
+
+
+def _read_file(path: Path) -> tuple[dict[str, str], list]:
+    """The file's ``sources`` and its list of dataset entries."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict) or set(data) != {"about", "sources", "datasets"}:
+        raise DataError(f"{path}: expected an object with keys 'about', 'sources' and 'datasets'")
+    sources, entries = data["sources"], data["datasets"]
+    names = {"drive", "split_file", "classnames_file"}
+    if not isinstance(sources, dict) or set(sources) != names or not all(isinstance(s, str) for s in sources.values()):
+        raise DataError(f"{path}: 'sources' must hold exactly the strings {sorted(names)}")
+    if not isinstance(entries, list):
+        raise DataError(f"{path}: 'datasets' must be a list of dataset entries")
+    return sources, entries
+
+
+def _check_fields(entry: Any, where: str) -> None:
+    if not isinstance(entry, dict):
+        raise DataError(f"{where}: expected an object, got {type(entry).__name__}")
+    unknown = sorted(set(entry) - set(_FIELDS))
     if unknown:
-        name = unknown[0]
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = f" (close: {close})" if close else ""
-        more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
-        raise DataError(
-            f"{where}: class name {name!r}{hint}{more} is not a {ds.title} class name; the registry's names are "
-            f"CoOp's (e.g. {list(known[:3])}). Use CoOp's split file, or rename the classes"
-        )
+        raise DataError(f"{where}: unknown field {unknown[0]!r}; the fields are {list(_FIELDS)}")
+    for key, (kind, needed) in _FIELDS.items():
+        if key not in entry:
+            if needed:
+                raise DataError(f"{where}: field {key!r} is missing")
+        elif not isinstance(entry[key], kind) or (kind is int and isinstance(entry[key], bool)):
+            raise DataError(f"{where}: field {key!r} must be of type {kind.__name__}, not {entry[key]!r}")
 
 
-def _check_class_folders(data: dict, classnames: Sequence[str], split_path: Path, image_dir: Path) -> None:
-    """Every folder the split file's images sit in exists (a missing class folder is named with its class)."""
-    folders: dict[Path, str] = {}
-    for key in SPLITS:
-        for entry in data[key]:
-            folders.setdefault((image_dir / entry[0]).parent, classnames[entry[1]])
-    for path, classname in sorted(folders.items()):
-        if not path.is_dir():
-            raise DataError(
-                f"class folder {path} (class {classname!r}, listed in {split_path.name}) is missing under {image_dir}"
-            )
+def _dataset_fields(entry: dict, sources: dict[str, str], where: str) -> dict[str, Any]:
+    """``entry``'s :class:`BenchmarkDataset` fields, its required files derived from its downloads and layout."""
+    fields = {k: v for k, v in entry.items() if k not in ("downloads", "split_drive_id", "classes")}
+    layout = entry["layout"]
+    if layout not in READERS:
+        raise DataError(f"{where}: unknown layout {layout!r}; known: {list(READERS)}")
+    if entry["num_classes"] < 1 or entry["template"].count("{}") != 1:
+        raise DataError(f"{where}: needs num_classes >= 1 and a template with one '{{}}'")
+    if entry.get("subset", "") not in ("", *IMAGENET_SUBSETS):
+        raise DataError(f"{where}: subset must be one of {list(IMAGENET_SUBSETS)}, not {entry['subset']!r}")
+    required = _downloads(entry["downloads"], where)
+    has_split = {"split_file", "split_drive_id"} & set(entry)
+    if has_split != ({"split_file", "split_drive_id"} if layout == "split-json" else set()):
+        raise DataError(f"{where}: 'split_file' and 'split_drive_id' go together, for layout split-json only")
+    if layout == "split-json":
+        split_source = sources["split_file"].format(entry["split_drive_id"])
+        required.append(Required(entry["split_file"], split_source, is_dir=False))
+    if layout in _CLASSNAMES_LAYOUTS:
+        required.append(Required("classnames.txt", sources["classnames_file"], is_dir=False))
+    return {**fields, "required": tuple(required)}
 
 
-def _read_classnames(path: Path) -> dict[str, str]:
-    """``classnames.txt``: ``<wnid> <class name>`` per line, checked against ImageNet's known names."""
-    names: dict[str, str] = {}
-    index = imagenet_index()
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        wnid, _, name = line.strip().partition(" ")
-        if wnid not in index or not name:
-            raise DataError(f"{path}:{number}: expected '<ImageNet wnid> <class name>', got {line!r}")
-        expected = IMAGENET_CLASSNAMES[index[wnid]]
-        if name != expected:
-            raise DataError(f"{path}:{number}: names {wnid} {name!r}; the registry (CLIP's names) has {expected!r}")
-        names[wnid] = name
-    return names
+def _downloads(downloads: list, where: str) -> list[Required]:
+    """The folders, then the files, of each download, each with the download's source."""
+    required = []
+    for download in downloads:
+        if not _is_download(download):
+            raise DataError(f"{where}: each download is {{'source': str, 'folders': [str], 'files': [str]}}")
+        required += [Required(path, download["source"]) for path in download.get("folders", [])]
+        required += [Required(path, download["source"], is_dir=False) for path in download.get("files", [])]
+    return required
 
 
-def _named(dataset: LabeledImages, names: dict[str, str], classnames_file: Path) -> LabeledImages:
-    """``dataset`` with its wnid labels renamed to class names."""
-    absent = [w for w in dataset.classnames if w not in names]
-    if absent:
-        raise DataError(f"{classnames_file} has no line for class folder {absent[0]} (the wnid of each folder)")
-    dataset.classnames = [names[w] for w in dataset.classnames]
-    return dataset
-
-
-def _check_wnid_folders(ds: BenchmarkDataset, folder: Path) -> None:
-    """Every class folder is an ImageNet wnid, and one of the dataset's 200 classes where it has a subset."""
-    allowed = set(imagenet_subset(ds.subset)) if ds.subset else set(imagenet_index())
-    for path in sorted(p for p in folder.iterdir() if p.is_dir()):
-        if path.name in allowed:
-            continue
-        if ds.subset and path.name in imagenet_index():
-            name = IMAGENET_CLASSNAMES[imagenet_index()[path.name]]
-            raise DataError(
-                f"{path}: class {path.name} ({name!r}) is not one of {ds.title}'s 200 classes "
-                f"(see vlprompt.data.benchmarks.imagenet_subset({ds.subset!r}))"
-            )
-        raise DataError(f"{path}: {path.name!r} is not an ImageNet class folder (a wnid such as n01440764)")
-
-
-def _imagenet(ds: BenchmarkDataset, folder: Path, transform, skip: bool) -> dict[str, LabeledImages]:
-    classnames_file = folder / "classnames.txt"
-    names = _read_classnames(classnames_file)
-    images = folder / ds.image_dir
-    _check_wnid_folders(ds, images / "train")
-    train = image_folder(images / "train", transform, skip)
-    test = image_folder(images / "val", transform, skip, train.classnames)
-    return {"train": _named(train, names, classnames_file), "test": _named(test, names, classnames_file)}
-
-
-def _imagenet_folders(ds: BenchmarkDataset, folder: Path, transform, skip: bool) -> dict[str, LabeledImages]:
-    classnames_file = folder / "classnames.txt"
-    names = _read_classnames(classnames_file)
-    _check_wnid_folders(ds, folder / ds.image_dir)
-    return {"test": _named(image_folder(folder / ds.image_dir, transform, skip), names, classnames_file)}
-
-
-def _imagenet_v2(ds: BenchmarkDataset, folder: Path, transform, skip: bool) -> dict[str, LabeledImages]:
-    classnames_file = folder / "classnames.txt"
-    names = _read_classnames(classnames_file)
-    images = folder / ds.image_dir
-    labels = sorted(p.name for p in images.iterdir() if p.is_dir())
-    bad = [n for n in labels if not (n.isdigit() and int(n) < 1000)]
-    if bad:
-        raise DataError(f"{images / bad[0]}: ImageNetV2's class folders are ImageNet labels 0..999, not {bad[0]!r}")
-    order = sorted(labels, key=int)
-    test = image_folder(images, transform, skip, order)
-    wnids = imagenet_wnids()
-    test.classnames = [wnids[int(n)] for n in test.classnames]
-    return {"test": _named(test, names, classnames_file)}
-
-
-def _fgvc_aircraft(ds: BenchmarkDataset, folder: Path, transform, skip: bool) -> dict[str, LabeledImages]:
-    variants = [line.strip() for line in (folder / "variants.txt").read_text().splitlines() if line.strip()]
-    label = {name: i for i, name in enumerate(variants)}
-    splits = {}
-    for split in SPLITS:
-        path = folder / f"images_variant_{split}.txt"
-        samples = []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            image_id, _, variant = line.strip().partition(" ")
-            if variant not in label:
-                raise DataError(f"{path}:{number}: variant {variant!r} is not in {folder / 'variants.txt'}")
-            samples.append(Sample(str(folder / ds.image_dir / f"{image_id}.jpg"), label[variant]))
-        splits[split] = LabeledImages(samples, variants, transform, skip)
-    return splits
-
-
-_READERS = {
-    "split-json": _split_json,
-    "imagenet": _imagenet,
-    "imagenet-folders": _imagenet_folders,
-    "imagenet-v2": _imagenet_v2,
-    "fgvc-aircraft": _fgvc_aircraft,
-}
-
-
-@cache
-def _imagenet_data() -> dict:
-    return json.loads((Path(__file__).parent / "imagenet_classes.json").read_text())
-
-
-def imagenet_wnids() -> list[str]:
-    """ImageNet-1k's WordNet ids in label order."""
-    return list(_imagenet_data()["wnids"])
-
-
-@cache
-def imagenet_index() -> dict[str, int]:
-    return {w: i for i, w in enumerate(_imagenet_data()["wnids"])}
-
-
-def imagenet_subset(name: str) -> list[str]:
-    """The wnids of the 200 ImageNet classes of ``imagenet_a`` or ``imagenet_r`` (Hendrycks et al.'s lists)."""
-    if name not in IMAGENET_SUBSETS:
-        raise OptionError(f"unknown ImageNet subset {name!r}; known: {list(IMAGENET_SUBSETS)}")
-    wnids = _imagenet_data()["wnids"]
-    return [wnids[i] for i in _imagenet_data()[name]]
-
-
-#: the ImageNet variants that hold 200 of its classes.
-IMAGENET_SUBSETS = ("imagenet_a", "imagenet_r")
-
-_PETS = [
-    "abyssinian",
-    "american_bulldog",
-    "american_pit_bull_terrier",
-    "basset_hound",
-    "beagle",
-    "bengal",
-    "birman",
-    "bombay",
-    "boxer",
-    "british_shorthair",
-    "chihuahua",
-    "egyptian_mau",
-    "english_cocker_spaniel",
-    "english_setter",
-    "german_shorthaired",
-    "great_pyrenees",
-    "havanese",
-    "japanese_chin",
-    "keeshond",
-    "leonberger",
-    "maine_coon",
-    "miniature_pinscher",
-    "newfoundland",
-    "persian",
-    "pomeranian",
-    "pug",
-    "ragdoll",
-    "russian_blue",
-    "saint_bernard",
-    "samoyed",
-    "scottish_terrier",
-    "shiba_inu",
-    "siamese",
-    "sphynx",
-    "staffordshire_bull_terrier",
-    "wheaten_terrier",
-    "yorkshire_terrier",
-]
-_DTD = [
-    "banded",
-    "blotchy",
-    "braided",
-    "bubbly",
-    "bumpy",
-    "chequered",
-    "cobwebbed",
-    "cracked",
-    "crosshatched",
-    "crystalline",
-    "dotted",
-    "fibrous",
-    "flecked",
-    "freckled",
-    "frilly",
-    "gauzy",
-    "grid",
-    "grooved",
-    "honeycombed",
-    "interlaced",
-    "knitted",
-    "lacelike",
-    "lined",
-    "marbled",
-    "matted",
-    "meshed",
-    "paisley",
-    "perforated",
-    "pitted",
-    "pleated",
-    "polka-dotted",
-    "porous",
-    "potholed",
-    "scaly",
-    "smeared",
-    "spiralled",
-    "sprinkled",
-    "stained",
-    "stratified",
-    "striped",
-    "studded",
-    "swirly",
-    "veined",
-    "waffled",
-    "woven",
-    "wrinkled",
-    "zigzagged",
-]
-#: EuroSAT's class names as CoOp renames its folders.
-_EUROSAT = (
-    "Annual Crop Land",
-    "Forest",
-    "Herbaceous Vegetation Land",
-    "Highway or Road",
-    "Industrial Buildings",
-    "Pasture Land",
-    "Permanent Crop Land",
-    "Residential Buildings",
-    "River",
-    "Sea or Lake",
-)
-#: The class names the registry ships, by dataset (CoOp's spelling).
-KNOWN_CLASSES: dict[str, tuple[str, ...]] = {
-    "oxford_pets": tuple(_PETS),
-    "dtd": tuple(_DTD),
-    "eurosat": _EUROSAT,
-}
-
-
-def _split_dataset(name, title, folder, image_dir, template, num_classes, downloads, split_id) -> BenchmarkDataset:
-    split_file = f"split_zhou_{title}.json"
-    required = tuple(Required(path, source) for path, source in downloads)
-    required += (Required(split_file, SPLIT_SOURCE.format(split_id), is_dir=False),)
-    return BenchmarkDataset(name, title, folder, "split-json", image_dir, template, num_classes, required, split_file)
-
-
-def _variant(name, title, folder, layout, image_dir, classes, source, subset="") -> BenchmarkDataset:
-    required = (Required(image_dir, source), Required("classnames.txt", CLASSNAMES_SOURCE, is_dir=False))
-    template = "a photo of a {}."
-    return BenchmarkDataset(
-        name, title, folder, layout, image_dir, template, classes, required, subset=subset, test_only=True
+def _is_download(download: Any) -> bool:
+    if not isinstance(download, dict) or not set(download) <= {"source", "folders", "files"}:
+        return False
+    paths = [download.get("folders", []), download.get("files", [])]
+    return (
+        isinstance(download.get("source"), str)
+        and any(paths)
+        and all(isinstance(p, list) and all(isinstance(s, str) for s in p) for p in paths)
     )
 
 
-_VGG = "https://www.robots.ox.ac.uk/~vgg/data"
-_CARS = "http://ai.stanford.edu/~jkrause/car196"
+def _check_unique(ds: BenchmarkDataset, datasets: dict[str, BenchmarkDataset], where: str) -> None:
+    if ds.name != ds.name.lower():
+        raise DataError(f"{where}: the name {ds.name!r} must be lowercase")
+    for other in datasets.values():
+        if ds.name in (other.name, other.title.lower()) or ds.title.lower() in (other.name, other.title.lower()):
+            raise DataError(f"{where}: {ds.name!r} ({ds.title}) clashes with {other.name!r} ({other.title})")
+
+
+def _classes(classes: list, num_classes: int, where: str) -> tuple[str, ...]:
+    if not all(isinstance(c, str) for c in classes) or len(set(classes)) != num_classes or len(classes) != num_classes:
+        raise DataError(f"{where}: 'classes' must be {num_classes} distinct class names")
+    return tuple(classes)
+
+
+_REGISTRY = read_registry()
+DRIVE = _REGISTRY.sources["drive"]
+SPLIT_SOURCE = _REGISTRY.sources["split_file"]
+CLASSNAMES_SOURCE = _REGISTRY.sources["classnames_file"]
 #: Every dataset, by registry name.
-DATASETS: dict[str, BenchmarkDataset] = {
-    d.name: d
-    for d in (
-        BenchmarkDataset(
-            "imagenet",
-            "ImageNet",
-            "imagenet",
-            "imagenet",
-            "images",
-            "a photo of a {}.",
-            1000,
-            (
-                Required("images/train", "ILSVRC2012 train images, one folder per wnid (https://image-net.org)"),
-                Required("images/val", "ILSVRC2012 val images sorted into wnid folders (https://image-net.org)"),
-                Required("classnames.txt", CLASSNAMES_SOURCE, is_dir=False),
-            ),
-        ),
-        _split_dataset(
-            "caltech101",
-            "Caltech101",
-            "caltech-101",
-            "101_ObjectCategories",
-            "a photo of a {}.",
-            100,
-            [("101_ObjectCategories", "101_ObjectCategories.tar.gz from https://data.caltech.edu/records/mzrjq-6wc02")],
-            "1hyarUivQE36mY6jSomru6Fjd-JzwcCzN",
-        ),
-        _split_dataset(
-            "oxford_pets",
-            "OxfordPets",
-            "oxford_pets",
-            "images",
-            "a photo of a {}, a type of pet.",
-            37,
-            [("images", f"{_VGG}/pets/data/images.tar.gz")],
-            "1501r8Ber4nNKvmlFVQZ8SeUHTcdTTEqs",
-        ),
-        _split_dataset(
-            "stanford_cars",
-            "StanfordCars",
-            "stanford_cars",
-            "",
-            "a photo of a {}.",
-            196,
-            [("cars_train", f"{_CARS}/cars_train.tgz"), ("cars_test", f"{_CARS}/cars_test.tgz")],
-            "1ObCFbaAgVu0I-k_Au-gIUcefirdAuizT",
-        ),
-        _split_dataset(
-            "oxford_flowers",
-            "OxfordFlowers",
-            "oxford_flowers",
-            "jpg",
-            "a photo of a {}, a type of flower.",
-            102,
-            [("jpg", f"{_VGG}/flowers/102/102flowers.tgz")],
-            "1Pp0sRXzZFZq15zVOzKjKBu4A9i01nozT",
-        ),
-        _split_dataset(
-            "food101",
-            "Food101",
-            "food-101",
-            "images",
-            "a photo of {}, a type of food.",
-            101,
-            [("images", "food-101.tar.gz from https://data.vision.ee.ethz.ch/cvl/datasets_extra/food-101/")],
-            "1QK0tGi096I0Ba6kggatX1ee6dJFIcEJl",
-        ),
-        BenchmarkDataset(
-            "fgvc_aircraft",
-            "FGVCAircraft",
-            "fgvc_aircraft",
-            "fgvc-aircraft",
-            "images",
-            "a photo of a {}, a type of aircraft.",
-            100,
-            tuple(
-                Required(
-                    path,
-                    f"the data/ folder of {_VGG}/fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz",
-                    is_dir=path == "images",
-                )
-                for path in ("images", "variants.txt", *(f"images_variant_{s}.txt" for s in SPLITS))
-            ),
-        ),
-        _split_dataset(
-            "sun397",
-            "SUN397",
-            "sun397",
-            "SUN397",
-            "a photo of a {}.",
-            397,
-            [("SUN397", "http://vision.princeton.edu/projects/2010/SUN/SUN397.tar.gz")],
-            "1y2RD81BYuiyvebdN-JymPfyWYcd8_MUq",
-        ),
-        _split_dataset(
-            "dtd",
-            "DescribableTextures",
-            "dtd",
-            "images",
-            "{} texture.",
-            47,
-            [("images", f"{_VGG}/dtd/download/dtd-r1.0.1.tar.gz")],
-            "1u3_QfB467jqHgNXC00UIzbLZRQCg2S7x",
-        ),
-        _split_dataset(
-            "eurosat",
-            "EuroSAT",
-            "eurosat",
-            "2750",
-            "a centered satellite photo of {}.",
-            10,
-            [
-                (
-                    "2750",
-                    "EuroSAT.zip (RGB) from https://github.com/phelber/EuroSAT (was http://madm.dfki.de/files/sentinel/EuroSAT.zip)",
-                )
-            ],
-            "1Ip7yaCWFi0eaOFUGga0lUdVi_DDQth1o",
-        ),
-        _split_dataset(
-            "ucf101",
-            "UCF101",
-            "ucf101",
-            "UCF-101-midframes",
-            "a photo of a person doing {}.",
-            101,
-            [
-                (
-                    "UCF-101-midframes",
-                    "UCF-101-midframes.zip (CoOp: " + DRIVE.format("10Jqome3vtUA2keJkNanAiFpgbyC9Hc2O") + ")",
-                )
-            ],
-            "1I0S0q91hJfsV9Gf4xDIjgDq4AqBNJb1y",
-        ),
-        _variant(
-            "imagenetv2",
-            "ImageNetV2",
-            "imagenetv2",
-            "imagenet-v2",
-            "imagenetv2-matched-frequency-format-val",
-            1000,
-            "https://s3-us-west-2.amazonaws.com/imagenetv2public/imagenetv2-matched-frequency.tar.gz",
-        ),
-        _variant(
-            "imagenet_sketch",
-            "ImageNetSketch",
-            "imagenet-sketch",
-            "imagenet-folders",
-            "images",
-            1000,
-            "https://github.com/HaohanWang/ImageNet-Sketch",
-        ),
-        _variant(
-            "imagenet_a",
-            "ImageNetA",
-            "imagenet-adversarial",
-            "imagenet-folders",
-            "imagenet-a",
-            200,
-            "https://people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar",
-            subset="imagenet_a",
-        ),
-        _variant(
-            "imagenet_r",
-            "ImageNetR",
-            "imagenet-rendition",
-            "imagenet-folders",
-            "imagenet-r",
-            200,
-            "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar",
-            subset="imagenet_r",
-        ),
-    )
-}
-
+DATASETS: dict[str, BenchmarkDataset] = _REGISTRY.datasets
+#: The class names the registry ships, by dataset (CoOp's spelling).
+KNOWN_CLASSES: dict[str, tuple[str, ...]] = _REGISTRY.known_classes
 #: CoOp's 11 few-shot datasets, in the papers' column order.
 FEW_SHOT_DATASETS: tuple[str, ...] = tuple(d for d in DATASETS if not DATASETS[d].test_only)
 #: The domain-generalisation targets.
-IMAGENET_VARIANTS: tuple[str, ...] = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+IMAGENET_VARIANTS: tuple[str, ...] = tuple(d for d in DATASETS if DATASETS[d].test_only)
 
 
 def get_dataset(name: str) -> BenchmarkDataset:
