@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 from benchmark_fixtures import write_fixture
-from extensions.throwaway_methods import CacheOnly, EntropyShift, TextShift
+from extensions.throwaway_methods import CacheOnly, ClassBias, Distilled, EntropyShift, TextShift
 from test_contract import check_one_step
 
 from vlprompt.cli import main
@@ -33,7 +33,7 @@ TINY = ["--backbone.name", "tiny-random-vit"]
 def registered():
     """The throwaway methods, registered with one call each, and removed again afterwards."""
     before = dict(METHODS)
-    for cls in (TextShift, CacheOnly, EntropyShift):
+    for cls in (TextShift, CacheOnly, EntropyShift, ClassBias, Distilled):
         register(cls)
     yield
     METHODS.clear()
@@ -179,3 +179,57 @@ def test_help_and_the_methods_list_show_a_registered_method(registered, capsys):
     assert listed[CacheOnly.name]["capabilities"] == ["sets_up"] and listed["csp"]["command"] == "czsl"
     assert listed[EntropyShift.name]["capabilities"] == ["scores_with_text", "transfers", "adapts_at_test_time"]
     assert listed["coop"]["presets"] == ["coop", "coop-imagenet"]
+
+
+@pytest.mark.parametrize("wrapped", ["coop", "maple"])
+def test_a_wrapper_adds_to_any_method_and_derives_its_capabilities(
+    wrapped, registered, vit_backbone, image_root, tmp_path
+):
+    from vlprompt.runs import ClassificationRun
+
+    options = {"method": wrapped, "options": dict(METHODS[wrapped].tiny.options)}
+    caps, inner = ClassBias.capabilities(ClassBias.Config(**options)), METHODS[wrapped].capabilities()
+    assert caps["changes_image_tower"] == inner["changes_image_tower"] and caps["has_context"]
+    assert caps["learns"] and not caps["transfers"]  # its own bias is per class
+    assert ClassificationRun(method=ClassBias.name, method_options=options).default_preset() == wrapped
+    data = image_folder(image_root, vit_backbone.image_transform())
+    cache = FeatureCache()
+    torch.manual_seed(0)
+    method = build_method(ClassBias.name, vit_backbone, ClassNames(tuple(data.classnames)), options)
+    assert method.changes_image_tower == inner["changes_image_tower"]  # the engine reads the instance's flags
+    check_one_step(method, vit_backbone, data, cache)  # gradients reach the wrapped tensors and the bias
+    assert {k.split(".")[0] for k in method.trainable_state()} == {"inner", "bias"}
+    method.save_pretrained(tmp_path / "prompt", vit_backbone)
+    loaded = load_prompt(tmp_path / "prompt", vit_backbone)
+    data = image_folder(image_root, vit_backbone.image_transform())
+    torch.testing.assert_close(predict_logits(loaded, vit_backbone, data), predict_logits(method, vit_backbone, data))
+
+
+def test_a_teacher_on_another_backbone_stays_out_of_the_students_file(registered, image_root, split_file, tmp_path):
+    from vlprompt.backbones import tiny_random_backbone
+    from vlprompt.engine import TrainConfig, fit
+    from vlprompt.prompts import read_prompt_config
+    from vlprompt.runs import ClassificationRun, DataConfig, run_classification, train_overrides
+
+    teacher_backbone = tiny_random_backbone("vit")  # 32 px; the student below is a 64 px ResNet
+    train = image_folder(image_root, teacher_backbone.image_transform())
+    torch.manual_seed(0)
+    teacher = build_method("coop", teacher_backbone, ClassNames(tuple(train.classnames)), {"n_ctx": 2})
+    fit(teacher, teacher_backbone, train, TrainConfig(epochs=3, lr=0.05, schedule="constant"), progress=False)
+    teacher.save_pretrained(tmp_path / "teacher", teacher_backbone)
+    run = ClassificationRun(
+        data=DataConfig(root=str(image_root), split_file=str(split_file), shots=4),
+        method=Distilled.name,
+        method_options={"teacher": str(tmp_path / "teacher")},
+        train=train_overrides(epochs=5, lr=0.5, schedule="constant", warmup_epochs=0),
+        seeds=[1],
+        out=str(tmp_path / "student"),
+    )
+    student_backbone = tiny_random_backbone("resnet")
+    run_classification(run, student_backbone, progress=False)
+    prompt = tmp_path / "student" / "seed1" / "prompt"
+    record = read_prompt_config(prompt)["extra"]["teacher"]
+    assert record["backbone"]["model"] == "tiny-random-vit" and record["method"] == "coop"
+    assert record["tensors_sha256"] == read_prompt_config(tmp_path / "teacher")["tensors_sha256"]
+    student = load_prompt(prompt, student_backbone)
+    assert set(student.trainable_state()) == {"student.ctx"}  # none of the teacher's weights

@@ -61,7 +61,7 @@ def save_pretrained(method: PromptMethod, backbone: Backbone, directory: str | P
         "backbone": backbone.identity.to_dict(),
         "labels": method.labels.to_json(),
         "library_version": __version__,
-        "extra": extra or {},
+        "extra": {**method.prompt_record(), **(extra or {})},
     }
     tensors = method.trainable_state()
     bad = non_finite(tensors)

@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlprompt.methods import MethodConfig, PromptMethod, Recipe
+from vlprompt.methods import CoOp, MethodConfig, PromptMethod, Recipe
 from vlprompt.methods.base import cosine_logits, option
+from vlprompt.methods.teacher import Teacher
+from vlprompt.methods.wrapper import MethodWrapper
 from vlprompt.methods.zeroshot import ensemble_text_features
 
 
@@ -137,3 +139,74 @@ class EntropyShift(PromptMethod):
             yield
         finally:
             self.shift = torch.zeros_like(self.shift)
+
+
+class ClassBias(MethodWrapper):
+    """A wrapper: any method's logits plus a learned bias per class (so it cannot score other classes)."""
+
+    name = "throwaway-bias"
+    transfers = False
+    recipes = {}  # it trains with the wrapped method's recipe
+    builtin_rows = ()
+    tiny = Recipe(options={"method": "coop", "options": {"n_ctx": 2}})
+    template_option = None
+
+    def __init__(self, backbone, labels, config=None):
+        super().__init__(backbone, labels, config)
+        self.bias = nn.Parameter(torch.zeros(len(self.labels), device=backbone.device))
+
+    def logits(self, backbone, batch, text=None):
+        return self.inner.logits(backbone, batch, text) + self.bias
+
+
+@dataclass
+class DistilledConfig(MethodConfig):
+    """Attributes:
+    teacher: the teacher's prompt directory.
+    temperature: the distillation temperature.
+    n_ctx: the student's context vectors.
+    """
+
+    teacher: str = ""
+    temperature: float = option(1.0, low=0.01)
+    n_ctx: int = option(2, low=1)
+
+
+class Distilled(PromptMethod):
+    """A CoOp student learning only from a teacher's logits (labels unused): KL(teacher || student) at
+    ``temperature``, scaled by its square. The teacher's logits of every training image are precomputed at
+    setup (a non-persistent buffer: neither they nor the teacher's weights enter the student's file)."""
+
+    name = "throwaway-kd"
+    Config = DistilledConfig
+    has_context = True
+    recipes = {}
+    builtin_rows = ()
+    tiny = Recipe()
+    template_option = None
+
+    def __init__(self, backbone, labels, config=None):
+        super().__init__(backbone, labels, config)
+        self.student = CoOp(backbone, self.labels, CoOp.Config(n_ctx=self.config.n_ctx))
+        self.teacher: Teacher | None = None
+
+    def setup(self, backbone, train_set, cache):
+        self.teacher = Teacher.from_pretrained(self.config.teacher)
+        self.teacher.set_classes(self.labels)
+        data = train_set.with_transform(self.teacher.backbone.image_transform())
+        pixels = torch.stack([data[i][0] for i in range(len(data))])
+        self.register_buffer("teacher_logits", self.teacher.logits(pixels).float(), persistent=False)
+
+    def prompt_record(self):
+        return {"teacher": self.teacher.identity()} if self.teacher is not None else {}
+
+    def text_features(self, backbone, image_features=None):
+        return self.student.text_features(backbone)
+
+    def loss(self, backbone, batch, logits, label_smoothing=0.0):
+        t = self.config.temperature
+        target = self.teacher_logits[batch.index.to(self.teacher_logits.device)]
+        kl = F.kl_div(
+            F.log_softmax(logits / t, -1), F.log_softmax(target / t, -1), log_target=True, reduction="batchmean"
+        )
+        return kl * t * t

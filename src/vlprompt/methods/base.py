@@ -149,6 +149,12 @@ class PromptMethod(nn.Module):
         return flags
 
     @classmethod
+    def default_preset(cls, options: Mapping[str, Any]) -> str | None:
+        """The preset a run of this method with ``options`` trains with unless it names one (None: TrainConfig's
+        defaults): its own ``"default"`` recipe (a wrapper without one: the wrapped method's)."""
+        return cls.name if "default" in cls.recipes else None
+
+    @classmethod
     def tiny_recipe(cls, backbone: Backbone) -> Recipe:
         """:attr:`tiny` on ``backbone`` (a method may need other options on a tiny ResNet tower)."""
         return cls.tiny
@@ -185,9 +191,11 @@ class PromptMethod(nn.Module):
 
     def expect_setup_state(self, tensors: Mapping[str, Tensor]) -> None:
         """Before loading a prompt file: make room for the setup state it holds, at the file's shapes."""
-        for name in getattr(self, "_setup_state", ()):
-            if name in tensors and tuple(getattr(self, name).shape) != tuple(tensors[name].shape):
-                self.register_buffer(name, torch.empty_like(tensors[name], device=getattr(self, name).device))
+        for prefix, module in self.named_modules():  # a wrapped method's setup state too
+            for name in getattr(module, "_setup_state", ()):
+                key, current = f"{prefix}.{name}" if prefix else name, getattr(module, name)
+                if key in tensors and tuple(current.shape) != tuple(tensors[key].shape):
+                    module.register_buffer(name, torch.empty_like(tensors[key], device=current.device))
 
     @contextmanager
     def adapted(self, backbone: Backbone, batch: Batch) -> Iterator[None]:
@@ -306,6 +314,11 @@ class PromptMethod(nn.Module):
         if not isinstance(method, cls):
             raise PromptFileError(f"{directory} holds a {method.name} prompt, not {cls.__name__}")
         return method
+
+    def prompt_record(self) -> dict[str, Any]:
+        """What the prompt file records besides the config and tensors (e.g. a teacher's identity: never its
+        weights). Default: nothing."""
+        return {}
 
     def trainable_state(self) -> dict[str, Tensor]:
         """The tensors a prompt file stores (training bookkeeping kept as module extra state is not one)."""

@@ -90,6 +90,10 @@ def _check_type(hint: Any, value: Any, where: str) -> Any:
                 continue
         expected = " or ".join(_TYPE_WORDS.get(a, str(a)) for a in args)
         raise MethodOptionError(f"{where} must be {expected}, not {value!r}")
+    if typing.get_origin(hint) is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise MethodOptionError(f"{where} must be a mapping, not {value!r}")
+        return dict(value)
     if typing.get_origin(hint) in (list, tuple):
         if not isinstance(value, list | tuple):
             raise MethodOptionError(f"{where} must be a list, not {value!r}")

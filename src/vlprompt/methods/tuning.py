@@ -51,6 +51,13 @@ class TowerTuning(PromptMethod):
         if "image" not in cfg.towers:
             self.changes_image_tower = False  # image features are the frozen ones: cacheable
 
+    @classmethod
+    def capabilities(cls, config: MethodConfig | None = None) -> dict[str, bool]:
+        flags = super().capabilities(config)
+        towers = (config if config is not None else cls.Config()).towers  # type: ignore[attr-defined]
+        flags["changes_image_tower"] = "image" in towers  # text-only tuning leaves image features cacheable
+        return flags
+
     def _labels_changed(self, backbone: Backbone) -> None:
         ids = backbone.tokenize([self.config.template.format(clean_classname(n)) for n in self.labels.names])
         ids = ids[:, : int(backbone.eot_index(ids).max()) + 1]  # exact truncation

@@ -13,7 +13,7 @@ from ..backbones import DEFAULT_BACKBONE, Backbone, BackboneError, load_backbone
 from ..backbones.loading import check_backbone
 from ..engine import TrainConfig, presets, recipe_config
 from ..errors import OptionError
-from ..methods import Recipe
+from ..methods import METHODS, Recipe
 from ..predict import backbone_for_prompt
 
 
@@ -116,7 +116,8 @@ class RunConfig:
 
     def default_preset(self) -> str | None:
         """The recipe used when ``preset`` is not set."""
-        return self.method if self.method in presets() else None
+        cls = METHODS.get(self.method.lower())
+        return cls.default_preset(self.method_options) if cls is not None else None
 
     def recipe(self) -> Recipe:
         """The preset's recipe (an empty one: ``TrainConfig``'s defaults, where there is none)."""
