@@ -26,7 +26,7 @@ from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 from . import __version__
 from . import distributed as dist
 from .data import DataError, base_new_split
-from .data.protocols import CLASS_SPLITS
+from .data.sampling import CLASS_SPLITS
 from .engine.presets import preset_name
 from .errors import OptionError, VlpromptError
 from .labels import ClassNames, PairSpace, TaskSpace
