@@ -36,7 +36,7 @@ def test_train_writes_resolved_config_prompts_and_tables(tmp_path, image_root, s
     config = yaml.safe_load((out / "config.yaml").read_text())
     # The CoOp preset with the user's overrides on top.
     assert config["train"]["epochs"] == 2 and config["train"]["batch_size"] == 8
-    assert config["train"]["lr"] == 0.002 and config["train"]["schedule"] == "coop"
+    assert config["train"]["lr"] == 0.002 and config["train"]["schedule"] == "dassl-cosine"
     assert config["method_options"] == {"n_ctx": 4}
     results = json.loads((out / "results.json").read_text())
     assert [r["seed"] for r in results["per_seed"]] == [1, 2]
@@ -223,6 +223,28 @@ def test_config_yaml_replays_the_run(tmp_path, image_root, split_file):
     assert _per_seed_metrics(replay) == _per_seed_metrics(out)
     saved, replayed = (yaml.safe_load(p.read_text()) for p in (config, replay / "config.yaml"))
     assert {**saved, "out": None} == {**replayed, "out": None}
+
+
+def test_config_yaml_with_the_old_schedule_name_replays_and_resumes(tmp_path, image_root, split_file):
+    """A run saved when dassl-cosine was called "coop" replays to the same numbers and resumes."""
+    out = _train(tmp_path, image_root, split_file)
+    config = out / "config.yaml"
+    text = config.read_text()
+    assert text.count("schedule: dassl-cosine") == 1
+    config.write_text(text.replace("schedule: dassl-cosine", "schedule: coop"))  # as an older vlprompt wrote it
+    replay = tmp_path / "replay"
+    assert main(["train", "--config", str(config), "--out", str(replay)]) == 0
+    assert _per_seed_metrics(replay) == _per_seed_metrics(out)
+    assert yaml.safe_load((replay / "config.yaml").read_text())["train"]["schedule"] == "coop"  # kept as written
+    lrs = [
+        [json.loads(line)["lr"] for line in (run / "seed1" / "metrics.jsonl").read_text().splitlines()]
+        for run in (out, replay)
+    ]
+    assert lrs[0] == lrs[1] and len(lrs[0]) == 2
+    # Resuming the old run with today's options (the default is now spelled "dassl-cosine") is allowed.
+    args = ["train", *TINY, *_data(image_root, split_file), "--train.epochs", "2", "--train.batch_size", "8"]
+    assert main([*args, "--seeds", "[1, 2]", "--out", str(out), "--resume", "true"]) == 0
+    assert "schedule: coop" in config.read_text()  # a resumed run's config.yaml is left as it was
 
 
 def test_czsl_config_yaml_replays_the_run(tmp_path, capsys):

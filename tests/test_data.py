@@ -1,4 +1,4 @@
-"""Datasets and protocols: ImageFolder, CoOp split files, bad input, few-shot subsets, base/new."""
+"""Datasets and sampling: ImageFolder, CoOp split files, bad input, few-shot subsets, base/new."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import torch
 from vlprompt.backbones import tiny_random_backbone
 from vlprompt.data import image_folder
 from vlprompt.engine import FeatureCache, TrainConfig, fit, preset
-from vlprompt.engine.schedules import lr_factor
+from vlprompt.engine.schedules import SCHEDULE_ALIASES, lr_factor
 from vlprompt.engine.trainer import CHECKPOINT, METRICS
 from vlprompt.methods import CoOp, CoOpConfig
 
@@ -38,9 +38,9 @@ class Interrupt(Exception):
 
 
 # --------------------------------------------------------------------------------------- schedules
-def test_coop_schedule_by_hand():
+def test_dassl_cosine_schedule_by_hand():
     base, epochs = 0.002, 6
-    f = lr_factor("coop", epochs, warmup=1, base_lr=base, warmup_lr=1e-5)
+    f = lr_factor("dassl-cosine", epochs, warmup=1, base_lr=base, warmup_lr=1e-5)
     lrs = [base * f(t) for t in range(epochs)]
     expected = [1e-5] + [base * 0.5 * (1 + math.cos(math.pi * (t - 1) / epochs)) for t in range(1, epochs)]
     assert lrs == pytest.approx(expected, rel=1e-12)
@@ -60,13 +60,38 @@ def test_cosine_and_constant_schedules():
         lr_factor("step", 10)
 
 
-def test_fit_uses_coop_schedule_per_epoch(vit_backbone, data, cache):
+def test_old_schedule_name_is_the_same_schedule():
+    """The old name "coop" is still accepted, kept as written, and gives the same factors at every tick."""
+    assert SCHEDULE_ALIASES == {"coop": "dassl-cosine"}
+    for total, warmup in ((6, 1), (10, 0), (200, 3)):
+        old = lr_factor("coop", total, warmup, base_lr=0.002, warmup_lr=1e-5)
+        new = lr_factor("dassl-cosine", total, warmup, base_lr=0.002, warmup_lr=1e-5)
+        assert [old(t) for t in range(total + 2)] == [new(t) for t in range(total + 2)]
+    assert TrainConfig(schedule="coop").schedule == "coop"  # what config.yaml records is what was given
+    assert TrainConfig().schedule == "dassl-cosine"
+    with pytest.raises(ValueError, match=r"--train.schedule must be one of constant, cosine, dassl-cosine, not 'cop'"):
+        TrainConfig(schedule="cop")
+
+
+def test_fit_uses_dassl_cosine_schedule_per_epoch(vit_backbone, data, cache):
     method = make_coop(vit_backbone, data.classnames)
     result = fit(method, vit_backbone, data, TrainConfig(epochs=5, lr=0.002, **FAST), cache=cache, progress=False)
     expected = [1e-5] + [0.002 * 0.5 * (1 + math.cos(math.pi * (e - 1) / 5)) for e in range(1, 5)]
     assert [r["lr"] for r in result.history] == pytest.approx(expected, rel=1e-9)
     assert [r["epoch"] for r in result.history] == [1, 2, 3, 4, 5]
     assert [r["step"] for r in result.history] == [3, 6, 9, 12, 15]  # 24 images / batch 8
+    # The old name steps the same schedule per epoch: the same lr sequence and the same run, exactly.
+    method = make_coop(vit_backbone, data.classnames)
+    old = fit(
+        method,
+        vit_backbone,
+        data,
+        TrainConfig(epochs=5, lr=0.002, schedule="coop", **FAST),
+        cache=cache,
+        progress=False,
+    )
+    assert [r["lr"] for r in old.history] == [r["lr"] for r in result.history]
+    assert [r["loss"] for r in old.history] == [r["loss"] for r in result.history]
 
 
 def test_fit_cosine_schedule_ends_near_zero(vit_backbone, data, cache):
@@ -88,7 +113,7 @@ def test_presets():
         0.002,
         0.9,
         5e-4,
-        "coop",
+        "dassl-cosine",
         1,
         1e-5,
     )

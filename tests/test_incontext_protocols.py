@@ -12,7 +12,8 @@ from PIL import Image
 from vlprompt.cli import main
 from vlprompt.incontext import CanvasLayout, Inpainter, choose_examples, evaluate_pairs, load_inpainter
 from vlprompt.incontext.evaluate import heldout_metrics, heldout_set
-from vlprompt.incontext.models import _BUNDLED, BUNDLED_INPAINTER, read_manifest
+from vlprompt.incontext.models import BUNDLED_INPAINTER, read_manifest
+from vlprompt.incontext.models.loading import _BUNDLED
 
 
 class CopyExampleOutput(Inpainter):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.protocols import CLASS_SPLITS
+from ..data.sampling import CLASS_SPLITS
 from ..errors import OptionError
 from ..labels import ClassNames, PairSpace, TaskSpace
 from ..methods import methods_for

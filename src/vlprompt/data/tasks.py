@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..labels import Task, TaskSpace
 from .images import DataError, LabeledImages
-from .protocols import few_shot
+from .sampling import few_shot
 
 
 class TaskImages(LabeledImages):

@@ -26,7 +26,7 @@ from ..errors import DataError, OptionError
 from ..features import FeatureCache
 from ..io import atomic_write, atomic_write_bytes, load_checkpoint, remove_stale_temp_files, tensors_sha256, torch_bytes
 from ..methods import Batch, PromptMethod
-from .schedules import SCHEDULES, lr_factor
+from .schedules import PER_EPOCH_SCHEDULES, SCHEDULES, canonical_schedule, lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +47,13 @@ class TrainConfig:
         lr: the learning rate (peak of the schedule).
         momentum: SGD momentum.
         weight_decay: weight decay (L2 for SGD and Adam, decoupled for AdamW).
-        schedule: "constant", "cosine" (per step, linear warmup) or "coop" (per epoch, constant
-            warmup at ``warmup_lr``, cosine over ``epochs``).
+        schedule: "constant", "cosine" (per step, linear warmup) or "dassl-cosine" (per epoch, constant
+            warmup at ``warmup_lr``, cosine over ``epochs``; "coop" is its old name, still accepted and
+            kept as written, so old config.yaml files replay and resume).
         warmup_epochs: warmup length in epochs (converted to steps for per-step schedules).
         warmup_steps: warmup length in optimizer steps for per-step schedules; when set, it replaces
             ``warmup_epochs`` (VP's recipe warms up over 1,000 steps).
-        warmup_lr: the constant warmup lr of the "coop" schedule.
+        warmup_lr: the constant warmup lr of the "dassl-cosine" schedule.
         precision: "auto" (bf16 autocast on GPU, fp32 on CPU), "fp32", "bf16" or "fp16". Prompt
             parameters always stay fp32.
         seed: seeds Python and torch; data order is a function of (seed, epoch) (runs set it per seed).
@@ -79,7 +80,7 @@ class TrainConfig:
     lr: float = 0.002
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "coop"
+    schedule: str = "dassl-cosine"
     warmup_epochs: int = 1
     warmup_steps: int | None = None
     warmup_lr: float = 1e-5
@@ -102,13 +103,14 @@ class TrainConfig:
         """Every option in range (messages name the CLI flags, ``--train.<field>``)."""
         choices = {
             "optimizer": OPTIMIZERS,
-            "schedule": SCHEDULES,
             "select": ("last", "best"),
             "precision": ("auto", "fp32", "bf16", "fp16"),
         }
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise OptionError(f"--train.{name} must be one of {', '.join(valid)}, not {getattr(self, name)!r}")
+        if canonical_schedule(self.schedule) not in SCHEDULES:
+            raise OptionError(f"--train.schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         minimum = {"epochs": 1, "batch_size": 1, "grad_accum": 1, "checkpoint_every": 1, "checkpoint_every_steps": 0}
         minimum |= dict.fromkeys(("warmup_epochs", "eval_every", "num_workers", "momentum", "weight_decay"), 0)
         minimum |= {"warmup_lr": 0, "label_smoothing": 0}
@@ -332,7 +334,7 @@ class TrainingState:
         if not groups:
             raise OptionError(f"method {method.name} has nothing to train")
         optimizer = _make_optimizer(groups, config)
-        per_epoch = config.schedule == "coop"
+        per_epoch = canonical_schedule(config.schedule) in PER_EPOCH_SCHEDULES
         total = config.epochs if per_epoch else config.epochs * plan.steps_per_epoch
         warmup = config.warmup_epochs if per_epoch else config.warmup_epochs * plan.steps_per_epoch
         if config.warmup_steps is not None and not per_epoch:

@@ -20,7 +20,7 @@ from .models import (
     tiny_mae_vqgan,
     tiny_pixel_mae,
 )
-from .tasks import TASKS, Box, Task, TaskInputError, get_task
+from .tasks import TASKS, Box, InContextTask, TaskInputError, get_task
 
 
 def run_incontext_demo(*args, **kwargs):
@@ -36,12 +36,12 @@ __all__ = [
     "Box",
     "CanvasError",
     "CanvasLayout",
+    "InContextTask",
     "Inpainter",
     "InpainterCheckpointError",
     "MAEConfig",
     "MAEVQGAN",
     "PixelMAE",
-    "Task",
     "TaskInputError",
     "answer_cell",
     "build_canvases",

@@ -31,7 +31,7 @@ from torch import Tensor
 from ..errors import OptionError
 from .canvas import answer_cell, build_canvases, resize_cells
 from .models import Inpainter
-from .tasks import Task, get_task, luma
+from .tasks import InContextTask, get_task, luma
 
 __all__ = [
     "SELECTIONS",
@@ -105,7 +105,7 @@ def run_incontext(
 
 def evaluate_pairs(
     model: Inpainter,
-    task: str | Task,
+    task: str | InContextTask,
     queries: tuple[Tensor, Tensor],
     pool: tuple[Tensor, Tensor],
     selection: str = "random",
@@ -159,7 +159,7 @@ def threshold_masks(images: Tensor) -> list[Tensor]:
     return masks
 
 
-def threshold_baseline(task: str | Task, queries: tuple[Tensor, Tensor], side: int) -> float:
+def threshold_baseline(task: str | InContextTask, queries: tuple[Tensor, Tensor], side: int) -> float:
     """Mean segmentation IoU of :func:`threshold_masks` on the queries resized to cells of ``side`` pixels."""
     task = get_task(task)
     targets = task.read(resize_cells(queries[1], side))

@@ -12,7 +12,7 @@ from PIL import Image
 from ..io import atomic_write
 from .canvas import answer_cell, build_canvases
 from .models import Inpainter
-from .tasks import Task, TaskInputError, check_examples, get_task
+from .tasks import InContextTask, TaskInputError, check_examples, get_task
 
 __all__ = ["predict_files", "predict_images"]
 
@@ -29,14 +29,14 @@ def _open(path: str | Path, what: str) -> Image.Image:
         raise TaskInputError(f"{what}: {path} is not a readable image ({err})") from err
 
 
-def _target_image(path: str | Path, task: Task, what: str) -> Any:
+def _target_image(path: str | Path, task: InContextTask, what: str) -> Any:
     image = _open(path, what)
     return np.asarray(image.convert("L")) if task.name in ("segmentation", "detection") else image
 
 
 def predict_images(
     model: Inpainter,
-    task: str | Task,
+    task: str | InContextTask,
     example_inputs: Sequence[Any],
     example_outputs: Sequence[Any],
     queries: Sequence[Any],
@@ -65,7 +65,7 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
-def _answer_png(task: Task, answer: Any, size: tuple[int, int]) -> np.ndarray:
+def _answer_png(task: InContextTask, answer: Any, size: tuple[int, int]) -> np.ndarray:
     if task.name == "segmentation":
         return answer.numpy().astype(np.uint8) * 255
     if task.name == "detection":
@@ -77,7 +77,7 @@ def _answer_png(task: Task, answer: Any, size: tuple[int, int]) -> np.ndarray:
     return (answer.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
 
 
-def _numbers(task: Task, answer: Any) -> dict[str, Any]:
+def _numbers(task: InContextTask, answer: Any) -> dict[str, Any]:
     if task.name == "segmentation":
         return {"foreground_fraction": round(float(answer.float().mean()), 4)}
     if task.name == "detection":
@@ -87,7 +87,7 @@ def _numbers(task: Task, answer: Any) -> dict[str, Any]:
 
 def predict_files(
     model: Inpainter,
-    task: str | Task,
+    task: str | InContextTask,
     examples: Sequence[str],
     outputs: Sequence[str],
     queries: Sequence[str],

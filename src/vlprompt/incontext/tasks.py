@@ -1,6 +1,6 @@
 """Tasks of in-context visual prompting: how an example pair is drawn into cells, how an answer is read back.
 
-A :class:`Task` turns an example's input and output into RGB cells, reads the answer out of the
+An :class:`InContextTask` turns an example's input and output into RGB cells, reads the answer out of the
 filled answer cell, and scores it against the target. Conventions follow the reference
 (amirbar/visual_prompting, ``evaluate/``):
 
@@ -38,8 +38,8 @@ __all__ = [
     "Colourisation",
     "Detection",
     "ImageToImage",
+    "InContextTask",
     "Segmentation",
-    "Task",
     "TaskInputError",
     "box_iou",
     "check_examples",
@@ -159,8 +159,11 @@ def _mask_image(mask: Tensor) -> Tensor:
     return mask.float().unsqueeze(0).expand(3, -1, -1).clone()
 
 
-class Task(ABC):
-    """How one kind of example pair becomes cells, and how an answer is read and scored."""
+class InContextTask(ABC):
+    """How one kind of example pair becomes cells, and how an answer is read and scored.
+
+    (Not :class:`vlprompt.labels.Task`, one task of a multi-task classification run.)
+    """
 
     name: str = ""
     metric: str = ""
@@ -204,7 +207,7 @@ class Task(ABC):
         return answer
 
 
-class Segmentation(Task):
+class Segmentation(InContextTask):
     """Foreground segmentation: the output is a binary mask (white foreground on black)."""
 
     name, metric = "segmentation", "mIoU"
@@ -223,7 +226,7 @@ class Segmentation(Task):
         return resized[0, 0] > 0.5
 
 
-class Detection(Task):
+class Detection(InContextTask):
     """Single-object detection: the output is a box, drawn as a filled white rectangle on black.
 
     A target is a :class:`Box` (or a 4-tuple) in the input's pixels, or a binary mask whose white
@@ -265,7 +268,7 @@ class Detection(Task):
         return None if answer is None else answer.scaled(size[1] / side, size[0] / side)
 
 
-class ImageToImage(Task):
+class ImageToImage(InContextTask):
     """Any image-to-image task defined by example pairs; the answer is the filled cell itself."""
 
     name, metric, higher_is_better = "image", "MSE", False
@@ -304,20 +307,20 @@ class Colourisation(ImageToImage):
         return luma(to_image(image, what)).expand(3, -1, -1).clone()
 
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (Segmentation, Detection, Colourisation, ImageToImage)}
+TASKS: dict[str, type[InContextTask]] = {t.name: t for t in (Segmentation, Detection, Colourisation, ImageToImage)}
 """Task name -> class."""
 
 
-def get_task(name: str | Task) -> Task:
+def get_task(name: str | InContextTask) -> InContextTask:
     """A task by name (``segmentation``, ``detection``, ``colourisation``, ``image``) or the task itself."""
-    if isinstance(name, Task):
+    if isinstance(name, InContextTask):
         return name
     if name not in TASKS:
         raise TaskInputError(f"unknown task {name!r}; choose from {sorted(TASKS)}")
     return TASKS[name]()
 
 
-def check_examples(task: Task, inputs: list[Any], outputs: list[Any]) -> list[tuple[Tensor, Tensor]]:
+def check_examples(task: InContextTask, inputs: list[Any], outputs: list[Any]) -> list[tuple[Tensor, Tensor]]:
     """Every example pair as (input cell, output cell); counts and sizes checked."""
     if len(inputs) != len(outputs):
         raise TaskInputError(

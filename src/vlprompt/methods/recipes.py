@@ -90,7 +90,8 @@ COOP_EPOCHS_BY_SHOTS = ((1, 50), (4, 100), (16, 200))
 _CPU = "vlprompt's CPU recipe for the built-in benchmark (runs/demo), not a paper's"
 #: Text prompts: SGD at a 10x lr for the short run.
 CPU_SGD = Recipe(
-    train={"epochs": 20, "batch_size": 32, "lr": 0.002, "schedule": "coop", "warmup_epochs": 1}, source=_CPU
+    train={"epochs": 20, "batch_size": 32, "lr": 0.002, "schedule": "dassl-cosine", "warmup_epochs": 1},
+    source=_CPU,
 )
 #: Image-side prompts: per-step cosine with warmup (VP's lr is the paper's 40).
 CPU_VISUAL = Recipe(

@@ -21,7 +21,7 @@ from .loop import Protocol, run_seeds
 
 FORMATS = ("split-json", "imagefolder", "benchmark")
 #: The protocol's views of the classes (``--data.class_split``); the halves themselves are
-#: :data:`vlprompt.data.protocols.CLASS_SPLITS`.
+#: :data:`vlprompt.data.sampling.CLASS_SPLITS`.
 CLASS_SPLIT_PROTOCOLS = ("all", "base-to-new")
 
 

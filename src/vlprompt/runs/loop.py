@@ -15,6 +15,7 @@ from .. import distributed as dist
 from ..backbones import Backbone
 from ..data.images import LabeledImages
 from ..engine import TrainConfig, fit
+from ..engine.schedules import canonical_schedule
 from ..engine.trainer import Scorer
 from ..errors import OptionError, RunDirError
 from ..evaluation import markdown_table, summarize
@@ -219,9 +220,18 @@ def check_config_unchanged(run_dir: Path, config: dict[str, Any], resume: bool) 
     if not isinstance(saved, dict):
         raise RunDirError(f"cannot resume {run_dir}: {path} does not hold a run config")
     ignore = {"resume", "overwrite", "out"}  # a moved or copied run directory resumes too
+    saved, config = _old_names_resolved(saved), _old_names_resolved(config)
     changed = sorted(k for k in set(saved) | set(config) if k not in ignore and saved.get(k) != config.get(k))
     if changed:
         raise RunDirError(f"cannot resume {run_dir}: its config differs in {changed} (start a new --out instead)")
+
+
+def _old_names_resolved(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with an old schedule name resolved: a run saved with "coop" resumes as "dassl-cosine"."""
+    train = record.get("train")
+    if isinstance(train, dict) and isinstance(train.get("schedule"), str):
+        return {**record, "train": {**train, "schedule": canonical_schedule(train["schedule"])}}
+    return record
 
 
 def metric_names(rows: list[dict[str, Any]]) -> list[str]:
