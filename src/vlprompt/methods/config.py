@@ -77,29 +77,38 @@ def _check_option(f: dataclasses.Field, hint: Any, value: Any, where: str) -> An
 
 
 def _check_type(hint: Any, value: Any, where: str) -> Any:
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) is typing.Literal:
+    """``value`` checked against the type hint (converted where the hint allows), or a MethodOptionError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
         if value not in args:
             raise MethodOptionError(f"{where} must be one of {list(args)}, not {value!r}")
         return value
-    if typing.get_origin(hint) in (types.UnionType, typing.Union):
-        for arg in args:
-            try:
-                return _check_type(arg, value, where)
-            except MethodOptionError:
-                continue
-        expected = " or ".join(_TYPE_WORDS.get(a, str(a)) for a in args)
-        raise MethodOptionError(f"{where} must be {expected}, not {value!r}")
-    if typing.get_origin(hint) is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise MethodOptionError(f"{where} must be a mapping, not {value!r}")
-        return dict(value)
-    if typing.get_origin(hint) in (list, tuple):
-        if not isinstance(value, list | tuple):
-            raise MethodOptionError(f"{where} must be a list, not {value!r}")
-        return [_check_type(args[0], v, where) for v in value] if args else list(value)
+    if origin in (types.UnionType, typing.Union):
+        return _check_union(args, value, where)
+    if origin in (dict, list, tuple) or hint is dict:
+        return _check_container(origin or hint, args, value, where)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in _TYPE_WORDS and (type(value) is not hint):
         raise MethodOptionError(f"{where} must be {_TYPE_WORDS[hint]}, not {value!r}")
     return value
+
+
+def _check_union(args: tuple, value: Any, where: str) -> Any:
+    for arg in args:
+        try:
+            return _check_type(arg, value, where)
+        except MethodOptionError:
+            continue
+    expected = " or ".join(_TYPE_WORDS.get(a, str(a)) for a in args)
+    raise MethodOptionError(f"{where} must be {expected}, not {value!r}")
+
+
+def _check_container(kind: type, args: tuple, value: Any, where: str) -> Any:
+    if kind is dict:
+        if not isinstance(value, dict):
+            raise MethodOptionError(f"{where} must be a mapping, not {value!r}")
+        return dict(value)
+    if not isinstance(value, list | tuple):
+        raise MethodOptionError(f"{where} must be a list, not {value!r}")
+    return [_check_type(args[0], v, where) for v in value] if args else list(value)
