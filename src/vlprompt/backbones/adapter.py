@@ -1,5 +1,8 @@
 """The backbone adapter: the only code in vlprompt that knows CLIP internals.
 
+(One concern, kept in one file above ~400 lines on purpose: every hook into open_clip's towers lives
+here, so that no other module needs to know them.)
+
 A :class:`Backbone` wraps a frozen open_clip ``CLIP`` model and exposes what prompt methods need:
 tokenization, token embeddings, a text encoder that runs on spliced embeddings (with exact
 truncation at the longest end-of-text position), an image encoder with optional pixel-space and

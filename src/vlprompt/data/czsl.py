@@ -1,5 +1,7 @@
 """Compositional zero-shot (CZSL) splits in the standard format of MIT-States, UT-Zappos and C-GQA.
 
+(One concern, one file of about 460 lines: reading, checking and writing that one format.)
+
 Layout of a dataset root::
 
     <root>/images/<relative path>

@@ -15,8 +15,8 @@ shared per-seed loop (:func:`~vlprompt.runs.loop.run_seeds`), so each holds its 
 metrics and tables. With ``--resume`` a finished sub-run is read back from its ``results.json`` and
 a finished seed of an unfinished one is not retrained.
 
-Extension point: a sweep runs over *sources* (:class:`BenchSource`). A source is a named "dataset"
-that, given ``(bench, method, shots, class_split, out)``, returns the :class:`~vlprompt.runs.RunConfig`
+Extension point: a sweep runs over *sources* (:class:`BenchSource`, in :mod:`vlprompt.runs.bench_sources`).
+A source is a named "dataset" that, given ``(bench, method, shots, class_split, out)``, returns the :class:`~vlprompt.runs.RunConfig`
 and the :class:`~vlprompt.runs.Protocol` of that sub-run; the sweep runs them with ``run_seeds``
 and tabulates the rows (each row needs ``method``, ``seed`` and the protocol's metrics, e.g.
 ``accuracy``). The registry datasets (:class:`DatasetSource`) and the built-in benchmark's views
@@ -29,25 +29,42 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import distributed as dist
 from ..backbones import Backbone
-from ..data.benchmarks import FEW_SHOT_DATASETS, IMAGENET_VARIANTS, dataset_names, get_dataset
+from ..data.benchmarks import get_dataset
 from ..data.images import DataError
-from ..engine import presets
 from ..errors import OptionError
-from ..evaluation import evaluate, harmonic_mean, summarize
+from ..evaluation import harmonic_mean, summarize
 from ..evaluation.reports import AVERAGE, csv_table, format_cell, mean_std, wide_table
 from ..features import FeatureCache
 from ..io import atomic_write_text
 from ..labels import ClassNames
-from ..methods import PromptMethod, method_class
-from .classification import Classification, ClassificationRun, DataConfig
-from .config import BackboneConfig, RunConfig, TrainOverrides, train_overrides
+from ..methods import method_class
+from .bench_sources import (  # noqa: F401 - the sources are part of this module's API
+    BUILTIN,
+    BUILTIN_DEFAULT,
+    EXTRA_SOURCES,
+    PROTOCOLS,
+    SOURCE_DATASET,
+    BenchMultiTask,
+    BenchSource,
+    BuiltinSource,
+    DatasetSource,
+    MultiTaskSource,
+    Transfer,
+    TransferSource,
+    builtin_sources,
+    builtin_views,
+    is_builtin,
+    make_sources,
+    registry_source,
+)
+from .classification import ClassificationRun
+from .config import BackboneConfig, RunConfig, TrainOverrides
 from .loop import (
     CONFIG_FILE,
     Protocol,
@@ -58,17 +75,6 @@ from .loop import (
     validate_run,
     write_config,
 )
-from .multitask import MultiTask, MultiTaskRun
-from .recipes import builtin_entry
-
-PROTOCOLS = ("few-shot", "base-to-new", "cross-dataset", "domain-generalisation")
-#: ``--datasets builtin``: the built-in benchmark's two 10-class views; ``builtin-<view>`` names one view.
-#: The 100-class ``pairs`` view is left out of ``builtin``: CoOp, CoCoOp and MaPLe on 50 base classes and
-#: 800 training images take tens of minutes a seed on a CPU (``builtin-pairs`` runs it).
-BUILTIN = "builtin"
-BUILTIN_DEFAULT = ("colours", "shapes")
-#: The source every cross-dataset and domain-generalisation prompt is trained on.
-SOURCE_DATASET = "imagenet"
 
 
 @dataclass
@@ -112,250 +118,6 @@ class BenchRun:
 
     def shots_for(self, protocol: str) -> list[int]:
         return list(self.shots) if self.shots else ([1, 2, 4, 8, 16] if protocol == "few-shot" else [16])
-
-
-class BenchSource:
-    """A named "dataset" of a sweep: it makes the run config and protocol of each (method, shots) sub-run."""
-
-    name: str
-
-    def sub_run(
-        self, bench: BenchRun, method: str, shots: int, class_split: str, out: Path
-    ) -> tuple[RunConfig, Protocol]:
-        raise NotImplementedError
-
-
-def _user_overrides(bench: BenchRun) -> dict[str, Any]:
-    train = bench.train if isinstance(bench.train, dict) else dataclasses.asdict(bench.train)
-    return {k: v for k, v in train.items() if v is not None}
-
-
-@dataclass
-class DatasetSource(BenchSource):
-    """A classification dataset: a registry dataset, or any :class:`DataConfig`."""
-
-    name: str
-    data: DataConfig
-
-    def recipe(self, bench: BenchRun, method: str) -> tuple[dict[str, Any], str | None, Any]:
-        """(method options, preset, train overrides) of ``method`` here.
-
-        The preset is ``--preset``, else ``<method>-<dataset>`` where one exists (e.g. CoOp's ImageNet
-        recipe, ``coop-imagenet``), else the method's own.
-        """
-        method_class(method, ClassNames)  # a method that scores classes
-        preset = bench.preset or (f"{method}-{self.name}" if f"{method}-{self.name}" in presets() else None)
-        return dict(bench.method_options.get(method, {})), preset, bench.train
-
-    def run_config(self, bench: BenchRun, method: str, shots: int, class_split: str, out: Path) -> ClassificationRun:
-        options, preset, train = self.recipe(bench, method)
-        return ClassificationRun(
-            backbone=bench.backbone,
-            method=method,
-            method_options=options,
-            preset=preset,
-            train=train,
-            seeds=list(bench.seeds),
-            out=str(out),
-            resume=bench.resume,
-            data=dataclasses.replace(self.data, shots=shots, class_split=class_split),
-            feature_cache_dir=bench.feature_cache_dir,
-        )
-
-    def sub_run(self, bench, method, shots, class_split, out):
-        run = self.run_config(bench, method, shots, class_split, out)
-        return run, Classification(run)
-
-
-def registry_source(name: str, root: str) -> DatasetSource:
-    ds = get_dataset(name)
-    return DatasetSource(ds.name, DataConfig(format="benchmark", dataset=ds.name, root=root))
-
-
-class BuiltinSource(DatasetSource):
-    """A view of the built-in benchmark: the demo's CPU-sized recipe of each method (with ``--train`` overrides).
-
-    A method without a demo row, or a bench with ``--preset``, uses the preset as on any dataset.
-    """
-
-    def recipe(self, bench, method):
-        entry = builtin_entry("few-shot", method)
-        if entry is None or bench.preset:
-            return super().recipe(bench, method)
-        options = {**entry.options, **bench.method_options.get(method, {})}
-        train = train_overrides(entry.train, **_user_overrides(bench))
-        return options, bench.preset, train
-
-
-def is_builtin(name: str) -> bool:
-    return name == BUILTIN or name.startswith(f"{BUILTIN}-")
-
-
-def builtin_views(names: list[str]) -> list[str]:
-    """The built-in benchmark's views named by ``builtin`` (colours, shapes) and ``builtin-<view>``."""
-    from ..data.synthetic import VIEWS
-
-    views: list[str] = []
-    for name in names:
-        view = name.removeprefix(f"{BUILTIN}-")
-        if name != BUILTIN and view not in VIEWS:
-            raise OptionError(f"unknown built-in view {name!r}; choose builtin or {[f'{BUILTIN}-{v}' for v in VIEWS]}")
-        views += list(BUILTIN_DEFAULT) if name == BUILTIN else [view]
-    return list(dict.fromkeys(views))
-
-
-def builtin_sources(names: list[str]) -> list[DatasetSource]:
-    from ..data.synthetic import build_benchmark
-
-    views = builtin_views(names)
-    paths = build_benchmark()
-    return [
-        BuiltinSource(view, DataConfig(root=str(paths.image_root), split_file=str(paths.splits[view])))
-        for view in views
-    ]
-
-
-class BenchMultiTask(MultiTask):
-    """The multi-task protocol in a sweep: a row per task, named as the bench's "dataset" (the bench averages them)."""
-
-    def evaluate(self, method, backbone, keys):
-        rows = super().evaluate(method, backbone, keys)
-        return [{**r, "dataset": r["task"]} for r in rows if r["task"] != AVERAGE]
-
-
-@dataclass
-class MultiTaskSource(BenchSource):
-    """A multi-task collection in the few-shot sweep: one multi-task run per (method, shots), a row per task.
-
-    A single-task method runs once per task (per-task CoOp), SoftCPT on all the tasks together. The built-in
-    collection's runs take the demo's recipe for the method (its first row of the built-in multi-task table,
-    :func:`vlprompt.runs.recipes.builtin_entry`) unless ``--preset`` is given; ``--method_options`` and ``--train``
-    apply on top.
-    """
-
-    name: str
-    collection: str = "builtin"
-
-    def sub_run(self, bench, method, shots, class_split, out):
-        if class_split != "all":
-            raise OptionError(f"--datasets {self.name} runs the few-shot protocol only")
-        entry = builtin_entry("multitask", method)
-        options = {**(entry.options if entry else {}), **bench.method_options.get(method, {})}
-        use_entry = entry is not None and not bench.preset
-        run = MultiTaskRun(
-            backbone=bench.backbone,
-            method=method,
-            method_options=options,
-            preset=bench.preset,
-            train=train_overrides(entry.train, **_user_overrides(bench)) if use_entry else bench.train,
-            seeds=list(bench.seeds),
-            out=str(out),
-            resume=bench.resume,
-            collection=self.collection,
-            shots=shots,
-            feature_cache_dir=bench.feature_cache_dir,
-        )
-        return run, BenchMultiTask(run)
-
-
-#: Other sources by the name given to ``--datasets``: a function of the bench returning its sources.
-EXTRA_SOURCES: dict[str, Callable[[BenchRun], list[BenchSource]]] = {
-    "multitask-builtin": lambda bench: [MultiTaskSource("multitask-builtin", "builtin")],
-}
-
-
-class Transfer(Classification):
-    """Train on the source dataset; test on it and, with the same prompt, on every target's classes."""
-
-    group = ("dataset", "method", "shots")
-
-    def __init__(self, run: ClassificationRun, source: str, targets: list[DatasetSource]):
-        super().__init__(run)
-        self.source, self.targets = source, targets
-
-    def validate(self) -> None:
-        super().validate()
-        for target in self.targets:
-            target.data.validate()
-
-    def prepare(self, backbone: Backbone, cache: FeatureCache) -> None:
-        super().prepare(backbone, cache)
-        self.target_tests = {t.name: t.data.load(backbone.image_transform())["test"] for t in self.targets}
-
-    def check(self, method: PromptMethod) -> None:
-        if not method.transfers_to_new_classes:
-            raise OptionError(f"{method.name} with these options cannot score other classes: no transfer protocol")
-
-    def evaluate(self, method, backbone, keys):
-        rows = [{**row, "dataset": self.source} for row in super().evaluate(method, backbone, keys)]
-        trained = method.labels
-        for name, test in self.target_tests.items():
-            method.set_classes(backbone, test.classnames)
-            rows += [
-                {**keys, "dataset": name, "shots": self.run.data.shots, **evaluate(method, backbone, test, self.cache)}
-            ]
-        method.set_classes(backbone, trained)
-        return rows
-
-    def seed_record(self, rows):
-        return rows
-
-
-@dataclass
-class TransferSource(BenchSource):
-    """Cross-dataset / domain generalisation: one sub-run per method trained on ``source``, tested on ``targets``."""
-
-    source: DatasetSource
-    targets: list[DatasetSource]
-
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return self.source.name
-
-    def sub_run(self, bench, method, shots, class_split, out):
-        run = self.source.run_config(bench, method, shots, class_split, out)
-        return run, Transfer(run, self.source.name, self.targets)
-
-
-def make_sources(protocol: str, bench: BenchRun) -> list[BenchSource]:
-    """The sweep's sources for ``protocol`` and ``bench.datasets``."""
-    if protocol not in PROTOCOLS:
-        raise OptionError(f"unknown protocol {protocol!r}; choose from {list(PROTOCOLS)}")
-    transfer = protocol in ("cross-dataset", "domain-generalisation")
-    if any(map(is_builtin, bench.datasets)):
-        if transfer or not all(map(is_builtin, bench.datasets)):
-            raise OptionError(
-                "--datasets builtin runs without registry datasets, and only few-shot and base-to-new (the built-in "
-                "benchmark has no ImageNet to transfer from)"
-            )
-        builtin_views(bench.datasets)  # names checked before the benchmark is built
-        return list(builtin_sources(bench.datasets))
-    if not transfer:
-        sources: list[BenchSource] = []
-        registry = [n for n in bench.datasets if n not in EXTRA_SOURCES]
-        for name in dataset_names(registry):
-            if get_dataset(name).test_only:
-                raise OptionError(f"--datasets {name} is evaluation-only: it belongs to domain-generalisation")
-            sources.append(registry_source(name, _root(bench)))
-        for name in bench.datasets:
-            sources += EXTRA_SOURCES[name](bench) if name in EXTRA_SOURCES else []
-        return sources
-    default = (
-        [d for d in FEW_SHOT_DATASETS if d != SOURCE_DATASET] if protocol == "cross-dataset" else IMAGENET_VARIANTS
-    )
-    names = [n for n in dataset_names(bench.datasets, default) if n != SOURCE_DATASET]
-    if protocol == "domain-generalisation" and set(names) - set(IMAGENET_VARIANTS):
-        raise OptionError(f"domain generalisation targets are the ImageNet variants {list(IMAGENET_VARIANTS)}")
-    if protocol == "cross-dataset" and set(names) & set(IMAGENET_VARIANTS):
-        raise OptionError("cross-dataset targets are the 10 few-shot datasets besides ImageNet (variants: DG)")
-    root = _root(bench)
-    return [TransferSource(registry_source(SOURCE_DATASET, root), [registry_source(n, root) for n in names])]
-
-
-def _root(bench: BenchRun) -> str:
-    if not bench.root:
-        raise DataError("--root is required: the datasets root (see docs/datasets.md; `vlprompt data check all`)")
-    return bench.root
 
 
 def check_methods(protocol: str, bench: BenchRun) -> None:
