@@ -17,12 +17,12 @@ a finished seed of an unfinished one is not retrained.
 
 Extension point: a sweep runs over *sources* (:class:`BenchSource`, in :mod:`vlprompt.runs.bench_sources`).
 A source is a named "dataset" that, given ``(bench, method, shots, class_split, out)``, returns the
-:class:`~vlprompt.runs.RunConfig` and the :class:`~vlprompt.runs.Protocol` of that sub-run; the sweep runs them with ``run_seeds``
-and tabulates the rows (each row needs ``method``, ``seed`` and the protocol's metrics, e.g.
-``accuracy``). The registry datasets (:class:`DatasetSource`) and the built-in benchmark's views
-(:class:`BuiltinSource`) are sources; a multi-task collection joins the few-shot sweep by
-registering a function that makes its sources in :data:`EXTRA_SOURCES` under the name given to
-``--datasets``.
+:class:`~vlprompt.runs.RunConfig` and the :class:`~vlprompt.runs.Protocol` of that sub-run; the sweep
+runs them with ``run_seeds`` and tabulates the rows (each row needs ``method``, ``seed`` and the
+protocol's metrics, e.g. ``accuracy``). The registry datasets (:class:`DatasetSource`) and the built-in
+benchmark's views (:class:`BuiltinSource`) are sources; a multi-task collection joins the few-shot
+sweep by registering a function that makes its sources in :data:`EXTRA_SOURCES` under the name given
+to ``--datasets``.
 """
 
 from __future__ import annotations
