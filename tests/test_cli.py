@@ -188,6 +188,14 @@ def test_czsl_closed_open_calibrated(tmp_path, capsys):
     assert main(["predict", image, "--prompt", str(out / "seed1" / "prompt"), "--topk", "1"]) == 0
     line = capsys.readouterr().out.splitlines()[1]
     assert len(line.split("%")[0].split()) == 4  # "1." attr obj probability
+    cached = tmp_path / "features"  # czsl keeps frozen features across runs as train does: the same numbers
+    for name in ("cached1", "cached2"):
+        assert main([*args, "--seeds", "[1]", "--out", str(tmp_path / name), "--feature_cache_dir", str(cached)]) == 0
+        again = json.loads((tmp_path / name / "results.json").read_text())["per_seed"]
+        assert [{k: v for k, v in r.items() if k != "train_seconds"} for r in again] == [
+            {k: v for k, v in r.items() if k != "train_seconds"} for r in results
+        ]
+    assert any(cached.rglob("*.safetensors"))
 
 
 def test_czsl_evaluates_a_saved_prompt(tmp_path, capsys):

@@ -55,6 +55,7 @@ class CZSLRun(RunConfig):
         topk: top-k accuracy.
         skip_bad_images: leave out missing / unreadable images (counted and reported).
         prompt: evaluate this saved prompt directory instead of training (seeds are ignored).
+        feature_cache_dir: keep frozen image features here across runs (default: in memory), as train does.
     """
 
     method: str = "csp"
@@ -68,6 +69,7 @@ class CZSLRun(RunConfig):
     topk: int = 1
     skip_bad_images: bool = False
     prompt: str | None = None
+    feature_cache_dir: str | None = None
 
 
 def phase_images(split: CZSLSplit, phase: str, columns: list, skip_bad_images: bool = False) -> LabeledImages:
@@ -234,4 +236,5 @@ def run_czsl(
     run: CZSLRun, backbone: Backbone | None = None, cache: FeatureCache | None = None, progress: bool = True
 ) -> list[dict[str, Any]]:
     """Train and evaluate ``run.method`` for every seed (or ``run.prompt`` once); write prompts, tables, curves."""
+    cache = cache or FeatureCache(run.feature_cache_dir)
     return run_seeds(run, Compositional(run), backbone, cache, progress, prompt=run.prompt)
