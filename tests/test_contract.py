@@ -17,7 +17,7 @@ from vlprompt.backbones import BackboneError
 from vlprompt.data import image_folder
 from vlprompt.engine import FeatureCache, TrainConfig, fit
 from vlprompt.labels import ClassNames, PairSpace, Task, TaskSpace
-from vlprompt.methods import METHODS, Batch, CoOp, PromptMethod, build_method
+from vlprompt.methods import METHODS, Batch, CoOp, PromptMethod, build_method, register
 from vlprompt.prompts import load_prompt, save_pretrained
 
 #: Class names of the fixture image folder (sorted) and the same classes read as attribute-object pairs.
@@ -257,11 +257,10 @@ def test_a_backbone_delta_stays_with_its_method(vit_backbone, image_root, tmp_pa
 def test_declares_its_recipes_tiny_options_and_template_use(name, vit_backbone):
     """Every recipe, built-in row and tiny option set is valid; the method declares each itself (register checks)."""
     from vlprompt.engine import recipe_config
-    from vlprompt.methods.base import DECLARATIONS
     from vlprompt.runs.recipes import table_of
 
     cls = METHODS[name]
-    assert all(hasattr(cls, d) for d in DECLARATIONS)  # and each its own: register() refuses inherited ones
+    assert register(cls) is cls  # registering again re-checks that it declares its recipes, rows, tiny, template
     for key, recipe in cls.recipes.items():
         recipe_config(recipe, shots=1).validate()
         recipe_config(recipe, shots=16).validate()

@@ -23,7 +23,7 @@ from vlprompt.engine import FeatureCache
 from vlprompt.evaluation.classification import predict_logits
 from vlprompt.labels import ClassNames
 from vlprompt.methods import METHODS, Batch, build_method, register
-from vlprompt.methods.base import DECLARATIONS, MethodInputError, MethodOptionError, PromptMethod
+from vlprompt.methods.base import MethodInputError, MethodOptionError, PromptMethod
 from vlprompt.prompts import load_prompt, save_pretrained
 
 TINY = ["--backbone.name", "tiny-random-vit"]
@@ -98,8 +98,9 @@ def test_registration_checks_the_declarations(registered):
 
     with pytest.raises(TypeError, match="must declare"):
         register(Undeclared)
-    for name, cls in METHODS.items():  # every registered method declares each of them itself
-        assert all(hasattr(cls, d) for d in DECLARATIONS), name
+    inherits = type("Inherits", (TextShift,), {"name": "inherits"})  # a subclass must declare them itself
+    with pytest.raises(TypeError, match=r"must declare \['recipes', 'builtin_rows', 'tiny', 'template_option'\]"):
+        register(inherits)
     with pytest.raises(ValueError, match="already registered"):
         register(type("Clash", (TextShift,), {"name": "coop"}))
 

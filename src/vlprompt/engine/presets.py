@@ -29,9 +29,14 @@ def recipe_config(recipe: Recipe, shots: int = 16, **overrides) -> TrainConfig:
     return replace(TrainConfig(**recipe.train_fields(shots)), **overrides)
 
 
-def preset(name: str, shots: int = 16, **overrides) -> TrainConfig:
-    """The named recipe for ``shots``-shot training, with field overrides."""
+def preset_recipe(name: str) -> Recipe:
+    """The recipe of the preset ``name`` (an :class:`OptionError` listing the presets when there is none)."""
     recipes = presets()
     if name not in recipes:
         raise OptionError(f"unknown preset {name!r}; available: {', '.join(sorted(recipes))}")
-    return recipe_config(recipes[name], shots, **overrides)
+    return recipes[name]
+
+
+def preset(name: str, shots: int = 16, **overrides) -> TrainConfig:
+    """The named recipe for ``shots``-shot training, with field overrides."""
+    return recipe_config(preset_recipe(name), shots, **overrides)

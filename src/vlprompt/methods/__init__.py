@@ -69,18 +69,11 @@ def _own_attributes(cls: type) -> set[str]:
     return own
 
 
-for _cls in (
-    (ZeroShot, CoOp, CoCoOp, LinearProbe, VP, VPT, IVLP, MaPLe, UPT)
-    + (
-        KgCoOp,
-        PromptSRC,
-        CLIPLoRA,
-        FullFinetune,
-    )
-    + (CZSLZeroShot, CZSLCoOp, CSP, AttrObjHeads, PairProjection)
-    + (SoftCPT,)
-):
+# fmt: off
+for _cls in (ZeroShot, CoOp, CoCoOp, LinearProbe, VP, VPT, IVLP, MaPLe, UPT, KgCoOp, PromptSRC, CLIPLoRA, FullFinetune,
+             CZSLZeroShot, CZSLCoOp, CSP, AttrObjHeads, PairProjection, SoftCPT):
     register(_cls)
+# fmt: on
 
 #: Which command trains methods of each label space.
 COMMAND_OF_LABELS: dict[type, str] = {ClassNames: "train", PairSpace: "czsl", TaskSpace: "multitask"}

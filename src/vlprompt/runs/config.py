@@ -11,8 +11,8 @@ import torch
 from .. import distributed as dist
 from ..backbones import DEFAULT_BACKBONE, Backbone, BackboneError, load_backbone
 from ..backbones.loading import check_backbone
-from ..engine import TrainConfig, presets, recipe_config
-from ..errors import OptionError
+from ..engine import TrainConfig, recipe_config
+from ..engine.presets import preset_recipe
 from ..methods import METHODS, Recipe
 from ..predict import backbone_for_prompt
 
@@ -122,12 +122,7 @@ class RunConfig:
     def recipe(self) -> Recipe:
         """The preset's recipe (an empty one: ``TrainConfig``'s defaults, where there is none)."""
         name = self.preset or self.default_preset()
-        if not name:
-            return Recipe()
-        recipes = presets()
-        if name not in recipes:
-            raise OptionError(f"unknown preset {name!r}; available: {', '.join(sorted(recipes))}")
-        return recipes[name]
+        return preset_recipe(name) if name else Recipe()
 
     def train_config(self, shots: int = 0) -> TrainConfig:
         """The resolved recipe: the preset for ``shots`` with the fields set in ``train`` replaced."""
