@@ -107,10 +107,17 @@ def _coop(backbone, classes, seed: int = 0) -> CoOp:
 
 
 @pytest.mark.parametrize(
-    ("cache_features", "crash_at_save", "reached"), [(True, 2, (0, 4)), (True, 4, (1, 2)), (False, 5, (1, 4))]
+    ("cache_features", "augment", "workers", "crash_at_save", "reached"),
+    [
+        (True, False, 0, 2, (0, 4)),
+        (True, False, 0, 4, (1, 2)),
+        (False, False, 0, 5, (1, 4)),
+        (None, True, 0, 4, (1, 2)),  # cached augmented views
+        (False, True, 2, 5, (1, 4)),  # augmented pixels from DataLoader workers: views are seeded per image
+    ],
 )
 def test_mid_epoch_checkpoint_resumes_at_the_exact_step(
-    tmp_path, vit_backbone, data, monkeypatch, cache_features, crash_at_save, reached
+    tmp_path, vit_backbone, data, monkeypatch, cache_features, augment, workers, crash_at_save, reached
 ):
     """24 images in batches of 4: 6 steps an epoch, checkpoints after steps 2 and 4 and at the epoch's end.
 
@@ -118,7 +125,7 @@ def test_mid_epoch_checkpoint_resumes_at_the_exact_step(
     """
     config = TrainConfig(
         epochs=2, batch_size=4, lr=0.02, schedule="cosine", warmup_epochs=1, checkpoint_every_steps=2,
-        cache_features=cache_features,
+        cache_features=cache_features, augment=augment, num_workers=workers,
     )  # fmt: skip
     cache = FeatureCache()
     straight = _coop(vit_backbone, data.classnames)

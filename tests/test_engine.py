@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -250,19 +251,54 @@ def test_without_cache_images_go_through_the_tower(monkeypatch, image_root):
     assert not result.feature_cache and calls[0] == 2 * 3  # every step of every epoch
 
 
-def test_augment_needs_an_explicit_cache_choice(vit_backbone, data):
-    method = make_coop(vit_backbone, data.classnames)
-    with pytest.raises(ValueError, match="augment is on.*cache_features=true.*cache_features=false"):
-        fit(method, vit_backbone, data, TrainConfig(epochs=1, augment=True, **FAST), progress=False)
-    before = method.ctx.detach().clone()
-    result = fit(
-        method,
-        vit_backbone,
-        data,
-        TrainConfig(epochs=1, augment=True, cache_features=False, lr=0.1, **FAST),
-        progress=False,
-    )
-    assert not result.feature_cache and not torch.equal(before, method.ctx)
+def test_augmented_views_are_cached_and_train_as_pixels_do(monkeypatch, image_root):
+    """With augment on, a frozen-tower method trains on each epoch's augmented views encoded once in no-grad
+    batches: the same losses and prompt as feeding those views' pixels through the tower every step."""
+    bb = tiny_random_backbone("vit")
+    data = image_folder(image_root, bb.image_transform())
+    config = TrainConfig(epochs=2, augment=True, lr=0.1, **FAST)
+    cached, pixels = make_coop(bb, data.classnames), make_coop(bb, data.classnames)
+    calls = _count_image_calls(monkeypatch, bb)
+    cache = FeatureCache(batch_size=256)
+    views = fit(cached, bb, data, config, cache=cache, progress=False)
+    assert views.feature_cache and calls[0] == 2  # one batch of 24 views per epoch
+    through = fit(pixels, bb, data, replace(config, cache_features=False), progress=False)
+    assert not through.feature_cache and calls[0] == 2 + 2 * 3  # every step of every epoch
+    assert [r["loss"] for r in views.history] == pytest.approx([r["loss"] for r in through.history], abs=1e-5)
+    torch.testing.assert_close(cached.ctx, pixels.ctx, rtol=0, atol=1e-5)
+    again = make_coop(bb, data.classnames)
+    fit(again, bb, data, config, cache=cache, progress=False)  # another run drawing the same views
+    assert calls[0] == 2 + 2 * 3 + 2  # their features are not kept in memory (no directory): encoded again
+    torch.testing.assert_close(again.ctx, cached.ctx, rtol=0, atol=0)
+
+
+def test_augmented_views_persist_and_are_reused_by_the_next_run(monkeypatch, tmp_path, image_root):
+    bb = tiny_random_backbone("vit")
+    data = image_folder(image_root, bb.image_transform())
+    config = TrainConfig(epochs=2, augment=True, **FAST)
+    calls = _count_image_calls(monkeypatch, bb)
+    fit(make_coop(bb, data.classnames), bb, data, config, cache=FeatureCache(tmp_path), progress=False)
+    assert calls[0] == 2
+    fit(make_coop(bb, data.classnames, seed=5), bb, data, config, cache=FeatureCache(tmp_path), progress=False)
+    assert calls[0] == 2  # same seed, same epochs: the same views, read from disk
+    fit(make_coop(bb, data.classnames), bb, data, replace(config, seed=2), cache=FeatureCache(tmp_path), progress=False)
+    assert calls[0] == 4  # another seed draws other views
+
+
+def test_a_view_is_a_pure_function_of_seed_epoch_and_image(image_root, vit_backbone):
+    from vlprompt.data.images import SeededViews
+
+    data = image_folder(image_root, None)
+    views = SeededViews(vit_backbone.image_transform(train=True), seed=1, epoch=0)
+    first = data.with_transform(views)[3][0]
+    torch.manual_seed(123)  # the global RNG plays no part, and is left as it was
+    state = torch.get_rng_state()
+    torch.testing.assert_close(data.with_transform(views)[3][0], first, rtol=0, atol=0)
+    assert torch.equal(torch.get_rng_state(), state)
+    other_epoch = data.with_transform(SeededViews(views.transform, seed=1, epoch=1))[3][0]
+    other_image = data.with_transform(views)[4][0]
+    assert not torch.equal(other_epoch, first) and not torch.equal(other_image, first)
+    assert "epoch=0" in repr(views) and "seed=1" in repr(views)  # part of the feature cache's key
 
 
 # ------------------------------------------------------------------------------------- selection

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from .data.synthetic import MULTITASK, VIEWS, build_benchmark
 from .engine import FeatureCache
 from .errors import OptionError
 from .evaluation import markdown_table, summarize, wide_table
-from .io import atomic_write_text
+from .evaluation.reports import write_results
 from .plots import plot_method_bars, plot_training_curves
 from .runs import (
     ClassificationRun,
@@ -30,6 +29,8 @@ from .runs.recipes import MULTITASK_SHOTS, TABLES, VIEW, DemoEntry, builtin_entr
 
 #: The in-context visual prompting table (no training; the bundled tiny inpainter, a few seconds).
 INCONTEXT = "incontext"
+#: The demo's tables, as results.json names them (each ``{"per_seed", "summary"}``; results.csv: every summary).
+TABLE_KEYS = ("classification", "czsl", "multitask", INCONTEXT)
 
 
 def demo_methods() -> list[str]:
@@ -140,8 +141,8 @@ def run_demo(
 
     report["seconds"] = round(time.time() - start, 1)
     text = "\n".join(tables) + f"\nTotal time: {report['seconds']} s\n"
-    atomic_write_text(out / "results.json", json.dumps(report, indent=2))
-    atomic_write_text(out / "results.md", text)
+    summary = [{"table": name, **cell} for name in TABLE_KEYS if name in report for cell in report[name]["summary"]]
+    write_results(out, text, summary, **report)
     report["table"] = text
     return report
 

@@ -103,11 +103,13 @@ class FeatureCache:
 
     @torch.no_grad()
     def features(
-        self, backbone: Backbone, dataset: LabeledImages, progress: bool = True, key_extra: str = ""
+        self, backbone: Backbone, dataset: LabeledImages, progress: bool = True, key_extra: str = "", keep: bool = True
     ) -> Tensor:
         """[N, D] float32 features of ``dataset``'s images (in order), on the backbone's device.
 
-        ``key_extra`` separates tables of a backbone changed by a method's delta (its cache key).
+        ``key_extra`` separates tables of a backbone changed by a method's delta (its cache key). With ``keep``
+        False the table is not kept in memory afterwards (one epoch's augmented views: persisted with
+        ``directory``, read back from there by the next run that draws the same views).
         """
         key = self._table_key(backbone, dataset, key_extra)
         index, rows = self._table(key)
@@ -120,6 +122,8 @@ class FeatureCache:
                     index[image_keys[i]] = len(rows)
                     rows.append(row)
             self._save(key, index, rows)
+        if not keep:
+            del self._tables[key]
         return torch.stack([rows[index[k]] for k in image_keys]).to(backbone.device)
 
     def _encode(self, backbone: Backbone, dataset: LabeledImages, indices: list[int], progress: bool) -> Tensor:

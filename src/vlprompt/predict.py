@@ -13,12 +13,14 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .backbones import DEFAULT_BACKBONE, Backbone, BackboneError, load_backbone
 from .data.images import load_rgb
 from .errors import OptionError
-from .methods import Batch, PromptMethod, ZeroShot, ZeroShotConfig
+from .feed import Feed
+from .methods import PromptMethod, ZeroShot, ZeroShotConfig
 from .prompts import load_prompt, read_prompt_config
 
 
@@ -117,6 +119,19 @@ class Predictor:
         return predictions(self.method, self.probabilities(images, progress), topk)
 
 
+class ImageList(Dataset):
+    """Images to predict (paths or PIL images) as ``(pixels, -1)`` items, decoded when read."""
+
+    def __init__(self, images: Sequence[str | Path | Image.Image], transform):
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.transform(_as_rgb(self.images[index])), -1
+
+
 @torch.no_grad()
 def probabilities(
     methods: Sequence[PromptMethod],
@@ -128,19 +143,14 @@ def probabilities(
     """[N, C] class probabilities (CPU) of every method over the same images, ``batch_size`` at a time.
 
     Each image is read and preprocessed once, and encoded once by the frozen image tower for all the
-    methods that leave it untouched (those that change it encode it through their own prompts).
+    methods that leave it untouched (those that change it encode it through their own prompts): one
+    :class:`~vlprompt.feed.Feed` for all the methods.
     """
-    images = list(images)
-    transform = backbone.image_transform()
+    feed = Feed(backbone, ImageList(list(images), backbone.image_transform()), methods)
     texts = [m.eval().reusable_text_features(backbone) for m in methods]
-    frozen = any(not m.changes_image_tower for m in methods)
     out = [[torch.empty(0, m.num_classes)] for m in methods]
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc="predict", disable=not progress, leave=False):
-        pixels = torch.stack([transform(_as_rgb(image)) for image in images[start : start + batch_size]])
-        features = backbone.encode_image(pixels) if frozen else None
-        for method, text, chunks in zip(methods, texts, out):
-            batch = Batch(pixels=pixels) if method.changes_image_tower else Batch(features=features)
+    for batches in tqdm(feed.in_order(batch_size), desc="predict", disable=not progress, leave=False):
+        for method, batch, text, chunks in zip(methods, batches, texts, out):
             chunks.append(method.score(backbone, batch, text).float().softmax(dim=-1).cpu())
     return [torch.cat(chunks) for chunks in out]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
@@ -85,6 +87,27 @@ def to_rgb(img: Image.Image, path: str | Path = "image") -> Image.Image:
         raise DataError(f"{path}: cannot convert image mode {mode} to RGB ({err})") from None
 
 
+class SeededViews:
+    """Augmented views as a pure function of (seed, epoch, image): ``transform`` runs under a torch RNG seeded
+    from the three, so every run, process and DataLoader worker that draws a view draws the same one (and its
+    features can be cached). A :class:`LabeledImages` calls it with each image's path.
+    """
+
+    per_image = True
+
+    def __init__(self, transform: Callable, seed: int, epoch: int):
+        self.transform, self.seed, self.epoch = transform, seed, epoch
+
+    def __call__(self, image: Image.Image, key: str):
+        digest = hashlib.sha256(f"{self.seed}|{self.epoch}|{key}".encode()).digest()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int.from_bytes(digest[:8], "little"))
+            return self.transform(image)
+
+    def __repr__(self) -> str:
+        return f"SeededViews(seed={self.seed}, epoch={self.epoch}, {self.transform!r})"
+
+
 @dataclass(frozen=True)
 class Sample:
     path: str
@@ -144,6 +167,8 @@ class LabeledImages(Dataset):
     def __getitem__(self, index: int):
         sample = self.samples[index]
         image = load_rgb(sample.path)
+        if getattr(self.transform, "per_image", False):  # a transform that depends on the image's identity
+            return self.transform(image, sample.path), sample.label
         return (self.transform(image) if self.transform else image), sample.label
 
     @property

@@ -1,7 +1,8 @@
 """One training loop for every method: cached features, AMP, accumulation, DDP, checkpoints, resume.
 
 (One concern, kept in one file above ~400 lines on purpose: the loop's named parts (``StepPlan``,
-``BatchFeed``, ``TrainingState``, an epoch, validation, resume) share its state and are read together.)
+``TrainingState``, an epoch, validation, resume) share its state and are read together; its batches come
+from :class:`vlprompt.feed.Feed`.)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,6 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .. import distributed as dist
@@ -28,8 +28,9 @@ from ..backbones import Backbone
 from ..data.images import LabeledImages
 from ..errors import DataError, OptionError
 from ..features import FeatureCache
+from ..feed import Feed
 from ..io import atomic_write, atomic_write_bytes, load_checkpoint, remove_stale_temp_files, tensors_sha256, torch_bytes
-from ..methods import Batch, PromptMethod
+from ..methods import PromptMethod
 from .schedules import PER_EPOCH_SCHEDULES, SCHEDULES, canonical_schedule, lr_factor
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,13 @@ class TrainConfig:
         precision: "auto" (bf16 autocast on GPU, fp32 on CPU), "fp32", "bf16" or "fp16". Prompt
             parameters always stay fp32.
         seed: seeds Python and torch; data order is a function of (seed, epoch) (runs set it per seed).
-        cache_features: reuse frozen image features every epoch. ``None`` = automatic: on when the
-            method leaves the image tower untouched and ``augment`` is off. With ``augment`` on, set
-            it explicitly (True caches features of un-augmented images).
+        cache_features: for a method that leaves the image tower untouched: ``None`` = automatic (cached
+            frozen features of the images, or with ``augment`` of each epoch's augmented views, encoded once
+            in no-grad batches), True (features of the un-augmented images even with ``augment``: the fast
+            option) or False (pixels through the frozen tower every step). See :mod:`vlprompt.feed`.
         augment: the references' training augmentation: random-resized-crop (scale 0.08-1) and
-            horizontal flip (:meth:`~vlprompt.backbones.Backbone.image_transform` with ``train``).
+            horizontal flip (:meth:`~vlprompt.backbones.Backbone.image_transform` with ``train``), each view
+            a pure function of (seed, epoch, image) (:class:`~vlprompt.data.images.SeededViews`).
         eval_every: evaluate on validation every N epochs (0: only at the end).
         select: "last" epoch or "best" validation score (the metric is recorded).
         checkpoint_every: write the resumable checkpoint every N epochs.
@@ -179,11 +182,22 @@ def fit(
         raise OptionError("select='best' needs a validation scorer (e.g. a validation split)")
     start_time = time.time()
     plan = StepPlan.build(len(train_set), config)
-    feed = BatchFeed.build(method, backbone, train_set, config, cache, progress)
+    feed = Feed(
+        backbone,
+        train_set,
+        method,
+        cache,
+        augment=config.augment,
+        cache_features=config.cache_features,
+        view_seed=config.seed,
+        targets=True,
+        num_workers=config.num_workers,
+        progress=progress,
+    )
     state = TrainingState.build(method, config, plan, backbone.device)
     model = _distributed(method)
     run_dir = Path(run_dir) if run_dir else None
-    result = FitResult(feature_cache=feed.features is not None)
+    result = FitResult(feature_cache=feed.uses_cached_features)
     random.seed(config.seed)
     torch.manual_seed(config.seed + 7919 * dist.rank())
     if run_dir:
@@ -257,54 +271,6 @@ class StepPlan:
         order = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         order = order[: self.steps_per_epoch * self.per_step]
         return order.view(self.steps_per_epoch, self.accum, self.world, self.micro)[:, :, dist.rank()]
-
-
-@dataclass
-class BatchFeed:
-    """Where training batches come from: cached frozen features, or images through a DataLoader."""
-
-    targets: Tensor
-    tasks: Tensor | None
-    features: Tensor | None
-    images: LabeledImages | None
-    num_workers: int
-
-    @classmethod
-    def build(cls, method, backbone, train_set, config, cache, progress) -> BatchFeed:
-        targets = torch.tensor(train_set.labels, device=backbone.device)
-        tasks = torch.tensor(train_set.tasks, device=backbone.device) if train_set.tasks is not None else None
-        if _use_cache(method, config):
-            cache = cache or FeatureCache()
-            feats = cache.features(backbone, train_set, progress=progress, key_extra=method.cache_key())
-            return cls(targets, tasks, feats, None, config.num_workers)
-        images = train_set.with_transform(backbone.image_transform(train=config.augment))
-        return cls(targets, tasks, None, images, config.num_workers)
-
-    def _task(self, idx: Tensor) -> Tensor | None:
-        return self.tasks[idx] if self.tasks is not None else None
-
-    def batches(self, order: Tensor, seed: int = 0) -> Iterator[Batch]:
-        """One :class:`Batch` per micro-batch of ``order`` [steps, accum, micro], in order.
-
-        The DataLoader draws its worker seeds from a generator seeded with ``seed``, not from the global
-        RNG, so starting it mid-epoch (a resumed run) leaves the global RNG as an uninterrupted run has it.
-        """
-        flat = order.reshape(-1, order.shape[-1])
-        if self.features is not None:
-            for idx in flat:
-                idx = idx.to(self.features.device)
-                yield Batch(features=self.features[idx], targets=self.targets[idx], index=idx, task=self._task(idx))
-            return
-        loader = DataLoader(
-            self.images,
-            batch_sampler=flat.tolist(),
-            num_workers=self.num_workers,
-            pin_memory=self.targets.device.type == "cuda",
-            generator=torch.Generator().manual_seed(seed),
-        )
-        for (pixels, _), idx in zip(loader, flat):
-            idx = idx.to(self.targets.device)
-            yield Batch(pixels=pixels, targets=self.targets[idx], index=idx, task=self._task(idx))
 
 
 @dataclass
@@ -414,7 +380,7 @@ class TrainingState:
 
 
 def _train_epoch(
-    model, method, backbone, feed: BatchFeed, state: TrainingState, plan: StepPlan, config, epoch, mid_epoch=None
+    model, method, backbone, feed: Feed, state: TrainingState, plan: StepPlan, config, epoch, mid_epoch=None
 ):
     """One pass over the training set (from ``state.progress.step`` on, for a resumed run); returns its record.
 
@@ -422,11 +388,12 @@ def _train_epoch(
     """
     progress = state.progress
     order = plan.order(config.seed, epoch)
-    batches = feed.batches(order[progress.step :], seed=config.seed * 100_003 + epoch * 1_009 + progress.step)
+    rows = order[progress.step :].reshape(-1, order.shape[-1])  # micro-batches, in order
+    batches = feed.batches(rows, seed=config.seed * 100_003 + epoch * 1_009 + progress.step, epoch=epoch)
     autocast = torch.autocast(backbone.device.type, dtype=state.amp_dtype, enabled=state.amp_dtype is not None)
     for step in range(progress.step, plan.steps_per_epoch):
         for m in range(plan.accum):
-            batch = next(batches)
+            (batch,) = next(batches)
             with _maybe_no_sync(model, sync=m == plan.accum - 1), autocast:
                 logits = model(backbone, batch)
                 loss = method.loss(backbone, batch, logits, config.label_smoothing)
@@ -482,22 +449,6 @@ def _distributed(method: PromptMethod) -> torch.nn.Module:
     buffers = [name for name, _ in method.named_buffers()]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(method, buffers)
     return DistributedDataParallel(method, broadcast_buffers=False)
-
-
-def _use_cache(method: PromptMethod, config: TrainConfig) -> bool:
-    if method.changes_image_tower:
-        if config.cache_features:
-            raise OptionError(f"{method.name} changes the image tower: its image features cannot be cached")
-        return False
-    if config.cache_features is None:
-        if config.augment:
-            raise OptionError(
-                "augment is on and the method leaves the image tower untouched: choose explicitly, "
-                "cache_features=true (features of un-augmented images, fast) or cache_features=false "
-                "(augmented images through the image tower every epoch)"
-            )
-        return True
-    return bool(config.cache_features)
 
 
 def _make_optimizer(params: list[dict[str, Any]], config: TrainConfig) -> torch.optim.Optimizer:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .. import distributed as dist
 from ..backbones import Backbone
 from ..data.images import LabeledImages
 from ..features import FeatureCache
-from ..methods import Batch, PromptMethod
+from ..feed import Feed
+from ..methods import PromptMethod
 
 
 @torch.no_grad()
@@ -23,29 +23,22 @@ def predict_logits(
     batch_size: int = 256,
     progress: bool = False,
 ) -> Tensor:
-    """Logits [N, C] of every image; class features are encoded once unless image-conditioned.
+    """Logits [N, C] of every image, batches from :class:`~vlprompt.feed.Feed`; class features are encoded once
+    unless image-conditioned.
 
-    Methods that change the image tower see the images in batches (under torchrun each rank scores
-    its share, then the shares are gathered); the others score cached frozen features.
+    Methods that see pixels are scored in batches, each rank its share under torchrun (then the shares are
+    gathered); the others score cached frozen features.
     """
     method.eval()
-    data = dataset.with_transform(backbone.image_transform())
+    feed = Feed(backbone, dataset, method, cache, progress=progress)
     text = method.reusable_text_features(backbone)
-    if method.changes_image_tower:
-        mine = dist.shard(list(range(len(data))))
-        loader = DataLoader(data.subset(mine), batch_size=batch_size, pin_memory=backbone.device.type == "cuda")
-        disable = not (progress and dist.is_main())
-        chunks = [torch.empty(0, method.num_classes)]
-        for pixels, _ in tqdm(loader, desc=f"score {method.name}", disable=disable, leave=False):
-            chunks.append(method.score(backbone, Batch(pixels=pixels), text).float().cpu())
-        return dist.gather_shards(torch.cat(chunks), len(data)).to(backbone.device)
-    feats = (cache or FeatureCache()).features(backbone, data, progress=progress, key_extra=method.cache_key())
-    return torch.cat(
-        [
-            method.score(backbone, Batch(features=feats[s : s + batch_size]), text)
-            for s in range(0, len(feats), batch_size)
-        ]
-    )
+    shard = not feed.uses_cached_features
+    show = progress and shard and dist.is_main()
+    chunks = [torch.empty(0, method.num_classes)]
+    for (batch,) in tqdm(feed.in_order(batch_size, shard), desc=f"score {method.name}", disable=not show, leave=False):
+        chunks.append(method.score(backbone, batch, text).float().cpu())
+    logits = torch.cat(chunks)
+    return (dist.gather_shards(logits, len(feed)) if shard else logits).to(backbone.device)
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> dict[str, float]:

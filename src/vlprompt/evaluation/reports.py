@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import statistics
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..io import atomic_write_text
 
 #: The name of the mean row or column over datasets or tasks, in every table.
 AVERAGE = "Average"
@@ -91,3 +96,11 @@ def csv_table(summary: Sequence[Mapping[str, object]]) -> str:
     writer.writeheader()
     writer.writerows(summary)
     return buf.getvalue()
+
+
+def write_results(out: Path, table: str, summary: Sequence[Mapping[str, object]], **record: Any) -> None:
+    """Every command's results files: results.json (``record``: its per-seed rows and what else it reports, with
+    ``summary``), results.md (``table``) and results.csv (``summary``: one row per cell, mean ± std over seeds)."""
+    atomic_write_text(out / "results.json", json.dumps({**record, "summary": list(summary)}, indent=2))
+    atomic_write_text(out / "results.md", table)
+    atomic_write_text(out / "results.csv", csv_table(summary))

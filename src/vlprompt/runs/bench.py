@@ -39,9 +39,8 @@ from ..data.benchmarks import get_dataset
 from ..data.images import DataError
 from ..errors import OptionError
 from ..evaluation import harmonic_mean, summarize
-from ..evaluation.reports import AVERAGE, csv_table, format_cell, mean_std, wide_table
+from ..evaluation.reports import AVERAGE, format_cell, mean_std, wide_table, write_results
 from ..features import FeatureCache
-from ..io import atomic_write_text
 from ..labels import ClassNames
 from ..methods import method_class
 from .bench_sources import (  # noqa: F401 - the sources are part of this module's API
@@ -295,10 +294,7 @@ def bench_report(protocol: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def write_bench_tables(out: Path, report: dict[str, Any]) -> None:
     """results.json (per seed and summary), results.md (the tables) and results.csv (the summary)."""
-    record = {k: report[k] for k in ("protocol", "per_seed", "summary")}
-    atomic_write_text(out / "results.json", json.dumps(record, indent=2))
-    atomic_write_text(out / "results.md", report["table"])
-    atomic_write_text(out / "results.csv", csv_table(report["summary"]))
+    write_results(out, report["table"], report["summary"], protocol=report["protocol"], per_seed=report["per_seed"])
 
 
 __all__ = [

@@ -26,9 +26,10 @@ from ..evaluation.czsl import (
     load_glove,
 )
 from ..features import FeatureCache
+from ..feed import Feed
 from ..io import atomic_write_text
 from ..labels import PairSpace
-from ..methods import Batch, PromptMethod, pair_space
+from ..methods import PromptMethod, pair_space
 from ..methods.compositional import primitive_text
 from ..plots import plot_seen_unseen_curve
 from .config import RunConfig
@@ -103,12 +104,18 @@ def scoring(method: PromptMethod, backbone: Backbone, columns: list) -> Iterator
 
 
 def pair_scores(
-    method: PromptMethod, backbone: Backbone, features: Tensor, text: Tensor | None, chunk: int = 1024
+    method: PromptMethod,
+    backbone: Backbone,
+    images: LabeledImages,
+    cache: FeatureCache,
+    text: Tensor | None,
+    chunk: int = 1024,
 ) -> Iterator[Tensor]:
-    """Scores of every image over the columns being scored (see :func:`scoring`), chunk by chunk."""
-    for start in range(0, len(features), chunk):
+    """Scores of every image over the columns being scored (see :func:`scoring`), chunk by chunk
+    (batches from :class:`~vlprompt.feed.Feed`: cached frozen features, or pixels for a prompted image tower)."""
+    for (batch,) in Feed(backbone, images, method, cache).in_order(chunk):
         with torch.no_grad():
-            scores = method.score(backbone, Batch(features=features[start : start + chunk]), text).float().cpu()
+            scores = method.score(backbone, batch, text).float().cpu()
         yield scores
 
 
@@ -163,7 +170,7 @@ class Compositional(Protocol):
             phase: phase_images(split, phase, split.pairs, run.skip_bad_images).with_transform(transform)
             for phase in ("val", "test")
         }
-        self.features = {phase: cache.features(backbone, d, progress=False) for phase, d in self.images.items()}
+        self.cache = cache
         self.worlds = ["closed", "open"] if run.world == "both" else [run.world]
         self.feasibility = None
         if "open" in self.worlds and run.calibrate:
@@ -184,7 +191,7 @@ class Compositional(Protocol):
         return torch.tensor([open_index[tuple(self.split.pairs[s.label])] for s in images.samples])
 
     def _evaluate(self, method, backbone, text, phase: str, world: str, removed: Tensor | None = None) -> CZSLResult:
-        scores = pair_scores(method, backbone, self.features[phase], text)
+        scores = pair_scores(method, backbone, self.images[phase], self.cache, text)
         labels = self._labels(phase, world)
         return evaluate_split(
             scores, self.split, phase, world, pair_labels=labels, removed_mask=removed, topk=self.run.topk
@@ -205,7 +212,7 @@ class Compositional(Protocol):
                 self.curves.setdefault(f"{keys['method']} open", (res.unseen_acc, res.seen_acc))
                 if self.feasibility is not None:
                     seen = self.split.seen_mask(columns)
-                    val_scores = pair_scores(method, backbone, self.features["val"], text)
+                    val_scores = pair_scores(method, backbone, self.images["val"], self.cache, text)
                     calib = calibrate_feasibility(
                         val_scores, self._labels("val", "open"), seen, self.feasibility, topk=self.run.topk
                     )

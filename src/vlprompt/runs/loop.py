@@ -19,7 +19,7 @@ from ..engine.schedules import canonical_schedule
 from ..engine.trainer import Scorer
 from ..errors import OptionError, RunDirError
 from ..evaluation import markdown_table, summarize
-from ..evaluation.reports import csv_table
+from ..evaluation.reports import write_results
 from ..features import FeatureCache
 from ..io import atomic_write_text
 from ..labels import LabelSpace
@@ -243,7 +243,5 @@ def write_tables(out: Path, rows: list[dict[str, Any]], group: list[str]) -> str
     metrics = metric_names(rows)
     summary = summarize(rows, group, metrics)
     table = markdown_table(summary, group, metrics)
-    atomic_write_text(out / "results.json", json.dumps({"per_seed": rows, "summary": summary}, indent=2))
-    atomic_write_text(out / "results.md", table)
-    atomic_write_text(out / "results.csv", csv_table(summary))
+    write_results(out, table, summary, per_seed=rows)
     return table

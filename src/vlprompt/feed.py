@@ -1,0 +1,185 @@
+"""Batches of images for methods: the one place that decides what a method sees of each image, and the one
+iterator training, evaluation, predict, CZSL and bench draw batches from.
+
+A method sees one of three inputs (:func:`image_input`):
+
+- ``pixels``: preprocessed images, for a method that changes the image tower (or when asked);
+- ``features``: frozen image features of the un-augmented images, read from a
+  :class:`~vlprompt.features.FeatureCache` when the images are files (each image encoded once, whatever the
+  number of methods, seeds and runs), or encoded once per batch for in-memory images;
+- ``views``: frozen features of augmented training views. A view is a pure function of (seed, epoch, image)
+  (:class:`~vlprompt.data.images.SeededViews`), so each epoch's views are encoded once, in large no-grad
+  batches, and reused by every method and run that draws them; the image tower never runs under autograd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from . import distributed as dist
+from .backbones import Backbone
+from .data.images import LabeledImages, SeededViews
+from .errors import OptionError
+from .features import FeatureCache
+from .methods import Batch, PromptMethod
+
+PIXELS, FEATURES, VIEWS = "pixels", "features", "views"
+
+
+def image_input(method: PromptMethod, augment: bool = False, cache_features: bool | None = None) -> str:
+    """What ``method`` sees of each image: :data:`PIXELS`, :data:`FEATURES` or :data:`VIEWS` (see the module).
+
+    Args:
+        augment: the batches are augmented training views.
+        cache_features: for a method that leaves the image tower untouched: None (automatic: cached features of
+            the images, or of their augmented views with ``augment``), True (cached features of the un-augmented
+            images, even with ``augment``) or False (pixels through the frozen tower).
+    """
+    if method.changes_image_tower:
+        if cache_features:
+            raise OptionError(f"{method.name} changes the image tower: its image features cannot be cached")
+        return PIXELS
+    if cache_features is False:
+        return PIXELS
+    return VIEWS if augment and cache_features is None else FEATURES
+
+
+def sees_pixels(method: PromptMethod, augment: bool = False, cache_features: bool | None = None) -> bool:
+    """Whether ``method`` is fed pixels (see :func:`image_input`)."""
+    return image_input(method, augment, cache_features) == PIXELS
+
+
+class Feed:
+    """A dataset as :class:`~vlprompt.methods.Batch` es for one or more methods, their inputs decided once.
+
+    Each index batch yields one ``Batch`` per method: pixels are read and preprocessed once for all methods, and
+    frozen features are computed once for all the methods that leave the image tower untouched (cached tables
+    are kept apart per backbone delta, :meth:`~vlprompt.methods.PromptMethod.cache_key`, read once here).
+
+    Args:
+        backbone: the frozen backbone.
+        dataset: a :class:`~vlprompt.data.images.LabeledImages` (files: frozen features come from ``cache``), or
+            any dataset of ``(pixels, label)`` items already preprocessed (in-memory images: frozen features are
+            encoded per batch).
+        methods: the methods fed.
+        cache: where frozen features of files come from (a private in-memory one by default).
+        augment: training views (random-resized crops and flips, seeded per ``view_seed``, epoch and image)
+            instead of the evaluation transform.
+        cache_features: see :func:`image_input`.
+        view_seed: the seed of the augmented views (a run's seed).
+        targets: put the dataset's labels (and task ids) into the batches (training); evaluation leaves them out.
+        num_workers: DataLoader workers for image loading.
+        progress: show progress while frozen features are computed.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        dataset: Dataset,
+        methods: PromptMethod | Sequence[PromptMethod],
+        cache: FeatureCache | None = None,
+        *,
+        augment: bool = False,
+        cache_features: bool | None = None,
+        view_seed: int = 0,
+        targets: bool = False,
+        num_workers: int = 0,
+        progress: bool = False,
+    ):
+        self.backbone, self.dataset, self.augment, self.view_seed = backbone, dataset, augment, view_seed
+        self.methods = [methods] if isinstance(methods, PromptMethod) else list(methods)
+        self.inputs = [image_input(m, augment, cache_features) for m in self.methods]
+        self.files = isinstance(dataset, LabeledImages)
+        if augment and not self.files:
+            raise OptionError("augmented views need image files (a LabeledImages dataset)")
+        self.cache = cache or FeatureCache()
+        self.progress = progress
+        self.keys = [None if i == PIXELS else m.cache_key() for m, i in zip(self.methods, self.inputs)]
+        self.tables: dict[str, Tensor] = {}  # cached frozen features (un-augmented) by backbone delta
+        if self.files:
+            frozen = dataset.with_transform(backbone.image_transform())
+            for key in dict.fromkeys(k for k, i in zip(self.keys, self.inputs) if i == FEATURES):
+                self.tables[key] = self.cache.features(backbone, frozen, progress, key_extra=key)
+        self.reads_images = PIXELS in self.inputs or not self.files
+        self.targets = torch.tensor(dataset.labels, device=backbone.device) if targets else None
+        tasks = dataset.tasks if targets else None
+        self.tasks = torch.tensor(tasks, device=backbone.device) if tasks is not None else None
+        self.num_workers = num_workers
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def uses_cached_features(self) -> bool:
+        """Whether every method is fed cached features (no image is read while iterating)."""
+        return not self.reads_images
+
+    def _views(self, epoch: int) -> SeededViews:
+        return SeededViews(self.backbone.image_transform(train=True), self.view_seed, epoch)
+
+    def batches(self, index_batches: Iterable[Tensor], seed: int = 0, epoch: int = 0) -> Iterator[list[Batch]]:
+        """One list of ``Batch`` (one per method) per index batch, in order; augmented views are ``epoch``'s.
+
+        The DataLoader draws its worker seeds from a generator seeded with ``seed``, not from the global RNG, so
+        starting it mid-epoch (a resumed run) leaves the global RNG as an uninterrupted run has it.
+        """
+        index_batches = [torch.as_tensor(idx) for idx in index_batches]
+        views: dict[str, Tensor] = {}
+        if VIEWS in self.inputs:  # this epoch's views, encoded once in large no-grad batches
+            epoch_views = self.dataset.with_transform(self._views(epoch))
+            for key in dict.fromkeys(k for k, i in zip(self.keys, self.inputs) if i == VIEWS):
+                views[key] = self.cache.features(self.backbone, epoch_views, self.progress, key_extra=key, keep=False)
+        if not self.reads_images:
+            for idx in index_batches:
+                yield self._batches(idx, None, views)
+            return
+        if self.files:
+            transform = self._views(epoch) if self.augment else self.backbone.image_transform()
+            images = self.dataset.with_transform(transform)
+        else:
+            images = self.dataset
+        loader = DataLoader(
+            images,
+            batch_sampler=[idx.tolist() for idx in index_batches],
+            num_workers=self.num_workers,
+            pin_memory=self.backbone.device.type == "cuda",
+            generator=torch.Generator().manual_seed(seed),
+        )
+        for (pixels, _), idx in zip(loader, index_batches):
+            yield self._batches(idx, pixels, views)
+
+    def in_order(self, batch_size: int, shard: bool = False) -> Iterator[list[Batch]]:
+        """The whole dataset in order, ``batch_size`` at a time (``shard``: this rank's share only)."""
+        indices = dist.shard(list(range(len(self)))) if shard else list(range(len(self)))
+        yield from self.batches(torch.tensor(indices, dtype=torch.long).split(batch_size))
+
+    def _batches(self, idx: Tensor, pixels: Tensor | None, views: dict[str, Tensor]) -> list[Batch]:
+        device_idx = idx.to(self.backbone.device)
+        extra = {"index": device_idx}
+        if self.targets is not None:
+            extra["targets"] = self.targets[device_idx]
+            extra["task"] = self.tasks[device_idx] if self.tasks is not None else None
+        features: dict[tuple[str, str], Tensor] = {}  # per (input, backbone delta), shared by the methods
+        out = []
+        for key, kind in zip(self.keys, self.inputs):
+            if kind == PIXELS:
+                out.append(Batch(pixels=pixels, **extra))
+                continue
+            if (kind, key) not in features:
+                features[kind, key] = self._frozen_features(kind, key, device_idx, pixels, views, features)
+            out.append(Batch(features=features[kind, key], **extra))
+        return out
+
+    def _frozen_features(self, kind, key, idx, pixels, views, done) -> Tensor:
+        if kind == VIEWS:
+            return views[key][idx]
+        if self.files:
+            return self.tables[key][idx]
+        if done:  # in-memory images: the frozen tower's features do not depend on a method's delta
+            return next(iter(done.values()))
+        with torch.no_grad():
+            return self.backbone.encode_image(pixels)
