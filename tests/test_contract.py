@@ -44,17 +44,21 @@ def data_for(method: PromptMethod, data):
     return task_images(data) if method.label_kind is TaskSpace and data.tasks is None else data
 
 
-def make(name: str, backbone, seed: int = 0) -> PromptMethod:
-    """The method with its own tiny options (``tiny_recipe``: small and deterministic on the tiny models)."""
+def make(name: str, backbone, seed: int = 0, data=None, cache=None) -> PromptMethod:
+    """The method with its own tiny options (``tiny_recipe``: small and deterministic on the tiny models), set up
+    on ``data`` (the training images) as the run loop does where it ``sets_up``."""
     torch.manual_seed(seed)
     cls = METHODS[name]
-    return build_method(name, backbone, labels_for(cls), dict(cls.tiny_recipe(backbone).options))
+    method = build_method(name, backbone, labels_for(cls), dict(cls.tiny_recipe(backbone).options))
+    if method.sets_up:
+        method.setup(backbone, data_for(method, data), cache or FeatureCache())
+    return method
 
 
-def make_or_skip(name: str, backbone) -> PromptMethod:
+def make_or_skip(name: str, backbone, data=None, cache=None) -> PromptMethod:
     """The method, or a skip where the backbone cannot carry it (token prompts on a ResNet tower: a clear error)."""
     try:
-        return make(name, backbone)
+        return make(name, backbone, data=data, cache=cache)
     except BackboneError as err:
         assert "need a ViT image tower" in str(err)
         pytest.skip(f"{name} needs a ViT image tower")
@@ -123,7 +127,7 @@ def check_one_step(method: PromptMethod, backbone, data, cache) -> None:
 
 @pytest.mark.parametrize("name,backbone", [c.values for c in CASES], ids=[c.id for c in CASES], indirect=["backbone"])
 def test_builds_trains_and_touches_only_its_own_tensors(name, backbone, train_data, cache):
-    method = make_or_skip(name, backbone)
+    method = make_or_skip(name, backbone, train_data, cache)
     cls = METHODS[name]
     for flag in ("changes_image_tower", "conditions_on_image", "scores_with_text", "learns", "transfers",
                  "has_context", "changes_backbone"):  # fmt: skip
@@ -138,7 +142,7 @@ def test_builds_trains_and_touches_only_its_own_tensors(name, backbone, train_da
 
 @pytest.mark.parametrize("name,backbone", [c.values for c in CASES], ids=[c.id for c in CASES], indirect=["backbone"])
 def test_save_load_and_set_classes(name, backbone, train_data, cache, tmp_path):
-    method = make_or_skip(name, backbone)
+    method = make_or_skip(name, backbone, train_data, cache)
     with torch.no_grad():  # move the tensors off their initialisation
         for p in method.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -166,11 +170,12 @@ def test_save_load_and_set_classes(name, backbone, train_data, cache, tmp_path):
 
 @pytest.mark.parametrize("name", [n for n, c in METHODS.items() if c.learns])
 def test_resume_equals_uninterrupted(name, vit_backbone, image_root, cache, tmp_path):
-    straight = make(name, vit_backbone)
-    train_data = data_for(straight, image_folder(image_root, vit_backbone.image_transform()))
+    images = image_folder(image_root, vit_backbone.image_transform())
+    straight = make(name, vit_backbone, data=images, cache=cache)
+    train_data = data_for(straight, images)
     config = TrainConfig(epochs=2, batch_size=8, lr=0.05, schedule="cosine", warmup_epochs=0)
     fit(straight, vit_backbone, train_data, config, cache=cache, progress=False)
-    first = make(name, vit_backbone)
+    first = make(name, vit_backbone, data=images, cache=cache)
     stop = {}
 
     def interrupt(record):
@@ -181,7 +186,7 @@ def test_resume_equals_uninterrupted(name, vit_backbone, image_root, cache, tmp_
     with pytest.raises(KeyboardInterrupt):
         fit(first, vit_backbone, train_data, config, run_dir=tmp_path, cache=cache, progress=False,
             on_epoch_end=interrupt)  # fmt: skip
-    resumed = make(name, vit_backbone, seed=123)  # another initialisation: the checkpoint wins
+    resumed = make(name, vit_backbone, seed=123, data=images, cache=cache)  # another init: the checkpoint wins
     fit(resumed, vit_backbone, train_data, config, run_dir=tmp_path, resume=True, cache=cache, progress=False)
     for key, value in straight.state_dict().items():
         assert torch.equal(resumed.state_dict()[key], value), key

@@ -52,6 +52,7 @@ class TrainConfig:
         lr: the learning rate (peak of the schedule).
         momentum: SGD momentum.
         weight_decay: weight decay (L2 for SGD and Adam, decoupled for AdamW).
+        adam_eps: Adam's and AdamW's epsilon (torch's default 1e-8; Tip-Adapter-F's recipe uses 1e-4).
         schedule: "constant", "cosine" (per step, linear warmup) or "dassl-cosine" (per epoch, constant
             warmup at ``warmup_lr``, cosine over ``epochs``; "coop" is its old name, still accepted and
             kept as written, so old config.yaml files replay and resume).
@@ -87,6 +88,7 @@ class TrainConfig:
     lr: float = 0.002
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    adam_eps: float = 1e-8
     schedule: str = "dassl-cosine"
     warmup_epochs: int = 1
     warmup_steps: int | None = None
@@ -126,8 +128,9 @@ class TrainConfig:
                 raise OptionError(f"--train.{name} must be >= {low}, not {getattr(self, name)}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise OptionError(f"--train.warmup_steps must be >= 0, not {self.warmup_steps}")
-        if not self.lr > 0:
-            raise OptionError(f"--train.lr must be > 0, not {self.lr}")
+        not_positive = [name for name in ("lr", "adam_eps") if not getattr(self, name) > 0]
+        if not_positive:
+            raise OptionError(f"--train.{not_positive[0]} must be > 0, not {getattr(self, not_positive[0])}")
         if self.label_smoothing >= 1:
             raise OptionError(f"--train.label_smoothing must be < 1, not {self.label_smoothing}")
         if self.select == "best" and self.eval_every < 1:
@@ -455,8 +458,8 @@ def _make_optimizer(params: list[dict[str, Any]], config: TrainConfig) -> torch.
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay)
 
 
 def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -9,6 +9,7 @@ from ..backbones import Backbone
 from ..errors import OptionError
 from ..labels import ClassNames, PairSpace, TaskSpace
 from .base import CAPABILITIES, DECLARATIONS, Batch, BuiltinRow, MethodConfig, PromptMethod, Recipe, cosine_logits
+from .clip_adapter import CLIPAdapter, CLIPAdapterConfig
 from .clip_lora import CLIPLoRA, CLIPLoRAConfig
 from .cocoop import CoCoOp, CoCoOpConfig
 from .compositional import CSP, AttrObjHeads, CZSLCoOp, CZSLZeroShot, PairMethod, PairProjection, pair_space
@@ -21,6 +22,7 @@ from .maple import MaPLe, MaPLeConfig
 from .multitask import PerTask, PerTaskConfig, TaskMethod
 from .promptsrc import PromptSRC, PromptSRCConfig
 from .softcpt import SoftCPT, SoftCPTConfig
+from .tip_adapter import TipAdapter, TipAdapterConfig, TipAdapterF, TipAdapterFConfig
 from .upt import UPT, UPTConfig
 from .vp import VP, VPConfig
 from .vpt import VPT, VPTConfig
@@ -71,7 +73,7 @@ def _own_attributes(cls: type) -> set[str]:
 
 # fmt: off
 for _cls in (ZeroShot, CoOp, CoCoOp, LinearProbe, VP, VPT, IVLP, MaPLe, UPT, KgCoOp, PromptSRC, CLIPLoRA, FullFinetune,
-             CZSLZeroShot, CZSLCoOp, CSP, AttrObjHeads, PairProjection, SoftCPT):
+             CZSLZeroShot, CZSLCoOp, CSP, AttrObjHeads, PairProjection, SoftCPT, CLIPAdapter, TipAdapter, TipAdapterF):
     register(_cls)
 # fmt: on
 
@@ -115,6 +117,8 @@ __all__ = [
     "Recipe",
     "register",
     "COMMAND_OF_LABELS",
+    "CLIPAdapter",
+    "CLIPAdapterConfig",
     "CLIPLoRA",
     "CLIPLoRAConfig",
     "CSP",
@@ -147,6 +151,10 @@ __all__ = [
     "SoftCPT",
     "SoftCPTConfig",
     "TaskMethod",
+    "TipAdapter",
+    "TipAdapterConfig",
+    "TipAdapterF",
+    "TipAdapterFConfig",
     "PromptSRC",
     "PromptSRCConfig",
     "UPT",

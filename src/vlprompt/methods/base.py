@@ -197,6 +197,12 @@ class PromptMethod(nn.Module):
                 if key in tensors and tuple(current.shape) != tuple(tensors[key].shape):
                     module.register_buffer(name, torch.empty_like(tensors[key], device=current.device))
 
+    def tune(self, backbone: Backbone, val_set: LabeledImages, cache: FeatureCache) -> None:
+        """Run-loop hook after training (or instead of it, for a method that learns nothing), when the protocol
+        has a validation set: choose hyperparameters without gradients on those held-out images (never on test),
+        e.g. Tip-Adapter's (beta, alpha) grid search. What it chooses must be setup state, so that the prompt
+        file carries it. Default: nothing."""
+
     @contextmanager
     def adapted(self, backbone: Backbone, batch: Batch) -> Iterator[None]:
         """Evaluation hook around scoring one test batch: a test-time method adapts to ``batch`` on entry

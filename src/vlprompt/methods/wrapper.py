@@ -111,6 +111,9 @@ class MethodWrapper(PromptMethod):
     def setup(self, backbone, train_set, cache) -> None:
         self.inner.setup(backbone, train_set, cache)
 
+    def tune(self, backbone, val_set, cache) -> None:
+        self.inner.tune(backbone, val_set, cache)
+
     def end_epoch(self, epoch: int, epochs: int) -> None:
         self.inner.end_epoch(epoch, epochs)
 

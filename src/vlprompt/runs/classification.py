@@ -126,6 +126,7 @@ class Classification(Protocol):
     def __init__(self, run: ClassificationRun):
         super().__init__(run)
         self.base_to_new = run.data.class_split == "base-to-new"
+        self._val_set: LabeledImages | None = None
 
     def shots(self) -> int:
         return self.run.data.shots
@@ -155,7 +156,7 @@ class Classification(Protocol):
         train_set = few_shot(
             base_new_split(self.splits["train"], which), shots, seed, seed_dir and seed_dir / "train_subset.json"
         )
-        scorer = None
+        scorer, self._val_set = None, None
         if "val" in self.splits and len(self.splits["val"]):
             val_set = few_shot(
                 base_new_split(self.splits["val"], which),
@@ -164,10 +165,13 @@ class Classification(Protocol):
                 seed_dir and seed_dir / "val_subset.json",
                 allow_fewer=True,
             )
-            scorer = partial(_val_accuracy, dataset=val_set, cache=self.cache)
+            scorer, self._val_set = partial(_val_accuracy, dataset=val_set, cache=self.cache), val_set
         elif self.run.train_config(shots).select == "best":
             raise DataError("--train.select best needs a validation split, and this dataset has none")
         return train_set, ClassNames(tuple(train_set.classnames)), scorer
+
+    def validation_set(self) -> LabeledImages | None:
+        return self._val_set
 
     def check(self, method: PromptMethod) -> None:
         if self.base_to_new and not method.transfers_to_new_classes:

@@ -65,6 +65,10 @@ class Protocol:
         """The training set, the label space to build the method on and the validation scorer."""
         raise NotImplementedError
 
+    def validation_set(self) -> LabeledImages | None:
+        """The held-out validation images of the seed :meth:`seed_data` last returned (None: none)."""
+        return None
+
     def method_options(self) -> dict[str, Any]:
         """The method's options here: the recipe's, the user's on top (a protocol may add the dataset's template)."""
         return self.run.resolved_options()
@@ -164,6 +168,9 @@ def _run_seed(run, protocol, train_config: TrainConfig, seed: int, out: Path, ba
         if protocol.val_key:
             fit_info[protocol.val_key] = result.selected_score
         fit_info["train_seconds"] = round(result.seconds, 2)
+    val_set = protocol.validation_set()
+    if val_set is not None:
+        method.tune(backbone, val_set, cache)
     rows = protocol.evaluate(method, backbone, {"method": run.method, "seed": seed, **fit_info})
     if dist.is_main():
         method.set_classes(backbone, protocol.saved_labels(method))
