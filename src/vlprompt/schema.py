@@ -245,3 +245,27 @@ def dataclass_from_dict(cls: type, values: Any, where: str, error: ErrorClass = 
         if any(is_a(v, (int, float)) and v < 0 for v in (out[key] if isinstance(out[key], tuple) else (out[key],))):
             raise error(f"{at} must not be negative, not {value!r}")
     return cls(**out)
+
+
+def check_template(template: Any, where: str, error: ErrorClass = OptionError) -> str:
+    """A prompt template: a string with exactly one ``{}`` (where the class name goes) and no other braces."""
+    expect(template, str, where, error)
+    if template.count("{}") != 1 or template.replace("{}", "").count("{") or template.replace("{}", "").count("}"):
+        raise error(f"{where} {template!r} must hold exactly one '{{}}' (the class name) and no other braces")
+    return template
+
+
+def check_template_fits(
+    template: str, names: Iterable[str], backbone: Any, where: str, error: ErrorClass = OptionError
+) -> None:
+    """The prompt of the longest class name fits the text encoder's context (start and end tokens included);
+    otherwise the class name would be cut off and every class would score alike."""
+    filled = [(template.format(" ".join(str(n).replace("_", " ").split())), n) for n in names]
+    if not filled:
+        return
+    tokens, text, name = max((backbone.bpe_length(t) + 2, t, n) for t, n in filled)
+    if tokens > backbone.context_length:
+        raise error(
+            f"{where} {template!r} with the longest class name {name!r} is {tokens} tokens, more than the "
+            f"{backbone.context_length}-token context of the text encoder: shorten the template or the class name"
+        )
