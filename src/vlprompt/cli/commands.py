@@ -109,17 +109,8 @@ def cmd_predict(cfg: PredictCommand, namespace: Any) -> int:
     from ..predict import Predictor, predict_tasks
 
     cfg.validate()
-    if cfg.classes is not None:
-        check_unique(cfg.class_names(), "--classes", OptionError, what="class names")
-        check_template(cfg.template, "--template")
-    if cfg.task is not None:
-        check_unique(cfg.tasks(), "--task", OptionError, key=task_key, what="task names")
     images = list(namespace.images)
-    missing = [p for p in images if not Path(p).is_file()]
-    if missing:
-        raise DataError(
-            f"image file not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if missing[1:] else "")
-        )
+    _check_predict_inputs(cfg, images)
     backbone = cfg.backbone.load(cfg.prompt)
     if cfg.task is not None:
         by_task = predict_tasks(cfg.prompt, cfg.tasks(), images, backbone, cfg.topk, cfg.batch_size)
@@ -149,6 +140,20 @@ def cmd_predict(cfg: PredictCommand, namespace: Any) -> int:
         for rank, (name, prob) in enumerate(prediction.top, 1):
             print(f"  {rank:>2}. {name:<30} {100 * prob:6.2f}%")
     return 0
+
+
+def _check_predict_inputs(cfg: PredictCommand, images: list[str]) -> None:
+    """What ``predict`` can refuse before loading a model: names that collide, a bad template, missing images."""
+    if cfg.classes is not None:
+        check_unique(cfg.class_names(), "--classes", OptionError, what="class names")
+        check_template(cfg.template, "--template")
+    if cfg.task is not None:
+        check_unique(cfg.tasks(), "--task", OptionError, key=task_key, what="task names")
+    missing = [p for p in images if not Path(p).is_file()]
+    if missing:
+        raise DataError(
+            f"image file not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if missing[1:] else "")
+        )
 
 
 def cmd_demo(cfg: DemoCommand, _: Any) -> int:
