@@ -109,8 +109,8 @@ class MultiTask(Protocol):
                 raise DataError(f"{where}.name is empty: every task needs a name (its prompts read it)")
             if task_key(task.name) in seen:
                 raise DataError(
-                    f"{where}.name {task.name!r} is also the name of --tasks[{seen[task_key(task.name)]}]"
-                    " (spaces aside): task names must be unique"
+                    f"{where}.name {task.name!r} is also the name of --tasks[{seen[task_key(task.name)]}]: "
+                    "task names must be unique (spaces aside)"
                 )
             seen[task_key(task.name)] = i
             task.validate(where)
