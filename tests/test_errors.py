@@ -439,6 +439,220 @@ def _evil_cache(cache: Path, pwned: Path) -> Path:
     return cache
 
 
+# ------------------------------------------------------------ issue 17: readers' schemas, names, degenerate inputs
+
+
+def _bank(env: Env, entries: list[dict] | dict | list) -> Path:
+    """A bank folder holding a copy of the coop prompt as member ``00-a``, with ``entries`` as its bank.json prompts."""
+    bank = env.tmp / "bank"
+    shutil.copytree(env.prompts / "coop", bank / "00-a")
+    backbone = json.loads((env.prompts / "coop" / "prompt.json").read_text())["backbone"]
+    config = {"format": "vlprompt-prompt-bank", "format_version": 1, "backbone": backbone, "prompts": entries}
+    (bank / "bank.json").write_text(json.dumps(config))
+    return bank
+
+
+def _bank_predict(env: Env, entries) -> list[str]:
+    return env.predict("--prompt", str(_bank(env, entries)), "--task", "a")
+
+
+def _prompt_json(env: Env, content: str) -> str:
+    return str(_write(env.prompts / "coop" / "prompt.json", content).parent)
+
+
+def _czsl_without(env: Env, phase: str) -> list[str]:
+    path = env.czsl / f"metadata_{DEFAULT_SPLIT}.t7"
+    entries = [e for e in torch.load(path, weights_only=True) if e["set"] != phase]
+    torch.save(entries, path)
+    return env.czsl_args()
+
+
+def _incontext(env: Env, out: Path) -> list[str]:
+    image = f"[{env.image}]"
+    return ["incontext", "--examples", image, "--outputs", image, "--queries", image, "--out", str(out)]
+
+
+def _user_file_kept(path: Path, content: str) -> Callable[[], None]:
+    def check() -> None:
+        assert path.read_text() == content, f"{path} was changed"
+        assert not any(p.name.startswith(("canvas_", "answer_")) for p in path.parent.iterdir())
+
+    return check
+
+
+def _user_folder_with_file(env: Env) -> Path:
+    folder = env.tmp / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    return folder
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi")
+)
+
+CASES.update({
+    # prompt.json: valid JSON of the wrong shape
+    "prompt: JSON list": lambda e: Case(e.predict("--prompt", _prompt_json(e, "[1, 2]")), "must be an object"),
+    "prompt: config a string": lambda e: Case(
+        e.predict("--prompt", _fit_prompt_to(e, "coop", lambda c: c.update(config="n_ctx=2"))),
+        "prompt.json: field 'config' must be an object",
+    ),
+    "prompt: backbone a list": lambda e: Case(
+        e.predict("--prompt", _fit_prompt_to(e, "coop", lambda c: c.update(backbone=[]))), "field 'backbone'"
+    ),
+    "prompt: backbone without model": lambda e: Case(
+        e.predict("--prompt", _fit_prompt_to(e, "coop", lambda c: c["backbone"].pop("model"))), "missing field 'model'"
+    ),
+    "prompt: class names not strings": lambda e: Case(
+        e.predict("--prompt", _fit_prompt_to(e, "coop", lambda c: c["labels"].update(names=[1, 2])), *TINY),
+        "names[0] must be a string",
+    ),
+    "prompt: labels names a number": lambda e: Case(
+        e.predict("--prompt", _fit_prompt_to(e, "coop", lambda c: c["labels"].update(names=5)), *TINY),
+        "field 'names' must be a list",
+    ),
+    "prompt: duplicate class names": lambda e: Case(
+        e.predict("--prompt", _fit_prompt_to(e, "coop", lambda c: c["labels"].update(names=["gold", "Gold"])), *TINY),
+        "class names must be unique",
+    ),
+    "prompt: format_version a string": lambda e: Case(
+        e.predict("--prompt", _fit_prompt_to(e, "coop", lambda c: c.update(format_version="2"))),
+        "field 'format_version' must be an integer",
+    ),
+    "prompt: deeply nested JSON": lambda e: Case(
+        e.predict("--prompt", _prompt_json(e, "[" * 100000 + "]" * 100000)), "prompt.json"
+    ),
+    "prompt: not UTF-8": lambda e: Case(
+        e.predict("--prompt", str(e.file("p/prompt.json", b"\xff\xfe{").parent)), "not UTF-8"
+    ),
+    # bank.json
+    "bank: member without path": lambda e: Case(_bank_predict(e, [{"name": "a"}]), "prompts[0]: missing field 'path'"),
+    "bank: member leaves the bank": lambda e: Case(
+        _bank_predict(e, [{"name": "a", "path": "../prompts/coop"}]), "leaves its folder"
+    ),
+    "bank: member at an absolute path": lambda e: Case(
+        _bank_predict(e, [{"name": "a", "path": str(e.prompts / "coop")}]), "absolute path"
+    ),
+    "bank: prompts not a list": lambda e: Case(_bank_predict(e, {"a": "00-a"}), "field 'prompts' must be a list"),
+    "bank: empty prompts": lambda e: Case(_bank_predict(e, []), "is empty"),
+    "bank: member a string": lambda e: Case(_bank_predict(e, ["00-a"]), "prompts'[0] must be an object"),
+    "bank: name a number": lambda e: Case(
+        _bank_predict(e, [{"name": 1, "path": "00-a"}]), "prompts[0]: field 'name' must be a string"
+    ),
+    "bank: names equal but for spaces": lambda e: Case(
+        _bank_predict(e, [{"name": "a", "path": "00-a"}, {"name": " a ", "path": "00-a/."}]),
+        "prompt names must be unique",
+    ),
+    "bank: one member twice": lambda e: Case(
+        _bank_predict(e, [{"name": "a", "path": "00-a"}, {"name": "b", "path": "./00-a"}]),
+        "prompt paths must be unique",
+    ),
+    "bank: bank.json a list": lambda e: Case(
+        e.predict("--prompt", str(_write(_bank(e, []) / "bank.json", "[]").parent), "--task", "a"),
+        "must be an object",
+    ),
+    "bank command: task names equal but for spaces": lambda e: Case(
+        ["bank", "--prompts", f"{{a: {e.prompts / 'coop'}, ' a': {e.prompts / 'coop'}}}", "--out", str(e.tmp / "b")],
+        "--prompts: task names must be unique",
+        _no_file(e.tmp / "b"),
+    ),
+    # split files
+    "split: two labels share a class name": lambda e: Case(
+        e.train("--data.split_file", str(e.split_with(_same_name_as_label_0(1)))),
+        "the class names of its labels must be unique",
+        _no_file(e.tmp / "out"),
+    ),
+    "split: image path leaves the root": lambda e: Case(
+        e.train("--data.split_file", str(e.split_with(lambda s: s["train"][0].__setitem__(0, "../../etc/passwd")))),
+        "train[0] image path '../../etc/passwd' leaves its folder",
+    ),
+    "split: absolute image path": lambda e: Case(
+        e.train("--data.split_file", str(e.split_with(lambda s: s["test"][0].__setitem__(0, "/etc/passwd")))),
+        "absolute path",
+    ),
+    "split: train not a list": lambda e: Case(
+        e.train("--data.split_file", str(e.split_with(lambda s: s.__setitem__("train", {"a": 1})))),
+        "'train' must be a list",
+    ),
+    "split: label a bool": lambda e: Case(
+        e.train("--data.split_file", str(e.split_with(lambda s: s["train"][0].__setitem__(1, True)))),
+        "train[0] must be [relative path, label, class name]",
+    ),
+    "split: a JSON list": lambda e: Case(
+        e.train("--data.split_file", str(e.file("s.json", "[]"))), "must be an object"
+    ),
+    "split: a folder": lambda e: Case(e.train("--data.split_file", str(e.tmp)), "is not a file"),
+    # names and templates
+    "predict: duplicate classes": lambda e: Case(
+        e.predict(*TINY, "--classes", "red,red,blue"), "--classes: class names must be unique"
+    ),
+    "predict: classes equal after normalisation": lambda e: Case(
+        e.predict(*TINY, "--classes", "red_car,Red car"), "after normalisation"
+    ),
+    "predict: template with two {}": lambda e: Case(
+        e.predict(*TINY, "--classes", "a,b", "--template", "{} and {}"), "--template '{} and {}' must hold exactly one"
+    ),
+    "predict: template without {}": lambda e: Case(
+        e.predict(*TINY, "--classes", "a,b", "--template", "a photo"), "must hold exactly one '{}'"
+    ),
+    "predict: template past the context": lambda e: Case(
+        e.predict(*TINY, "--classes", "a,longest class", "--template", "photo " * 80 + "of {}"),
+        "with the longest class name 'longest class' is",
+    ),
+    "predict: duplicate tasks": lambda e: Case(
+        e.predict("--prompt", str(e.prompts / "coop"), "--task", "a, a"), "--task: task names must be unique"
+    ),
+    "predict: a missing image before the model": lambda e: Case(
+        ["predict", str(e.tmp / "none.png"), "--prompt", str(e.tmp / "nope")], "image file not found"
+    ),
+    # YAML configs
+    "config: alias bomb": lambda e: Case(e.train("--config", str(e.file("bomb.yaml", BOMB))), "expands to more than"),
+    "config: recursive alias": lambda e: Case(
+        e.train("--config", str(e.file("rec.yaml", "seeds: &a [*a]\n"))), "--config"
+    ),
+    "config: python tag": lambda e: Case(
+        e.train("--config", str(e.file("evil.yaml", f"out: !!python/object/apply:os.mkdir ['{e.pwned}']\n"))),
+        "could not determine a constructor",
+    ),
+    "config: too large": lambda e: Case(
+        e.train("--config", str(e.file("big.yaml", "# x\n" * (2 << 20)))), "more than the 4194304"
+    ),
+    # degenerate inputs
+    "czsl: a phase without images": lambda e: Case(_czsl_without(e, "val"), "the val phase has no images"),
+    "data check: missing root": lambda e: Case(
+        ["data", "check", "dtd", "--root", str(e.tmp / "nowhere")], "does not exist"
+    ),
+    "data check: root is a file": lambda e: Case(
+        ["data", "check", "dtd", "--root", str(e.file("root.txt", "x"))], "is a file, not a folder"
+    ),
+    # writing commands
+    "incontext: out holds the user's files": lambda e: Case(
+        _incontext(e, _user_folder_with_file(e)),
+        "vlprompt did not make",
+        _user_file_kept(e.tmp / "mine" / "notes.txt", "mine"),
+    ),
+    "incontext: out is a file": lambda e: Case(
+        _incontext(e, e.file("out.txt", "mine")),
+        "exists and is not a directory",
+        _user_file_kept(e.tmp / "out.txt", "mine"),
+    ),
+})  # fmt: skip
+
+
+def _same_name_as_label_0(label: int) -> Callable[[dict], None]:
+    """Label ``label`` renamed to label 0's class name in upper case (one name once normalised)."""
+
+    def edit(split: dict) -> None:
+        name = next(e[2] for key in ("train", "val", "test") for e in split[key] if e[1] == 0)
+        for key in ("train", "val", "test"):
+            for entry in split[key]:
+                if entry[1] == label:
+                    entry[2] = name.upper()
+
+    return edit
+
+
 # ---------------------------------------------------------------------------------------------- fixtures
 
 
@@ -640,7 +854,7 @@ def test_full_disk_is_a_message_and_leaves_the_previous_state_intact(mount_tmpfs
 
 
 def test_the_matrix_is_large_enough():
-    assert len(CASES) >= 60
+    assert len(CASES) >= 120
 
 
 def test_interpret_on_the_bundled_model_names_only_meaningful_tokens():

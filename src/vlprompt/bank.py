@@ -8,6 +8,7 @@ trained on the bank's backbone and that the backbone given matches it.
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -17,10 +18,11 @@ from typing import Any
 from .backbones import Backbone
 from .errors import OptionError
 from .io import atomic_write_text
-from .labels import LabelSpaceError
+from .labels import LabelSpaceError, task_key
 from .methods import PromptMethod
 from .methods.multitask import TaskMethod
 from .prompts import BackboneMismatchWarning, PromptFileError, load_prompt, read_prompt_config, save_pretrained
+from .schema import check_unique, expect, field, inside_folder, list_of, read_json_file
 
 BANK_FILE = "bank.json"
 FORMAT = "vlprompt-prompt-bank"
@@ -60,26 +62,39 @@ def save_bank(prompts: Mapping[str, PromptMethod], backbone: Backbone, directory
 def read_bank(directory: str | Path) -> dict[str, Any]:
     """``bank.json``, validated: each entry names a prompt directory trained on the bank's backbone."""
     path = Path(directory) / BANK_FILE
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PromptFileError(f"{path} not found: {directory} is not a prompt bank") from None
-    except json.JSONDecodeError as err:
-        raise PromptFileError(f"{path}: not valid JSON ({err})") from None
+    config = read_json_file(
+        path, BANK_FILE, PromptFileError, missing=f"{path} not found: {directory} is not a prompt bank"
+    )
+    expect(config, dict, str(path), PromptFileError)
     if config.get("format") != FORMAT:
         raise PromptFileError(f"{path}: field 'format' is {config.get('format')!r}, expected {FORMAT!r}")
-    entries = config.get("prompts")
-    if not isinstance(entries, list) or not entries:
-        raise PromptFileError(f"{path}: field 'prompts' must be a non-empty list of {{name, path}}")
-    names = [e.get("name") for e in entries]
-    if len(set(names)) != len(names):
-        raise PromptFileError(f"{path}: prompt names must be unique, got {names}")
+    field(config, "backbone", dict, str(path), PromptFileError)
+    field(config, "extra", dict, str(path), PromptFileError, default=None)
+    entries = list_of(field(config, "prompts", list, str(path), PromptFileError), dict, f"{path}: field 'prompts'",
+                      PromptFileError, non_empty=True)  # fmt: skip
+    for i, entry in enumerate(entries):
+        where = f"{path}: prompts[{i}]"
+        field(entry, "name", str, where, PromptFileError)
+        inside_folder(directory, field(entry, "path", str, where, PromptFileError), f"{where}.path", PromptFileError)
+    check_unique([e["name"] for e in entries], str(path), PromptFileError, key=task_key, what="prompt names")
+    check_unique([e["path"] for e in entries], str(path), PromptFileError, key=os.path.normpath, what="prompt paths")
     identities = {"the bank": config["backbone"]}
     for entry in entries:
         member = read_prompt_config(Path(directory) / entry["path"])
         identities[f"prompt {entry['name']!r} ({entry['path']})"] = member["backbone"]
+        _refuse_task_space(member, f"{path}: prompt {entry['name']!r} ({entry['path']})")
     check_one_backbone(identities, f"{directory}: ")
     return config
+
+
+def _refuse_task_space(config: dict[str, Any], what: str) -> None:
+    """A bank member scores one task: a multi-task prompt in a bank would mix its tasks in one softmax."""
+    labels = config.get("labels")
+    if isinstance(labels, dict) and labels.get("kind") == "tasks":
+        raise PromptFileError(
+            f"{what} is a multi-task {config.get('method')} prompt; a bank member scores one task (use the "
+            "multi-task prompt itself with --task, or bank one single-task prompt per task)"
+        )
 
 
 def check_one_backbone(identities: Mapping[str, dict[str, Any]], where: str = "") -> None:
@@ -129,7 +144,11 @@ class PromptBank:
         """Gather separately trained prompt directories under task names; all must record one backbone."""
         if not prompts:
             raise OptionError("a prompt bank needs at least one prompt")
-        check_one_backbone({f"prompt {n!r} ({p})": read_prompt_config(p)["backbone"] for n, p in prompts.items()})
+        check_unique(list(prompts), "--prompts", PromptFileError, key=task_key, what="task names")
+        configs = {f"prompt {n!r} ({p})": read_prompt_config(p) for n, p in prompts.items()}
+        for what, config in configs.items():
+            _refuse_task_space(config, what)
+        check_one_backbone({what: config["backbone"] for what, config in configs.items()})
         return cls({name: load_prompt(path, backbone) for name, path in prompts.items()})
 
     def save(self, backbone: Backbone, directory: str | Path, extra=None) -> Path:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .errors import DataError
+from .schema import check_unique, expect, field, list_of
 
 
 class LabelSpaceError(DataError):
@@ -32,6 +33,7 @@ class ClassNames:
         object.__setattr__(self, "names", tuple(str(n) for n in self.names))
         if not self.names:
             raise LabelSpaceError("a label space needs at least one class name")
+        check_unique(self.names, "the label space", LabelSpaceError, what="class names")
 
     def __len__(self) -> int:
         return len(self.names)
@@ -101,6 +103,12 @@ class PairSpace:
         raise LabelSpaceError(f"expected a PairSpace or a list of (attribute, object) pairs, got {value!r:.80}")
 
 
+def task_key(name: str) -> str:
+    """A task name as ``--task`` selects it (``predict --task a, b`` strips spaces): surrounding and repeated
+    whitespace do not count, so names equal under this key cannot both be selected."""
+    return " ".join(str(name).split())
+
+
 @dataclass(frozen=True)
 class Task:
     """One task of a multi-task run: its name (as prompts read it) and its class names."""
@@ -112,6 +120,7 @@ class Task:
         object.__setattr__(self, "classes", tuple(self.classes))
         if not self.classes:
             raise LabelSpaceError(f"task {self.name!r} has no classes")
+        check_unique(self.classes, f"task {self.name!r}", LabelSpaceError, what="class names")
 
 
 @dataclass(frozen=True)
@@ -126,8 +135,7 @@ class TaskSpace:
         names = [t.name for t in self.tasks]
         if not names:
             raise LabelSpaceError("a task space needs at least one task")
-        if len(set(names)) != len(names):
-            raise LabelSpaceError(f"task names must be unique, got {names}")
+        check_unique(names, "the task space", LabelSpaceError, key=task_key, what="task names")
 
     def __len__(self) -> int:
         return sum(len(t.classes) for t in self.tasks)
@@ -180,19 +188,42 @@ KINDS: dict[str, type] = {c.kind: c for c in (ClassNames, PairSpace, TaskSpace)}
 
 
 def label_space_from_json(value: Any) -> LabelSpace:
-    """Inverse of ``to_json``; also reads format-1 prompt files (a list of names, or a pair dict)."""
+    """Inverse of ``to_json``; also reads format-1 prompt files (a list of names, or a pair dict).
+
+    Every field is checked (types, non-empty lists, unique names): a malformed one is a
+    :class:`LabelSpaceError` naming it.
+    """
     if isinstance(value, list):
-        return ClassNames(tuple(value))
-    if not isinstance(value, dict):
-        raise LabelSpaceError(f"a label space is a JSON object, got {type(value).__name__}")
+        return ClassNames(tuple(list_of(value, str, "class names", LabelSpaceError)))
+    expect(value, dict, "a label space", LabelSpaceError)
     kind = value.get("kind", "pairs" if "pairs" in value else None)
+    if kind not in KINDS:
+        raise LabelSpaceError(f"unknown label space kind {kind!r:.60}; expected one of {sorted(KINDS)}")
     try:
-        if kind == "classes":
-            return ClassNames(tuple(value["names"]))
-        if kind == "pairs":
-            return PairSpace(tuple(value["attrs"]), tuple(value["objs"]), tuple(tuple(p) for p in value["pairs"]))
-        if kind == "tasks":
-            return TaskSpace(tuple(Task(t["name"], tuple(t["classes"])) for t in value["tasks"]))
-    except (KeyError, TypeError) as err:
+        return _from_json(kind, value)
+    except LabelSpaceError as err:
+        if "must be unique" in str(err):
+            raise
         raise LabelSpaceError(f"label space of kind {kind!r} is missing or has a malformed field: {err}") from None
-    raise LabelSpaceError(f"unknown label space kind {kind!r}; expected one of {sorted(KINDS)}")
+
+
+def _from_json(kind: str, value: dict) -> LabelSpace:
+    if kind == "classes":
+        return ClassNames(_strings(value, "names", "labels"))
+    if kind == "pairs":
+        pairs = list_of(field(value, "pairs", list, "labels", LabelSpaceError), list, "pairs", LabelSpaceError)
+        for i, pair in enumerate(pairs):
+            if len(pair) != 2 or not all(isinstance(p, str) for p in pair):
+                raise LabelSpaceError(f"pairs[{i}] must be [attribute, object], not {pair!r:.80}")
+        return PairSpace(
+            _strings(value, "attrs", "labels"), _strings(value, "objs", "labels"), tuple(map(tuple, pairs))
+        )
+    tasks = list_of(field(value, "tasks", list, "labels", LabelSpaceError), dict, "tasks", LabelSpaceError)
+    parts = [Task(field(t, "name", str, f"tasks[{i}]", LabelSpaceError), _strings(t, "classes", f"tasks[{i}]"))
+             for i, t in enumerate(tasks)]  # fmt: skip
+    return TaskSpace(tuple(parts))
+
+
+def _strings(obj: dict, key: str, where: str) -> tuple[str, ...]:
+    """``obj[key]``, checked to be a list of strings."""
+    return tuple(list_of(field(obj, key, list, where, LabelSpaceError), str, f"{where}.{key}", LabelSpaceError))

@@ -191,4 +191,7 @@ def predict_tasks(
 
 
 def _as_rgb(image: str | Path | Image.Image) -> Image.Image:
-    return image.convert("RGB") if isinstance(image, Image.Image) else load_rgb(image)
+    """An image file or PIL image as 8-bit RGB, by classification's decoding (16-bit grey scaled, not clipped)."""
+    from .data.images import to_rgb
+
+    return to_rgb(image) if isinstance(image, Image.Image) else load_rgb(image)

@@ -20,6 +20,7 @@ from .io import atomic_write_bytes, atomic_write_text, non_finite, tensors_sha25
 from .labels import LabelSpaceError, label_space_from_json
 from .methods import PromptMethod, method_class
 from .methods.base import EXTRA_STATE_KEY, MethodOptionError
+from .schema import expect, field, read_json_file
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ FORMAT = "vlprompt-prompt"
 FORMAT_VERSION = 2  # 2: typed label space under "labels" (1: "classes", a list of names or a pair dict)
 CONFIG_FILE = "prompt.json"
 TENSORS_FILE = "prompt.safetensors"
+#: Largest prompt.json read (a CZSL prompt's open-world pairs are the largest: a few MB).
+MAX_PROMPT_BYTES = 64 << 20
 _KNOWN_KEYS = {
     "format",
     "format_version",
@@ -77,26 +80,32 @@ def save_pretrained(method: PromptMethod, backbone: Backbone, directory: str | P
 
 
 def read_prompt_config(directory: str | Path) -> dict[str, Any]:
-    """The prompt's JSON config, validated; unknown keys from newer versions are dropped with a warning."""
+    """The prompt's JSON config, validated field by field (each failure a one-line :class:`PromptFileError`
+    naming the file and the field); unknown keys from newer versions are dropped with a warning."""
     path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise PromptFileError(f"{path} not found: a prompt directory holds {CONFIG_FILE} and {TENSORS_FILE}")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise PromptFileError(f"{path}: not valid JSON ({err})") from None
+    missing = f"{path} not found: a prompt directory holds {CONFIG_FILE} and {TENSORS_FILE}"
+    config = read_json_file(path, CONFIG_FILE, PromptFileError, MAX_PROMPT_BYTES, missing)
+    expect(config, dict, str(path), PromptFileError)
     if config.get("format") != FORMAT:
         raise PromptFileError(f"{path}: field 'format' is {config.get('format')!r}, expected {FORMAT!r}")
-    if int(config.get("format_version", 0)) > FORMAT_VERSION:
-        warnings.warn(f"{path} was written by a newer vlprompt (format {config['format_version']})", stacklevel=2)
+    version = field(config, "format_version", int, str(path), PromptFileError, default=1)
+    if version > FORMAT_VERSION:
+        warnings.warn(f"{path} was written by a newer vlprompt (format {version})", stacklevel=2)
     unknown = sorted(set(config) - _KNOWN_KEYS)
     if unknown:
         warnings.warn(f"{path}: ignoring unknown key(s) {unknown} from a newer version", stacklevel=2)
-    for key in ("method", "config", "backbone"):
-        if key not in config:
-            raise PromptFileError(f"{path}: missing field {key!r}")
+    field(config, "method", str, str(path), PromptFileError)
+    field(config, "config", dict, str(path), PromptFileError)
+    identity = field(config, "backbone", dict, str(path), PromptFileError)
+    field(identity, "model", str, f"{path}: field 'backbone'", PromptFileError)
+    field(identity, "pretrained", (str, type(None)), f"{path}: field 'backbone'", PromptFileError, default=None)
+    field(identity, "preprocess", dict, f"{path}: field 'backbone'", PromptFileError, default=None)
     if "labels" not in config and "classes" not in config:
         raise PromptFileError(f"{path}: missing field 'labels'")
+    field(config, "labels", (dict, list), str(path), PromptFileError, default=None)
+    field(config, "classes", (dict, list), str(path), PromptFileError, default=None)
+    field(config, "extra", dict, str(path), PromptFileError, default=None)
+    field(config, "library_version", str, str(path), PromptFileError, default=None)
     if not isinstance(config.get("tensors_sha256", ""), str):
         raise PromptFileError(f"{path}: field 'tensors_sha256' must be a hex string")
     return {k: v for k, v in config.items() if k in _KNOWN_KEYS}

@@ -8,7 +8,6 @@ captions used; every other row is zero), which keeps the files a few MB.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from safetensors.torch import load_file
 
 from ..errors import BackboneError
 from ..io import file_sha256
+from ..schema import expect, read_json_file
 
 __all__ = [
     "BUNDLED",
@@ -93,7 +93,8 @@ def read_manifest(name: str) -> tuple[Path, dict[str, Any]]:
             f"bundled model {name!r} is incomplete: {path} is missing; reinstall vlprompt or rebuild it with "
             "scripts/pretrain_tiny_shapes.py"
         )
-    return folder, json.loads(path.read_text())
+    manifest = read_json_file(path, "bundled model manifest", BundledModelError, 1 << 20)
+    return folder, expect(manifest, dict, str(path), BundledModelError)
 
 
 def load_bundled(name: str) -> tuple[CLIP, dict[str, Any], dict[str, Any]]:

@@ -18,6 +18,8 @@ import sys
 from jsonargparse import ArgumentError
 
 from .. import distributed as dist
+from ..errors import OptionError
+from ..schema import MAX_YAML_BYTES
 from .commands import COMMANDS
 from .errors import describe_error, parse_error_message, quiet_third_party_logs
 from .options import COMMAND_CONFIGS
@@ -44,13 +46,14 @@ def main(argv: list[str] | None = None) -> int:
         if help_text is not None:
             print(help_text, end="")
             return 0
+        _check_config_sizes(argv)
         parser = build_parser()
         try:
             namespace = parser.parse_args(expand_list_values(expand_bare_flags(argv)))
         except ArgumentError as err:
             if debug:
                 raise
-            print(f"{prog}: error: {parse_error_message(str(err))}", file=sys.stderr)
+            print(f"{prog}: error: {_config_file_named(argv, parse_error_message(str(err)))}", file=sys.stderr)
             print(f"(`{prog} --help` lists the options)", file=sys.stderr)
             return 2
         dist.init_from_env()
@@ -73,6 +76,29 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"{prog}: interrupted (a run continues where it stopped with --resume true)", file=sys.stderr)
         return 130
+
+
+def _config_files(argv: list[str]) -> list[str]:
+    files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    return files + [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+
+
+def _check_config_sizes(argv: list[str]) -> None:
+    """A ``--config`` file larger than a config can be is refused before it is read."""
+    for name in _config_files(argv):
+        if os.path.isfile(name) and os.path.getsize(name) > MAX_YAML_BYTES:
+            raise OptionError(
+                f"--config {name}: {os.path.getsize(name)} bytes, more than the {MAX_YAML_BYTES} a YAML config may have"
+            )
+
+
+def _config_file_named(argv: list[str], message: str) -> str:
+    """A failure to read a ``--config`` file, with the file named."""
+    if not message.startswith("Problems parsing config"):
+        return message
+    files = _config_files(argv)
+    detail = message.split(":", 1)[1].strip() if ":" in message else message
+    return f"--config {', '.join(files)}: {detail}" if files else message
 
 
 def _config(cls: type, namespace) -> object:

@@ -10,7 +10,9 @@ from .. import distributed as dist
 from ..data import DataError, base_new_split
 from ..engine.presets import preset_name
 from ..errors import OptionError
+from ..labels import task_key
 from ..methods import COMMAND_OF_LABELS, METHODS
+from ..rundir import check_run_dir, prepare_run_dir
 from ..runs import (
     ClassificationRun,
     CZSLRun,
@@ -20,6 +22,7 @@ from ..runs import (
     run_multitask,
 )
 from ..runs.bench import BenchRun
+from ..schema import check_template, check_template_fits, check_unique
 from .options import (
     BankCommand,
     DataCommand,
@@ -106,8 +109,9 @@ def cmd_predict(cfg: PredictCommand, namespace: Any) -> int:
     from ..predict import Predictor, predict_tasks
 
     cfg.validate()
-    backbone = cfg.backbone.load(cfg.prompt)
     images = list(namespace.images)
+    _check_predict_inputs(cfg, images)
+    backbone = cfg.backbone.load(cfg.prompt)
     if cfg.task is not None:
         by_task = predict_tasks(cfg.prompt, cfg.tasks(), images, backbone, cfg.topk, cfg.batch_size)
         if cfg.json:
@@ -124,6 +128,7 @@ def cmd_predict(cfg: PredictCommand, namespace: Any) -> int:
     if cfg.prompt is not None:
         predictor = Predictor.from_prompt(cfg.prompt, backbone, batch_size=cfg.batch_size)
     else:
+        check_template_fits(cfg.template, cfg.class_names(), backbone, "--template")
         predictor = Predictor.zero_shot(cfg.class_names(), backbone, template=cfg.template, batch_size=cfg.batch_size)
     predictions = predictor.predict(images, topk=cfg.topk, progress=len(images) > cfg.batch_size)
     if cfg.json:
@@ -135,6 +140,20 @@ def cmd_predict(cfg: PredictCommand, namespace: Any) -> int:
         for rank, (name, prob) in enumerate(prediction.top, 1):
             print(f"  {rank:>2}. {name:<30} {100 * prob:6.2f}%")
     return 0
+
+
+def _check_predict_inputs(cfg: PredictCommand, images: list[str]) -> None:
+    """What ``predict`` can refuse before loading a model: names that collide, a bad template, missing images."""
+    if cfg.classes is not None:
+        check_unique(cfg.class_names(), "--classes", OptionError, what="class names")
+        check_template(cfg.template, "--template")
+    if cfg.task is not None:
+        check_unique(cfg.tasks(), "--task", OptionError, key=task_key, what="task names")
+    missing = [p for p in images if not Path(p).is_file()]
+    if missing:
+        raise DataError(
+            f"image file not found: {missing[0]}" + (f" (and {len(missing) - 1} more)" if missing[1:] else "")
+        )
 
 
 def cmd_demo(cfg: DemoCommand, _: Any) -> int:
@@ -161,7 +180,13 @@ def cmd_data(cfg: DataCommand, namespace: Any) -> int:
     from ..data.benchmarks import DATASETS, check_dataset, dataset_names
 
     cfg.validate()
-    reports = [check_dataset(name, cfg.root) for name in dataset_names(namespace.names, tuple(DATASETS))]
+    names = dataset_names(namespace.names, tuple(DATASETS))
+    root = Path(cfg.root)
+    if not root.exists():
+        raise DataError(f"--root {root} does not exist: give the folder that holds the dataset folders")
+    if not root.is_dir():
+        raise DataError(f"--root {root} is a file, not a folder: give the folder that holds the dataset folders")
+    reports = [check_dataset(name, cfg.root) for name in names]
     for report in reports:
         print(report.text())
     ready = sum(r.ok for r in reports)
@@ -186,18 +211,23 @@ def cmd_bank(cfg: BankCommand, _: Any) -> int:
     from ..bank import PromptBank
 
     cfg.validate()
+    check_unique(list(cfg.prompts), "--prompts", OptionError, key=task_key, what="task names")
+    check_run_dir(cfg.out, resume=False, overwrite=False)
     first = next(iter(cfg.prompts.values()))
     backbone = cfg.backbone.load(first)
-    PromptBank.from_prompts(cfg.prompts, backbone).save(backbone, cfg.out)
+    bank = PromptBank.from_prompts(cfg.prompts, backbone)
+    prepare_run_dir(cfg.out, resume=False, overwrite=False, command="bank")
+    bank.save(backbone, cfg.out)
     print(f"prompt bank of {len(cfg.prompts)} prompts ({', '.join(cfg.prompts)}): {cfg.out}")
     return 0
 
 
 def cmd_incontext(cfg: IncontextCommand, _: Any) -> int:
     from ..incontext import load_inpainter
-    from ..incontext.predict import predict_files
+    from ..incontext.predict import check_incontext_out, predict_files
 
     cfg.validate()
+    check_incontext_out(cfg.out)
     model = load_inpainter(cfg.model, cfg.arch)
     records = predict_files(model, cfg.task, cfg.examples, cfg.outputs, cfg.queries, cfg.out, cfg.targets)
     if cfg.json:

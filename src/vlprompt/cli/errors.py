@@ -46,7 +46,7 @@ def parse_error_message(message: str) -> str:
     """jsonargparse's message for a bad value, shortened to the flag, the expected types and the value."""
     key = re.match(r'Parser key "([^"]+)":', message)
     if not key:
-        return message.strip()
+        return " ".join(message.split())  # one line (PyYAML's messages span several)
     expected = re.findall(r"Expected a <class '(\w+)'>", message)
     given = re.search(r"Given value: (.*)$|Got value: (.*)$", message, re.MULTILINE)
     names = [

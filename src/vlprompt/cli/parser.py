@@ -7,19 +7,35 @@ import textwrap
 import typing
 
 import docstring_parser
-from jsonargparse import ActionConfigFile, ArgumentParser
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser, get_loader, set_loader
 
 from .. import __version__
 from ..engine.presets import preset_name
 from ..methods import COMMAND_OF_LABELS, PromptMethod, method_class
 from ..runs.bench import PROTOCOLS
+from ..schema import MAX_YAML_BYTES, LimitedSafeLoader
 from .options import COMMAND_CONFIGS, METHOD_HELP
 
 BOOL_WORDS = {"true", "false", "yes", "no", "1", "0", "null"}
 DEBUG_FLAG = "--debug"
 
 
+_JSONARGPARSE_YAML = get_loader("yaml")
+
+
+def limited_yaml_load(text: str):
+    """jsonargparse's YAML loader for every value and ``--config`` file, after a size cap and a check that its
+    aliases do not expand past :data:`vlprompt.schema.MAX_YAML_NODES` (a "billion laughs" file fails at once)."""
+    if len(text) > MAX_YAML_BYTES:
+        raise yaml.YAMLError(f"{len(text)} characters, more than the {MAX_YAML_BYTES} a YAML config may have")
+    if "*" in text:  # only aliases can expand; anything else is parsed once
+        yaml.compose(text, Loader=LimitedSafeLoader)
+    return _JSONARGPARSE_YAML(text)
+
+
 def build_parser() -> ArgumentParser:
+    set_loader("yaml", limited_yaml_load, (yaml.YAMLError,))
     parser = ArgumentParser(
         prog="vlprompt",
         description="Prompt learning for CLIP-style models.",

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from ..errors import OptionError
 from ..io import atomic_write_bytes, atomic_write_text, torch_bytes, torch_load_failure
+from ..schema import inside_folder
 from .images import DataError, load_rgb
 
 log = logging.getLogger(__name__)
@@ -293,6 +294,7 @@ def _metadata_entry(path: Path, i: int, entry: object) -> tuple[str, str, str, s
         if not isinstance(entry.get(key), str):
             raise DataError(f"{path}: entry {i} needs a string {key!r}, got {entry.get(key)!r}")
     image, attr, obj, phase = entry["image"], entry["attr"], entry["obj"], entry["set"]
+    inside_folder("<root>/images", image, f"{path}: entry {i} field 'image'", follow_links=False)
     if phase not in SET_VALUES:
         raise DataError(f"{path}: entry {i} ({image}) has set {phase!r}, expected one of {SET_VALUES}")
     return image, attr, obj, phase

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from ..io import atomic_write_text
+from ..schema import check_unique, expect, inside_folder, is_a, read_json_file
 
 log = logging.getLogger(__name__)
 
@@ -251,28 +252,27 @@ def split_json(
 
 
 def _read_split_file(split_file: Path) -> dict:
-    """The parsed split file, checked to be an object with the keys :data:`SPLITS`."""
-    try:
-        data = json.loads(split_file.read_text())
-    except FileNotFoundError:
-        raise DataError(f"split file not found: {split_file}") from None
-    except json.JSONDecodeError as err:
-        raise DataError(f"{split_file}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{split_file}: expected an object with keys {list(SPLITS)}")
+    """The parsed split file, checked to be an object with the keys :data:`SPLITS`, each a list."""
+    data = read_json_file(split_file, "split file")
+    expect(data, dict, f"{split_file}: the split file", DataError)
     for key in SPLITS:
         if key not in data:
             raise DataError(f"{split_file}: missing key {key!r} (expected {list(SPLITS)})")
+        expect(data[key], list, f"{split_file}: {key!r}")
     return data
 
 
 def _split_classnames(split_file: Path, data: dict) -> list[str]:
-    """Class name of each label 0..C-1, from the entries of all splits (checked to agree)."""
+    """Class name of each label 0..C-1, from the entries of all splits (checked to agree and to be distinct)."""
     names: dict[int, str] = {}
     for key in SPLITS:
         for i, entry in enumerate(data[key]):
-            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[1], int)):
-                raise DataError(f"{split_file}: {key}[{i}] must be [relative path, label, class name], got {entry!r}")
+            ok = isinstance(entry, (list, tuple)) and len(entry) == 3 and is_a(entry[1], int)
+            if not (ok and isinstance(entry[0], str) and isinstance(entry[2], (str, int))):
+                raise DataError(
+                    f"{split_file}: {key}[{i}] must be [relative path, label, class name], got {entry!r:.120}"
+                )
+            inside_folder("the image root", entry[0], f"{split_file}: {key}[{i}] image path", follow_links=False)
             label, name = entry[1], str(entry[2])
             if label < 0:
                 raise DataError(f"{split_file}: {key}[{i}] has negative label {label}")
@@ -282,6 +282,7 @@ def _split_classnames(split_file: Path, data: dict) -> list[str]:
     if sorted(names) != list(range(n)):
         bad = next(label for label in sorted(names) if label >= n)
         raise DataError(f"{split_file}: label {bad} is out of range: labels must be 0..{n - 1}")
+    check_unique([names[i] for i in range(n)], f"{split_file}", what="the class names of its labels")
     return [names[i] for i in range(n)]
 
 

@@ -10,6 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..io import atomic_write_text
+from ..schema import expect, field, list_of, read_json_file
 from .images import DataError, LabeledImages
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,20 @@ def few_shot_indices(dataset: LabeledImages, shots: int, seed: int, allow_fewer:
     return sorted(chosen)
 
 
+def _read_index_file(path: Path) -> dict:
+    """A persisted few-shot subset ``{shots, seed, paths}``, checked field by field."""
+    try:
+        saved = read_json_file(path, "few-shot index file")
+        where = f"{path}"
+        expect(saved, dict, where)
+        field(saved, "shots", int, where)
+        field(saved, "seed", int, where)
+        list_of(field(saved, "paths", list, where, default=[]), str, f"{where}: field 'paths'")
+    except DataError as err:
+        raise DataError(f"{err}; delete it to draw the subset again") from None
+    return saved
+
+
 def few_shot(
     dataset: LabeledImages, shots: int, seed: int, index_file: str | Path | None = None, allow_fewer: bool = False
 ) -> LabeledImages:
@@ -56,10 +71,7 @@ def few_shot(
         return dataset
     paths = [s.path for s in dataset.samples]
     if index_file is not None and Path(index_file).is_file():
-        try:
-            saved = json.loads(Path(index_file).read_text())
-        except json.JSONDecodeError as err:
-            raise DataError(f"{index_file}: not valid JSON ({err}); delete it to draw the subset again") from None
+        saved = _read_index_file(Path(index_file))
         if saved.get("shots") != shots or saved.get("seed") != seed:
             raise DataError(
                 f"{index_file} holds a subset for shots={saved.get('shots')}, seed={saved.get('seed')}, "

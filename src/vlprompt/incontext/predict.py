@@ -9,24 +9,40 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..data.images import DataError, load_rgb
+from ..errors import RunDirError
 from ..io import atomic_write
+from ..rundir import MARKER, check_run_dir, is_run_dir, mark_run_dir
 from .canvas import answer_cell, build_canvases
 from .models import Inpainter
 from .tasks import InContextTask, TaskInputError, check_examples, get_task
 
-__all__ = ["predict_files", "predict_images"]
+__all__ = ["check_incontext_out", "predict_files", "predict_images"]
 
 
 def _open(path: str | Path, what: str) -> Image.Image:
+    """An image file as 8-bit RGB, decoded as classification decodes it (:func:`vlprompt.data.images.load_rgb`:
+    16-bit and float grey scaled by their depth, not clipped to white)."""
     path = Path(path)
     if not path.is_file():
         raise TaskInputError(f"{what}: no such image file {path}")
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except OSError as err:
-        raise TaskInputError(f"{what}: {path} is not a readable image ({err})") from err
+        return load_rgb(path)
+    except DataError as err:
+        raise TaskInputError(f"{what}: {path} is not a readable image ({err})") from None
+
+
+def check_incontext_out(out: str | Path) -> Path:
+    """``out`` can take the canvases and answers: missing, an empty folder, or a folder vlprompt made (its run
+    marker); anything else (a file, a link, a folder of the user's files) is refused before any work."""
+    out = Path(out)
+    if out.is_dir() and not out.is_symlink() and any(out.iterdir()) and not is_run_dir(out):
+        raise RunDirError(
+            f"--out {out} is a folder vlprompt did not make (no {MARKER} marker) and holds files: choose a new or "
+            "empty folder (vlprompt incontext never writes among other files)"
+        )
+    check_run_dir(out, resume=True, overwrite=False)  # a file, a link, or a place it cannot write to
+    return out
 
 
 def _target_image(path: str | Path, task: InContextTask, what: str) -> Any:
@@ -107,9 +123,10 @@ def predict_files(
     ex_in = [_open(p, f"example {i + 1} input") for i, p in enumerate(examples)]
     ex_out = [_target_image(p, task, f"example {i + 1} output") for i, p in enumerate(outputs)]
     query_images = [_open(p, f"query {i + 1}") for i, p in enumerate(queries)]
+    out = check_incontext_out(out)
     results = predict_images(model, task, ex_in, ex_out, query_images)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if not is_run_dir(out):
+        mark_run_dir(out, "incontext")
     records = []
     for i, (path, image, result) in enumerate(zip(queries, query_images, results)):
         size = (image.height, image.width)

@@ -85,7 +85,14 @@ def phase_images(split: CZSLSplit, phase: str, columns: list, skip_bad_images: b
         )
     samples = [Sample(str(split.image_dir / s.image), index[(s.attr, s.obj)]) for s in split.samples[phase]]
     names = [f"{a} {o}" for a, o in columns]
-    return LabeledImages(samples, names, skip_bad_images=skip_bad_images)
+    images = LabeledImages(samples, names, skip_bad_images=skip_bad_images)
+    if not len(images):
+        why = f" ({len(images.skipped)} skipped as unreadable)" if images.skipped else ""
+        raise DataError(
+            f"{split.root}: the {phase} phase has no images{why}: metadata_{split.split}.t7 needs images of the "
+            f"{phase} pairs with set {phase!r}"
+        )
+    return images
 
 
 @contextlib.contextmanager

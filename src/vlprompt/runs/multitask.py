@@ -20,7 +20,7 @@ from ..data.tasks import TaskImages, few_shot_per_task
 from ..evaluation import evaluate
 from ..evaluation.reports import AVERAGE
 from ..features import FeatureCache
-from ..labels import ClassNames, LabelSpace, TaskSpace
+from ..labels import ClassNames, LabelSpace, TaskSpace, task_key
 from ..methods import PerTask, PerTaskConfig, PromptMethod, build_method, method_class
 from .classification import ImageSource
 from .config import RunConfig
@@ -107,12 +107,12 @@ class MultiTask(Protocol):
             where = f"--tasks[{i}]"
             if not task.name.strip():
                 raise DataError(f"{where}.name is empty: every task needs a name (its prompts read it)")
-            if task.name in seen:
+            if task_key(task.name) in seen:
                 raise DataError(
-                    f"{where}.name {task.name!r} is also the name of --tasks[{seen[task.name]}]: "
-                    "task names must be unique"
+                    f"{where}.name {task.name!r} is also the name of --tasks[{seen[task_key(task.name)]}]: "
+                    "task names must be unique (spaces aside)"
                 )
-            seen[task.name] = i
+            seen[task_key(task.name)] = i
             task.validate(where)
         if self.run.shots < 0:
             raise DataError(f"--shots must be >= 0 (0: all images), not {self.run.shots}")
@@ -126,6 +126,7 @@ class MultiTask(Protocol):
             for split in ("train", "test"):
                 if split not in splits or not len(splits[split]):
                     raise DataError(f"--tasks[{i}] ({task.name!r}): the {split} split has no images")
+            _check_task_classes(f"--tasks[{i}] ({task.name!r})", splits)
             self.splits[task.name] = splits
 
     def seed_data(self, seed: int, seed_dir: Path | None):
@@ -158,6 +159,17 @@ class MultiTask(Protocol):
             save_bank({t.name: m for t, m in zip(method.labels.tasks, method.members)}, backbone, directory, extra)
         else:
             super().save(method, backbone, directory, extra)
+
+
+def _check_task_classes(where: str, splits: dict[str, LabeledImages]) -> None:
+    """A task has two classes or more, and its test split holds every class (else its accuracy means little)."""
+    names = splits["train"].classnames
+    if len(names) < 2:
+        raise DataError(f"{where}: the task has {len(names)} class ({names}); a task needs two classes or more")
+    for split in ("train", "test"):
+        absent = [names[c] for c in sorted(set(range(len(names))) - set(splits[split].labels))]
+        if absent:
+            raise DataError(f"{where}: the {split} split has no images of class(es) {absent[:5]}")
 
 
 def builtin_tasks() -> list[TaskData]:

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ...io import atomic_write, atomic_write_text, file_sha256
+from ...schema import dataclass_from_dict, expect, field, inside_folder, read_json_file
 from .inpainter import Inpainter, InpainterCheckpointError
 from .mae import REFERENCE_ARCHS, MAEConfig, MaskedAutoencoder, PixelMAE
 from .vqgan import MAEVQGAN, VQGANConfig, taming_to_diffusers
@@ -156,12 +157,15 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / "manifest.json"
     if not path.is_file():
         raise _missing(path, "An inpainter folder holds manifest.json and weights.safetensors (see save_inpainter).")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise InpainterCheckpointError(f"{path}: not valid JSON ({err})") from err
+    manifest = read_json_file(path, "inpainter manifest", InpainterCheckpointError, 1 << 20)
+    expect(manifest, dict, str(path), InpainterCheckpointError)
     if manifest.get("format") != FORMAT or manifest.get("kind") not in ("pixel-mae", "mae-vqgan"):
         raise InpainterCheckpointError(f"{path}: not a vlprompt inpainter manifest (format/kind)")
+    field(manifest, "config", dict, str(path), InpainterCheckpointError)
+    field(manifest, "vqgan", dict, str(path), InpainterCheckpointError, default=None)
+    weights = field(manifest, "weights", str, str(path), InpainterCheckpointError)
+    inside_folder(folder, weights, f"{path}: field 'weights'", InpainterCheckpointError)
+    field(manifest, "sha256", str, str(path), InpainterCheckpointError, default=None)
     return manifest
 
 
@@ -178,7 +182,8 @@ def load_inpainter(source: str | Path | None = None, arch: str = "mae_vit_large_
     manifest = read_manifest(folder)
     source_name = str(folder / manifest["weights"])
     config = MAEConfig.from_dict(manifest["config"], source_name)
-    vqgan = VQGANConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in manifest.get("vqgan", {}).items()})
+    vqgan = dataclass_from_dict(VQGANConfig, manifest.get("vqgan", {}), f"{source_name}: VQGAN config",
+                                InpainterCheckpointError)  # fmt: skip
     model = _build(manifest["kind"], config, vqgan if manifest["kind"] == "mae-vqgan" else None)
     weights = folder / manifest["weights"]
     if not weights.is_file():

@@ -14,7 +14,7 @@ positions (the reference's evaluation masking). Where vlprompt differs: one bool
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -69,11 +69,9 @@ class MAEConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> MAEConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise InpainterCheckpointError(f"{source}: unknown MAE config keys {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        from ...schema import dataclass_from_dict
+
+        return dataclass_from_dict(cls, values, f"{source}: MAE config", InpainterCheckpointError)
 
 
 REFERENCE_ARCHS: dict[str, MAEConfig] = {
