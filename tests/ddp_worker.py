@@ -63,6 +63,7 @@ def train_all(image_root: str | Path, out: str | Path) -> dict[str, dict[str, to
         method = build(run, backbone, data.classnames)
         config = dataclasses.replace(CONFIG, **train)
         train_set = task_images(data) if method.label_kind is TaskSpace else data
+        method.setup(backbone, train_set, cache)  # as the run loop does (e.g. a cache of the few-shot features)
         fit(method, backbone, train_set, config, run_dir=Path(out) / run / f"rank{rank}", cache=cache, progress=False)
         finals[run] = method.trainable_state()
         save_file(finals[run], str(Path(out) / run / f"final_rank{rank}.safetensors"))

@@ -637,7 +637,43 @@ CASES.update({
         "exists and is not a directory",
         _user_file_kept(e.tmp / "out.txt", "mine"),
     ),
+    "incontext: outputs and examples differ in number": lambda e: Case(
+        [*_incontext(e, e.tmp / "ic")[:-2], "--outputs", f"[{e.image},{e.image}]", "--out", str(e.tmp / "ic")],
+        "--outputs has 2 file(s) for 1 --examples",
+        _no_file(e.tmp / "ic"),
+    ),
+    "bank command: out is a file": lambda e: Case(
+        ["bank", "--prompts", f"{{a: {e.prompts / 'coop'}}}", "--out", str(e.file("bank.txt", "mine"))],
+        "exists and is not a directory",
+        _user_file_kept(e.tmp / "bank.txt", "mine"),
+    ),
+    # seeds and sweeps
+    "train: a seed twice": lambda e: Case(e.train("--seeds", "[1, 1]"), "--seeds: seeds must be unique"),
+    "train: a seed beyond 64 bits": lambda e: Case(e.train("--seeds", f"[{2**64}]"), "--seeds: seed"),
+    "czsl: a seed twice": lambda e: Case(e.czsl_args("--seeds", "[3, 3]"), "--seeds: seeds must be unique"),
+    "demo: a seed twice": lambda e: Case(
+        ["demo", "--seeds", "[2, 2]", "--out", str(e.tmp / "d")], "--seeds: seeds must be unique", _no_file(e.tmp / "d")
+    ),
+    "bench: no datasets": lambda e: Case(_bench(e, "--datasets", "[]"), "--datasets is empty", _no_file(e.tmp / "b")),
+    "bench: a method twice": lambda e: Case(
+        _bench(e, "--methods", "[zeroshot, zeroshot]"), "--methods: methods must be unique", _no_file(e.tmp / "b")
+    ),
+    "bench: a dataset twice": lambda e: Case(
+        _bench(e, "--datasets", "[builtin, builtin]"), "--datasets: datasets must be unique", _no_file(e.tmp / "b")
+    ),
+    "bench: a seed twice": lambda e: Case(
+        _bench(e, "--seeds", "[1, 1]"), "--seeds: seeds must be unique", _no_file(e.tmp / "b")
+    ),
+    "bench: shots twice": lambda e: Case(
+        _bench(e, "--shots", "[2, 2]"), "--shots: shots must be unique", _no_file(e.tmp / "b")
+    ),
 })  # fmt: skip
+
+
+def _bench(env: Env, *extra: str) -> list[str]:
+    """A built-in few-shot bench (refused before any work in every case that uses it)."""
+    return ["bench", "few-shot", "--datasets", "[builtin]", "--methods", "[zeroshot]", "--seeds", "[1]",
+            "--out", str(env.tmp / "b"), *extra]  # fmt: skip
 
 
 def _same_name_as_label_0(label: int) -> Callable[[dict], None]:

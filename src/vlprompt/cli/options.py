@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..data.sampling import CLASS_SPLITS
 from ..errors import OptionError
@@ -17,6 +16,7 @@ from ..runs import (
     MultiTaskRun,
 )
 from ..runs.bench import BenchRun
+from ..runs.config import check_seeds
 
 
 @dataclass
@@ -136,8 +136,7 @@ class DemoCommand:
     def validate(self) -> None:
         if self.shots < 0:
             raise OptionError(f"--shots must be >= 0 (0: all images), not {self.shots}")
-        if not self.seeds:
-            raise OptionError("--seeds is empty: give at least one seed, e.g. --seeds [1]")
+        check_seeds(self.seeds)
 
 
 @dataclass
@@ -159,9 +158,7 @@ class BankCommand:
             raise OptionError("--prompts is empty: give task names and prompt directories, e.g. '{colour: DIR}'")
         if not self.out:
             raise OptionError("--out is required: the bank directory to write")
-        if Path(self.out).exists() and any(Path(self.out).iterdir()):
-            raise OptionError(f"--out {self.out} exists and is not empty: choose a new directory")
-        self.backbone.validate()
+        self.backbone.validate()  # the command checks --out with the run-directory guard before any work
 
 
 @dataclass
@@ -214,6 +211,10 @@ class IncontextCommand:
             raise OptionError(f"--task must be one of {sorted(TASKS)}, not {self.task!r}")
         if not self.examples or not self.queries:
             raise OptionError("give --examples [a.png,...], --outputs [a_mask.png,...] and --queries [q.png,...]")
+        if len(self.outputs) != len(self.examples):
+            raise OptionError(
+                f"--outputs has {len(self.outputs)} file(s) for {len(self.examples)} --examples: give one output each"
+            )
 
 
 @dataclass

@@ -43,6 +43,7 @@ from ..evaluation.reports import AVERAGE, format_cell, mean_std, wide_table, wri
 from ..features import FeatureCache
 from ..labels import ClassNames
 from ..methods import method_class
+from ..schema import check_unique
 from .bench_sources import (  # noqa: F401 - the sources are part of this module's API
     BUILTIN,
     BUILTIN_DEFAULT,
@@ -63,7 +64,7 @@ from .bench_sources import (  # noqa: F401 - the sources are part of this module
     registry_source,
 )
 from .classification import ClassificationRun
-from .config import BackboneConfig, RunConfig, TrainOverrides
+from .config import BackboneConfig, RunConfig, TrainOverrides, check_seeds
 from .loop import (
     CONFIG_FILE,
     Protocol,
@@ -123,6 +124,7 @@ def check_methods(protocol: str, bench: BenchRun) -> None:
     """Refuse, before any work, a method that cannot run ``protocol`` (class-specific outputs)."""
     if not bench.methods:
         raise OptionError("--methods is empty: give at least one method, e.g. --methods [coop]")
+    check_unique(bench.methods, "--methods", OptionError, key=lambda m: m.strip().lower(), what="methods")
     unknown = sorted(set(bench.method_options) - set(bench.methods))
     if unknown:
         raise OptionError(f"--method_options names {unknown}, which are not in --methods {bench.methods}")
@@ -150,11 +152,14 @@ class SubRun:
 def plan(protocol: str, bench: BenchRun, out: Path) -> list[SubRun]:
     """Every sub-run of the sweep, each validated (options, recipe, data names) before any work."""
     check_methods(protocol, bench)
-    if not bench.seeds:
-        raise OptionError("--seeds is empty: give at least one seed, e.g. --seeds [1]")
+    check_seeds(bench.seeds)
+    if not bench.datasets:
+        raise OptionError("--datasets is empty: give at least one dataset, e.g. --datasets [all]")
+    check_unique(bench.datasets, "--datasets", OptionError, key=str.strip, what="datasets")
     shots = bench.shots_for(protocol)
     if any(k < 1 for k in shots):
         raise OptionError(f"--shots must all be >= 1, not {shots}")
+    check_unique(shots, "--shots", OptionError, key=lambda k: k, what="shots")
     class_split = "base-to-new" if protocol == "base-to-new" else "all"
     subs = []
     for source in make_sources(protocol, bench):

@@ -13,8 +13,10 @@ from ..backbones import DEFAULT_BACKBONE, Backbone, BackboneError, load_backbone
 from ..backbones.loading import check_backbone
 from ..engine import TrainConfig, recipe_config
 from ..engine.presets import preset_recipe
+from ..errors import OptionError
 from ..methods import METHODS, Recipe
 from ..predict import backbone_for_prompt
+from ..schema import check_unique
 
 
 @dataclass
@@ -86,6 +88,16 @@ def train_overrides(config: TrainConfig | dict[str, Any] | None = None, **values
     """A :data:`TrainOverrides` setting every field of ``config`` (and ``values``)."""
     base = dataclasses.asdict(config) if isinstance(config, TrainConfig) else dict(config or {})
     return TrainOverrides(**{**base, **values})
+
+
+def check_seeds(seeds: list[int]) -> None:
+    """At least one seed, each distinct and within torch's 64-bit seed range (before any work)."""
+    if not seeds:
+        raise OptionError("--seeds is empty: give at least one seed, e.g. --seeds [1]")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise OptionError(f"--seeds: seed {seed!r} is not an integer in 0..2**64-1")
+    check_unique(seeds, "--seeds", OptionError, key=lambda s: s, what="seeds")
 
 
 @dataclass

@@ -17,7 +17,7 @@ from ..data.images import LabeledImages
 from ..engine import TrainConfig, fit
 from ..engine.schedules import canonical_schedule
 from ..engine.trainer import Scorer
-from ..errors import OptionError, RunDirError
+from ..errors import RunDirError
 from ..evaluation import markdown_table, summarize
 from ..evaluation.reports import write_results
 from ..features import FeatureCache
@@ -26,11 +26,14 @@ from ..labels import LabelSpace
 from ..methods import PromptMethod, build_method, method_class
 from ..prompts import load_prompt, save_pretrained
 from ..rundir import check_run_dir, prepare_run_dir
-from .config import RunConfig
+from ..schema import read_yaml_file
+from .config import RunConfig, check_seeds
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
+#: Every ``TrainConfig`` field's default (a field added later is filled in when an older run resumes).
+TRAIN_DEFAULTS = dataclasses.asdict(TrainConfig())
 #: Metrics the tables know, in column order.
 METRICS = ("accuracy", "mean_per_class_accuracy", "base", "new", "hm", "S", "U", "H", "AUC", "attr", "obj")
 
@@ -183,8 +186,7 @@ def validate_run(run: RunConfig, protocol: Protocol, prompt: str | None = None) 
     """Every check that needs no data or model, so that a bad option fails before any work."""
     if not prompt:
         protocol.check_options()
-        if not run.seeds:
-            raise OptionError("--seeds is empty: give at least one seed, e.g. --seeds [1]")
+        check_seeds(run.seeds)
     train_config = run.train_config(protocol.shots())
     train_config.validate()
     protocol.validate()
@@ -220,10 +222,7 @@ def check_config_unchanged(run_dir: Path, config: dict[str, Any], resume: bool) 
     path = run_dir / CONFIG_FILE
     if not (resume and path.is_file()):
         return
-    try:
-        saved = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise RunDirError(f"cannot resume {run_dir}: {path} is not valid YAML ({err})") from None
+    saved = read_yaml_file(path, RunDirError)
     if not isinstance(saved, dict):
         raise RunDirError(f"cannot resume {run_dir}: {path} does not hold a run config")
     ignore = {"resume", "overwrite", "out"}  # a moved or copied run directory resumes too
@@ -234,11 +233,15 @@ def check_config_unchanged(run_dir: Path, config: dict[str, Any], resume: bool) 
 
 
 def _old_names_resolved(record: dict[str, Any]) -> dict[str, Any]:
-    """``record`` with an old schedule name resolved: a run saved with "coop" resumes as "dassl-cosine"."""
+    """``record`` as this version writes it: an old schedule name resolved (a run saved with "coop" resumes as
+    "dassl-cosine"), and ``TrainConfig`` fields added since it was saved at their defaults (which it ran with)."""
     train = record.get("train")
-    if isinstance(train, dict) and isinstance(train.get("schedule"), str):
-        return {**record, "train": {**train, "schedule": canonical_schedule(train["schedule"])}}
-    return record
+    if not isinstance(train, dict):
+        return record
+    train = {**TRAIN_DEFAULTS, **train}
+    if isinstance(train.get("schedule"), str):
+        train["schedule"] = canonical_schedule(train["schedule"])
+    return {**record, "train": train}
 
 
 def metric_names(rows: list[dict[str, Any]]) -> list[str]:
