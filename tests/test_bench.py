@@ -12,6 +12,7 @@ from test_contract import make
 import vlprompt.engine.trainer as trainer
 import vlprompt.runs.bench as bench_module
 from vlprompt.cli import main
+from vlprompt.data import image_folder
 from vlprompt.data.benchmarks import DATASETS
 from vlprompt.evaluation import evaluate, harmonic_mean
 from vlprompt.features import FeatureCache
@@ -19,7 +20,7 @@ from vlprompt.labels import ClassNames
 from vlprompt.methods import CoOp, build_method, methods_for
 from vlprompt.prompts import load_prompt
 from vlprompt.runs import ClassificationRun, DataConfig, run_classification, train_overrides
-from vlprompt.runs.bench import BenchRun, bench_summary, bench_tables, run_bench
+from vlprompt.runs.bench import BenchData, BenchRun, bench_summary, bench_tables, run_bench
 
 TRAIN = {"epochs": 2, "batch_size": 8}
 OPTIONS = {"coop": {"n_ctx": 2}}
@@ -36,7 +37,8 @@ def root(tmp_path_factory):
 
 def _bench(root, out, **kw) -> BenchRun:
     defaults = {"methods": ["zeroshot", "coop"], "seeds": [1, 2], "method_options": OPTIONS}
-    return BenchRun(root=str(root), out=str(out), train=train_overrides(**TRAIN), **{**defaults, **kw})
+    data = BenchData(root=str(root), shots=kw.pop("shots", None))
+    return BenchRun(data=data, out=str(out), train=train_overrides(**TRAIN), **{**defaults, **kw})
 
 
 def _hand_run(root, out, dataset: str, method: str, shots: int, class_split: str = "all") -> ClassificationRun:
@@ -151,7 +153,7 @@ def test_resume_skips_finished_runs_and_seeds(tmp_path, root, vit_backbone, monk
 def test_a_method_that_cannot_transfer_is_refused_before_any_work(tmp_path, root, protocol, methods, options):
     out = tmp_path / "bench"
     bench = BenchRun(datasets=["dtd"] if protocol != "domain-generalisation" else ["all"], methods=methods,
-                     method_options=options, root=str(root), out=str(out))  # fmt: skip
+                     method_options=options, data=BenchData(root=str(root)), out=str(out))  # fmt: skip
     name = methods[-1]
     with pytest.raises(ValueError, match=f"{name} with these options learns one output per training class and cannot "
                                          f"score new classes: it cannot run {protocol}"):  # fmt: skip
@@ -162,7 +164,8 @@ def test_a_method_that_cannot_transfer_is_refused_before_any_work(tmp_path, root
 def test_bad_bench_options(tmp_path, root):
     def fails(protocol, match, **kw):
         with pytest.raises(ValueError, match=match):
-            run_bench(protocol, BenchRun(**{"root": str(root), "out": str(tmp_path / "b"), **kw}))
+            data = BenchData(root=kw.pop("root", str(root)), shots=kw.pop("shots", None))
+            run_bench(protocol, BenchRun(**{"data": data, "out": str(tmp_path / "b"), **kw}))
 
     fails("few-shot", "unknown method 'cop'", methods=["cop"])
     fails("cross-dataset", "--datasets builtin runs without registry datasets, and only few-shot", datasets=["builtin"])
@@ -174,9 +177,9 @@ def test_bad_bench_options(tmp_path, root):
     )
     fails("few-shot", "--datasets imagenet_a is evaluation-only", datasets=["imagenet_a"])
     fails("domain-generalisation", "targets are the ImageNet variants", datasets=["dtd"])
-    fails("few-shot", "--shots must all be >= 1", datasets=["dtd"], shots=[0])
+    fails("few-shot", "--data.shots must all be >= 1", datasets=["dtd"], shots=[0])
     fails("few-shot", r"--method_options names \['maple'\], which are not in --methods", method_options={"maple": {}})
-    fails("few-shot", "--root is required", datasets=["dtd"], root="")
+    fails("few-shot", "--data.root is required", datasets=["dtd"], root="")
     fails(
         "few-shot",
         "caltech101: missing folder .*101_ObjectCategories.*; missing file .*split_zhou",
@@ -213,8 +216,20 @@ def test_tables_average_and_harmonic_mean_by_hand():
 
 def test_cli_bench(tmp_path, root, capsys):
     out = tmp_path / "bench"
-    args = ["bench", "few-shot", "--datasets", "dtd", "--methods", "zeroshot", "coop", "--shots", "1", "--seeds", "1"]
-    args += ["--root", str(root), "--backbone.name", "tiny-random-vit", "--train.epochs", "1", "--out", str(out)]
+    args = [
+        "bench",
+        "few-shot",
+        "--datasets",
+        "dtd",
+        "--methods",
+        "zeroshot",
+        "coop",
+        "--data.shots",
+        "1",
+        "--seeds",
+        "1",
+    ]
+    args += ["--data.root", str(root), "--backbone.name", "tiny-random-vit", "--train.epochs", "1", "--out", str(out)]
     assert main([*args, "--method_options", "{coop: {n_ctx: 2}}"]) == 0
     printed = capsys.readouterr().out
     assert "## few-shot (mean ± std over seeds, %)" in printed and "| coop |" in printed and "| zeroshot |" in printed
@@ -222,16 +237,17 @@ def test_cli_bench(tmp_path, root, capsys):
     assert main(["bench", "few-shot", "--config", str(out / "config.yaml"), "--out", str(replay)]) == 0
     scores = [json.loads((d / "results.json").read_text())["summary"] for d in (out, replay)]
     assert scores[0] == scores[1]
-    assert main(["bench", "base-to-new", "--methods", "linear-probe", "--root", str(root), "--out", str(out)]) == 2
+    assert main(["bench", "base-to-new", "--methods", "linear-probe", "--data.root", str(root), "--out", str(out)]) == 2
     assert "linear-probe with these options learns one output per training class" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", methods_for(ClassNames))
-def test_transfer_is_known_before_building(name, vit_backbone):
+def test_transfer_is_known_before_building(name, vit_backbone, image_root):
     """The refusal before any work reads ``transfers_with(config)``: it must agree with the built method."""
-    method = make(name, vit_backbone)  # the contract suite's small options
+    data = image_folder(image_root, vit_backbone.image_transform())
+    method = make(name, vit_backbone, data=data)  # the contract suite's small options (set up where it sets up)
     assert type(method).transfers_with(method.config) is method.transfers_to_new_classes
-    expected = name not in ("linear-probe",)
+    expected = name not in ("linear-probe", "tip-adapter", "tip-adapter-f")  # one output (or cache) per class
     assert method.transfers_to_new_classes is expected
     if name == "coop":
         specific = build_method(name, vit_backbone, ["red", "blue"], {"class_specific": True})

@@ -26,13 +26,13 @@ def commands(root: Path, out: Path) -> list[list[str]]:
 
     They share a feature cache folder: the first writes it (rank 0), the second reads it on every rank.
     """
-    common = ["--methods", "zeroshot", "coop", "--root", str(root), "--backbone.name", "tiny-random-vit"]
+    common = ["--methods", "zeroshot", "coop", "--data.root", str(root), "--backbone.name", "tiny-random-vit"]
     common += ["--train.epochs", "2", "--method_options", "{coop: {n_ctx: 2}}"]
     common += ["--feature_cache_dir", str(out / "features")]
     return [
-        ["bench", "few-shot", "--datasets", "dtd", "eurosat", "--shots", "1", "--seeds", "1", "2", *common,
+        ["bench", "few-shot", "--datasets", "dtd", "eurosat", "--data.shots", "1", "--seeds", "1", "2", *common,
          "--out", str(out / "few-shot")],
-        ["bench", "base-to-new", "--datasets", "dtd", "--shots", "2", "--seeds", "1", *common,
+        ["bench", "base-to-new", "--datasets", "dtd", "--data.shots", "2", "--seeds", "1", *common,
          "--out", str(out / "base-to-new")],
     ]  # fmt: skip
 

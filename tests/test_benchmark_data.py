@@ -207,14 +207,14 @@ def test_fgvc_aircraft_line_with_an_unknown_variant(tmp_path):
 
 def test_cli_data_check(tmp_path, capsys):
     write_fixture("dtd", tmp_path)
-    assert main(["data", "check", "dtd", "--root", str(tmp_path)]) == 0
+    assert main(["data", "check", "dtd", "--data.root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "dtd: OK (4 classes of 47: a subset; images: train 16, val 8, test 12)" in out
-    assert main(["data", "check", "dtd", "eurosat", "--root", str(tmp_path)]) == 1
+    assert main(["data", "check", "dtd", "eurosat", "--data.root", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert f"eurosat: NOT READY in {tmp_path / 'eurosat'}\n  - missing folder {tmp_path / 'eurosat' / '2750'}" in out
     assert "1 of 2 dataset(s) ready" in out
-    assert main(["data", "check", "all", "--root", str(tmp_path)]) == 1
+    assert main(["data", "check", "all", "--data.root", str(tmp_path)]) == 1
     assert "1 of 15 dataset(s) ready" in capsys.readouterr().out
     assert main(["data", "check", "dtd"]) == 2
-    assert "--root is required" in capsys.readouterr().err
+    assert "--data.root is required" in capsys.readouterr().err

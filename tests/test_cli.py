@@ -170,7 +170,18 @@ def make_czsl(root: Path) -> Path:
 def test_czsl_closed_open_calibrated(tmp_path, capsys):
     root = make_czsl(tmp_path / "czsl")
     out = tmp_path / "czsl_run"
-    args = ["czsl", *TINY, "--root", str(root), "--method", "csp", "--train.epochs", "2", "--train.batch_size", "6"]
+    args = [
+        "czsl",
+        *TINY,
+        "--data.root",
+        str(root),
+        "--method",
+        "csp",
+        "--train.epochs",
+        "2",
+        "--train.batch_size",
+        "6",
+    ]
     assert main([*args, "--seeds", "[1]", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())["per_seed"]
     assert [r["world"] for r in results] == ["closed", "open", "open+calibrated"]
@@ -201,10 +212,10 @@ def test_czsl_closed_open_calibrated(tmp_path, capsys):
 def test_czsl_evaluates_a_saved_prompt(tmp_path, capsys):
     root = make_czsl(tmp_path / "czsl")
     out = tmp_path / "czsl_run"
-    args = ["czsl", *TINY, "--root", str(root), "--method", "czsl-coop", "--train.epochs", "1", "--seeds", "[3]"]
+    args = ["czsl", *TINY, "--data.root", str(root), "--method", "czsl-coop", "--train.epochs", "1", "--seeds", "[3]"]
     assert main([*args, "--train.batch_size", "6", "--world", "closed", "--out", str(out)]) == 0
     trained = json.loads((out / "results.json").read_text())["per_seed"][0]
-    again = ["czsl", "--root", str(root), "--prompt", str(out / "seed3" / "prompt"), "--world", "closed"]
+    again = ["czsl", "--data.root", str(root), "--prompt", str(out / "seed3" / "prompt"), "--world", "closed"]
     assert main([*again, "--out", str(tmp_path / "eval")]) == 0
     evaluated = json.loads((tmp_path / "eval" / "results.json").read_text())["per_seed"][0]
     for key in ("S", "U", "H", "AUC", "attr", "obj"):
@@ -213,7 +224,7 @@ def test_czsl_evaluates_a_saved_prompt(tmp_path, capsys):
 
 def test_czsl_bad_world(tmp_path, capsys):
     root = make_czsl(tmp_path / "czsl")
-    assert main(["czsl", *TINY, "--root", str(root), "--world", "half", "--out", str(tmp_path / "o")]) == 2
+    assert main(["czsl", *TINY, "--data.root", str(root), "--world", "half", "--out", str(tmp_path / "o")]) == 2
     assert "world" in capsys.readouterr().err
 
 
@@ -258,10 +269,33 @@ def test_config_yaml_with_the_old_schedule_name_replays_and_resumes(tmp_path, im
 def test_czsl_config_yaml_replays_the_run(tmp_path, capsys):
     root = make_czsl(tmp_path / "data")
     out = tmp_path / "czsl"
-    args = ["czsl", *TINY, "--root", str(root), "--method", "csp", "--seeds", "[1]", "--train.epochs", "2"]
+    args = ["czsl", *TINY, "--data.root", str(root), "--method", "csp", "--seeds", "[1]", "--train.epochs", "2"]
     assert main([*args, "--out", str(out), "--world", "closed"]) == 0
     assert main(["czsl", "--config", str(out / "config.yaml"), "--out", str(tmp_path / "again")]) == 0
     assert _per_seed_metrics(tmp_path / "again") == _per_seed_metrics(out)
+
+
+def test_data_options_moved_under_data_name_their_new_place_and_old_configs_replay_and_resume(tmp_path, capsys):
+    """czsl's --root (and every command's data options) moved under --data.*: the old flag names the new one, an
+    older config.yaml with them at the top level replays to the same numbers, and its run resumes."""
+    root = make_czsl(tmp_path / "data")
+    assert main(["czsl", *TINY, "--root", str(root), "--out", str(tmp_path / "x")]) == 2
+    assert "--root is now --data.root" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    for command, flag in (("bench", "--shots"), ("multitask", "--collection"), ("demo", "--view"), ("data", "--root")):
+        assert main([command, flag, "1"]) == 2
+        assert f"{flag} is now --data.{flag[2:]}" in capsys.readouterr().err
+    out = tmp_path / "czsl"
+    args = ["czsl", *TINY, "--data.root", str(root), "--method", "czsl-coop", "--seeds", "[1, 2]"]
+    assert main([*args, "--train.epochs", "1", "--world", "closed", "--out", str(out)]) == 0
+    config = out / "config.yaml"
+    record = yaml.safe_load(config.read_text())
+    data = record.pop("data")
+    config.write_text(yaml.safe_dump({**record, **data}, sort_keys=False))  # as an older vlprompt wrote it
+    assert main(["czsl", "--config", str(config), "--out", str(tmp_path / "again")]) == 0
+    assert _per_seed_metrics(tmp_path / "again") == _per_seed_metrics(out)
+    (out / "seed2" / "results.json").unlink()  # seed 2 unfinished: resuming the older run finishes it
+    assert main([*args, "--train.epochs", "1", "--world", "closed", "--out", str(out), "--resume", "true"]) == 0
+    assert _per_seed_metrics(out) == _per_seed_metrics(tmp_path / "again")
 
 
 def test_boolean_options_work_as_bare_flags(image_root, capsys):

@@ -15,7 +15,7 @@ from vlprompt.demo import VIEW
 from vlprompt.engine import FeatureCache, TrainConfig, fit
 from vlprompt.evaluation import evaluate
 from vlprompt.methods import build_method
-from vlprompt.runs import CZSLRun, run_czsl, train_overrides
+from vlprompt.runs import CZSLData, CZSLRun, run_czsl, train_overrides
 from vlprompt.runs.recipes import builtin_entries
 
 
@@ -84,10 +84,11 @@ def test_demo_runs_a_subset(bench, tmp_path, monkeypatch, capsys):
     assert main(["demo", "--out", str(out), "--seeds", "[1]", "--methods", "[zeroshot]"]) == 2  # not empty
     shapes_out = tmp_path / "shapes"
     assert (
-        main(["demo", "--out", str(shapes_out), "--seeds", "[1]", "--methods", "[zeroshot]", "--view", "shapes"]) == 0
+        main(["demo", "--out", str(shapes_out), "--seeds", "[1]", "--methods", "[zeroshot]", "--data.view", "shapes"])
+        == 0
     )
     assert "view 'shapes'" in (shapes_out / "results.md").read_text()
-    assert main(["demo", "--out", str(tmp_path / "bad"), "--view", "sizes"]) == 2
+    assert main(["demo", "--out", str(tmp_path / "bad"), "--data.view", "sizes"]) == 2
     assert "unknown view 'sizes'" in capsys.readouterr().err
 
 
@@ -98,7 +99,7 @@ def test_csp_beats_coop_and_zero_shot_on_unseen_compositions(bench, shapes, cach
     for label in ("czsl-zeroshot", "czsl-coop", "csp"):
         entry = entries[label]
         run = CZSLRun(
-            root=str(bench.czsl_root),
+            data=CZSLData(root=str(bench.czsl_root)),
             method=entry.method,
             method_options=entry.options,
             train=train_overrides(entry.train),
@@ -115,7 +116,7 @@ def test_softcpt_and_per_task_coop_beat_zero_shot_on_the_multitask_collection(be
     """The demo's multi-task rows (4 shots, one seed) on the built-in collection's held-out images, averaged."""
     from vlprompt.data.synthetic import build_multitask_collection
     from vlprompt.demo import MULTITASK_SHOTS
-    from vlprompt.runs import MultiTaskRun, TaskData, run_multitask
+    from vlprompt.runs import MultiTaskData, MultiTaskRun, TaskData, run_multitask
 
     tasks = [TaskData(name=t.name, root=str(t.root), split_file=str(t.split_file))
              for t in build_multitask_collection(bench.root)]  # fmt: skip
@@ -124,8 +125,9 @@ def test_softcpt_and_per_task_coop_beat_zero_shot_on_the_multitask_collection(be
     for entry in builtin_entries("multitask"):
         if entry.label == "softcpt-cata":
             continue  # the slowest row; NATA stands for SoftCPT here
-        run = MultiTaskRun(method=entry.method, method_options=entry.options, tasks=tasks, shots=MULTITASK_SHOTS,
-                           train=train_overrides(entry.train), seeds=[1], out=str(tmp_path / entry.label))  # fmt: skip
+        run = MultiTaskRun(method=entry.method, method_options=entry.options,
+                           data=MultiTaskData(tasks=tasks, shots=MULTITASK_SHOTS), train=train_overrides(entry.train),
+                           seeds=[1], out=str(tmp_path / entry.label))  # fmt: skip
         rows = run_multitask(run, shapes, cache, progress=False)
         assert [r["task"] for r in rows] == [t.name for t in tasks] + ["Average"]
         mean[entry.label] = rows[-1]["accuracy"]
@@ -134,11 +136,11 @@ def test_softcpt_and_per_task_coop_beat_zero_shot_on_the_multitask_collection(be
 
 def test_the_few_shot_bench_sweeps_the_multitask_collection(bench, shapes, cache, tmp_path, monkeypatch):
     """`bench few-shot --datasets multitask-builtin`: a row per task and their Average, as run_multitask gives."""
-    from vlprompt.runs import MultiTaskRun, run_multitask
-    from vlprompt.runs.bench import BenchRun, run_bench
+    from vlprompt.runs import MultiTaskData, MultiTaskRun, run_multitask
+    from vlprompt.runs.bench import BenchData, BenchRun, run_bench
 
     monkeypatch.setenv("VLPROMPT_CACHE", str(bench.root.parent.parent))
-    sweep = BenchRun(datasets=["multitask-builtin"], methods=["zeroshot", "coop"], shots=[1], seeds=[1],
+    sweep = BenchRun(datasets=["multitask-builtin"], methods=["zeroshot", "coop"], data=BenchData(shots=[1]), seeds=[1],
                      train=train_overrides(epochs=2), out=str(tmp_path / "bench"))  # fmt: skip
     report = run_bench("few-shot", sweep, shapes, cache, progress=False)
     summary = {(c["dataset"], c["method"]): c["accuracy"] for c in report["summary"]}
@@ -146,8 +148,9 @@ def test_the_few_shot_bench_sweeps_the_multitask_collection(bench, shapes, cache
     for method in ("zeroshot", "coop"):
         entry = demo_entry(method)
         train = train_overrides(entry.train, epochs=2)
-        run = MultiTaskRun(method=method, method_options=entry.options, collection="builtin", shots=1, seeds=[1],
-                           train=train, out=str(tmp_path / f"hand-{method}"))  # fmt: skip
+        run = MultiTaskRun(method=method, method_options=entry.options,
+                           data=MultiTaskData(collection="builtin", shots=1), seeds=[1], train=train,
+                           out=str(tmp_path / f"hand-{method}"))  # fmt: skip
         by_hand = run_multitask(run, shapes, cache, progress=False)
         assert [summary[(t, method)] for t in tasks] == [r["accuracy"] for r in by_hand[:4]]
         assert summary[("Average", method)] == pytest.approx(by_hand[4]["accuracy"], abs=1e-12)

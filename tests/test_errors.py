@@ -89,7 +89,7 @@ class Env:
         return ["predict", self.image, *extra]
 
     def czsl_args(self, *extra: str) -> list[str]:
-        return ["czsl", *TINY, "--root", str(self.czsl), "--seeds", "[1]", "--out", str(self.tmp / "czsl"), *extra]
+        return ["czsl", *TINY, "--data.root", str(self.czsl), "--seeds", "[1]", "--out", str(self.tmp / "czsl"), *extra]
 
     def file(self, name: str, content: bytes | str) -> Path:
         path = self.tmp / name
@@ -227,12 +227,12 @@ CASES: dict[str, Callable[[Env], Case]] = {
         e.czsl_args("--glove_fallback", "zero"), "--glove_fallback must be one of"
     ),
     "czsl: topk 0": lambda e: Case(e.czsl_args("--topk", "0"), "--topk must be >= 1, not 0"),
-    "czsl: no root": lambda e: Case(["czsl", *TINY, "--out", str(e.tmp / "c")], "--root is required"),
+    "czsl: no root": lambda e: Case(["czsl", *TINY, "--out", str(e.tmp / "c")], "--data.root is required"),
     "demo: unknown method": lambda e: Case(
         ["demo", "--methods", "[bogus]", "--out", str(e.tmp / "d")], "unknown demo method"
     ),
     "demo: negative shots": lambda e: Case(
-        ["demo", "--shots", "-1", "--out", str(e.tmp / "d")], "--shots must be >= 0"
+        ["demo", "--data.shots", "-1", "--out", str(e.tmp / "d")], "--data.shots must be >= 0"
     ),
     # ------------------------------------------------------------------ backbones
     "backbone: pretrained typo": lambda e: Case(
@@ -363,14 +363,15 @@ CASES: dict[str, Callable[[Env], Case]] = {
         e.train(*_imagefolder(_empty_class(e.image_tree()), e.images)), "has no images"
     ),
     "czsl: malformed pair file": lambda e: Case(
-        e.czsl_args("--root", str(_write(e.czsl / DEFAULT_SPLIT / "train_pairs.txt", "red\n").parents[1])),
+        e.czsl_args("--data.root", str(_write(e.czsl / DEFAULT_SPLIT / "train_pairs.txt", "red\n").parents[1])),
         "train_pairs.txt:1: expected two names",
     ),
     "czsl: missing metadata": lambda e: Case(
-        e.czsl_args("--root", str(_unlink(e.czsl / f"metadata_{DEFAULT_SPLIT}.t7").parent)), "metadata file not found"
+        e.czsl_args("--data.root", str(_unlink(e.czsl / f"metadata_{DEFAULT_SPLIT}.t7").parent)),
+        "metadata file not found",
     ),
     "pickle: CZSL metadata": lambda e: Case(
-        e.czsl_args("--root", str(evil_pickle(e.czsl / f"metadata_{DEFAULT_SPLIT}.t7", e.pwned).parent)),
+        e.czsl_args("--data.root", str(evil_pickle(e.czsl / f"metadata_{DEFAULT_SPLIT}.t7", e.pwned).parent)),
         "refuses to unpickle",
     ),
     "czsl: missing GloVe file": lambda e: Case(
@@ -621,10 +622,10 @@ CASES.update({
     # degenerate inputs
     "czsl: a phase without images": lambda e: Case(_czsl_without(e, "val"), "the val phase has no images"),
     "data check: missing root": lambda e: Case(
-        ["data", "check", "dtd", "--root", str(e.tmp / "nowhere")], "does not exist"
+        ["data", "check", "dtd", "--data.root", str(e.tmp / "nowhere")], "does not exist"
     ),
     "data check: root is a file": lambda e: Case(
-        ["data", "check", "dtd", "--root", str(e.file("root.txt", "x"))], "is a file, not a folder"
+        ["data", "check", "dtd", "--data.root", str(e.file("root.txt", "x"))], "is a file, not a folder"
     ),
     # writing commands
     "incontext: out holds the user's files": lambda e: Case(
@@ -665,7 +666,7 @@ CASES.update({
         _bench(e, "--seeds", "[1, 1]"), "--seeds: seeds must be unique", _no_file(e.tmp / "b")
     ),
     "bench: shots twice": lambda e: Case(
-        _bench(e, "--shots", "[2, 2]"), "--shots: shots must be unique", _no_file(e.tmp / "b")
+        _bench(e, "--data.shots", "[2, 2]"), "--data.shots: shots must be unique", _no_file(e.tmp / "b")
     ),
 })  # fmt: skip
 

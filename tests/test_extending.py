@@ -69,8 +69,10 @@ def test_a_registered_method_runs_through_every_command(
     assert evaluated == pytest.approx(trained)  # the saved prompt (and its setup state) scores as trained
     image = str(next(image_root.glob("*/*.png")))
     assert main(["predict", image, "--prompt", str(prompt), "--json", "true"]) == 0
-    bench = ["bench", "few-shot", "--datasets", "dtd", "--methods", name, "--shots", "2", "--seeds", "1"]
-    assert main([*bench, "--root", str(bench_root), *TINY, "--train.epochs", "1", "--out", str(tmp_path / "b")]) == 0
+    bench = ["bench", "few-shot", "--datasets", "dtd", "--methods", name, "--data.shots", "2", "--seeds", "1"]
+    assert (
+        main([*bench, "--data.root", str(bench_root), *TINY, "--train.epochs", "1", "--out", str(tmp_path / "b")]) == 0
+    )
     assert (tmp_path / "b" / "results.md").read_text().count(f"| {name} |") == 1
 
 

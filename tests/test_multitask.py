@@ -21,7 +21,7 @@ from vlprompt.methods import Batch, PerTask, PerTaskConfig, SoftCPT, SoftCPTConf
 from vlprompt.methods.multitask import task_cross_entropy
 from vlprompt.predict import predict_tasks
 from vlprompt.prompts import PromptFileError
-from vlprompt.runs import MultiTaskRun, TaskData, run_multitask, train_overrides
+from vlprompt.runs import MultiTaskData, MultiTaskRun, TaskData, run_multitask, train_overrides
 
 QUICK = train_overrides(TrainConfig(epochs=2, batch_size=4, lr=0.05, schedule="constant", warmup_epochs=0))
 
@@ -172,7 +172,8 @@ def two_tasks(tmp_path, image_root, split_file):
 
 def multitask_run(tasks, out, method="softcpt", options=None, **kwargs) -> MultiTaskRun:
     return MultiTaskRun(method=method, method_options=options if options is not None else {"n_ctx": 2},
-                        tasks=tasks, shots=2, seeds=[1], train=QUICK, out=str(out), **kwargs)  # fmt: skip
+                        data=MultiTaskData(tasks=tasks, shots=2), seeds=[1], train=QUICK, out=str(out),
+                        **kwargs)  # fmt: skip
 
 
 def test_a_multitask_run_reports_each_task_and_their_mean(two_tasks, vit_backbone, tmp_path):
@@ -232,8 +233,8 @@ def test_predict_and_eval_take_a_task(two_tasks, vit_backbone, tmp_path, capsys)
 def test_the_multitask_command_runs_from_the_cli(two_tasks, tmp_path, capsys):
     tasks = json.dumps([{k: v for k, v in vars(t).items() if v not in ("", False)} for t in two_tasks])
     code = main(["multitask", "--method", "softcpt", "--method_options", '{"n_ctx": 2, "variant": "CATA"}',
-                 "--tasks", tasks, "--shots", "1", "--seeds", "[1]", "--train.epochs", "1", "--train.batch_size", "2",
-                 "--backbone.name", "tiny-random-vit",
+                 "--data.tasks", tasks, "--data.shots", "1", "--seeds", "[1]", "--train.epochs", "1",
+                 "--train.batch_size", "2", "--backbone.name", "tiny-random-vit",
                  "--out", str(tmp_path / "cli")])  # fmt: skip
     out = capsys.readouterr()
     assert code == 0, out.err
@@ -247,10 +248,12 @@ def test_bad_multitask_input_gets_a_clear_message(two_tasks, vit_backbone, tmp_p
             run_multitask(multitask_run(tasks, tmp_path / "bad", overwrite=True), vit_backbone, progress=False)
 
     same = [two_tasks[0], TaskData(**{**vars(two_tasks[1]), "name": "cool colour"})]
-    fails(same, r"--tasks\[1\].name 'cool colour' is also the name of --tasks\[0\]: task names must be unique")
-    fails([TaskData(name=" ", root="x", split_file="y")], r"--tasks\[0\].name is empty")
-    fails([], "--tasks is empty")
-    fails([TaskData(name="t", format="imagefolder", test_dir="x")], r"--tasks\[0\].train_dir is required")
+    fails(
+        same, r"--data.tasks\[1\].name 'cool colour' is also the name of --data.tasks\[0\]: task names must be unique"
+    )
+    fails([TaskData(name=" ", root="x", split_file="y")], r"--data.tasks\[0\].name is empty")
+    fails([], "--data.tasks is empty")
+    fails([TaskData(name="t", format="imagefolder", test_dir="x")], r"--data.tasks\[0\].train_dir is required")
     empty = tmp_path / "empty.json"
     split = json.loads(Path(two_tasks[1].split_file).read_text())
     empty.write_text(json.dumps({**split, "train": []}))

@@ -126,7 +126,7 @@ def test_demo_twice_into_the_same_out_with_overwrite(tmp_path, image_root, split
     paths = SimpleNamespace(root=image_root, image_root=image_root, splits={"colours": split_file}, czsl_root=None)
     monkeypatch.setattr(vlprompt.demo, "build_benchmark", lambda: paths)
     out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--seeds", "[1]", "--methods", "[zeroshot]", "--shots", "2"]
+    args = ["demo", "--out", str(out), "--seeds", "[1]", "--methods", "[zeroshot]", "--data.shots", "2"]
     assert main(args) == 0
     assert main([*args, "--overwrite", "true"]) == 0
     assert is_run_dir(out) and is_run_dir(out / "classification" / "zeroshot")

@@ -15,8 +15,10 @@ from .evaluation.reports import write_results
 from .plots import plot_method_bars, plot_training_curves
 from .runs import (
     ClassificationRun,
+    CZSLData,
     CZSLRun,
     DataConfig,
+    MultiTaskData,
     MultiTaskRun,
     prepare_out_dir,
     run_classification,
@@ -77,14 +79,7 @@ def run_demo(
     if view not in VIEWS:
         raise OptionError(f"unknown view {view!r}; choose from {list(VIEWS)}")
     out = prepare_out_dir(out, resume=False, overwrite=overwrite, command="demo")
-    config = {
-        "command": "demo",
-        "backbone": DEFAULT_BACKBONE,
-        "seeds": seeds,
-        "methods": wanted,
-        "shots": shots,
-        "view": view,
-    }
+    config = {"seeds": seeds, "methods": wanted, "data": {"shots": shots, "view": view}}  # replays with --config
     write_config(out, config, command="demo")
     start = time.time()
     paths = build_benchmark()
@@ -162,7 +157,7 @@ def run_czsl_demo(
         if entry.label not in labels:
             continue
         run = CZSLRun(
-            root=str(root),
+            data=CZSLData(root=str(root)),
             method=entry.method,
             method_options=entry.options,
             train=train_overrides(entry.train),
@@ -192,8 +187,7 @@ def run_multitask_demo(
         run = MultiTaskRun(
             method=entry.method,
             method_options=entry.options,
-            collection="builtin",
-            shots=MULTITASK_SHOTS,
+            data=MultiTaskData(collection="builtin", shots=MULTITASK_SHOTS),
             train=train_overrides(entry.train),
             seeds=seeds,
             out=str(out / entry.label),

@@ -15,11 +15,13 @@ import logging
 import os
 import sys
 
+import yaml
 from jsonargparse import ArgumentError
 
 from .. import distributed as dist
 from ..errors import OptionError
-from ..schema import MAX_YAML_BYTES
+from ..runs.config import MOVED_TO_DATA, moved_to_data
+from ..schema import MAX_YAML_BYTES, read_yaml_file
 from .commands import COMMANDS
 from .errors import describe_error, parse_error_message, quiet_third_party_logs
 from .options import COMMAND_CONFIGS
@@ -47,9 +49,10 @@ def main(argv: list[str] | None = None) -> int:
             print(help_text, end="")
             return 0
         _check_config_sizes(argv)
+        _refuse_moved_flags(command, argv)
         parser = build_parser()
         try:
-            namespace = parser.parse_args(expand_list_values(expand_bare_flags(argv)))
+            namespace = parser.parse_args(expand_list_values(expand_bare_flags(_moved_in_configs(command, argv))))
         except ArgumentError as err:
             if debug:
                 raise
@@ -90,6 +93,31 @@ def _check_config_sizes(argv: list[str]) -> None:
             raise OptionError(
                 f"--config {name}: {os.path.getsize(name)} bytes, more than the {MAX_YAML_BYTES} a YAML config may have"
             )
+
+
+def _refuse_moved_flags(command: str | None, argv: list[str]) -> None:
+    """An option that moved under ``--data.`` names its new place (before jsonargparse's generic refusal)."""
+    for name in MOVED_TO_DATA.get(command or "", ()):
+        if any(a == f"--{name}" or a.startswith(f"--{name}=") for a in argv):
+            raise OptionError(
+                f"--{name} is now --data.{name}: every command takes its data options as --data.* (as train does)"
+            )
+
+
+def _moved_in_configs(command: str | None, argv: list[str]) -> list[str]:
+    """``argv`` with each ``--config`` file written before options moved under ``data`` given as its migrated
+    content (so an older run's config.yaml still replays); other files are left to jsonargparse."""
+    if command not in MOVED_TO_DATA:
+        return argv
+    out = list(argv)
+    for i, arg in enumerate(argv):
+        name = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None
+        if not name or not os.path.isfile(name):
+            continue
+        record = read_yaml_file(name, OptionError)
+        if isinstance(record, dict) and moved_to_data(command, record) is not record:
+            out[i + 1] = yaml.safe_dump(moved_to_data(command, record), sort_keys=False)
+    return out
 
 
 def _config_file_named(argv: list[str], message: str) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 from .. import distributed as dist
 from ..data import DataError, base_new_split
 from ..engine.presets import preset_name
-from ..errors import OptionError
+from ..errors import OptionError, RunDirError
 from ..labels import task_key
 from ..methods import COMMAND_OF_LABELS, METHODS
 from ..rundir import check_run_dir, prepare_run_dir
@@ -160,7 +160,7 @@ def cmd_demo(cfg: DemoCommand, _: Any) -> int:
     from ..demo import run_demo
 
     cfg.validate()
-    report = run_demo(cfg.out, list(cfg.seeds), cfg.methods, cfg.shots, cfg.overwrite, view=cfg.view)
+    report = run_demo(cfg.out, list(cfg.seeds), cfg.methods, cfg.data.shots, cfg.overwrite, view=cfg.data.view)
     print(report["table"], end="")
     print(f"run directory: {cfg.out}")
     return 0
@@ -181,16 +181,16 @@ def cmd_data(cfg: DataCommand, namespace: Any) -> int:
 
     cfg.validate()
     names = dataset_names(namespace.names, tuple(DATASETS))
-    root = Path(cfg.root)
+    root = Path(cfg.data.root)
     if not root.exists():
-        raise DataError(f"--root {root} does not exist: give the folder that holds the dataset folders")
+        raise DataError(f"--data.root {root} does not exist: give the folder that holds the dataset folders")
     if not root.is_dir():
-        raise DataError(f"--root {root} is a file, not a folder: give the folder that holds the dataset folders")
-    reports = [check_dataset(name, cfg.root) for name in names]
+        raise DataError(f"--data.root {root} is a file, not a folder: give the folder that holds the dataset folders")
+    reports = [check_dataset(name, cfg.data.root) for name in names]
     for report in reports:
         print(report.text())
     ready = sum(r.ok for r in reports)
-    print(f"{ready} of {len(reports)} dataset(s) ready under {cfg.root} (docs/datasets.md says where to get each)")
+    print(f"{ready} of {len(reports)} dataset(s) ready under {root} (docs/datasets.md says where to get each)")
     return 0 if ready == len(reports) else 1
 
 
@@ -212,7 +212,10 @@ def cmd_bank(cfg: BankCommand, _: Any) -> int:
 
     cfg.validate()
     check_unique(list(cfg.prompts), "--prompts", OptionError, key=task_key, what="task names")
-    check_run_dir(cfg.out, resume=False, overwrite=False)
+    out = Path(cfg.out)
+    if out.is_dir() and not out.is_symlink() and any(out.iterdir()):
+        raise RunDirError(f"--out {out} exists and is not empty: a bank is written once, choose a new directory")
+    check_run_dir(out, resume=False, overwrite=False)
     first = next(iter(cfg.prompts.values()))
     backbone = cfg.backbone.load(first)
     bank = PromptBank.from_prompts(cfg.prompts, backbone)

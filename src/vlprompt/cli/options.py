@@ -114,6 +114,19 @@ class InterpretCommand:
 
 
 @dataclass
+class DemoData:
+    """The built-in benchmark's few-shot table.
+
+    Attributes:
+        shots: K images per class for the few-shot table.
+        view: the few-shot view of the benchmark: colours (default), shapes or pairs.
+    """
+
+    shots: int = 16
+    view: str | None = None
+
+
+@dataclass
 class DemoCommand:
     """Every method on the built-in benchmark with the bundled tiny CLIP (offline).
 
@@ -121,21 +134,19 @@ class DemoCommand:
         out: the demo's run directory.
         seeds: one run per seed.
         methods: the demo rows to run (default: one row per method family; [all]: every row).
-        shots: K images per class for the few-shot table.
-        view: the few-shot view of the benchmark: colours (default), shapes or pairs.
+        data: the few-shot table's shots and view.
         overwrite: replace an existing demo run in ``out``.
     """
 
     out: str = "runs/demo"
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     methods: list[str] | None = None
-    shots: int = 16
-    view: str | None = None
+    data: DemoData = field(default_factory=DemoData)
     overwrite: bool = False
 
     def validate(self) -> None:
-        if self.shots < 0:
-            raise OptionError(f"--shots must be >= 0 (0: all images), not {self.shots}")
+        if self.data.shots < 0:
+            raise OptionError(f"--data.shots must be >= 0 (0: all images), not {self.data.shots}")
         check_seeds(self.seeds)
 
 
@@ -162,18 +173,27 @@ class BankCommand:
 
 
 @dataclass
-class DataCommand:
-    """Check benchmark datasets under a root: what is missing and where to get it (nothing is downloaded).
-
-    Attributes:
-        root: the datasets root (CoOp's $DATA layout, see docs/datasets.md).
+class DatasetsRoot:
+    """Attributes:
+    root: the datasets root (CoOp's $DATA layout, see docs/datasets.md).
     """
 
     root: str = ""
 
+
+@dataclass
+class DataCommand:
+    """Check benchmark datasets under a root: what is missing and where to get it (nothing is downloaded).
+
+    Attributes:
+        data: the datasets root.
+    """
+
+    data: DatasetsRoot = field(default_factory=DatasetsRoot)
+
     def validate(self) -> None:
-        if not self.root:
-            raise OptionError("--root is required: the folder that holds the dataset folders (CoOp's $DATA)")
+        if not self.data.root:
+            raise OptionError("--data.root is required: the folder that holds the dataset folders (CoOp's $DATA)")
 
 
 @dataclass
@@ -244,7 +264,7 @@ COMMAND_CONFIGS: dict[str, tuple[type, str]] = {
     "bank": (BankCommand, "gather trained prompts into a prompt bank"),
     "demo": (DemoCommand, "run the built-in demo"),
     "bench": (BenchRun, "run a protocol over datasets, methods, shots and seeds (paper-style tables)"),
-    "data": (DataCommand, "check benchmark datasets: `vlprompt data check NAME|all --root DIR`"),
+    "data": (DataCommand, "check benchmark datasets: `vlprompt data check NAME|all --data.root DIR`"),
     "incontext": (IncontextCommand, "in-context visual prompting by inpainting (no training)"),
     "methods": (
         MethodsCommand,

@@ -137,10 +137,13 @@ def expand_bare_flags(argv: list[str]) -> list[str]:
 
 
 def _list_flags(cls: type, prefix: str = "--") -> set[str]:
-    """The option strings of every list field of a config dataclass (top level)."""
+    """The option strings of every list field of a config dataclass (nested ones included)."""
     hints = typing.get_type_hints(cls)
     lists = set()
     for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            lists |= _list_flags(hints[f.name], f"{prefix}{f.name}.")
+            continue
         args = {typing.get_origin(a) or a for a in (typing.get_args(hints[f.name]) or (hints[f.name],))}
         if typing.get_origin(hints[f.name]) is list or list in args:
             lists.add(prefix + f.name)

@@ -28,8 +28,8 @@ SPLITS = ("train", "val", "test")
 IMAGE_DECODING = 2
 #: How to leave bad images out, in every place the option exists.
 SKIP_HINT = (
-    "to leave such files out (counted and reported), pass --data.skip_bad_images true (vlprompt train, eval), "
-    "--skip_bad_images true (vlprompt czsl) or skip_bad_images=True (Python)"
+    "to leave such files out (counted and reported), pass --data.skip_bad_images true (vlprompt train, eval, "
+    "czsl) or skip_bad_images=True (Python)"
 )
 
 

@@ -2,18 +2,20 @@
 
 from .classification import Classification, ClassificationRun, DataConfig, run_classification
 from .config import BackboneConfig, RunConfig, TrainOverrides, train_overrides
-from .czsl import Compositional, CZSLRun, run_czsl
+from .czsl import Compositional, CZSLData, CZSLRun, run_czsl
 from .loop import Protocol, prepare_out_dir, run_seeds, write_config, write_tables
-from .multitask import MultiTask, MultiTaskRun, TaskData, run_multitask
+from .multitask import MultiTask, MultiTaskData, MultiTaskRun, TaskData, run_multitask
 
 __all__ = [
     "BackboneConfig",
+    "CZSLData",
     "CZSLRun",
     "Classification",
     "ClassificationRun",
     "Compositional",
     "DataConfig",
     "MultiTask",
+    "MultiTaskData",
     "MultiTaskRun",
     "TaskData",
     "Protocol",

@@ -78,6 +78,19 @@ from .loop import (
 
 
 @dataclass
+class BenchData:
+    """Where a sweep's datasets are and how many shots it takes (``--data.*``, as every command takes its data).
+
+    Attributes:
+        root: the datasets root (CoOp's $DATA layout, see docs/datasets.md).
+        shots: K images per class, one sub-run each (default: 1 2 4 8 16 for few-shot, 16 otherwise).
+    """
+
+    root: str = ""
+    shots: list[int] | None = None
+
+
+@dataclass
 class BenchRun:
     """A protocol over datasets, methods, shots and seeds.
 
@@ -89,9 +102,8 @@ class BenchRun:
             once per task). Cross-dataset: the targets (ImageNet is the source); domain generalisation:
             the variants.
         methods: registered method names (one sub-run each).
-        shots: K images per class (default: 1 2 4 8 16 for few-shot, 16 otherwise).
         seeds: one run per seed; tables show mean ± std over them.
-        root: the datasets root (CoOp's $DATA layout, see docs/datasets.md).
+        data: the datasets root and the shots.
         backbone: the frozen model.
         preset: training recipe for every method (default: each method's own preset).
         train: overrides of the recipe's fields, for every method.
@@ -104,9 +116,8 @@ class BenchRun:
 
     datasets: list[str] = field(default_factory=lambda: ["all"])
     methods: list[str] = field(default_factory=lambda: ["coop"])
-    shots: list[int] | None = None
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
-    root: str = ""
+    data: BenchData = field(default_factory=BenchData)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     preset: str | None = None
     train: TrainOverrides = field(default_factory=TrainOverrides)  # type: ignore[valid-type]
@@ -117,7 +128,8 @@ class BenchRun:
     feature_cache_dir: str | None = None
 
     def shots_for(self, protocol: str) -> list[int]:
-        return list(self.shots) if self.shots else ([1, 2, 4, 8, 16] if protocol == "few-shot" else [16])
+        shots = self.data.shots
+        return list(shots) if shots else ([1, 2, 4, 8, 16] if protocol == "few-shot" else [16])
 
 
 def check_methods(protocol: str, bench: BenchRun) -> None:
@@ -158,8 +170,8 @@ def plan(protocol: str, bench: BenchRun, out: Path) -> list[SubRun]:
     check_unique(bench.datasets, "--datasets", OptionError, key=str.strip, what="datasets")
     shots = bench.shots_for(protocol)
     if any(k < 1 for k in shots):
-        raise OptionError(f"--shots must all be >= 1, not {shots}")
-    check_unique(shots, "--shots", OptionError, key=lambda k: k, what="shots")
+        raise OptionError(f"--data.shots must all be >= 1, not {shots}")
+    check_unique(shots, "--data.shots", OptionError, key=lambda k: k, what="shots")
     class_split = "base-to-new" if protocol == "base-to-new" else "all"
     subs = []
     for source in make_sources(protocol, bench):
@@ -176,7 +188,8 @@ def _finished_rows(sub: SubRun) -> list[dict[str, Any]] | None:
     out = Path(sub.run.out)
     if not (sub.run.resume and (out / "results.json").is_file() and (out / CONFIG_FILE).is_file()):
         return None
-    check_config_unchanged(out, run_record(sub.run, sub.run.train_config(sub.protocol.shots())), True)
+    record = run_record(sub.run, sub.run.train_config(sub.protocol.shots()))
+    check_config_unchanged(out, record, True, sub.protocol.command)
     rows = json.loads((out / "results.json").read_text())["per_seed"]
     return rows if {r.get("seed") for r in rows} == set(sub.run.seeds) else None
 
@@ -194,7 +207,7 @@ def run_bench(
     """
     subs = plan(protocol, bench, Path(bench.out))
     record = {"protocol": protocol, **dataclasses.asdict(bench)}
-    check_config_unchanged(Path(bench.out), record, bench.resume)
+    check_config_unchanged(Path(bench.out), record, bench.resume, "bench")
     for sub in subs:  # every dataset is there before any training starts
         if isinstance(sub.run, ClassificationRun) and sub.run.data.format == "benchmark":
             missing = get_dataset(sub.run.data.dataset).missing(sub.run.data.root)

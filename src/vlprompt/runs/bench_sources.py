@@ -30,7 +30,7 @@ from .config import RunConfig, train_overrides
 from .loop import (
     Protocol,
 )
-from .multitask import MultiTask, MultiTaskRun
+from .multitask import MultiTask, MultiTaskData, MultiTaskRun
 from .recipes import builtin_entry
 
 if TYPE_CHECKING:
@@ -183,8 +183,7 @@ class MultiTaskSource(BenchSource):
             seeds=list(bench.seeds),
             out=str(out),
             resume=bench.resume,
-            collection=self.collection,
-            shots=shots,
+            data=MultiTaskData(collection=self.collection, shots=shots),
             feature_cache_dir=bench.feature_cache_dir,
         )
         return run, BenchMultiTask(run)
@@ -285,6 +284,6 @@ def make_sources(protocol: str, bench: BenchRun) -> list[BenchSource]:
 
 
 def _root(bench: BenchRun) -> str:
-    if not bench.root:
-        raise DataError("--root is required: the datasets root (see docs/datasets.md; `vlprompt data check all`)")
-    return bench.root
+    if not bench.data.root:
+        raise DataError("--data.root is required: the datasets root (see docs/datasets.md; `vlprompt data check all`)")
+    return bench.data.root

@@ -90,6 +90,26 @@ def train_overrides(config: TrainConfig | dict[str, Any] | None = None, **values
     return TrainOverrides(**{**base, **values})
 
 
+#: Options that moved under ``data`` (every command takes its data options as ``--data.*``), by command: a
+#: config.yaml written before is read with them moved (:func:`moved_to_data`), so it replays and resumes.
+MOVED_TO_DATA = {
+    "czsl": ("root", "split_name", "skip_bad_images"),
+    "multitask": ("tasks", "collection", "shots"),
+    "bench": ("root", "shots"),
+    "demo": ("shots", "view"),
+    "data": ("root",),
+}
+
+
+def moved_to_data(command: str, record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` (a config of ``command``) with the options of :data:`MOVED_TO_DATA` moved under ``data``."""
+    moved = {k: record[k] for k in MOVED_TO_DATA.get(command, ()) if k in record}
+    if not moved:
+        return record
+    data = record.get("data") if isinstance(record.get("data"), dict) else {}
+    return {**{k: v for k, v in record.items() if k not in moved}, "data": {**moved, **data}}
+
+
 def check_seeds(seeds: list[int]) -> None:
     """At least one seed, each distinct and within torch's 64-bit seed range (before any work)."""
     if not seeds:

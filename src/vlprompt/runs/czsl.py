@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,13 +40,27 @@ GLOVE_FALLBACKS = ("error", "zeros", "skip")
 
 
 @dataclass
-class CZSLRun(RunConfig):
-    """One compositional method on one CZSL dataset over several seeds.
+class CZSLData:
+    """A compositional dataset on disk (``--data.*``, as every command takes its data).
 
     Attributes:
         root: dataset root (images/, <split>/{train,val,test}_pairs.txt, metadata_<split>.t7).
         split_name: the split folder's name (the reference's ``--splitname``; "split" on the command line
             always means train / val / test, which CZSL's data files call phases).
+        skip_bad_images: leave out missing / unreadable images (counted and reported).
+    """
+
+    root: str = ""
+    split_name: str = "compositional-split-natural"
+    skip_bad_images: bool = False
+
+
+@dataclass
+class CZSLRun(RunConfig):
+    """One compositional method on one CZSL dataset over several seeds.
+
+    Attributes:
+        data: the dataset.
         world: evaluate in the "closed" world, the "open" world, or "both".
         calibrate: in the open world, also remove infeasible pairs with the threshold chosen on
             validation (feasibility from ``word_vectors``).
@@ -54,21 +68,18 @@ class CZSLRun(RunConfig):
             the path of a GloVe text file.
         glove_fallback: what to do with a word the GloVe file lacks: "error", "zeros" or "skip".
         topk: top-k accuracy.
-        skip_bad_images: leave out missing / unreadable images (counted and reported).
         prompt: evaluate this saved prompt directory instead of training (seeds are ignored).
         feature_cache_dir: keep frozen image features here across runs (default: in memory), as train does.
     """
 
     method: str = "csp"
     out: str = "runs/czsl"
-    root: str = ""
-    split_name: str = "compositional-split-natural"
+    data: CZSLData = field(default_factory=CZSLData)
     world: str = "both"
     calibrate: bool = True
     word_vectors: str = "backbone"
     glove_fallback: str = "error"
     topk: int = 1
-    skip_bad_images: bool = False
     prompt: str | None = None
     feature_cache_dir: str | None = None
 
@@ -165,16 +176,17 @@ class Compositional(Protocol):
             raise OptionError(f"--glove_fallback must be one of {GLOVE_FALLBACKS}, not {run.glove_fallback!r}")
         if run.topk < 1:
             raise OptionError(f"--topk must be >= 1, not {run.topk}")
-        if not run.root:
-            raise DataError("--root is required: the CZSL dataset root")
+        if not run.data.root:
+            raise DataError("--data.root is required: the CZSL dataset root")
 
     def prepare(self, backbone: Backbone, cache: FeatureCache) -> None:
         run = self.run
-        self.split = split = load_czsl(run.root, run.split_name)
+        data = run.data
+        self.split = split = load_czsl(data.root, data.split_name)
         transform = backbone.image_transform()
-        self.train_set = phase_images(split, "train", split.train_pairs, run.skip_bad_images).with_transform(transform)
+        self.train_set = phase_images(split, "train", split.train_pairs, data.skip_bad_images).with_transform(transform)
         self.images = {
-            phase: phase_images(split, phase, split.pairs, run.skip_bad_images).with_transform(transform)
+            phase: phase_images(split, phase, split.pairs, data.skip_bad_images).with_transform(transform)
             for phase in ("val", "test")
         }
         self.cache = cache
@@ -233,7 +245,7 @@ class Compositional(Protocol):
         return method.labels.with_pairs(self.split.pairs)
 
     def prompt_extra(self, seed: int) -> dict[str, Any]:
-        return {"seed": seed, "dataset": str(self.run.root)}
+        return {"seed": seed, "dataset": str(self.run.data.root)}
 
     def finish(self, out: Path, rows: list[dict[str, Any]]) -> None:
         curves = {name: {"unseen": list(unseen), "seen": list(seen)} for name, (unseen, seen) in self.curves.items()}

@@ -27,7 +27,7 @@ from ..methods import PromptMethod, build_method, method_class
 from ..prompts import load_prompt, save_pretrained
 from ..rundir import check_run_dir, prepare_run_dir
 from ..schema import read_yaml_file
-from .config import RunConfig, check_seeds
+from .config import RunConfig, check_seeds, moved_to_data
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def run_seeds(
     train_config = validate_run(run, protocol, prompt)
     record = run_record(run, train_config)
     check_run_dir(run.out, run.resume, run.overwrite)  # before any work; the directory is made once inputs load
-    check_config_unchanged(Path(run.out), record, run.resume)
+    check_config_unchanged(Path(run.out), record, run.resume, protocol.command)
     backbone = backbone or run.backbone.load(prompt)
     cache = cache or FeatureCache()
     protocol.prepare(backbone, cache)
@@ -210,15 +210,16 @@ def write_config(run_dir: Path, config: dict[str, Any], resume: bool = False, co
     """Write ``config.yaml`` (``vlprompt COMMAND --config`` replays it); a resumed run's must not change."""
     path = run_dir / CONFIG_FILE
     if resume and path.is_file():
-        check_config_unchanged(run_dir, config, resume)
+        check_config_unchanged(run_dir, config, resume, command.split()[0] if command else "")
         return
     if dist.is_main():
         header = f"# replay: vlprompt {command} --config {path} --out NEW_DIR\n" if command else ""
         atomic_write_text(path, header + yaml.safe_dump(config, sort_keys=False))
 
 
-def check_config_unchanged(run_dir: Path, config: dict[str, Any], resume: bool) -> None:
-    """A resumed run's options must be those in its ``config.yaml``."""
+def check_config_unchanged(run_dir: Path, config: dict[str, Any], resume: bool, command: str = "") -> None:
+    """A resumed run's options must be those in its ``config.yaml`` (of ``command``: written by an older version,
+    its moved options are read where they are now)."""
     path = run_dir / CONFIG_FILE
     if not (resume and path.is_file()):
         return
@@ -226,7 +227,7 @@ def check_config_unchanged(run_dir: Path, config: dict[str, Any], resume: bool) 
     if not isinstance(saved, dict):
         raise RunDirError(f"cannot resume {run_dir}: {path} does not hold a run config")
     ignore = {"resume", "overwrite", "out"}  # a moved or copied run directory resumes too
-    saved, config = _old_names_resolved(saved), _old_names_resolved(config)
+    saved, config = _old_names_resolved(moved_to_data(command, saved)), _old_names_resolved(config)
     changed = sorted(k for k in set(saved) | set(config) if k not in ignore and saved.get(k) != config.get(k))
     if changed:
         raise RunDirError(f"cannot resume {run_dir}: its config differs in {changed} (start a new --out instead)")

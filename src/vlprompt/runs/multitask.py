@@ -41,22 +41,33 @@ class TaskData(ImageSource):
 
 
 @dataclass
-class MultiTaskRun(RunConfig):
-    """Several few-shot tasks learned together (SoftCPT), or a single-task method once per task.
+class MultiTaskData:
+    """The tasks of a multi-task run (``--data.*``, as every command takes its data).
 
     Attributes:
         tasks: the tasks (a list of {name, format, root, split_file | train_dir, val_dir, test_dir}).
         collection: "builtin": instead of ``tasks``, the built-in collection (colour, shape, texture and
             coloured-shape recognition on the synthetic benchmark; generated on first use).
         shots: K images per class of every task for training (0 = all); validation uses min(K, 4).
+    """
+
+    tasks: list[TaskData] = field(default_factory=list)
+    collection: str = ""
+    shots: int = 16
+
+
+@dataclass
+class MultiTaskRun(RunConfig):
+    """Several few-shot tasks learned together (SoftCPT), or a single-task method once per task.
+
+    Attributes:
+        data: the tasks.
         feature_cache_dir: keep frozen image features here across runs (default: in memory).
     """
 
     method: str = "softcpt"
     out: str = "runs/multitask"
-    tasks: list[TaskData] = field(default_factory=list)
-    collection: str = ""
-    shots: int = 16
+    data: MultiTaskData = field(default_factory=MultiTaskData)
     feature_cache_dir: str | None = None
 
 
@@ -68,7 +79,7 @@ class MultiTask(Protocol):
     group = ("method", "shots", "task")
 
     def shots(self) -> int:
-        return self.run.shots
+        return self.run.data.shots
 
     def method_cls(self) -> type[PromptMethod]:
         """The run's method: a multi-task one, or a single-task one (run once per task)."""
@@ -89,33 +100,34 @@ class MultiTask(Protocol):
 
     def tasks(self) -> list[TaskData]:
         """The run's tasks (the built-in collection's, when asked for)."""
-        if self.run.collection:
+        if self.run.data.collection:
             return builtin_tasks()
-        return list(self.run.tasks)
+        return list(self.run.data.tasks)
 
     def validate(self) -> None:
-        if self.run.collection not in COLLECTIONS:
+        if self.run.data.collection not in COLLECTIONS:
             raise DataError(
-                f"--collection must be one of {COLLECTIONS} ('' : the tasks of --tasks), not {self.run.collection!r}"
+                f"--data.collection must be one of {COLLECTIONS} ('': the tasks of --data.tasks), "
+                f"not {self.run.data.collection!r}"
             )
-        if self.run.collection and self.run.tasks:
-            raise DataError("give either --tasks or --collection, not both")
-        if not self.run.tasks and not self.run.collection:
-            raise DataError("--tasks is empty: give at least one task ({name, format, root, split_file, ...})")
+        if self.run.data.collection and self.run.data.tasks:
+            raise DataError("give either --data.tasks or --data.collection, not both")
+        if not self.run.data.tasks and not self.run.data.collection:
+            raise DataError("--data.tasks is empty: give at least one task ({name, format, root, split_file, ...})")
         seen: dict[str, int] = {}
-        for i, task in enumerate(self.run.tasks):
-            where = f"--tasks[{i}]"
+        for i, task in enumerate(self.run.data.tasks):
+            where = f"--data.tasks[{i}]"
             if not task.name.strip():
                 raise DataError(f"{where}.name is empty: every task needs a name (its prompts read it)")
             if task_key(task.name) in seen:
                 raise DataError(
-                    f"{where}.name {task.name!r} is also the name of --tasks[{seen[task_key(task.name)]}]: "
+                    f"{where}.name {task.name!r} is also the name of --data.tasks[{seen[task_key(task.name)]}]: "
                     "task names must be unique (spaces aside)"
                 )
             seen[task_key(task.name)] = i
             task.validate(where)
-        if self.run.shots < 0:
-            raise DataError(f"--shots must be >= 0 (0: all images), not {self.run.shots}")
+        if self.run.data.shots < 0:
+            raise DataError(f"--data.shots must be >= 0 (0: all images), not {self.run.data.shots}")
 
     def prepare(self, backbone: Backbone, cache: FeatureCache) -> None:
         transform = backbone.image_transform()
@@ -125,12 +137,12 @@ class MultiTask(Protocol):
             splits = task.load(transform)
             for split in ("train", "test"):
                 if split not in splits or not len(splits[split]):
-                    raise DataError(f"--tasks[{i}] ({task.name!r}): the {split} split has no images")
-            _check_task_classes(f"--tasks[{i}] ({task.name!r})", splits)
+                    raise DataError(f"--data.tasks[{i}] ({task.name!r}): the {split} split has no images")
+            _check_task_classes(f"--data.tasks[{i}] ({task.name!r})", splits)
             self.splits[task.name] = splits
 
     def seed_data(self, seed: int, seed_dir: Path | None):
-        shots = self.run.shots
+        shots = self.run.data.shots
         train = TaskImages(few_shot_per_task({n: s["train"] for n, s in self.splits.items()}, shots, seed, seed_dir))
         scorer = None
         if all("val" in s and len(s["val"]) for s in self.splits.values()):
@@ -143,7 +155,7 @@ class MultiTask(Protocol):
         return train, train.task_space, scorer
 
     def evaluate(self, method: PromptMethod, backbone: Backbone, keys: dict[str, Any]) -> list[dict[str, Any]]:
-        row = {**keys, "shots": self.run.shots}
+        row = {**keys, "shots": self.run.data.shots}
         rows = [
             {**row, "task": name, **evaluate(method.task_method(name), backbone, self.splits[name]["test"], self.cache)}
             for name in method.labels.names
@@ -152,7 +164,7 @@ class MultiTask(Protocol):
         return rows + [{**row, "task": AVERAGE, **mean}]
 
     def prompt_extra(self, seed: int) -> dict[str, Any]:
-        return {"seed": seed, "shots": self.run.shots}
+        return {"seed": seed, "shots": self.run.data.shots}
 
     def save(self, method: PromptMethod, backbone: Backbone, directory: Path, extra: dict[str, Any]) -> None:
         if isinstance(method, PerTask):  # one prompt a task: a bank

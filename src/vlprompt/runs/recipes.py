@@ -15,7 +15,7 @@ from ..labels import ClassNames, PairSpace, TaskSpace
 from ..methods import METHODS, PromptMethod
 
 #: The demo's default few-shot classification view: the 10 colours, which the benchmark's warm illuminant
-#: shifts. ``--view pairs`` (100 classes) works too, but CoCoOp encodes every class prompt for every image,
+#: shifts. ``--data.view pairs`` (100 classes) works too, but CoCoOp encodes every class prompt for every image,
 #: about 7 minutes a seed on 2 CPU cores; pair recognition is what the CZSL table measures.
 VIEW = "colours"
 #: Shots a class of the built-in multi-task collection's table.
