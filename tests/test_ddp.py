@@ -9,10 +9,13 @@ from pathlib import Path
 import ddp_worker
 import pytest
 import torch
-from conftest import torchrun
+from conftest import task_images, torchrun
 from safetensors.torch import load_file
 
+from vlprompt.data import image_folder
 from vlprompt.engine.trainer import CHECKPOINT, METRICS
+from vlprompt.features import FeatureCache
+from vlprompt.labels import TaskSpace
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -38,7 +41,7 @@ def runs(image_root, tmp_path_factory):
 
 
 @pytest.mark.parametrize("run", [r for r, *_ in ddp_worker.RUNS])
-def test_two_processes_equal_one_on_the_same_global_batch(runs, run, vit_backbone):
+def test_two_processes_equal_one_on_the_same_global_batch(runs, run, vit_backbone, image_root):
     ddp_out, single_out, single = runs
     rank0 = load_file(str(ddp_out / run / "final_rank0.safetensors"))
     rank1 = load_file(str(ddp_out / run / "final_rank1.safetensors"))
@@ -48,6 +51,9 @@ def test_two_processes_equal_one_on_the_same_global_batch(runs, run, vit_backbon
         torch.testing.assert_close(rank0[key], value, atol=1e-6, rtol=0, msg=key)
     # training moved the tensors (the comparison is not between two untouched inits)
     start = ddp_worker.build(run, vit_backbone, ["blue_square", "gold", "green_square", "red_square"])
+    if start.sets_up:  # its starting tensors come from the training data (e.g. Tip-Adapter-F's cache keys)
+        data = image_folder(image_root, vit_backbone.image_transform())
+        start.setup(vit_backbone, task_images(data) if start.label_kind is TaskSpace else data, FeatureCache())
     assert max((single[run][k] - v).abs().max() for k, v in start.trainable_state().items()) > 1e-3
 
 

@@ -640,7 +640,7 @@ CASES.update({
     ),
     "incontext: outputs and examples differ in number": lambda e: Case(
         [*_incontext(e, e.tmp / "ic")[:-2], "--outputs", f"[{e.image},{e.image}]", "--out", str(e.tmp / "ic")],
-        "--outputs has 2 file(s) for 1 --examples",
+        "1 example input(s) but 2 example output(s)",
         _no_file(e.tmp / "ic"),
     ),
     "bank command: out is a file": lambda e: Case(

@@ -231,10 +231,7 @@ class IncontextCommand:
             raise OptionError(f"--task must be one of {sorted(TASKS)}, not {self.task!r}")
         if not self.examples or not self.queries:
             raise OptionError("give --examples [a.png,...], --outputs [a_mask.png,...] and --queries [q.png,...]")
-        if len(self.outputs) != len(self.examples):
-            raise OptionError(
-                f"--outputs has {len(self.outputs)} file(s) for {len(self.examples)} --examples: give one output each"
-            )
+
 
 
 @dataclass
