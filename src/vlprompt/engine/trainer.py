@@ -58,6 +58,7 @@ class TrainConfig:
         warmup_steps: warmup length in optimizer steps for per-step schedules; when set, it replaces
             ``warmup_epochs`` (VP's recipe warms up over 1,000 steps).
         warmup_lr: the constant warmup lr of the "dassl-cosine" schedule.
+        min_lr: the lr the cosine schedules anneal to (PyTorch's ``eta_min``; CLIP-LoRA's 1e-6), 0 by default.
         precision: "auto" (bf16 autocast on GPU, fp32 on CPU), "fp32", "bf16" or "fp16". Prompt
             parameters always stay fp32.
         seed: seeds Python and torch; data order is a function of (seed, epoch) (runs set it per seed).
@@ -88,6 +89,7 @@ class TrainConfig:
     warmup_epochs: int = 1
     warmup_steps: int | None = None
     warmup_lr: float = 1e-5
+    min_lr: float = 0.0
     precision: str = "auto"
     seed: int = 1
     cache_features: bool | None = None
@@ -117,14 +119,14 @@ class TrainConfig:
             raise OptionError(f"--train.schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         minimum = {"epochs": 1, "batch_size": 1, "grad_accum": 1, "checkpoint_every": 1, "checkpoint_every_steps": 0}
         minimum |= dict.fromkeys(("warmup_epochs", "eval_every", "num_workers", "momentum", "weight_decay"), 0)
-        minimum |= {"warmup_lr": 0, "label_smoothing": 0}
+        minimum |= {"warmup_lr": 0, "label_smoothing": 0, "min_lr": 0}
         for name, low in minimum.items():
             if getattr(self, name) < low:
                 raise OptionError(f"--train.{name} must be >= {low}, not {getattr(self, name)}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise OptionError(f"--train.warmup_steps must be >= 0, not {self.warmup_steps}")
-        if not self.lr > 0:
-            raise OptionError(f"--train.lr must be > 0, not {self.lr}")
+        if not self.lr > 0 or self.min_lr >= self.lr:
+            raise OptionError(f"--train.lr must be > 0 and > --train.min_lr ({self.min_lr}), not {self.lr}")
         if self.label_smoothing >= 1:
             raise OptionError(f"--train.label_smoothing must be < 1, not {self.label_smoothing}")
         if self.select == "best" and self.eval_every < 1:
