@@ -213,3 +213,49 @@ def test_min_lr_is_pytorchs_eta_min_and_zero_changes_nothing():
     assert [2e-4 * factor(t) for t in range(50)] == pytest.approx(torch_lrs, rel=1e-9)
     plain = lr_factor("dassl-cosine", 10, 1, base_lr=0.002)
     assert [plain(t) for t in range(1, 10)] == [0.5 * (1 + math.cos(math.pi * (t - 1) / 10)) for t in range(1, 10)]
+
+
+# ---------------------------------------------------------------- the papers' numbers
+def test_papers_numbers_load_checked_with_their_sources():
+    from vlprompt.data.papers import harmonic_mean, paper_result, paper_results
+
+    results = paper_results()
+    assert {r.method for r in results} >= {"zeroshot", "coop", "cocoop", "maple", "ivlp", "vpt", "promptsrc"}
+    for r in results:
+        if r.protocol == "base-to-new":
+            assert harmonic_mean(r.metrics["base"], r.metrics["new"]) == pytest.approx(r.metrics["hm"], abs=0.011)
+        assert r.preset is None or r.preset in presets(), r
+    # spot values, read from the READMEs cited in each entry's source
+    maple = paper_result("maple", "base-to-new", "average")
+    assert maple.metrics == {"base": 82.28, "new": 75.14, "hm": 78.55} and "multimodal-prompt-learning@" in maple.source
+    promptsrc = paper_result("promptsrc", "base-to-new", "average")
+    assert promptsrc.metrics == {"base": 84.26, "new": 76.10, "hm": 79.97} and "PromptSRC@" in promptsrc.source
+    assert paper_result("zeroshot", "base-to-new", "average").metrics["new"] == 74.22
+    assert paper_result("coop", "base-to-new", "average").preset == "coop-base-to-new"
+
+
+def test_papers_schema_refuses_an_inconsistent_entry():
+    from vlprompt.data.papers import parse_entry
+    from vlprompt.errors import DataError
+
+    entry = {
+        "method": "x",
+        "preset": None,
+        "backbone": "ViT-B/16",
+        "protocol": "base-to-new",
+        "dataset": "average",
+        "shots": 16,
+        "seeds": 3,
+        "epochs": 5,
+        "base": 80.0,
+        "new": 70.0,
+        "hm": 74.67,
+        "source": "a/b@c:README.md",
+    }
+    assert parse_entry(entry).metrics["hm"] == 74.67
+    with pytest.raises(DataError, match="not 2bn"):
+        parse_entry({**entry, "hm": 75.0})
+    with pytest.raises(DataError, match="fields must be"):
+        parse_entry({**entry, "accuracy": 1.0})
+    with pytest.raises(DataError, match="source must be"):
+        parse_entry({**entry, "source": "memory"})
