@@ -95,6 +95,15 @@ def test_fit_uses_dassl_cosine_schedule_per_epoch(vit_backbone, data, cache):
     assert [r["loss"] for r in old.history] == [r["loss"] for r in result.history]
 
 
+def test_fit_anneals_to_min_lr(vit_backbone, data, cache):
+    """--train.min_lr (PyTorch's eta_min, CLIP-LoRA's 1e-6) reaches the engine's schedule."""
+    method = make_coop(vit_backbone, data.classnames)
+    config = TrainConfig(epochs=5, lr=0.002, min_lr=1e-3, **FAST)
+    result = fit(method, vit_backbone, data, config, cache=cache, progress=False)
+    expected = [1e-5] + [1e-3 + (0.002 - 1e-3) * 0.5 * (1 + math.cos(math.pi * (e - 1) / 5)) for e in range(1, 5)]
+    assert [r["lr"] for r in result.history] == pytest.approx(expected, rel=1e-9)
+
+
 def test_fit_cosine_schedule_ends_near_zero(vit_backbone, data, cache):
     method = make_coop(vit_backbone, data.classnames)
     config = TrainConfig(epochs=4, lr=0.01, schedule="cosine", warmup_epochs=1, **FAST)
@@ -118,6 +127,7 @@ def test_presets():
         1,
         1e-5,
     )
+    assert (coop.augment, coop.cache_features, coop.precision, coop.select) == (True, False, "fp16", "last")
     assert coop.batch_size == 4 and preset("cocoop").epochs == 10
     with pytest.raises(ValueError, match="unknown preset 'nope'; available: .*coop"):
         preset("nope")

@@ -173,7 +173,10 @@ def test_help_and_the_methods_list_show_a_registered_method(registered, capsys):
     assert "--data.shots" in text  # the command's own help, then the method's
     assert "  weight: float = 8.0 (>= 0.0)\n      w, the weight of the knowledge-guided term" in text
     assert "template: the dataset's hand template in option 'template'" in text
-    assert "  kgcoop: {'epochs': 100, 'batch_size': 128, 'lr': 0.002}" in text and "htyao89/KgCoOp@c43ccc3" in text
+    assert (
+        "  kgcoop: {'epochs': 100, 'batch_size': 128, 'lr': 0.002, 'optimizer': 'sgd'" in text
+        and "htyao89/KgCoOp@c43ccc3" in text
+    )
     assert main(["train", "--method", TextShift.name, "-h"]) == 0
     assert "  init: float = 0.0 (>= -1.0, <= 1.0)\n      the shift's initial value" in capsys.readouterr().out
     assert main(["methods", "--json"]) == 0
@@ -181,7 +184,7 @@ def test_help_and_the_methods_list_show_a_registered_method(registered, capsys):
     assert list(listed) == list(METHODS)
     assert listed[CacheOnly.name]["capabilities"] == ["sets_up"] and listed["csp"]["command"] == "czsl"
     assert listed[EntropyShift.name]["capabilities"] == ["scores_with_text", "transfers", "adapts_at_test_time"]
-    assert listed["coop"]["presets"] == ["coop", "coop-imagenet"]
+    assert listed["coop"]["presets"] == ["coop", "coop-imagenet", "coop-base-to-new", "coop-cross-dataset"]
 
 
 @pytest.mark.parametrize("wrapped", ["coop", "maple"])

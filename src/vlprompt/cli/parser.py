@@ -99,6 +99,10 @@ def describe_method(cls: type[PromptMethod]) -> str:
     flags = [k for k, v in cls.capabilities().items() if v]
     lines += ["", f"capabilities: {', '.join(flags) or 'none'}"]
     template = f"the dataset's hand template in option {cls.template_option!r}" if cls.template_option else "none"
+    if cls.template_option and cls.authors_template:
+        template = f"its authors' one template, {cls.authors_template!r}, in option {cls.template_option!r}"
+    elif cls.template_option and cls.templates_by_dataset:
+        template += f" (its authors' own on {', '.join(sorted(cls.templates_by_dataset))})"
     lines.append(f"template: {template}")
     lines.append("presets (--preset):" if cls.recipes else "presets: none (TrainConfig's defaults)")
     for key, recipe in cls.recipes.items():

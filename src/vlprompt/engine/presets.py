@@ -2,6 +2,8 @@
 
 Each method owns its recipes (``PromptMethod.recipes``, with their sources); a recipe ``"default"`` of
 method ``m`` is the preset ``m``, any other recipe ``k`` the preset ``m-k`` (``coop-imagenet``).
+
+``python -m vlprompt.engine.recipe_table`` prints docs/reproduction.md, the table of them all.
 """
 
 from __future__ import annotations
@@ -40,3 +42,22 @@ def preset_recipe(name: str) -> Recipe:
 def preset(name: str, shots: int = 16, **overrides) -> TrainConfig:
     """The named recipe for ``shots``-shot training, with field overrides."""
     return recipe_config(preset_recipe(name), shots, **overrides)
+
+
+def protocol_preset(method: str, protocol: str, dataset: str | None = None) -> str | None:
+    """The preset of ``method``'s authors for ``protocol`` on ``dataset``: the recipe naming the dataset first,
+    then one for any dataset (None when the authors released none for it: :func:`protocol_presets` lists them)."""
+    recipes = METHODS[method].recipes if method in METHODS else {}
+    covering = [(k, r) for k, r in recipes.items() if r.covers(protocol, dataset)]
+    named = [k for k, r in covering if dataset in r.datasets] + [k for k, r in covering if not r.datasets]
+    key = (named or [k for k, _ in covering] or [None])[0]
+    return preset_name(method, key) if key is not None else None
+
+
+def protocol_presets(method: str) -> dict[str, list[str]]:
+    """Every protocol ``method``'s authors released a recipe for, with the presets that cover it."""
+    out: dict[str, list[str]] = {}
+    for key, recipe in (METHODS[method].recipes if method in METHODS else {}).items():
+        for protocol in recipe.protocols:
+            out.setdefault(protocol, []).append(preset_name(method, key))
+    return out

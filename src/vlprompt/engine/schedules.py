@@ -21,7 +21,7 @@ def canonical_schedule(schedule: str) -> str:
 
 
 def lr_factor(
-    schedule: str, total: int, warmup: int = 0, base_lr: float = 1.0, warmup_lr: float = 1e-5
+    schedule: str, total: int, warmup: int = 0, base_lr: float = 1.0, warmup_lr: float = 1e-5, min_lr: float = 0.0
 ) -> Callable[[int], float]:
     """The factor applied to the base lr at tick ``t`` (a step, or an epoch for "dassl-cosine").
 
@@ -31,6 +31,9 @@ def lr_factor(
       ``warmup`` epochs at the constant ``warmup_lr``, then cosine annealing with period ``total``
       epochs starting from the base lr at epoch ``warmup`` (so the warmup epochs count inside the
       budget and lr never reaches 0).
+
+    The cosines anneal to ``min_lr`` (PyTorch's ``CosineAnnealingLR`` ``eta_min``): factor
+    ``m + (1 - m) · cosine`` with ``m = min_lr / base_lr``; ``min_lr`` 0 leaves them as above, bit for bit.
     """
     name = canonical_schedule(schedule)
     if name not in SCHEDULES:
@@ -41,10 +44,15 @@ def lr_factor(
 
     if name == "constant":
         return lambda t: linear_warmup(t) if t < warmup else 1.0
+    floor = min_lr / base_lr
+
+    def annealed(cosine: float) -> float:
+        return cosine if floor == 0 else floor + (1 - floor) * cosine
+
     if name == "cosine":
         span = max(1, total - warmup)
         return lambda t: (
-            linear_warmup(t) if t < warmup else 0.5 * (1 + math.cos(math.pi * min(t - warmup, span) / span))
+            linear_warmup(t) if t < warmup else annealed(0.5 * (1 + math.cos(math.pi * min(t - warmup, span) / span)))
         )
     const = warmup_lr / base_lr
-    return lambda t: const if t < warmup else 0.5 * (1 + math.cos(math.pi * (t - warmup) / total))
+    return lambda t: const if t < warmup else annealed(0.5 * (1 + math.cos(math.pi * (t - warmup) / total)))

@@ -60,6 +60,7 @@ class TrainConfig:
         warmup_steps: warmup length in optimizer steps for per-step schedules; when set, it replaces
             ``warmup_epochs`` (VP's recipe warms up over 1,000 steps).
         warmup_lr: the constant warmup lr of the "dassl-cosine" schedule.
+        min_lr: the lr the cosine schedules anneal to (PyTorch's ``eta_min``; CLIP-LoRA's 1e-6), 0 by default.
         precision: "auto" (bf16 autocast on GPU, fp32 on CPU), "fp32", "bf16" or "fp16". Prompt
             parameters always stay fp32.
         seed: seeds Python and torch; data order is a function of (seed, epoch) (runs set it per seed).
@@ -93,6 +94,7 @@ class TrainConfig:
     warmup_epochs: int = 1
     warmup_steps: int | None = None
     warmup_lr: float = 1e-5
+    min_lr: float = 0.0
     precision: str = "auto"
     seed: int = 1
     cache_features: bool | None = None
@@ -122,7 +124,7 @@ class TrainConfig:
             raise OptionError(f"--train.schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         minimum = {"epochs": 1, "batch_size": 1, "grad_accum": 1, "checkpoint_every": 1, "checkpoint_every_steps": 0}
         minimum |= dict.fromkeys(("warmup_epochs", "eval_every", "num_workers", "momentum", "weight_decay"), 0)
-        minimum |= {"warmup_lr": 0, "label_smoothing": 0}
+        minimum |= {"warmup_lr": 0, "label_smoothing": 0, "min_lr": 0}
         for name, low in minimum.items():
             if getattr(self, name) < low:
                 raise OptionError(f"--train.{name} must be >= {low}, not {getattr(self, name)}")
@@ -131,6 +133,8 @@ class TrainConfig:
         not_positive = [name for name in ("lr", "adam_eps") if not getattr(self, name) > 0]
         if not_positive:
             raise OptionError(f"--train.{not_positive[0]} must be > 0, not {getattr(self, not_positive[0])}")
+        if self.min_lr >= self.lr:
+            raise OptionError(f"--train.lr must be > --train.min_lr ({self.min_lr}), not {self.lr}")
         if self.label_smoothing >= 1:
             raise OptionError(f"--train.label_smoothing must be < 1, not {self.label_smoothing}")
         if self.select == "best" and self.eval_every < 1:
@@ -313,7 +317,7 @@ class TrainingState:
         if config.warmup_steps is not None and not per_epoch:
             warmup = config.warmup_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_factor(config.schedule, total, warmup, config.lr, config.warmup_lr)
+            optimizer, lr_factor(config.schedule, total, warmup, config.lr, config.warmup_lr, config.min_lr)
         )
         amp_dtype = _amp_dtype(config.precision, device)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)

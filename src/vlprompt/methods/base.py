@@ -106,7 +106,8 @@ class PromptMethod(nn.Module):
         tiny: options (and training overrides) that keep it small and deterministic on the tiny test models.
         template_option: the option that takes the dataset's hand-written template ("templates": a list,
             "template": one string), or None when it scores with no hand template; ``templates_by_dataset``
-            holds its authors' own template per dataset where they used one.
+            holds its authors' own template per dataset where they used one, ``authors_template`` the one
+            template its authors used on every dataset (VP, VPT-on-CLIP, CLIP-LoRA), if so.
 
     Args:
         backbone: the frozen backbone (dimensions, tokenizer, word embeddings).
@@ -133,6 +134,7 @@ class PromptMethod(nn.Module):
     tiny: ClassVar[Recipe] = Recipe()
     template_option: ClassVar[str | None] = None
     templates_by_dataset: ClassVar[Mapping[str, str]] = {}
+    authors_template: ClassVar[str | None] = None
 
     def __init__(self, backbone: Backbone, labels: Any, config: MethodConfig | None = None):
         super().__init__()
@@ -163,11 +165,12 @@ class PromptMethod(nn.Module):
     def with_dataset_template(cls, options: Mapping[str, Any], dataset: str, template: str | None) -> dict[str, Any]:
         """``options`` with the template the method scores ``dataset`` with, unless the user set that option.
 
-        The template is its authors' own for ``dataset`` (:attr:`templates_by_dataset`) where they used one,
-        else the dataset's (CoOp's table, ``template``); nothing is added for a method without hand templates.
+        The template is its authors' one template for every dataset (:attr:`authors_template`) where they used
+        one, else their own for ``dataset`` (:attr:`templates_by_dataset`), else the dataset's (CoOp's table,
+        ``template``); nothing is added for a method without hand templates.
         """
         options = dict(options)
-        template = cls.templates_by_dataset.get(dataset, template)
+        template = cls.authors_template or cls.templates_by_dataset.get(dataset, template)
         if cls.template_option is None or not template or cls.template_option in options:
             return options
         hint = typing.get_type_hints(cls.Config)[cls.template_option]

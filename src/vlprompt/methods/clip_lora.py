@@ -76,13 +76,22 @@ class CLIPLoRA(TowerTuning):
                 "weight_decay": 0.01,
                 "schedule": "cosine",
                 "warmup_epochs": 0,
+                "min_lr": 1e-6,
+                "augment": True,
+                "cache_features": False,
+                "precision": "fp16",
+                "select": "last",
             },
-            source=f"{CLIP_LORA_REPO}:run_utils.py, lora.py (it runs 500 x shots steps)",
+            source=f"{CLIP_LORA_REPO}:run_utils.py, lora.py (AdamW wd 1e-2, CosineAnnealingLR eta_min 1e-6, fp16 "
+            "autocast with a GradScaler), main.py (RandomResizedCrop scale 0.08-1 + flip); not expressible yet: its "
+            "budget of 500 x shots iterations (epochs here are a stand-in), its kept last partial batch "
+            "(drop_last False), its logit scale fixed at 100 (main.py)",
         )
     }
     builtin_rows = (BuiltinRow("clip-lora", CPU_ADAMW.but(lr=2e-3, weight_decay=0.01), default=False),)
     tiny = Recipe(options={"zero_init_b": False, "dropout": 0.0})  # with B = 0 no gradient reaches A in one step
     template_option = "template"
+    authors_template = "a photo of a {}."  # datasets/*.py reassign every dataset's template to it
 
     def __init__(self, backbone: Backbone, classes: Sequence[str], config: CLIPLoRAConfig | None = None):
         super().__init__(backbone, classes, config)

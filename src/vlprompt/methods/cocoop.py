@@ -13,7 +13,7 @@ from ..backbones import Backbone
 from .base import BuiltinRow, MethodConfig, PromptMethod, Recipe, option
 from .coop import nearest_words
 from .prompting import PromptLayout, initial_context
-from .recipes import COOP_REPO, CPU_SGD
+from .recipes import COOP_REPO, CPU_SGD, TRANSFER, dassl_recipe
 
 
 @dataclass
@@ -43,10 +43,14 @@ class CoCoOp(PromptMethod):
     name = "cocoop"
     Config = CoCoOpConfig
     recipes = {
-        "default": Recipe(
-            train={"epochs": 10, "batch_size": 1},
-            source=f"{COOP_REPO}:configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml",
-        )
+        "default": dassl_recipe(
+            f"{COOP_REPO}:configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml, scripts/cocoop/base2new_train.sh, "
+            "xd_train.sh",
+            ("base-to-new", *TRANSFER),
+            epochs=10,
+            batch_size=1,
+            lr=0.002,
+        ).with_options(n_ctx=4, ctx_init="a photo of a")
     }
     builtin_rows = (BuiltinRow("cocoop", CPU_SGD.but(epochs=4, batch_size=16, lr=0.02)),)
     tiny = Recipe(options={"meta_reduction": 1})  # a wide meta-net: no all-dead ReLU layer

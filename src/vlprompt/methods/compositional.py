@@ -17,7 +17,7 @@ from ..backbones import Backbone
 from ..labels import PairSpace
 from .base import Batch, BuiltinRow, MethodConfig, MethodOptionError, PromptMethod, Recipe, option
 from .coop import nearest_words
-from .recipes import CPU_CZSL, CSP_RECIPES
+from .recipes import CPU_CZSL, CSP_OWN_RECIPES, CSP_RECIPES
 from .zeroshot import ensemble_text_features
 
 
@@ -132,7 +132,7 @@ class CSP(CompositionalPrompt):
 
     name = "csp"
     Config = CSPConfig
-    recipes = CSP_RECIPES  # CSP's, as the CSP paper runs its baselines
+    recipes = CSP_OWN_RECIPES  # its baselines' with its vocabulary dropout
     builtin_rows = (BuiltinRow("csp", CPU_CZSL.with_options(vocab_dropout=0.2)),)
     tiny = Recipe(options={"vocab_dropout": 0.0})  # its dropout draws from each process's RNG
     template_option = None

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..backbones import Backbone, BackboneError
 from .base import BuiltinRow, MethodConfig, MethodInputError, PromptMethod, Recipe, option
 from .prompting import CLASS_POSITIONS, PromptLayout, initial_context
-from .recipes import COOP_EPOCHS_BY_SHOTS, COOP_REPO, CPU_MULTITASK, CPU_SGD
+from .recipes import COOP_EPOCHS_BY_SHOTS, COOP_REPO, CPU_MULTITASK, CPU_SGD, TRANSFER, dassl_recipe
 
 
 @dataclass
@@ -40,12 +40,40 @@ class CoOp(PromptMethod):
     name = "coop"
     Config = CoOpConfig
     recipes = {
-        "default": Recipe(
-            epochs_by_shots=COOP_EPOCHS_BY_SHOTS, source=f"{COOP_REPO}:configs/trainers/CoOp/rn50*.yaml, COOP.md"
-        ),
-        "imagenet": Recipe(
-            train={"epochs": 50}, source=f"{COOP_REPO}:COOP.md (ImageNet: *_ep50.yaml for all settings)"
-        ),
+        # few-shot: 16 random context tokens (N_CTX 16 in scripts/coop/main.sh), epochs by shots (COOP.md)
+        "default": dassl_recipe(
+            f"{COOP_REPO}:configs/trainers/CoOp/vit_b16{{_ep50,_ep100,}}.yaml, scripts/coop/main.sh, COOP.md",
+            ("few-shot",),
+            batch_size=32,
+            lr=0.002,
+            epochs_by_shots=COOP_EPOCHS_BY_SHOTS,
+        ).with_options(n_ctx=16, ctx_init=""),
+        "imagenet": dassl_recipe(
+            f"{COOP_REPO}:configs/trainers/CoOp/vit_b16_ep50.yaml, COOP.md (ImageNet: *_ep50.yaml for all settings)",
+            ("few-shot",),
+            datasets=("imagenet",),
+            epochs=50,
+            batch_size=32,
+            lr=0.002,
+        ).with_options(n_ctx=16, ctx_init=""),
+        # base-to-new: CoCoOp's scripts run CoOp with 4 tokens from "a photo of a" (CFG vit_b16_ctxv1, 200 epochs)
+        "base-to-new": dassl_recipe(
+            f"{COOP_REPO}:configs/trainers/CoOp/vit_b16_ctxv1.yaml, scripts/cocoop/base2new_train.sh (TRAINER=CoOp)",
+            ("base-to-new",),
+            epochs=200,
+            batch_size=32,
+            lr=0.002,
+        ).with_options(n_ctx=4, ctx_init="a photo of a"),
+        # ImageNet (base-to-new, and the source of cross-dataset and domain generalisation): 50 epochs
+        "cross-dataset": dassl_recipe(
+            f"{COOP_REPO}:configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml, scripts/cocoop/xd_train.sh and "
+            "base2new_train.sh (TRAINER=CoOp, DATASET=imagenet)",
+            ("base-to-new", *TRANSFER),
+            datasets=("imagenet",),
+            epochs=50,
+            batch_size=32,
+            lr=0.002,
+        ).with_options(n_ctx=4, ctx_init="a photo of a"),
     }
     builtin_rows = (
         BuiltinRow("coop", CPU_SGD.but(lr=0.02).with_options(n_ctx=4)),

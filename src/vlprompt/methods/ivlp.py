@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..backbones import Backbone
 from .base import Batch, BuiltinRow, MethodConfig, MethodOptionError, Recipe
 from .maple import PhraseContextPrompts
-from .recipes import CPU_TWO_TOWER, MPL_REPO
+from .recipes import CPU_TWO_TOWER, MPL_REPO, TRANSFER, dassl_recipe
 
 
 @dataclass
@@ -50,10 +50,17 @@ class IVLP(PhraseContextPrompts):
     name = "ivlp"
     Config = IVLPConfig
     recipes = {
-        "default": Recipe(
-            train={"epochs": 5, "batch_size": 4, "lr": 0.0035},
-            source=f"{MPL_REPO}:configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml",
-        )
+        # the released IVLP config prompts all 12 blocks of each tower (train.py's default is 9); its
+        # language-only config (vit_b16_c2_ep5_batch4_4ctx_language_only.yaml: lr 0.0025, 4 text tokens, depth 12,
+        # no image prompts) is not expressible yet: ivlp needs depth_vision >= 1
+        "default": dassl_recipe(
+            f"{MPL_REPO}:configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml, "
+            "scripts/independent-vlp/base2new_train_ivlp.sh, xd_train_ivlp.sh",
+            ("base-to-new", *TRANSFER),
+            epochs=5,
+            batch_size=4,
+            lr=0.0035,
+        ).with_options(n_ctx_text=2, n_ctx_vision=2, ctx_init="a photo of a", depth_text=12, depth_vision=12)
     }
     builtin_rows = (BuiltinRow("ivlp", CPU_TWO_TOWER.with_options(depth_text=3, depth_vision=3), default=False),)
     tiny = Recipe(options={"depth_text": 2, "depth_vision": 2})  # the tiny towers have 2 blocks

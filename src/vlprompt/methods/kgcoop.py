@@ -23,7 +23,7 @@ from torch import Tensor
 from ..backbones import Backbone
 from .base import Batch, BuiltinRow, MethodOptionError, Recipe, option
 from .coop import CoOp, CoOpConfig
-from .recipes import CPU_SGD, KGCOOP_REPO
+from .recipes import CPU_SGD, KGCOOP_REPO, dassl_recipe
 from .zeroshot import ensemble_text_features
 
 
@@ -53,14 +53,22 @@ class KgCoOp(CoOp):
     name = "kgcoop"
     Config = KgCoOpConfig
     recipes = {
-        "default": Recipe(
-            train={"epochs": 100, "batch_size": 128, "lr": 0.002},
-            source=f"{KGCOOP_REPO}:KgCoOp/configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml",
-        )
+        # base2new_train.sh: N_CTX 4, W from run.sh (8.0); xd_train.sh runs the same config at 4 shots on every
+        # dataset (ImageNet included) with W 8.0; CTX_INIT True means "a photo of a" in trainers/kgcoop.py
+        "default": dassl_recipe(
+            f"{KGCOOP_REPO}:KgCoOp/configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml, KgCoOp/scripts/base2new_train.sh, "
+            "run.sh, xd_train.sh",
+            ("base-to-new", "few-shot"),
+            epochs=100,
+            batch_size=128,
+            lr=0.002,
+        ).with_options(n_ctx=4, ctx_init="a photo of a", weight=8.0)
     }
     builtin_rows = (BuiltinRow("kgcoop", CPU_SGD.but(lr=0.02), default=False),)
     tiny = Recipe()
     template_option = "template"
+    #: KgCoOp's CUSTOM_TEMPLATES (KgCoOp/trainers/kgcoop.py): CoOp's, but for DTD.
+    templates_by_dataset = {"dtd": "a photo of a {}, a type of texture."}
 
     def __init__(self, backbone: Backbone, classes: Sequence[str], config: KgCoOpConfig | None = None):
         template = (config or self.Config()).template

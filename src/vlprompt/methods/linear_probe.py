@@ -41,7 +41,9 @@ class LinearProbe(PromptMethod):
                 "schedule": "cosine",
                 "warmup_epochs": 0,
             },
-            source="vlprompt's: AdamW with a cosine schedule on frozen features (CoOp's baseline is sklearn's L-BFGS)",
+            source="vlprompt's: AdamW with a cosine schedule on frozen features; not expressible yet: CoOp's "
+            "baseline (KaiyangZhou/CoOp@ff61507c790454bce7c5052c3ac39e60772f1f89:lpclip/) is sklearn's L-BFGS "
+            "logistic regression with its regularisation searched on validation",
         )
     }
     builtin_rows = (

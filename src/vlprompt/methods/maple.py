@@ -26,7 +26,7 @@ from ..backbones import Backbone
 from .base import Batch, BuiltinRow, MethodConfig, MethodOptionError, PromptMethod, Recipe
 from .coop import nearest_words
 from .prompting import PromptLayout, initial_context
-from .recipes import CPU_TWO_TOWER, MPL_REPO
+from .recipes import CPU_TWO_TOWER, MPL_REPO, TRANSFER, dassl_recipe
 
 
 @dataclass
@@ -88,10 +88,21 @@ class MaPLe(PhraseContextPrompts):
     name = "maple"
     Config = MaPLeConfig
     recipes = {
-        "default": Recipe(
-            train={"epochs": 5, "batch_size": 4, "lr": 0.0035},
-            source=f"{MPL_REPO}:configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml",
-        )
+        "default": dassl_recipe(
+            f"{MPL_REPO}:configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml, scripts/maple/base2new_train_maple.sh",
+            ("base-to-new",),
+            epochs=5,
+            batch_size=4,
+            lr=0.0035,
+        ).with_options(n_ctx=2, ctx_init="a photo of a", depth=9),
+        "cross-dataset": dassl_recipe(
+            f"{MPL_REPO}:configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets.yaml, "
+            "scripts/maple/xd_train_maple.sh",
+            TRANSFER,
+            epochs=2,
+            batch_size=4,
+            lr=0.0026,
+        ).with_options(n_ctx=2, ctx_init="a photo of a", depth=3),
     }
     builtin_rows = (BuiltinRow("maple", CPU_TWO_TOWER.with_options(depth=3)),)
     tiny = Recipe(options={"depth": 2})  # the tiny towers have 2 blocks

@@ -38,7 +38,7 @@ from ..backbones import Backbone
 from .base import Batch, BuiltinRow, Recipe, cosine_logits, option
 from .ivlp import IVLP, IVLPConfig
 from .prompting import clean_classname
-from .recipes import CPU_TWO_TOWER, PROMPTSRC_REPO
+from .recipes import CPU_TWO_TOWER, PROMPTSRC_GPA45, PROMPTSRC_REPO, TRANSFER, dassl_recipe
 from .zeroshot import ENSEMBLES
 
 
@@ -103,20 +103,50 @@ def self_regulating_losses(
     }
 
 
+_CONFIGS = f"{PROMPTSRC_REPO}:configs/trainers/PromptSRC/vit_b16_c2_"
+#: What every PromptSRC config sets the same way.
+_PROMPTS = {"n_ctx_text": 4, "n_ctx_vision": 4, "ctx_init": "a photo of a"}
+_PROMPTS |= {"text_loss_weight": 25.0, "image_loss_weight": 10.0}
+
+
 class PromptSRC(IVLP):
     """IVLP prompts with self-regulating consistency losses and Gaussian prompt aggregation."""
 
     name = "promptsrc"
     Config = PromptSRCConfig
     recipes = {
-        "default": Recipe(
-            train={"epochs": 20, "batch_size": 4, "lr": 0.0025},
-            source=f"{PROMPTSRC_REPO}:configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
-        ),
-        "few-shot": Recipe(
-            train={"epochs": 50, "batch_size": 4, "lr": 0.0025},
-            source=f"{PROMPTSRC_REPO}:configs/trainers/PromptSRC/vit_b16_c2_ep50_batch4_4+4ctx_few_shot.yaml",
-        ),
+        "default": dassl_recipe(
+            f"{_CONFIGS}ep20_batch4_4+4ctx.yaml, scripts/promptsrc/base2new_train.sh",
+            ("base-to-new",),
+            epochs=20,
+            batch_size=4,
+            lr=0.0025,
+        ).with_options(**_PROMPTS, depth_text=9, depth_vision=9, gpa_mean=15.0, gpa_std=1.0),
+        "cross-dataset": dassl_recipe(
+            f"{_CONFIGS}ep20_batch4_4+4ctx_cross_datasets.yaml, scripts/promptsrc/reproduce_xd.sh",
+            TRANSFER,
+            epochs=20,
+            batch_size=4,
+            lr=0.0025,
+        ).with_options(**_PROMPTS, depth_text=3, depth_vision=3, gpa_mean=6.0, gpa_std=10.0),
+        # the few-shot config's GPA: mean 30, std 30 on ImageNet, Caltech101, OxfordPets, Food101, UCF101 and
+        # SUN397; mean 45, std 5 (its commented alternative) on the other five
+        "few-shot": dassl_recipe(
+            f"{_CONFIGS}ep50_batch4_4+4ctx_few_shot.yaml, scripts/promptsrc/few_shot.sh",
+            ("few-shot",),
+            datasets=("imagenet", "caltech101", "oxford_pets", "food101", "ucf101", "sun397"),
+            epochs=50,
+            batch_size=4,
+            lr=0.0025,
+        ).with_options(**_PROMPTS, depth_text=9, depth_vision=9, gpa_mean=30.0, gpa_std=30.0),
+        "few-shot-gpa45": dassl_recipe(
+            f"{_CONFIGS}ep50_batch4_4+4ctx_few_shot.yaml (commented GPA lines), scripts/promptsrc/few_shot.sh",
+            ("few-shot",),
+            datasets=PROMPTSRC_GPA45,
+            epochs=50,
+            batch_size=4,
+            lr=0.0025,
+        ).with_options(**_PROMPTS, depth_text=9, depth_vision=9, gpa_mean=45.0, gpa_std=5.0),
     }
     builtin_rows = (
         # Not the two-tower lr (0.02): with it one PromptSRC seed of three fell to 51% base accuracy on the shapes

@@ -25,12 +25,17 @@ class Recipe:
         source: where it comes from: ``repo@commit:path`` of the authors' release, or why it is ours.
         epochs_by_shots: ``((K, epochs), ...)``: the epochs of the first row whose K >= the run's shots
             (the last row beyond), e.g. CoOp's 50 / 100 / 200 epochs by shots.
+        protocols: the bench protocols ("few-shot", "base-to-new", "cross-dataset", "domain-generalisation")
+            its authors ran with it (empty: not a paper protocol's recipe).
+        datasets: the registry datasets it is the authors' recipe for within those protocols (empty: any).
     """
 
     train: Mapping[str, Any] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
     source: str = ""
     epochs_by_shots: tuple[tuple[int, int], ...] = ()
+    protocols: tuple[str, ...] = ()
+    datasets: tuple[str, ...] = ()
 
     def train_fields(self, shots: int = 16) -> dict[str, Any]:
         """The ``TrainConfig`` fields for a ``shots``-shot run."""
@@ -47,6 +52,10 @@ class Recipe:
     def with_options(self, **options: Any) -> Recipe:
         """This recipe setting method options too."""
         return dataclasses.replace(self, options={**self.options, **options})
+
+    def covers(self, protocol: str, dataset: str | None = None) -> bool:
+        """Whether its authors ran ``protocol`` (on ``dataset``, where given) with this recipe."""
+        return protocol in self.protocols and (not self.datasets or dataset is None or dataset in self.datasets)
 
 
 @dataclass(frozen=True)
@@ -80,11 +89,60 @@ VP_REPO = "hjbahng/visual_prompting@679e71fc888cbd8cecc37f66284dc3c44e554832"
 VPT_REPO = "KMnP/vpt@4410440ec1b489f24f66b9fad3d9b10ff3443567"
 CSP_REPO = "BatsResearch/csp@029a4afb37f8e30c30188d57fdd63f9da541d32f"
 SOFTCPT_REPO = "kding1225/softcpt@7cab4b9ce4b049212591be131d2fb663ebd6df26"
+DASSL_REPO = "KaiyangZhou/Dassl.pytorch@c61a1b570ac6333bd50fb5ae06aea59002fb20bb"
 #: UPT's code as its first author released it (the authors' own repository holds only its README).
 UPT_REPO = "pedramyamini2023/UPT@3d1640fcfd2532fd651041bc955fc5baff51c71f"
 
 #: CoOp's epochs by shots (COOP.md's commands: rn50_ep50 at 1 shot, rn50_ep100 at 2-4, rn50 (200) at 8-16).
 COOP_EPOCHS_BY_SHOTS = ((1, 50), (4, 100), (16, 200))
+
+#: The bench protocols that train on ImageNet and test on other datasets (one recipe in every release).
+TRANSFER = ("cross-dataset", "domain-generalisation")
+#: CoOp's few-shot datasets on which PromptSRC's few-shot config sets GPA mean 45, std 5 (30 / 30 elsewhere).
+PROMPTSRC_GPA45 = ("stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat")
+
+
+def dassl_recipe(
+    source: str,
+    protocols: tuple[str, ...],
+    *,
+    epochs: int | None = None,
+    epochs_by_shots: tuple[tuple[int, int], ...] = (),
+    datasets: tuple[str, ...] = (),
+    **train: Any,
+) -> Recipe:
+    """A Dassl-based release's recipe (CoOp, CoCoOp, KgCoOp, MaPLe, IVLP, VPT-on-CLIP, PromptSRC).
+
+    What they share: SGD with Dassl's ``OPTIM`` defaults (momentum 0.9, weight decay 5e-4, no Nesterov), the
+    per-epoch cosine after one constant warmup epoch at 1e-5 (``LR_SCHEDULER: cosine``, ``WARMUP_*``),
+    random-resized crops (scale 0.08-1, ``INPUT.RRCROP_SCALE``) and flips (``INPUT.TRANSFORMS``), fp16
+    (``PREC: fp16``, every config's and trainer's default), the last epoch (the test scripts load it), and
+    the last partial batch dropped (Dassl's ``drop_last``, as vlprompt's loop). A method that leaves the image
+    tower untouched trains on cached features of each epoch's augmented views (``cache_features`` automatic:
+    the same views and losses as the pixels through the tower, :mod:`vlprompt.feed`).
+    """
+    train = {**({"epochs": epochs} if epochs is not None else {}), **train}
+    shared = {
+        "optimizer": "sgd",
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "schedule": "dassl-cosine",
+        "warmup_epochs": 1,
+        "warmup_lr": 1e-5,
+        "augment": True,
+        "precision": "fp16",
+        "select": "last",
+    }
+    fields = {**train, **{k: v for k, v in shared.items() if k not in train}}  # the recipe's own fields first
+    dassl = f"{DASSL_REPO}:dassl/config/defaults.py, dassl/data/data_manager.py"
+    return Recipe(
+        train=fields,
+        source=f"{source}; {dassl}",
+        epochs_by_shots=epochs_by_shots,
+        protocols=protocols,
+        datasets=datasets,
+    )
+
 
 # ---------------------------------------------------------------- the built-in benchmark (CPU-sized)
 _CPU = "vlprompt's CPU recipe for the built-in benchmark (runs/demo), not a paper's"
@@ -131,6 +189,17 @@ CSP_RECIPES = {
     "mit-states": csp_recipe(5e-5, _CSP),
     "ut-zappos": csp_recipe(5e-4, _CSP),
     "cgqa": csp_recipe(5e-5, _CSP),
+}
+_CSP_OWN = (
+    f"{CSP_REPO}:README.md (--attr_dropout 0.3, MIT-States); UT-Zappos' 0.2 is the CSP paper's (not in the "
+    "release; not verified against it)"
+)
+#: CSP's own recipes: its baselines' with CSP's vocabulary (attribute) dropout per dataset.
+CSP_OWN_RECIPES = {
+    **CSP_RECIPES,
+    "default": CSP_RECIPES["default"].with_options(vocab_dropout=0.3).but(_CSP_OWN),
+    "mit-states": CSP_RECIPES["mit-states"].with_options(vocab_dropout=0.3).but(_CSP_OWN),
+    "ut-zappos": CSP_RECIPES["ut-zappos"].with_options(vocab_dropout=0.2).but(_CSP_OWN),
 }
 #: CSP's UT-Zappos recipe sized for the built-in benchmark on a CPU: 150 steps instead of about 3,600, so a 10x
 #: learning rate. CoOp and CSP share it, as in the CSP paper.

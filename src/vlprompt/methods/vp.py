@@ -64,8 +64,9 @@ class VP(ZeroShot):
                 "schedule": "cosine",
                 "warmup_steps": 1000,
             },
-            source=f"{VP_REPO}:main_clip.py, utils.py (cosine_lr)",
-        ),
+            source=f"{VP_REPO}:main_clip.py (autocast with a GradScaler, CLIP's preprocess: no augmentation), "
+            "utils.py (cosine_lr)",
+        ).but(precision="fp16"),
         "cpu": Recipe(
             train={
                 "epochs": 30,
@@ -84,6 +85,7 @@ class VP(ZeroShot):
     )
     tiny = Recipe(options={"prompt_size": 4}, train={"lr": 1.0})  # N(0, 1) pixel prompts need a large lr
     template_option = "templates"
+    authors_template = "This is a photo of a {}"  # main_clip.py, every dataset
     learns = True
     changes_image_tower = True
 

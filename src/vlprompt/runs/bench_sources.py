@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..backbones import Backbone
 from ..data.benchmarks import FEW_SHOT_DATASETS, IMAGENET_VARIANTS, dataset_names, get_dataset
 from ..data.images import DataError
-from ..engine import presets
+from ..engine.presets import protocol_preset, protocol_presets
 from ..errors import OptionError
 from ..evaluation import evaluate
 from ..evaluation.reports import AVERAGE
@@ -68,15 +68,25 @@ class DatasetSource(BenchSource):
 
     name: str
     data: DataConfig
+    protocol: str = "few-shot"
 
     def recipe(self, bench: BenchRun, method: str) -> tuple[dict[str, Any], str | None, Any]:
         """(method options, preset, train overrides) of ``method`` here.
 
-        The preset is ``--preset``, else ``<method>-<dataset>`` where one exists (e.g. CoOp's ImageNet
-        recipe, ``coop-imagenet``), else the method's own.
+        The preset is ``--preset``, else its authors' recipe for this protocol and dataset
+        (:func:`~vlprompt.engine.presets.protocol_preset`, e.g. ``coop-base-to-new``, or ``coop-cross-dataset`` on
+        ImageNet), else, for a method whose recipes name no protocol, its own. A method whose authors released
+        recipes for other protocols only is refused, naming them (``--preset`` runs it anyway).
         """
-        method_class(method, ClassNames)  # a method that scores classes
-        preset = bench.preset or (f"{method}-{self.name}" if f"{method}-{self.name}" in presets() else None)
+        cls = method_class(method, ClassNames)  # a method that scores classes
+        preset = bench.preset or protocol_preset(cls.name, self.protocol, self.name)
+        released = protocol_presets(cls.name)
+        if preset is None and released:
+            covered = "; ".join(f"{p}: {', '.join(names)}" for p, names in released.items())
+            raise OptionError(
+                f"{cls.name}'s authors released no recipe for {self.protocol} on {self.name} (theirs: {covered}); "
+                "pass --preset to run it with one of them"
+            )
         return dict(bench.method_options.get(method, {})), preset, bench.train
 
     def run_config(self, bench: BenchRun, method: str, shots: int, class_split: str, out: Path) -> ClassificationRun:
@@ -99,9 +109,9 @@ class DatasetSource(BenchSource):
         return run, Classification(run)
 
 
-def registry_source(name: str, root: str) -> DatasetSource:
+def registry_source(name: str, root: str, protocol: str = "few-shot") -> DatasetSource:
     ds = get_dataset(name)
-    return DatasetSource(ds.name, DataConfig(format="benchmark", dataset=ds.name, root=root))
+    return DatasetSource(ds.name, DataConfig(format="benchmark", dataset=ds.name, root=root), protocol)
 
 
 class BuiltinSource(DatasetSource):
@@ -267,7 +277,7 @@ def make_sources(protocol: str, bench: BenchRun) -> list[BenchSource]:
         for name in dataset_names(registry):
             if get_dataset(name).test_only:
                 raise OptionError(f"--datasets {name} is evaluation-only: it belongs to domain-generalisation")
-            sources.append(registry_source(name, _root(bench)))
+            sources.append(registry_source(name, _root(bench), protocol))
         for name in bench.datasets:
             sources += EXTRA_SOURCES[name](bench) if name in EXTRA_SOURCES else []
         return sources
@@ -280,7 +290,8 @@ def make_sources(protocol: str, bench: BenchRun) -> list[BenchSource]:
     if protocol == "cross-dataset" and set(names) & set(IMAGENET_VARIANTS):
         raise OptionError("cross-dataset targets are the 10 few-shot datasets besides ImageNet (variants: DG)")
     root = _root(bench)
-    return [TransferSource(registry_source(SOURCE_DATASET, root), [registry_source(n, root) for n in names])]
+    source = registry_source(SOURCE_DATASET, root, protocol)
+    return [TransferSource(source, [registry_source(n, root, protocol) for n in names])]
 
 
 def _root(bench: BenchRun) -> str:
