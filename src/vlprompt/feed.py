@@ -30,7 +30,9 @@ from .methods import Batch, PromptMethod
 PIXELS, FEATURES, VIEWS = "pixels", "features", "views"
 
 
-def image_input(method: PromptMethod, augment: bool = False, cache_features: bool | None = None) -> str:
+def image_input(
+    method: PromptMethod, augment: bool = False, cache_features: bool | None = None, scoring: bool = False
+) -> str:
     """What ``method`` sees of each image: :data:`PIXELS`, :data:`FEATURES` or :data:`VIEWS` (see the module).
 
     Args:
@@ -38,10 +40,12 @@ def image_input(method: PromptMethod, augment: bool = False, cache_features: boo
         cache_features: for a method that leaves the image tower untouched: None (automatic: cached features of
             the images, or of their augmented views with ``augment``), True (cached features of the un-augmented
             images, even with ``augment``) or False (pixels through the frozen tower).
+        scoring: the batches are scored (evaluation, predict): a method that adapts at test time sees pixels.
     """
-    if method.changes_image_tower:
+    if method.changes_image_tower or (scoring and method.adapts_at_test_time):
         if cache_features:
-            raise OptionError(f"{method.name} changes the image tower: its image features cannot be cached")
+            why = "changes the image tower" if method.changes_image_tower else "adapts to each test image"
+            raise OptionError(f"{method.name} {why}: its image features cannot be cached")
         return PIXELS
     if cache_features is False:
         return PIXELS
@@ -69,6 +73,9 @@ class Feed:
         cache: where frozen features of files come from (a private in-memory one by default).
         augment: training views (random-resized crops and flips, seeded per ``view_seed``, epoch and image)
             instead of the evaluation transform.
+            Without ``augment`` and ``targets`` the batches are scored: a method that adapts at test time is fed
+            pixels, read with its own :meth:`~vlprompt.methods.PromptMethod.test_views` where it has them (such a
+            method is then the only one of the feed fed pixels).
         cache_features: see :func:`image_input`.
         view_seed: the seed of the augmented views (a run's seed).
         targets: put the dataset's labels (and task ids) into the batches (training); evaluation leaves them out.
@@ -92,8 +99,10 @@ class Feed:
     ):
         self.backbone, self.dataset, self.augment, self.view_seed = backbone, dataset, augment, view_seed
         self.methods = [methods] if isinstance(methods, PromptMethod) else list(methods)
-        self.inputs = [image_input(m, augment, cache_features) for m in self.methods]
+        scoring = not augment and not targets
+        self.inputs = [image_input(m, augment, cache_features, scoring) for m in self.methods]
         self.files = isinstance(dataset, LabeledImages)
+        self.test_views = self._test_views(scoring)
         if augment and not self.files:
             raise OptionError("augmented views need image files (a LabeledImages dataset)")
         self.cache = cache or FeatureCache()
@@ -118,6 +127,14 @@ class Feed:
         """Whether every method is fed cached features (no image is read while iterating)."""
         return not self.reads_images
 
+    def _test_views(self, scoring: bool):
+        """The one test-time transform of the pixel-fed methods, if one reads its own test views."""
+        pixel_fed = [m for m, i in zip(self.methods, self.inputs) if i == PIXELS]
+        own = [m for m in pixel_fed if scoring and m.test_views(self.backbone) is not None]
+        if own and len(pixel_fed) > 1:
+            raise OptionError(f"{own[0].name} reads its own test views: score it on its own, not with other methods")
+        return own[0].test_views(self.backbone) if own else None
+
     def _views(self, epoch: int) -> SeededViews:
         return SeededViews(self.backbone.image_transform(train=True), self.view_seed, epoch)
 
@@ -138,7 +155,7 @@ class Feed:
                 yield self._batches(idx, None, views)
             return
         if self.files:
-            transform = self._views(epoch) if self.augment else self.backbone.image_transform()
+            transform = self._views(epoch) if self.augment else self.test_views or self.backbone.image_transform()
             images = self.dataset.with_transform(transform)
         else:
             images = self.dataset

@@ -97,8 +97,14 @@ def cmd_eval(cfg: EvalCommand, _: Any) -> int:
     dataset = base_new_split(data[cfg.split], cfg.class_split)
     if list(dataset.classnames) != method.class_names():
         method.set_classes(backbone, dataset.classnames)
+    if cfg.tpt:
+        from ..methods import TPT
+
+        method = TPT.wrapping(method, backbone, cfg.tpt_config())
     metrics = evaluate(method, backbone, dataset, progress=True)
     summary = {"prompt": cfg.prompt, "split": cfg.split, "class_split": cfg.class_split, "n": len(dataset), **metrics}
+    if cfg.tpt:
+        summary["tpt"] = {k: v for k, v in method.config.to_dict().items() if k not in ("method", "options")}
     if cfg.task is not None:
         summary["task"] = cfg.task
     print(json.dumps(summary, indent=2))

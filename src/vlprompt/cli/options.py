@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..data.sampling import CLASS_SPLITS
 from ..errors import OptionError
@@ -30,6 +31,8 @@ class EvalCommand:
         split: the split to evaluate ("train", "val" or "test").
         class_split: "all", "base" or "new" (the halves of base-to-new).
         task: the task to evaluate, of a prompt bank or a multi-task prompt.
+        tpt: evaluate with test-time prompt tuning around the prompt (it needs a text context, e.g. CoOp's).
+        tpt_options: TPT's options with ``tpt``, e.g. '{views: 64, select: 0.1, calibration_weight: 50}'.
     """
 
     prompt: str = ""
@@ -38,13 +41,33 @@ class EvalCommand:
     split: str = "test"
     class_split: str = "all"
     task: str | None = None
+    tpt: bool = False
+    tpt_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         _require_prompt(self.prompt)
         if self.class_split not in CLASS_SPLITS:
             raise OptionError(f"--class_split must be 'all', 'base' or 'new', not {self.class_split!r}")
+        if self.tpt_options and not self.tpt:
+            raise OptionError("--tpt_options needs --tpt true")
+        if self.tpt:
+            self.tpt_config()
         self.backbone.validate()
         self.data.validate()
+
+    def tpt_config(self) -> Any:
+        """TPT's config around the saved prompt (read from its prompt.json: checked before any work)."""
+        from ..methods import TPT
+        from ..prompts import read_prompt_config
+
+        if self.task is not None:
+            raise OptionError("--tpt wraps one prompt: it does not take --task")
+        unknown = sorted(set(self.tpt_options) & {"method", "options"})
+        if unknown:
+            raise OptionError(f"--tpt_options {unknown}: TPT wraps the prompt itself, with its method and options")
+        saved = read_prompt_config(self.prompt)
+        options = {**self.tpt_options, "method": saved["method"], "options": saved["config"]}
+        return TPT.Config.from_dict(options, TPT.name, "--tpt_options")
 
 
 @dataclass

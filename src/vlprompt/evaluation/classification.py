@@ -13,6 +13,9 @@ from ..features import FeatureCache
 from ..feed import Feed
 from ..methods import PromptMethod
 
+#: Images per batch when each brings its own test views (a test-time method's, e.g. TPT's 64 views each).
+VIEW_BATCH = 4
+
 
 @torch.no_grad()
 def predict_logits(
@@ -27,10 +30,12 @@ def predict_logits(
     unless image-conditioned.
 
     Methods that see pixels are scored in batches, each rank its share under torchrun (then the shares are
-    gathered); the others score cached frozen features.
+    gathered); the others score cached frozen features. Images that bring their own test views (TPT's) are
+    scored :data:`VIEW_BATCH` at a time.
     """
     method.eval()
     feed = Feed(backbone, dataset, method, cache, progress=progress)
+    batch_size = min(batch_size, VIEW_BATCH) if feed.test_views is not None else batch_size
     text = method.reusable_text_features(backbone)
     shard = not feed.uses_cached_features
     show = progress and shard and dist.is_main()

@@ -23,6 +23,7 @@ from .multitask import PerTask, PerTaskConfig, TaskMethod
 from .promptsrc import PromptSRC, PromptSRCConfig
 from .softcpt import SoftCPT, SoftCPTConfig
 from .tip_adapter import TipAdapter, TipAdapterConfig, TipAdapterF, TipAdapterFConfig
+from .tpt import TPT, TPTConfig
 from .upt import UPT, UPTConfig
 from .vp import VP, VPConfig
 from .vpt import VPT, VPTConfig
@@ -73,7 +74,8 @@ def _own_attributes(cls: type) -> set[str]:
 
 # fmt: off
 for _cls in (ZeroShot, CoOp, CoCoOp, LinearProbe, VP, VPT, IVLP, MaPLe, UPT, KgCoOp, PromptSRC, CLIPLoRA, FullFinetune,
-             CZSLZeroShot, CZSLCoOp, CSP, AttrObjHeads, PairProjection, SoftCPT, CLIPAdapter, TipAdapter, TipAdapterF):
+             CZSLZeroShot, CZSLCoOp, CSP, AttrObjHeads, PairProjection, SoftCPT, CLIPAdapter, TipAdapter, TipAdapterF,
+             TPT):
     register(_cls)
 # fmt: on
 
@@ -155,6 +157,8 @@ __all__ = [
     "TipAdapterConfig",
     "TipAdapterF",
     "TipAdapterFConfig",
+    "TPT",
+    "TPTConfig",
     "PromptSRC",
     "PromptSRCConfig",
     "UPT",

@@ -9,7 +9,7 @@ and its optimizer parameter groups; the engine only loops, steps, syncs, checkpo
 from __future__ import annotations
 
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +96,8 @@ class PromptMethod(nn.Module):
             folded into :meth:`cache_key`.
         sets_up: builds tensors from the training data in :meth:`setup` (e.g. a cache of few-shot
             features), registered with :meth:`register_setup_state` and saved in its prompt file.
-        adapts_at_test_time: adapts to each test batch before scoring it (:meth:`adapted`).
+        adapts_at_test_time: adapts to each test batch before scoring it (:meth:`adapted`); scoring feeds it
+            pixels (it may augment them), read with its :meth:`test_views` where it has its own.
 
     What a method owns besides its tensors (every registered method declares each, see
     :data:`DECLARATIONS`; the registry and the contract suite check it):
@@ -211,6 +212,13 @@ class PromptMethod(nn.Module):
         """Evaluation hook around scoring one test batch: a test-time method adapts to ``batch`` on entry
         (gradients are enabled there if it needs them) and restores its tensors on exit. Default: nothing."""
         yield
+
+    def test_views(self, backbone: Backbone) -> Callable | None:
+        """How a test-time method reads each test image file when scored: a transform of the PIL image (called
+        with the image and its path where it is ``per_image``, e.g. a :class:`~vlprompt.data.images.SeededViews`)
+        to what its batches' ``pixels`` hold per image (TPT: its [V, 3, H, W] augmented views); None (default):
+        the backbone's evaluation transform."""
+        return None
 
     # ---------------------------------------------------------------- label space
     @property

@@ -1,9 +1,16 @@
-"""Zero-shot CLIP with a hand-written template or a template ensemble."""
+"""Zero-shot CLIP with a hand-written template or a template ensemble, or with class descriptions (CuPL).
+
+Descriptions (:mod:`vlprompt.methods.descriptions`): option ``descriptions`` names CuPL's JSON file (or
+``builtin``, the built-in benchmark's); its sentences are read once, when the options are checked, into option
+``sentences``, which prompt.json saves, so a saved prompt scores without the file. VP and VPT, which score with
+zero-shot's class features, take the same options; the other methods with a hand template do not.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -12,8 +19,19 @@ from torch import Tensor
 
 from ..backbones import Backbone
 from .base import BuiltinRow, MethodConfig, MethodOptionError, PromptMethod, Recipe, option
+from .descriptions import (
+    BUILTIN,
+    DESCRIPTION_MODES,
+    FALLBACKS,
+    check_descriptions,
+    class_sentences,
+    description_features,
+    read_descriptions,
+)
 from .prompting import clean_classname
 from .recipes import CPU_MULTITASK, CPU_SGD
+
+CUPL_REPO = "sarahpratt/CuPL@719619c829792ff8f37298266e941b7f077c7f5c"
 
 #: The 7 templates of CoOp's prompt-ensembling baseline (selected from CLIP's ImageNet 80).
 COOP_ENSEMBLE_TEMPLATES = (
@@ -47,10 +65,29 @@ class ZeroShotConfig(MethodConfig):
         templates: the dataset's own template(s), with ``{}`` for the class name.
         ensemble: add a template set: "" (none), "imagenet80" (CLIP's 80 ImageNet templates), "coop60"
             (CoOp's 60 of them) or "coop7" (CoOp's 7-template subset; with the dataset template that makes 8).
+        descriptions: a CuPL descriptions file (JSON: class name -> sentences), or "builtin" (the built-in
+            benchmark's); read into ``sentences``.
+        description_mode: "cupl" (the sentences only) or "cupl+templates" (the templates and the sentences in one
+            pool, CuPL's "both").
+        descriptions_fallback: "error" (a class without sentences is an error) or "template" (it scores with the
+            templates; a warning counts them and the prompt file records them).
+        sentences: class name -> sentences (from ``descriptions``; saved in prompt.json); empty: templates only.
     """
 
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
     ensemble: str = option("", choices=ENSEMBLES)
+    descriptions: str = ""
+    description_mode: str = option("cupl", choices=DESCRIPTION_MODES)
+    descriptions_fallback: str = option("error", choices=FALLBACKS)
+    sentences: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        where = f"{self.method_name or 'zeroshot'} option sentences"
+        if self.sentences:
+            self.sentences = check_descriptions(self.sentences, where)
+        elif self.descriptions:
+            self.sentences = read_descriptions(self.descriptions)
 
     def all_templates(self) -> list[str]:
         if self.ensemble not in ENSEMBLES:
@@ -74,11 +111,17 @@ class ZeroShot(PromptMethod):
 
     name = "zeroshot"
     Config = ZeroShotConfig
-    recipes = {}  # nothing to train
+    recipes = {  # nothing to train: options only
+        "cupl-imagenet": Recipe(
+            options={"ensemble": "imagenet80", "description_mode": "cupl+templates"},
+            source=f"{CUPL_REPO}:classify_imagenet.py (use_both: CLIP's 80 templates and the sentences)",
+        ),
+    }
     builtin_rows = (
         BuiltinRow("zeroshot", CPU_SGD.with_options(templates=["a photo of a {}."])),
         BuiltinRow("zeroshot-ensemble", CPU_SGD.with_options(templates=["a photo of a {}."], ensemble="coop7")),
         BuiltinRow("mt-zeroshot", CPU_MULTITASK.with_options(templates=["a photo of a {}."]), per_task=True),
+        BuiltinRow("cupl", CPU_SGD.with_options(templates=["a photo of a {}."], descriptions=BUILTIN), default=False),
     )
     tiny = Recipe()
     template_option = "templates"
@@ -89,8 +132,20 @@ class ZeroShot(PromptMethod):
         self._labels_changed(backbone)
 
     def _labels_changed(self, backbone: Backbone) -> None:
-        feats = ensemble_text_features(backbone, self.labels.names, self.config.all_templates())
+        cfg, names = self.config, self.labels.names
+        if cfg.sentences:
+            where = f"descriptions {cfg.descriptions or '(option sentences)'}"
+            sentences = class_sentences(cfg.sentences, names, where, cfg.descriptions_fallback)
+            self.fallback_classes = [n for n, s in zip(names, sentences) if not s]
+            feats = description_features(backbone, names, sentences, cfg.all_templates(), cfg.description_mode)
+        else:
+            feats = ensemble_text_features(backbone, names, cfg.all_templates())
         self.register_buffer("template_features", feats, persistent=False)
+
+    def prompt_record(self) -> dict[str, Any]:
+        """The classes that fell back to the templates for want of sentences (``descriptions_fallback``)."""
+        fallback = getattr(self, "fallback_classes", [])
+        return {"description_fallback_classes": fallback} if fallback else {}
 
     def text_features(self, backbone: Backbone, image_features: Tensor | None = None) -> Tensor:
         return self.template_features
