@@ -256,7 +256,6 @@ class IncontextCommand:
             raise OptionError("give --examples [a.png,...], --outputs [a_mask.png,...] and --queries [q.png,...]")
 
 
-
 @dataclass
 class MethodsCommand:
     """Every registered method: the command that trains it, its capabilities and its recipes.

@@ -124,17 +124,14 @@ class TrainConfig:
             raise OptionError(f"--train.schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         minimum = {"epochs": 1, "batch_size": 1, "grad_accum": 1, "checkpoint_every": 1, "checkpoint_every_steps": 0}
         minimum |= dict.fromkeys(("warmup_epochs", "eval_every", "num_workers", "momentum", "weight_decay"), 0)
-        minimum |= {"warmup_lr": 0, "label_smoothing": 0, "min_lr": 0}
+        minimum |= {"warmup_lr": 0, "label_smoothing": 0, "min_lr": 0, "warmup_steps": 0}
         for name, low in minimum.items():
-            if getattr(self, name) < low:
+            if getattr(self, name) is not None and getattr(self, name) < low:  # warmup_steps may be None
                 raise OptionError(f"--train.{name} must be >= {low}, not {getattr(self, name)}")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise OptionError(f"--train.warmup_steps must be >= 0, not {self.warmup_steps}")
-        not_positive = [name for name in ("lr", "adam_eps") if not getattr(self, name) > 0]
-        if not_positive:
-            raise OptionError(f"--train.{not_positive[0]} must be > 0, not {getattr(self, not_positive[0])}")
-        if self.min_lr >= self.lr:
-            raise OptionError(f"--train.lr must be > --train.min_lr ({self.min_lr}), not {self.lr}")
+        above = (("lr", 0, "0"), ("adam_eps", 0, "0"), ("lr", self.min_lr, f"--train.min_lr ({self.min_lr})"))
+        for name, low, what in above:
+            if not getattr(self, name) > low:
+                raise OptionError(f"--train.{name} must be > {what}, not {getattr(self, name)}")
         if self.label_smoothing >= 1:
             raise OptionError(f"--train.label_smoothing must be < 1, not {self.label_smoothing}")
         if self.select == "best" and self.eval_every < 1:
