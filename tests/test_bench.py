@@ -14,6 +14,7 @@ import vlprompt.runs.bench as bench_module
 from vlprompt.cli import main
 from vlprompt.data import image_folder
 from vlprompt.data.benchmarks import DATASETS
+from vlprompt.engine.presets import protocol_preset
 from vlprompt.evaluation import evaluate, harmonic_mean
 from vlprompt.features import FeatureCache
 from vlprompt.labels import ClassNames
@@ -41,8 +42,9 @@ def _bench(root, out, **kw) -> BenchRun:
     return BenchRun(data=data, out=str(out), train=train_overrides(**TRAIN), **{**defaults, **kw})
 
 
-def _hand_run(root, out, dataset: str, method: str, shots: int, class_split: str = "all") -> ClassificationRun:
-    """The run a user would write by hand for one (dataset, method, shots)."""
+def _hand_run(root, out, dataset: str, method: str, shots: int, class_split: str = "all", protocol: str = "few-shot"):
+    """The run a user would write by hand for one (dataset, method, shots), with its authors' recipe for the
+    protocol (``coop-base-to-new``: 4 tokens from "a photo of a", augmented views, fp16)."""
     options = dict(OPTIONS.get(method, {}))
     if method == "zeroshot":
         options["templates"] = [DATASETS[dataset].template]  # CoOp's hand-written template of the dataset
@@ -50,6 +52,7 @@ def _hand_run(root, out, dataset: str, method: str, shots: int, class_split: str
         data=DataConfig(format="benchmark", dataset=dataset, root=str(root), shots=shots, class_split=class_split),
         method=method,
         method_options=options,
+        preset=protocol_preset(method, protocol, dataset),
         train=train_overrides(**TRAIN),
         seeds=[1, 2],
         out=str(out),
@@ -84,7 +87,8 @@ def test_base_to_new_reproduces_a_hand_written_loop(tmp_path, root, vit_backbone
     expected = {}
     for dataset in ("dtd", "eurosat"):
         for method in ("zeroshot", "coop"):
-            run = _hand_run(root, tmp_path / f"hand-{dataset}-{method}", dataset, method, 2, "base-to-new")
+            hand = tmp_path / f"hand-{dataset}-{method}"
+            run = _hand_run(root, hand, dataset, method, 2, "base-to-new", protocol="base-to-new")
             for row in run_classification(run, vit_backbone, FeatureCache(), progress=False):
                 expected[(dataset, method, 2, row["seed"])] = (row["base"], row["new"], row["hm"])
     assert _by_key(report["per_seed"], ["base", "new", "hm"]) == expected
@@ -107,7 +111,8 @@ def test_transfer_protocols_reproduce_a_hand_written_loop(tmp_path, root, vit_ba
     report = run_bench(protocol, bench, vit_backbone)
     # By hand: train on ImageNet, then load each seed's prompt and score every target's own classes.
     hand = tmp_path / "hand"
-    rows = run_classification(_hand_run(root, hand, "imagenet", "coop", 2), vit_backbone, FeatureCache(), False)
+    run = _hand_run(root, hand, "imagenet", "coop", 2, protocol=protocol)
+    rows = run_classification(run, vit_backbone, FeatureCache(), False)
     expected = {("imagenet", "coop", 2, r["seed"]): (r["accuracy"],) for r in rows}
     for seed in (1, 2):
         method = load_prompt(hand / f"seed{seed}" / "prompt", vit_backbone)
@@ -177,7 +182,7 @@ def test_bad_bench_options(tmp_path, root):
     )
     fails("few-shot", "--datasets imagenet_a is evaluation-only", datasets=["imagenet_a"])
     fails("domain-generalisation", "targets are the ImageNet variants", datasets=["dtd"])
-    fails("few-shot", "--data.shots must all be >= 1", datasets=["dtd"], shots=[0])
+    fails("few-shot", r"--data.shots must all be >= 0 \(0: all images\)", datasets=["dtd"], shots=[-1])
     fails("few-shot", r"--method_options names \['maple'\], which are not in --methods", method_options={"maple": {}})
     fails("few-shot", "--data.root is required", datasets=["dtd"], root="")
     fails(
@@ -260,10 +265,12 @@ def test_builtin_views_use_the_demo_recipes():
     bench = BenchRun(datasets=["builtin"], method_options={"coop": {"n_ctx": 8}}, train=train_overrides(epochs=3))
     source = bench_module.BuiltinSource("colours", DataConfig(split_file="split.json"))
     entry = {e.label: e for e in builtin_entries("few-shot")}
-    options, preset, train = source.recipe(bench, "cocoop")
-    assert (options, preset) == (entry["cocoop"].options, None)
+    method, options, preset, train = source.recipe(bench, "cocoop")
+    assert (method, options, preset) == ("cocoop", entry["cocoop"].options, None)
     assert train == train_overrides(entry["cocoop"].train, epochs=3)  # the demo's recipe, the user's overrides on top
-    options, _, _ = source.recipe(bench, "coop")
+    _, options, _, _ = source.recipe(bench, "coop")
     assert options == {**entry["coop"].options, "n_ctx": 8}
+    method, options, _, _ = source.recipe(bench, "zeroshot-ensemble")  # a row by its label
+    assert (method, options) == ("zeroshot", entry["zeroshot-ensemble"].options)
     assert bench_module.builtin_views(["builtin"]) == ["colours", "shapes"]
     assert bench_module.builtin_views(["builtin-pairs", "builtin"]) == ["pairs", "colours", "shapes"]

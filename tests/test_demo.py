@@ -74,8 +74,10 @@ def test_demo_runs_a_subset(bench, tmp_path, monkeypatch, capsys):
     methods = "[zeroshot, czsl-zeroshot, mt-zeroshot]"
     assert main(["demo", "--out", str(out), "--seeds", "[1]", "--methods", methods]) == 0
     report = json.loads((out / "results.json").read_text())
-    assert {r["task"] for r in report["multitask"]["per_seed"]} == {"colour", "shape", "texture", "coloured shape",
-                                                                   "Average"}  # fmt: skip
+    tasks = {"colour", "shape", "texture", "coloured shape"}
+    assert {r["dataset"] for r in report["multitask"]["per_seed"]} == tasks  # a bench row per task
+    assert {c["dataset"] for c in report["multitask"]["summary"]} == tasks | {"Average"}
+    assert (out / "classification" / "results.md").is_file() and (out / "czsl" / "config.yaml").is_file()
     assert "| mt-zeroshot |" in (out / "results.md").read_text()
     assert report["classification"]["summary"][0]["method"] == "zeroshot"
     assert {r["world"] for r in report["czsl"]["per_seed"]} == {"closed", "open", "open+calibrated"}

@@ -127,7 +127,7 @@ def test_presets():
         1,
         1e-5,
     )
-    assert (coop.augment, coop.cache_features, coop.precision, coop.select) == (True, False, "fp16", "last")
+    assert (coop.augment, coop.cache_features, coop.precision, coop.select) == (True, None, "fp16", "last")
     assert coop.batch_size == 4 and preset("cocoop").epochs == 10
     with pytest.raises(ValueError, match="unknown preset 'nope'; available: .*coop"):
         preset("nope")

@@ -121,15 +121,17 @@ def test_run_dir_edge_cases(tmp_path):
 
 
 def test_demo_twice_into_the_same_out_with_overwrite(tmp_path, image_root, split_file, monkeypatch, capsys):
+    import vlprompt.data.synthetic
     import vlprompt.demo
 
     paths = SimpleNamespace(root=image_root, image_root=image_root, splits={"colours": split_file}, czsl_root=None)
     monkeypatch.setattr(vlprompt.demo, "build_benchmark", lambda: paths)
+    monkeypatch.setattr(vlprompt.data.synthetic, "build_benchmark", lambda: paths)  # the bench's built-in views
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--seeds", "[1]", "--methods", "[zeroshot]", "--data.shots", "2"]
     assert main(args) == 0
     assert main([*args, "--overwrite", "true"]) == 0
-    assert is_run_dir(out) and is_run_dir(out / "classification" / "zeroshot")
+    assert is_run_dir(out) and is_run_dir(out / "classification" / "builtin-colours" / "zeroshot" / "shots2")
     mine = _user_folder(tmp_path / "mine")
     assert main(["demo", "--out", str(mine), "--seeds", "[1]", "--methods", "[zeroshot]", "--overwrite", "true"]) == 2
     assert "not a vlprompt run directory" in capsys.readouterr().err and _intact(mine)

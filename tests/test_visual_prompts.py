@@ -117,7 +117,7 @@ def test_warmup_in_steps(vit_backbone, image_root):
     assert [h["lr"] for h in history] == pytest.approx([6 / 9, 1.0])  # the lr of each epoch's last step
 
 
-@pytest.mark.parametrize("method,options", [("vp", "{prompt_size: 4}"), ("vpt", "{n_tokens: 2, deep: true}")])
+@pytest.mark.parametrize("method,options", [("vp", "{prompt_size: 4}"), ("vpt", "{n_tokens: 2, deep: true, depth: 2}")])
 def test_visual_methods_train_predict_and_evaluate_from_the_cli(
     method, options, tmp_path, image_root, split_file, capsys
 ):

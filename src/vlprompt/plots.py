@@ -77,14 +77,15 @@ def plot_bench(summary: Sequence[Mapping], protocol: str, path: str | Path) -> N
     """A bench's combined plot: one panel per dataset (then the Average).
 
     Few-shot: accuracy against shots, a line per method. Otherwise bars per method (base, new and HM for
-    base-to-new; accuracy for the transfer protocols), with the std over seeds as error bars.
+    base-to-new; H and AUC for CZSL, of the cells given; accuracy for the transfer protocols), with the std over
+    seeds as error bars.
     """
     datasets = list(dict.fromkeys(str(c["dataset"]) for c in summary))
     methods = list(dict.fromkeys(str(c["method"]) for c in summary))
     cols = min(4, len(datasets)) or 1
     rows = math.ceil(len(datasets) / cols) or 1
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
-    metrics = ["base", "new", "hm"] if protocol == "base-to-new" else ["accuracy"]
+    metrics = {"base-to-new": ["base", "new", "hm"], "czsl": ["H", "AUC"]}.get(protocol, ["accuracy"])
     for ax, dataset in zip(axes.flat, datasets):
         cells = [c for c in summary if str(c["dataset"]) == dataset]
         if protocol == "few-shot":
@@ -99,9 +100,10 @@ def plot_bench(summary: Sequence[Mapping], protocol: str, path: str | Path) -> N
                     capsize=3,
                     label=method,
                 )
-            ax.set_xscale("log", base=2)
             ticks = sorted({c["shots"] for c in cells})
-            ax.set_xticks(ticks, [str(k) for k in ticks])
+            if ticks[0] > 0:  # shots 0 (every image) has no place on a log axis
+                ax.set_xscale("log", base=2)
+            ax.set_xticks(ticks, [str(k) if k else "all" for k in ticks])
             ax.set_xlabel("shots per class")
         else:
             width = 0.8 / len(metrics)

@@ -9,6 +9,9 @@ Protocols (:data:`PROTOCOLS`):
 - ``cross-dataset``: train on ImageNet once per seed; test that prompt on ImageNet and the other 10.
 - ``domain-generalisation``: the same ImageNet prompt on ImageNet-V2, -Sketch, -A and -R (on -A and
   -R it scores only their 200 classes).
+- ``czsl``: compositional zero-shot (``vlprompt czsl``'s runs): train on the seen attribute-object pairs,
+  report S, U, H, AUC, attribute and object accuracy in the closed, open and calibrated open worlds, per
+  dataset (``builtin``, or CZSL folders under ``--data.root``).
 
 Every (dataset, method, shots) is one run directory ``OUT/<dataset>/<method>/shots<K>`` driven by the
 shared per-seed loop (:func:`~vlprompt.runs.loop.run_seeds`), so each holds its own config, prompts,
@@ -38,7 +41,7 @@ from ..backbones import Backbone
 from ..data.benchmarks import get_dataset
 from ..data.images import DataError
 from ..errors import OptionError
-from ..evaluation import harmonic_mean, summarize
+from ..evaluation import harmonic_mean, markdown_table, summarize
 from ..evaluation.reports import AVERAGE, format_cell, mean_std, wide_table, write_results
 from ..features import FeatureCache
 from ..labels import ClassNames
@@ -47,16 +50,20 @@ from ..schema import check_unique
 from .bench_sources import (  # noqa: F401 - the sources are part of this module's API
     BUILTIN,
     BUILTIN_DEFAULT,
+    COMPOSITIONAL,
+    CZSL_METRICS,
     EXTRA_SOURCES,
     PROTOCOLS,
     SOURCE_DATASET,
     BenchMultiTask,
     BenchSource,
     BuiltinSource,
+    CZSLSource,
     DatasetSource,
     MultiTaskSource,
     Transfer,
     TransferSource,
+    builtin_entry,
     builtin_sources,
     builtin_views,
     is_builtin,
@@ -129,6 +136,8 @@ class BenchRun:
 
     def shots_for(self, protocol: str) -> list[int]:
         shots = self.data.shots
+        if protocol == COMPOSITIONAL:
+            return [0]  # every image of the seen pairs
         return list(shots) if shots else ([1, 2, 4, 8, 16] if protocol == "few-shot" else [16])
 
 
@@ -140,11 +149,14 @@ def check_methods(protocol: str, bench: BenchRun) -> None:
     unknown = sorted(set(bench.method_options) - set(bench.methods))
     if unknown:
         raise OptionError(f"--method_options names {unknown}, which are not in --methods {bench.methods}")
-    if all(name in EXTRA_SOURCES for name in bench.datasets):
-        return  # multi-task sources: each sub-run's protocol checks its method before any work (validate_run)
+    if protocol == COMPOSITIONAL or all(name in EXTRA_SOURCES for name in bench.datasets):
+        return  # CZSL and multi-task sources: each sub-run's protocol checks its method before any work
+    builtin = any(map(is_builtin, bench.datasets))
     for method in bench.methods:
-        cls = method_class(method, ClassNames)
-        config = cls.Config.from_dict(bench.method_options.get(method), cls.name)
+        entry = builtin_entry("few-shot", method) if builtin else None  # a built-in row, by label or method
+        cls = method_class(entry.method if entry else method, ClassNames)
+        options = {**(entry.options if entry else {}), **bench.method_options.get(method, {})}
+        config = cls.Config.from_dict(options, cls.name)
         if protocol != "few-shot" and not cls.transfers_with(config):
             raise OptionError(
                 f"{method} with these options learns one output per training class and cannot score new classes: "
@@ -154,9 +166,10 @@ def check_methods(protocol: str, bench: BenchRun) -> None:
 
 @dataclass
 class SubRun:
-    """One (dataset, method, shots) of the sweep."""
+    """One (dataset, method, shots) of the sweep; ``method`` as ``--methods`` names it (its rows' method)."""
 
     dataset: str
+    method: str
     run: RunConfig
     protocol: Protocol
 
@@ -168,18 +181,21 @@ def plan(protocol: str, bench: BenchRun, out: Path) -> list[SubRun]:
     if not bench.datasets:
         raise OptionError("--datasets is empty: give at least one dataset, e.g. --datasets [all]")
     check_unique(bench.datasets, "--datasets", OptionError, key=str.strip, what="datasets")
+    if protocol == COMPOSITIONAL and bench.data.shots:
+        raise OptionError("--data.shots: czsl trains on every image of the seen pairs (leave --data.shots out)")
     shots = bench.shots_for(protocol)
-    if any(k < 1 for k in shots):
-        raise OptionError(f"--data.shots must all be >= 1, not {shots}")
+    if any(k < 0 for k in shots):
+        raise OptionError(f"--data.shots must all be >= 0 (0: all images), not {shots}")
     check_unique(shots, "--data.shots", OptionError, key=lambda k: k, what="shots")
     class_split = "base-to-new" if protocol == "base-to-new" else "all"
     subs = []
     for source in make_sources(protocol, bench):
         for method in bench.methods:
             for k in shots:
-                run, proto = source.sub_run(bench, method, k, class_split, out / source.name / method / f"shots{k}")
+                where = out / source.name / method / ("" if protocol == COMPOSITIONAL else f"shots{k}")
+                run, proto = source.sub_run(bench, method, k, class_split, where)
                 validate_run(run, proto)
-                subs.append(SubRun(source.name, run, proto))
+                subs.append(SubRun(source.name, method, run, proto))
     return subs
 
 
@@ -222,19 +238,20 @@ def run_bench(
         sub_rows = _finished_rows(sub)
         if sub_rows is None:
             sub_rows = run_seeds(sub.run, sub.protocol, backbone, cache, progress)
-        rows += [{"dataset": sub.dataset, **row} for row in sub_rows]
+        rows += [{"dataset": sub.dataset, **row, "method": sub.method} for row in sub_rows]
     report = bench_report(protocol, rows)
     if dist.is_main():
         from ..plots import plot_bench
 
         write_bench_tables(out, report)
-        plot_bench(report["summary"], protocol, out / "results.png")
+        closed = [c for c in report["summary"] if c.get("world", "closed") == "closed"]
+        plot_bench(closed, protocol, out / "results.png")
     return report
 
 
 # ---------------------------------------------------------------------------------------------- tables
 def _metrics(protocol: str) -> list[str]:
-    return ["base", "new"] if protocol == "base-to-new" else ["accuracy"]
+    return {"base-to-new": ["base", "new"], COMPOSITIONAL: list(CZSL_METRICS)}.get(protocol, ["accuracy"])
 
 
 def bench_summary(protocol: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -242,9 +259,12 @@ def bench_summary(protocol: str, rows: list[dict[str, Any]]) -> list[dict[str, A
 
     The Average of a metric is the mean over seeds of each seed's mean over the datasets (its std is
     over those per-seed means). Cross-dataset and DG average the targets only (not the source). For
-    base-to-new every cell's ``hm`` is the harmonic mean of its mean base and mean new accuracies.
+    base-to-new every cell's ``hm`` is the harmonic mean of its mean base and mean new accuracies. CZSL: per
+    (dataset, method, world), no Average (its datasets' label spaces have nothing in common).
     """
     metrics = _metrics(protocol)
+    if protocol == COMPOSITIONAL:
+        return summarize(rows, ["dataset", "method", "world"], metrics)
     summary = summarize(rows, ["dataset", "method", "shots"], metrics)
     transfer = protocol in ("cross-dataset", "domain-generalisation")
     averaged = [r for r in rows if not (transfer and r["dataset"] == SOURCE_DATASET)]
@@ -288,9 +308,13 @@ def bench_tables(protocol: str, summary: list[dict[str, Any]]) -> str:
     """The paper-style Markdown tables of ``protocol`` (accuracy in %, mean ± std over seeds)."""
     if protocol == "base-to-new":
         body = _base_to_new_tables(summary)
+    elif protocol == COMPOSITIONAL:
+        datasets = dict.fromkeys(c["dataset"] for c in summary)
+        cells = {d: [c for c in summary if c["dataset"] == d] for d in datasets}
+        body = "\n".join(f"### {d}\n\n" + markdown_table(cells[d], ["method", "world"], CZSL_METRICS) for d in datasets)
     else:
         body = "\n".join(
-            f"### {k} shot{'s' * (k != 1)}\n\n"
+            f"### {shots_title(k)}\n\n"
             + wide_table([c for c in summary if c["shots"] == k], "method", "dataset", "accuracy")
             for k in dict.fromkeys(c["shots"] for c in summary)
         )
@@ -300,8 +324,16 @@ def bench_tables(protocol: str, summary: list[dict[str, Any]]) -> str:
         "is the HM of the averaged base and new).",
         "cross-dataset": f"Trained on {SOURCE_DATASET}; Average: over the targets.",
         "domain-generalisation": f"Trained on {SOURCE_DATASET}; Average: over the ImageNet variants.",
+        COMPOSITIONAL: "S, U: best seen and unseen accuracy; H: their best harmonic mean; AUC: area under the "
+        "seen-unseen curve; attr, obj: attribute and object accuracy; open+calibrated: infeasible pairs removed at "
+        "the threshold chosen on validation.",
     }[protocol]
     return f"## {protocol} (mean ± std over seeds, %)\n\n{note}\n\n{body}"
+
+
+def shots_title(shots: int) -> str:
+    """A table's title for ``shots`` images per class (0: all of them)."""
+    return "all images" if shots == 0 else f"{shots} shot{'s' * (shots != 1)}"
 
 
 def bench_report(protocol: str, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..backbones import Backbone
 from ..data.benchmarks import FEW_SHOT_DATASETS, IMAGENET_VARIANTS, dataset_names, get_dataset
 from ..data.images import DataError
-from ..engine.presets import protocol_preset, protocol_presets
+from ..engine.presets import preset_name, presets, protocol_preset, protocol_presets
 from ..errors import OptionError
 from ..evaluation import evaluate
 from ..evaluation.reports import AVERAGE
@@ -27,16 +27,20 @@ from ..labels import ClassNames
 from ..methods import PromptMethod, method_class
 from .classification import Classification, ClassificationRun, DataConfig
 from .config import RunConfig, train_overrides
+from .czsl import Compositional, CZSLData, CZSLRun
 from .loop import (
     Protocol,
 )
 from .multitask import MultiTask, MultiTaskData, MultiTaskRun
-from .recipes import builtin_entry
+from .recipes import DemoEntry, builtin_entry
 
 if TYPE_CHECKING:
     from .bench import BenchRun
 
-PROTOCOLS = ("few-shot", "base-to-new", "cross-dataset", "domain-generalisation")
+#: Compositional zero-shot: train on the seen pairs, test in the closed and open worlds (``vlprompt czsl``'s runs).
+COMPOSITIONAL = "czsl"
+CZSL_METRICS = ("S", "U", "H", "AUC", "attr", "obj")
+PROTOCOLS = ("few-shot", "base-to-new", "cross-dataset", "domain-generalisation", COMPOSITIONAL)
 #: ``--datasets builtin``: the built-in benchmark's two 10-class views; ``builtin-<view>`` names one view.
 #: The 100-class ``pairs`` view is left out of ``builtin``: CoOp, CoCoOp and MaPLe on 50 base classes and
 #: 800 training images take tens of minutes a seed on a CPU (``builtin-pairs`` runs it).
@@ -62,6 +66,15 @@ def _user_overrides(bench: BenchRun) -> dict[str, Any]:
     return {k: v for k, v in train.items() if v is not None}
 
 
+def _entry_recipe(entry: DemoEntry | None, bench: BenchRun, name: str) -> tuple[dict[str, Any], str | None, Any]:
+    """(options, preset, train overrides) of a built-in row (the user's ``--method_options`` and ``--train`` on
+    top), or of ``--preset`` where given or where there is no row."""
+    options = {**(entry.options if entry else {}), **bench.method_options.get(name, {})}
+    if entry is None or bench.preset:
+        return options, bench.preset, bench.train
+    return options, None, train_overrides(entry.train, **_user_overrides(bench))
+
+
 @dataclass
 class DatasetSource(BenchSource):
     """A classification dataset: a registry dataset, or any :class:`DataConfig`."""
@@ -70,8 +83,8 @@ class DatasetSource(BenchSource):
     data: DataConfig
     protocol: str = "few-shot"
 
-    def recipe(self, bench: BenchRun, method: str) -> tuple[dict[str, Any], str | None, Any]:
-        """(method options, preset, train overrides) of ``method`` here.
+    def recipe(self, bench: BenchRun, method: str) -> tuple[str, dict[str, Any], str | None, Any]:
+        """(method, its options, preset, train overrides) of the ``--methods`` entry ``method`` here.
 
         The preset is ``--preset``, else its authors' recipe for this protocol and dataset
         (:func:`~vlprompt.engine.presets.protocol_preset`, e.g. ``coop-base-to-new``, or ``coop-cross-dataset`` on
@@ -87,10 +100,10 @@ class DatasetSource(BenchSource):
                 f"{cls.name}'s authors released no recipe for {self.protocol} on {self.name} (theirs: {covered}); "
                 "pass --preset to run it with one of them"
             )
-        return dict(bench.method_options.get(method, {})), preset, bench.train
+        return cls.name, dict(bench.method_options.get(method, {})), preset, bench.train
 
-    def run_config(self, bench: BenchRun, method: str, shots: int, class_split: str, out: Path) -> ClassificationRun:
-        options, preset, train = self.recipe(bench, method)
+    def run_config(self, bench: BenchRun, name: str, shots: int, class_split: str, out: Path) -> ClassificationRun:
+        method, options, preset, train = self.recipe(bench, name)
         return ClassificationRun(
             backbone=bench.backbone,
             method=method,
@@ -115,18 +128,17 @@ def registry_source(name: str, root: str, protocol: str = "few-shot") -> Dataset
 
 
 class BuiltinSource(DatasetSource):
-    """A view of the built-in benchmark: the demo's CPU-sized recipe of each method (with ``--train`` overrides).
+    """A view of the built-in benchmark: each method's CPU-sized row (with ``--train`` overrides); ``--methods``
+    may name a row by its label (``zeroshot-ensemble``, ``vpt-deep``: :func:`~vlprompt.runs.recipes.builtin_entry`).
 
-    A method without a demo row, or a bench with ``--preset``, uses the preset as on any dataset.
+    A method without a row, or a bench with ``--preset``, uses the preset as on any dataset.
     """
 
     def recipe(self, bench, method):
         entry = builtin_entry("few-shot", method)
         if entry is None or bench.preset:
-            return super().recipe(bench, method)
-        options = {**entry.options, **bench.method_options.get(method, {})}
-        train = train_overrides(entry.train, **_user_overrides(bench))
-        return options, bench.preset, train
+            return super().recipe(bench, entry.method if entry else method)
+        return entry.method, *_entry_recipe(entry, bench, method)
 
 
 def is_builtin(name: str) -> bool:
@@ -182,14 +194,13 @@ class MultiTaskSource(BenchSource):
         if class_split != "all":
             raise OptionError(f"--datasets {self.name} runs the few-shot protocol only")
         entry = builtin_entry("multitask", method)
-        options = {**(entry.options if entry else {}), **bench.method_options.get(method, {})}
-        use_entry = entry is not None and not bench.preset
+        options, preset, train = _entry_recipe(entry, bench, method)
         run = MultiTaskRun(
             backbone=bench.backbone,
-            method=method,
+            method=entry.method if entry else method,
             method_options=options,
-            preset=bench.preset,
-            train=train_overrides(entry.train, **_user_overrides(bench)) if use_entry else bench.train,
+            preset=preset,
+            train=train,
             seeds=list(bench.seeds),
             out=str(out),
             resume=bench.resume,
@@ -197,6 +208,50 @@ class MultiTaskSource(BenchSource):
             feature_cache_dir=bench.feature_cache_dir,
         )
         return run, BenchMultiTask(run)
+
+
+@dataclass
+class CZSLSource(BenchSource):
+    """A compositional dataset: ``builtin`` (the built-in benchmark's attribute-object pairs, with each method's
+    CPU-sized row, by label or method: :func:`~vlprompt.runs.recipes.builtin_entry`) or a dataset folder under
+    ``--data.root`` in the CZSL layout (``mit-states``, ``ut-zappos``, ``cgqa``: the preset ``<method>-<name>``
+    where its authors released one, e.g. ``csp-ut-zappos``)."""
+
+    name: str
+    root: str
+
+    def sub_run(self, bench, method, shots, class_split, out):
+        entry = builtin_entry("czsl", method) if self.name == BUILTIN else None
+        options, preset, train = _entry_recipe(entry, bench, method)
+        method = entry.method if entry else method
+        if preset is None and entry is None and preset_name(method, self.name) in presets():
+            preset = preset_name(method, self.name)
+        run = CZSLRun(
+            backbone=bench.backbone,
+            method=method,
+            method_options=options,
+            preset=preset,
+            train=train,
+            seeds=list(bench.seeds),
+            out=str(out),
+            resume=bench.resume,
+            data=CZSLData(root=self.root),
+            feature_cache_dir=bench.feature_cache_dir,
+        )
+        return run, Compositional(run)
+
+
+def czsl_sources(bench: BenchRun) -> list[CZSLSource]:
+    """The CZSL sweep's datasets (``builtin`` builds the built-in benchmark on first use)."""
+    sources = []
+    for name in bench.datasets:
+        if name == BUILTIN:
+            from ..data.synthetic import build_benchmark
+
+            sources.append(CZSLSource(BUILTIN, str(build_benchmark().czsl_root)))
+        else:
+            sources.append(CZSLSource(name, str(Path(_root(bench)) / name)))
+    return sources
 
 
 #: Other sources by the name given to ``--datasets``: a function of the bench returning its sources.
@@ -262,6 +317,8 @@ def make_sources(protocol: str, bench: BenchRun) -> list[BenchSource]:
     """The sweep's sources for ``protocol`` and ``bench.datasets``."""
     if protocol not in PROTOCOLS:
         raise OptionError(f"unknown protocol {protocol!r}; choose from {list(PROTOCOLS)}")
+    if protocol == COMPOSITIONAL:
+        return list(czsl_sources(bench))
     transfer = protocol in ("cross-dataset", "domain-generalisation")
     if any(map(is_builtin, bench.datasets)):
         if transfer or not all(map(is_builtin, bench.datasets)):
@@ -271,16 +328,24 @@ def make_sources(protocol: str, bench: BenchRun) -> list[BenchSource]:
             )
         builtin_views(bench.datasets)  # names checked before the benchmark is built
         return list(builtin_sources(bench.datasets))
-    if not transfer:
-        sources: list[BenchSource] = []
-        registry = [n for n in bench.datasets if n not in EXTRA_SOURCES]
-        for name in dataset_names(registry):
-            if get_dataset(name).test_only:
-                raise OptionError(f"--datasets {name} is evaluation-only: it belongs to domain-generalisation")
-            sources.append(registry_source(name, _root(bench), protocol))
-        for name in bench.datasets:
-            sources += EXTRA_SOURCES[name](bench) if name in EXTRA_SOURCES else []
-        return sources
+    return _transfer_sources(protocol, bench) if transfer else _dataset_sources(protocol, bench)
+
+
+def _dataset_sources(protocol: str, bench: BenchRun) -> list[BenchSource]:
+    """Few-shot and base-to-new: each registry dataset (and each extra source) of ``--datasets``."""
+    sources: list[BenchSource] = []
+    registry = [n for n in bench.datasets if n not in EXTRA_SOURCES]
+    for name in dataset_names(registry):
+        if get_dataset(name).test_only:
+            raise OptionError(f"--datasets {name} is evaluation-only: it belongs to domain-generalisation")
+        sources.append(registry_source(name, _root(bench), protocol))
+    for name in bench.datasets:
+        sources += EXTRA_SOURCES[name](bench) if name in EXTRA_SOURCES else []
+    return sources
+
+
+def _transfer_sources(protocol: str, bench: BenchRun) -> list[BenchSource]:
+    """Cross-dataset and domain generalisation: ImageNet, then every target of ``--datasets``."""
     default = (
         [d for d in FEW_SHOT_DATASETS if d != SOURCE_DATASET] if protocol == "cross-dataset" else IMAGENET_VARIANTS
     )

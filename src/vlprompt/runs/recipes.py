@@ -56,6 +56,7 @@ def builtin_entries(table: str) -> tuple[DemoEntry, ...]:
     )
 
 
-def builtin_entry(table: str, method: str) -> DemoEntry | None:
-    """The first row of ``method`` in ``table`` (None: the method has none there)."""
-    return next((e for e in builtin_entries(table) if e.method == method), None)
+def builtin_entry(table: str, name: str) -> DemoEntry | None:
+    """The row labelled ``name`` in ``table``, else the first row of the method ``name`` (None: neither)."""
+    entries = builtin_entries(table)
+    return next((e for e in entries if e.label == name), None) or next((e for e in entries if e.method == name), None)
