@@ -22,6 +22,7 @@ from .maple import MaPLe, MaPLeConfig
 from .multitask import PerTask, PerTaskConfig, TaskMethod
 from .promptsrc import PromptSRC, PromptSRCConfig
 from .softcpt import SoftCPT, SoftCPTConfig
+from .tcp import TCP, TCPConfig
 from .tip_adapter import TipAdapter, TipAdapterConfig, TipAdapterF, TipAdapterFConfig
 from .tpt import TPT, TPTConfig
 from .upt import UPT, UPTConfig
@@ -78,6 +79,7 @@ for _cls in (ZeroShot, CoOp, CoCoOp, LinearProbe, VP, VPT, IVLP, MaPLe, UPT, KgC
              TPT):
     register(_cls)
 # fmt: on
+register(TCP)
 
 #: Which command trains methods of each label space.
 COMMAND_OF_LABELS: dict[type, str] = {ClassNames: "train", PairSpace: "czsl", TaskSpace: "multitask"}
@@ -158,6 +160,8 @@ __all__ = [
     "TipAdapterF",
     "TipAdapterFConfig",
     "TPT",
+    "TCP",
+    "TCPConfig",
     "TPTConfig",
     "PromptSRC",
     "PromptSRCConfig",
