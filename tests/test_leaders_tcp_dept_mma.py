@@ -141,3 +141,122 @@ def test_tcp_takes_the_authors_prompt_and_template_per_dataset():
 def test_tcp_refuses_bad_options(vit_backbone, options, message):
     with pytest.raises(ValueError, match=message):
         build_method("tcp", vit_backbone, CLASSES, {"layer": 1, **options})
+
+
+# ---------------------------------------------------------------- DePT
+def dept(backbone, method: str = "coop", options: dict | None = None, **dept_options):
+    torch.manual_seed(0)
+    opts = {"method": method, "options": options if options is not None else {"n_ctx": 4}, **dept_options}
+    model = build_method("dept", backbone, CLASSES, opts)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # γ, β and the head off their initialisation
+    return model
+
+
+def head_by_hand(model, features: torch.Tensor, side: str) -> torch.Tensor:
+    """elp_maple.py FiLM (x · scale + bias), then Linear(D, n_base)."""
+    film = model.cwt_image if side == "image" else model.cwt_text
+    return (features * film.scale + film.bias) @ model.head.weight.t() + model.head.bias
+
+
+@pytest.mark.parametrize("method,options,own_weight", [("coop", {"n_ctx": 4}, 0.0), ("kgcoop", {"weight": 2.0}, 2.0)])
+def test_dept_loss_is_the_releases(vit_backbone, method, options, own_weight):
+    """(1 − λ) CE(s, y) + λ CE(head(cat(cwT_t(t)[y], cwT_v(v))), [y; y]) (+ KgCoOp's W · distance), λ = 0.7."""
+    model = dept(vit_backbone, method, options)
+    features = torch.randn(5, vit_backbone.embed_dim)
+    targets = torch.tensor([0, 1, 2, 3, 0])
+    batch = Batch(features=features, targets=targets)
+    model.train()
+    logits = model(vit_backbone, batch)
+    loss = model.loss(vit_backbone, batch, logits)
+    with torch.no_grad():
+        text = model.inner.text_features(vit_backbone)
+        s = vit_backbone.logit_scale * F.normalize(features, dim=-1) @ F.normalize(text, dim=-1).t()
+        head = torch.cat([head_by_hand(model, text[targets], "text"), head_by_hand(model, features, "image")])
+        expected = 0.3 * F.cross_entropy(s, targets) + 0.7 * F.cross_entropy(head, torch.cat([targets, targets]))
+        if own_weight:
+            expected = expected + own_weight * knowledge_distance(text, model.inner.hand_features)
+    torch.testing.assert_close(logits.detach(), s, atol=1e-4, rtol=0)  # training returns the wrapped logits
+    torch.testing.assert_close(loss.detach(), expected, atol=1e-5, rtol=0)
+
+
+def test_dept_fuses_the_head_on_base_classes_only(vit_backbone):
+    model = dept(vit_backbone).eval()
+    features = torch.randn(3, vit_backbone.embed_dim)
+    batch = Batch(features=features)
+    with torch.no_grad():
+        text = model.inner.text_features(vit_backbone)
+        s = vit_backbone.logit_scale * F.normalize(features, dim=-1) @ F.normalize(text, dim=-1).t()
+        head = head_by_hand(model, features, "image")
+        torch.testing.assert_close(model(vit_backbone, batch), 0.3 * s + 0.7 * head, atol=1e-4, rtol=0)
+        # a subset of the base classes, reordered: the head's rows of those classes (ImageNet-A/R in the release)
+        model.set_classes(vit_backbone, ClassNames(("red_square", "gold")))
+        plain = model.inner.logits(vit_backbone, batch)
+        torch.testing.assert_close(model(vit_backbone, batch), 0.3 * plain + 0.7 * head[:, [3, 1]], atol=1e-4, rtol=0)
+        # new classes, or base and new together: the wrapped method's logits alone
+        for labels in (("purple_square", "orange"), ("gold", "orange")):
+            model.set_classes(vit_backbone, ClassNames(labels))
+            torch.testing.assert_close(model(vit_backbone, batch), model.inner.logits(vit_backbone, batch))
+
+
+def test_dept_trains_its_head_at_the_staged_lr(vit_backbone):
+    """STAGED_LR: head and cwT at lr · 6.5, the prompt at lr; both at 1e-5 in Dassl's warmup epoch."""
+    from types import SimpleNamespace
+
+    from vlprompt.engine import TrainConfig
+    from vlprompt.engine.trainer import TrainingState
+
+    model = dept(vit_backbone)
+    config = TrainConfig(epochs=10, lr=0.0035, schedule="dassl-cosine", warmup_epochs=1, warmup_lr=1e-5)
+    state = TrainingState.build(model, config, SimpleNamespace(steps_per_epoch=3), torch.device("cpu"))
+    prompt, head = state.optimizer.param_groups
+    assert {id(p) for p in prompt["params"]} == {id(model.inner.ctx)}
+    assert len(head["params"]) == 6  # γ, β twice and the head's weight and bias
+    assert [g["lr"] for g in state.optimizer.param_groups] == pytest.approx([1e-5, 1e-5])  # warmup epoch
+    state.optimizer.step()  # no gradients: nothing moves
+    state.scheduler.step()
+    assert [g["lr"] for g in state.optimizer.param_groups] == pytest.approx([0.0035, 0.0035 * 6.5])
+
+
+def test_dept_refuses_a_method_without_class_features_before_any_work():
+    from vlprompt.methods import DePT
+
+    with pytest.raises(ValueError, match="linear-probe scores with a classifier head, not class text features"):
+        DePT(None, CLASSES, DePT.Config(method="linear-probe"))  # type: ignore[arg-type]  # no backbone is touched
+    with pytest.raises(ValueError, match="is a wrapper itself"):
+        DePT(None, CLASSES, DePT.Config(method="tpt"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "method,options",
+    [
+        ("coop", {"n_ctx": 4}),
+        ("kgcoop", {}),
+        ("cocoop", {}),
+        ("maple", {"depth": 2}),
+        ("promptsrc", {"depth_text": 2, "depth_vision": 2}),
+    ],
+)
+def test_dept_over_each_method_keeps_the_contract(vit_backbone, image_root, method, options, tmp_path):
+    """Gradients reach every tensor, only its own move; save/load; set_classes and back (the wrapper combinations)."""
+    from test_contract import batch_for, check_one_step
+
+    from vlprompt.data import image_folder
+    from vlprompt.engine import FeatureCache
+    from vlprompt.prompts import load_prompt, save_pretrained
+
+    data = image_folder(image_root, vit_backbone.image_transform())
+    cache = FeatureCache()
+    model = dept(vit_backbone, method, options)
+    check_one_step(model, vit_backbone, data, cache)
+    model.eval()
+    batch = batch_for(model, vit_backbone, data, cache)
+    with torch.no_grad():
+        logits = model(vit_backbone, batch)
+        model.set_classes(vit_backbone, ClassNames(("purple_square", "orange")))
+        save_pretrained(model, vit_backbone, tmp_path / "prompt")  # saved while scoring new classes
+        loaded = load_prompt(tmp_path / "prompt", vit_backbone)
+        assert loaded.head.weight.shape[0] == len(CLASSES) and loaded.config.base_classes == list(CLASSES)
+        loaded.set_classes(vit_backbone, ClassNames(CLASSES))
+        torch.testing.assert_close(loaded(vit_backbone, batch), logits, atol=1e-5, rtol=0)
