@@ -260,3 +260,114 @@ def test_dept_over_each_method_keeps_the_contract(vit_backbone, image_root, meth
         assert loaded.head.weight.shape[0] == len(CLASSES) and loaded.config.base_classes == list(CLASSES)
         loaded.set_classes(vit_backbone, ClassNames(CLASSES))
         torch.testing.assert_close(loaded(vit_backbone, batch), logits, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- MMA and the block residuals hook
+@pytest.fixture()
+def pixels(vit_backbone):
+    torch.manual_seed(1)
+    size = vit_backbone.image_size
+    return torch.randn(3, 3, size, size)
+
+
+def with_block_hooks(blocks, residual):
+    """Forward hooks adding ``residual(k, block, input)`` to block k's output (None: nothing), for open_clip's own
+    forward passes; returns the handles."""
+
+    def hook(k):
+        def add(block, args, kwargs, out):
+            r = residual(k, block, args[0] if args else kwargs["q_x"])
+            return out if r is None else out + r
+
+        return add
+
+    return [b.register_forward_hook(hook(k), with_kwargs=True) for k, b in enumerate(blocks)]
+
+
+def mma_residual(method, adapters):
+    """clip/model.py:188-215 without the gradient scaling (identity forward): up(shared(down(ln_1 x))) · α."""
+    first = method.config.start - 1
+
+    def residual(k, block, x):
+        if k < first or k >= first + len(adapters):
+            return None
+        adapter, shared = adapters[k - first], method.shared[k - first]
+        return adapter.up(shared(adapter.down(block.ln_1(x)))) * method.config.scale
+
+    return residual
+
+
+def test_block_residuals_of_zero_leave_the_features_unchanged(vit_backbone, pixels):
+    zero = {0: torch.zeros_like, 1: torch.zeros_like}
+    with torch.no_grad():
+        plain = vit_backbone.encode_image(pixels)
+        torch.testing.assert_close(vit_backbone.encode_image(pixels, block_residuals=zero), plain, atol=1e-5, rtol=0)
+        ids = vit_backbone.tokenize([f"a photo of a {n}." for n in NAMES])
+        embeds, eot = vit_backbone.token_embedding(ids), vit_backbone.eot_index(ids)
+        plain = vit_backbone.encode_text_embeddings(embeds, eot)
+        torch.testing.assert_close(vit_backbone.encode_text_embeddings(embeds, eot, block_residuals=zero), plain)
+
+
+def mma(backbone, **options):
+    torch.manual_seed(0)
+    method = build_method("mma", backbone, CLASSES, {"start": 2, "end": 2, "dim": 8, "scale": 0.5, **options})
+    with torch.no_grad():  # kaiming weights with zero biases: move the biases too
+        for p in method.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return method
+
+
+def test_mma_features_and_logits_are_the_releases(vit_backbone, pixels):
+    """The adapter on block 2 (1-based) of both towers, its shared projection called by both."""
+    method = mma(vit_backbone).eval()
+    model = vit_backbone.model
+    with torch.no_grad():
+        handles = with_block_hooks(model.transformer.resblocks, mma_residual(method, method.text_adapters))
+        handles += with_block_hooks(model.visual.transformer.resblocks, mma_residual(method, method.image_adapters))
+        try:
+            text = model.encode_text(vit_backbone.tokenize([f"a photo of a {n}." for n in NAMES]))
+            image = model.encode_image(pixels)
+        finally:
+            for h in handles:
+                h.remove()
+        torch.testing.assert_close(method.text_features(vit_backbone), text, atol=1e-5, rtol=0)
+        torch.testing.assert_close(method.image_features(vit_backbone, Batch(pixels=pixels)), image, atol=1e-5, rtol=0)
+        assert (image - vit_backbone.encode_image(pixels)).abs().max() > 1e-3  # the adapters matter here
+        expected = vit_backbone.logit_scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).t()
+        torch.testing.assert_close(method(vit_backbone, Batch(pixels=pixels)), expected, atol=1e-4, rtol=0)
+
+
+def test_mma_gradient_scaling_is_the_releases(vit_backbone, pixels):
+    """GSL: the adapters get 1/α times their true gradient, the input its exact one (clip/gsl.py)."""
+    grads = {}
+    for scaled in (True, False):
+        method = mma(vit_backbone, gradient_scaling=scaled).train()
+        x = pixels.clone().requires_grad_(True)
+        batch = Batch(pixels=x, targets=torch.tensor([0, 1, 2]))
+        method.loss(vit_backbone, batch, method(vit_backbone, batch)).backward()
+        grads[scaled] = {k: p.grad.clone() for k, p in method.named_parameters()} | {"pixels": x.grad.clone()}
+    torch.testing.assert_close(grads[True].pop("pixels"), grads[False].pop("pixels"), atol=1e-6, rtol=1e-4)
+    for name, grad in grads[True].items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(grad, grads[False][name] / 0.5, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"end": 3}, "block residuals up to block 3 asked of towers with 2 blocks"),
+        ({"start": 2, "end": 1}, "start \\(2\\) must not exceed end \\(1\\)"),
+        ({"start": 0}, "mma option start must be >= 1"),
+        ({"template": "a photo"}, "has no '{}'"),
+    ],
+)
+def test_mma_refuses_bad_options(vit_backbone, options, message):
+    with pytest.raises(ValueError, match=message):
+        build_method("mma", vit_backbone, CLASSES, {"start": 1, "end": 2, **options})
+
+
+def test_mma_needs_a_vit_image_tower(resnet_backbone):
+    from vlprompt.backbones import BackboneError
+
+    with pytest.raises(BackboneError, match="block residuals need a ViT image tower"):
+        build_method("mma", resnet_backbone, CLASSES, {"start": 1, "end": 2})

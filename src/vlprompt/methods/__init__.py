@@ -20,6 +20,7 @@ from .ivlp import IVLP, IVLPConfig
 from .kgcoop import KgCoOp, KgCoOpConfig
 from .linear_probe import LinearProbe, LinearProbeConfig
 from .maple import MaPLe, MaPLeConfig
+from .mma import MMA, MMAConfig
 from .multitask import PerTask, PerTaskConfig, TaskMethod
 from .promptsrc import PromptSRC, PromptSRCConfig
 from .softcpt import SoftCPT, SoftCPTConfig
@@ -82,6 +83,7 @@ for _cls in (ZeroShot, CoOp, CoCoOp, LinearProbe, VP, VPT, IVLP, MaPLe, UPT, KgC
 # fmt: on
 register(TCP)
 register(DePT)
+register(MMA)
 
 #: Which command trains methods of each label space.
 COMMAND_OF_LABELS: dict[type, str] = {ClassNames: "train", PairSpace: "czsl", TaskSpace: "multitask"}
@@ -152,6 +154,8 @@ __all__ = [
     "LinearProbeConfig",
     "MaPLe",
     "MaPLeConfig",
+    "MMA",
+    "MMAConfig",
     "MethodConfig",
     "PerTask",
     "PerTaskConfig",
