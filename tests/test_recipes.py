@@ -173,6 +173,13 @@ COOP_TEMPLATES = {
 ONE_TEMPLATE = {"vp": "This is a photo of a {}", "vpt": "a photo of a {}.", "clip-lora": "a photo of a {}."}
 #: KgCoOp's CUSTOM_TEMPLATES (KgCoOp/trainers/kgcoop.py) differ from CoOp's on DTD only.
 OWN_TABLE = {("kgcoop", "dtd"): "a photo of a {}, a type of texture."}
+ONE_TEMPLATE["mma"] = "a photo of a {}."  # MMA's TEXT_CTX_INIT on every dataset
+#: TCP's class priors (CUSTOM_TEMPLATES_ori, trainers/tcp.py) differ from CoOp's on three datasets.
+OWN_TABLE |= {
+    ("tcp", "fgvc_aircraft"): "a photo of an aircraft {}.",
+    ("tcp", "food101"): "a photo of a {}, a type of food.",
+    ("tcp", "dtd"): "a photo of a {}, a type of texture.",
+}
 
 
 def test_the_registry_holds_coops_templates():

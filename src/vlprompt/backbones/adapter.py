@@ -17,7 +17,7 @@ import copy
 import functools
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,11 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 #: prompt positions' current hidden states [N, n, width] (the previous block's output), for prompts
 #: that depend on the previous layer's. Fresh prompts get no positional embedding.
 DeepPrompts = Sequence[Tensor | None] | Callable[[int, Tensor], Tensor | None]
+
+#: Residuals added to transformer blocks' outputs (adapters on a tower's layers, as MMA's): block index ``i``
+#: (0-based) -> a function of the block's normalised input (its ``ln_1(x)``, what its attention reads) whose
+#: output is added to the block's output, at every token.
+BlockResiduals = Mapping[int, Callable[[Tensor], Tensor]]
 
 
 @dataclass(frozen=True)
@@ -220,6 +225,7 @@ class Backbone(nn.Module):
         eot_index: Tensor,
         deep_prompts: DeepPrompts | None = None,
         n_prompts: int | None = None,
+        block_residuals: BlockResiduals | None = None,
     ) -> Tensor:
         """Run the text tower on token embeddings and read features at ``eot_index``.
 
@@ -235,11 +241,12 @@ class Backbone(nn.Module):
             deep_prompts: per-layer prompts at positions ``1 .. n_prompts`` (right after the start
                 token, before end-of-text, so truncation stays exact); see :data:`DeepPrompts`.
             n_prompts: how many positions the deep prompts occupy (default: from the first tensor).
+            block_residuals: what is added to some blocks' outputs; see :data:`BlockResiduals`.
 
         Returns:
             [N, embed_dim] text features (not normalized).
         """
-        return encode_text_tower(self._text, embeds, eot_index, deep_prompts, n_prompts)
+        return encode_text_tower(self._text, embeds, eot_index, deep_prompts, n_prompts, None, block_residuals)
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str], batch_size: int = 1024) -> Tensor:
@@ -330,8 +337,9 @@ class Backbone(nn.Module):
         pixel_prompt: Tensor | None = None,
         token_prompts: Tensor | None = None,
         deep_prompts: DeepPrompts | None = None,
+        block_residuals: BlockResiduals | None = None,
     ) -> Tensor:
-        """Image features (not normalized), with optional visual prompts.
+        """Image features (not normalized), with optional visual prompts and block residuals.
 
         Where prompt tokens sit (one rule for every method): right after the class token, after the
         positional embedding (prompt tokens get none) and before ``ln_pre``, as in VPT. MaPLe and
@@ -346,23 +354,26 @@ class Backbone(nn.Module):
             token_prompts: [n, width] or [B, n, width] prompt tokens inserted at the input.
             deep_prompts: what replaces the n prompt positions before blocks 1, 2, ...; see
                 :data:`DeepPrompts`. Needs ``token_prompts`` (which sets n).
+            block_residuals: what is added to some blocks' outputs; see :data:`BlockResiduals`.
         """
         pixels = pixels.to(self.device, self.dtype)
         if pixel_prompt is not None:
             pixels = pixels + pixel_prompt.to(pixels.dtype)
-        if token_prompts is None:
-            if deep_prompts is not None:
-                raise BackboneError("deep image prompts need token_prompts at the input (they set the count)")
+        if token_prompts is None and deep_prompts is not None:
+            raise BackboneError("deep image prompts need token_prompts at the input (they set the count)")
+        if token_prompts is None and block_residuals is None:
             return self.model.visual(pixels)
-        visual = self._vision_transformer("token prompts")
-        batch, n = pixels.shape[0], token_prompts.shape[-2]
+        visual = self._vision_transformer("token prompts" if block_residuals is None else "block residuals")
+        batch, n = pixels.shape[0], token_prompts.shape[-2] if token_prompts is not None else 0
         x = visual.conv1(pixels).flatten(2).transpose(1, 2)
         cls = visual.class_embedding.to(x.dtype).expand(batch, 1, -1)
         x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
         x = visual.patch_dropout(x)
-        x = torch.cat([x[:, :1], _per_sample(token_prompts.to(x.dtype), batch), x[:, 1:]], dim=1)
+        if token_prompts is not None:
+            x = torch.cat([x[:, :1], _per_sample(token_prompts.to(x.dtype), batch), x[:, 1:]], dim=1)
         x = visual.ln_pre(x)
-        x = _run_blocks(visual.transformer, x, deep_prompts, n, checkpoint=self.activation_checkpointing)
+        checkpoint = self.activation_checkpointing
+        x = _run_blocks(visual.transformer, x, deep_prompts, n, checkpoint=checkpoint, residuals=block_residuals)
         x = torch.cat([x[:, :1], x[:, 1 + n :]], dim=1)  # pool over the class token and patches only
         pooled, _ = visual._pool(x)
         return pooled @ visual.proj if visual.proj is not None else pooled
@@ -389,6 +400,13 @@ class Backbone(nn.Module):
         self._vision_transformer("token prompts")
         if depth > self.vision_layers:
             raise BackboneError(f"{depth} prompt layers asked of a {self.vision_layers}-layer image tower")
+
+    def check_block_residuals(self, blocks: int) -> None:
+        """Raise a clear :class:`BackboneError` unless both towers can take residuals on their first ``blocks``."""
+        self._vision_transformer("block residuals")
+        fewest = min(self.vision_layers, self.text_layers)
+        if blocks > fewest:
+            raise BackboneError(f"block residuals up to block {blocks} asked of towers with {fewest} blocks")
 
     def forward(self, encoder: str, *args, **kwargs):
         """Dispatch to an encoder by name (``"encode_image"``, ...): what :meth:`with_weights` calls."""
@@ -473,6 +491,7 @@ def encode_text_tower(
     deep_prompts: DeepPrompts | None = None,
     n_prompts: int | None = None,
     length: int | None = None,
+    block_residuals: BlockResiduals | None = None,
 ) -> Tensor:
     """An open_clip causal text tower (``CLIP`` or its ``text`` module) on token embeddings, read at ``eot_index``.
 
@@ -484,13 +503,13 @@ def encode_text_tower(
     dtype = text.transformer.get_cast_dtype()
     x = embeds[:, :length].to(dtype) + text.positional_embedding[:length].to(dtype)
     mask = text.attn_mask[:length, :length]
-    if deep_prompts is None:
+    if deep_prompts is None and block_residuals is None:
         x = text.transformer(x, attn_mask=mask)
     else:
-        n = _prompt_count(deep_prompts, n_prompts)
+        n = _prompt_count(deep_prompts, n_prompts) if deep_prompts is not None else 0
         if n + 1 > int(eot_index.min()):
             raise BackboneError(f"{n} deep text prompts do not fit before the end-of-text token")
-        x = _run_blocks(text.transformer, x, deep_prompts, n, mask)
+        x = _run_blocks(text.transformer, x, deep_prompts, n, mask, residuals=block_residuals)
     x = text.ln_final(x)
     x = x[torch.arange(x.shape[0], device=x.device), eot_index]
     proj = text.text_projection
@@ -518,8 +537,10 @@ def _run_blocks(
     n: int,
     attn_mask: Tensor | None = None,
     checkpoint: bool = False,
+    residuals: BlockResiduals | None = None,
 ) -> Tensor:
-    """The transformer's blocks on batch-first ``x``, the n positions after position 0 refreshed per block.
+    """The transformer's blocks on batch-first ``x``, the n positions after position 0 refreshed per block, and
+    ``residuals`` (:data:`BlockResiduals`) added to their blocks' outputs.
 
     With ``checkpoint`` (and gradients on) each block's activations are recomputed in the backward pass
     instead of stored (``torch.utils.checkpoint``): the same numbers, less memory, one more forward.
@@ -537,10 +558,13 @@ def _run_blocks(
         run = block
         if checkpoint and torch.is_grad_enabled():
             run = functools.partial(torch.utils.checkpoint.checkpoint, block, use_reentrant=False)
+        residual = residuals[i](block.ln_1(x)) if residuals is not None and i in residuals else None
         if transformer.batch_first:
             x = run(x, attn_mask=attn_mask)
         else:
             x = run(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+        if residual is not None:
+            x = x + residual.to(x.dtype)
     return x
 
 

@@ -313,9 +313,11 @@ class TrainingState:
         warmup = config.warmup_epochs if per_epoch else config.warmup_epochs * plan.steps_per_epoch
         if config.warmup_steps is not None and not per_epoch:
             warmup = config.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_factor(config.schedule, total, warmup, config.lr, config.warmup_lr, config.min_lr)
-        )
+        factors = [  # each group's own base lr: warmup_lr and min_lr are the same for every group (as Dassl's)
+            lr_factor(config.schedule, total, warmup, group["lr"] or config.lr, config.warmup_lr, config.min_lr)
+            for group in optimizer.param_groups
+        ]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
         amp_dtype = _amp_dtype(config.precision, device)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
         return cls(optimizer, scheduler, scaler, amp_dtype, per_epoch)
@@ -456,11 +458,22 @@ def _distributed(method: PromptMethod) -> torch.nn.Module:
 
 
 def _make_optimizer(params: list[dict[str, Any]], config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer of ``config`` over the method's groups; a group's ``lr_scale`` sets its lr to that multiple of
+    the recipe's (e.g. DePT's head at 6.5 times the prompt's)."""
+    params = [_scaled_lr(group, config.lr) for group in params]
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay)
     return torch.optim.AdamW(params, lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay)
+
+
+def _scaled_lr(group: dict[str, Any], lr: float) -> dict[str, Any]:
+    if "lr_scale" not in group:
+        return group
+    group = dict(group)
+    group["lr"] = lr * group.pop("lr_scale")
+    return group
 
 
 def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:

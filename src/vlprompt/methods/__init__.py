@@ -14,14 +14,17 @@ from .clip_lora import CLIPLoRA, CLIPLoRAConfig
 from .cocoop import CoCoOp, CoCoOpConfig
 from .compositional import CSP, AttrObjHeads, CZSLCoOp, CZSLZeroShot, PairMethod, PairProjection, pair_space
 from .coop import CoOp, CoOpConfig
+from .dept import DePT, DePTConfig
 from .full_finetune import FullFinetune, FullFinetuneConfig
 from .ivlp import IVLP, IVLPConfig
 from .kgcoop import KgCoOp, KgCoOpConfig
 from .linear_probe import LinearProbe, LinearProbeConfig
 from .maple import MaPLe, MaPLeConfig
+from .mma import MMA, MMAConfig
 from .multitask import PerTask, PerTaskConfig, TaskMethod
 from .promptsrc import PromptSRC, PromptSRCConfig
 from .softcpt import SoftCPT, SoftCPTConfig
+from .tcp import TCP, TCPConfig
 from .tip_adapter import TipAdapter, TipAdapterConfig, TipAdapterF, TipAdapterFConfig
 from .tpt import TPT, TPTConfig
 from .upt import UPT, UPTConfig
@@ -78,6 +81,9 @@ for _cls in (ZeroShot, CoOp, CoCoOp, LinearProbe, VP, VPT, IVLP, MaPLe, UPT, KgC
              TPT):
     register(_cls)
 # fmt: on
+register(TCP)
+register(DePT)
+register(MMA)
 
 #: Which command trains methods of each label space.
 COMMAND_OF_LABELS: dict[type, str] = {ClassNames: "train", PairSpace: "czsl", TaskSpace: "multitask"}
@@ -136,6 +142,8 @@ __all__ = [
     "CoCoOpConfig",
     "CoOp",
     "CoOpConfig",
+    "DePT",
+    "DePTConfig",
     "FullFinetune",
     "FullFinetuneConfig",
     "IVLP",
@@ -146,6 +154,8 @@ __all__ = [
     "LinearProbeConfig",
     "MaPLe",
     "MaPLeConfig",
+    "MMA",
+    "MMAConfig",
     "MethodConfig",
     "PerTask",
     "PerTaskConfig",
@@ -158,6 +168,8 @@ __all__ = [
     "TipAdapterF",
     "TipAdapterFConfig",
     "TPT",
+    "TCP",
+    "TCPConfig",
     "TPTConfig",
     "PromptSRC",
     "PromptSRCConfig",
