@@ -20,6 +20,7 @@ from .kgcoop import KgCoOp, KgCoOpConfig
 from .linear_probe import LinearProbe, LinearProbeConfig
 from .maple import MaPLe, MaPLeConfig
 from .multitask import PerTask, PerTaskConfig, TaskMethod
+from .promptkd import PromptKD, PromptKDConfig
 from .promptsrc import PromptSRC, PromptSRCConfig
 from .softcpt import SoftCPT, SoftCPTConfig
 from .tip_adapter import TipAdapter, TipAdapterConfig, TipAdapterF, TipAdapterFConfig
@@ -78,6 +79,7 @@ for _cls in (ZeroShot, CoOp, CoCoOp, LinearProbe, VP, VPT, IVLP, MaPLe, UPT, KgC
              TPT):
     register(_cls)
 # fmt: on
+register(PromptKD)
 
 #: Which command trains methods of each label space.
 COMMAND_OF_LABELS: dict[type, str] = {ClassNames: "train", PairSpace: "czsl", TaskSpace: "multitask"}
@@ -159,6 +161,8 @@ __all__ = [
     "TipAdapterFConfig",
     "TPT",
     "TPTConfig",
+    "PromptKD",
+    "PromptKDConfig",
     "PromptSRC",
     "PromptSRCConfig",
     "UPT",
