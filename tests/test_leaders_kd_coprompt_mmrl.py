@@ -14,7 +14,7 @@ from vlprompt.backbones import Backbone, BackboneError, tiny_random_clip
 from vlprompt.backbones.loading import _openai_preprocess
 from vlprompt.data import image_folder
 from vlprompt.engine import TrainConfig, fit
-from vlprompt.errors import OptionError
+from vlprompt.errors import DataError, OptionError
 from vlprompt.labels import ClassNames, PairSpace
 from vlprompt.methods import Batch, build_method
 from vlprompt.methods.base import MethodOptionError
@@ -193,3 +193,79 @@ def test_promptkd_refuses_a_teacher_whose_backbone_cannot_be_loaded(vit_backbone
         student(vit_backbone, tmp_path / "teacher")
     with pytest.raises(MethodOptionError, match="promptkd needs option teacher"):
         student(vit_backbone, "")
+
+
+# ---------------------------------------------------------------- CoPrompt
+SENTENCES = {c: [f"a picture of {c}.", f"there is a {c} here."] for c in CLASSES}
+
+
+def coprompt(backbone, **options):
+    return build_method("coprompt", backbone, ClassNames(CLASSES), {"depth": 2, "sentences": SENTENCES, **options})
+
+
+def adapted(x, adapter, ratio):
+    w1, w2 = adapter[0].weight, adapter[2].weight
+    return ratio * (x @ w1.t()).clamp_min(0).__matmul__(w2.t()).clamp_min(0) + (1 - ratio) * x
+
+
+@pytest.mark.parametrize("frozen_view", ["same", "randaugment"])
+def test_coprompt_logits_and_loss_by_hand(vit_backbone, image_root, frozen_view):
+    from vlprompt.methods import MaPLe
+    from vlprompt.methods.coprompt import randaugment_view
+
+    torch.manual_seed(0)
+    method = coprompt(vit_backbone, weight=8.0, frozen_view=frozen_view)
+    pixels, targets = pixels_of(vit_backbone, image_root), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    batch = Batch(pixels=pixels, targets=targets)
+    with torch.no_grad():
+        f = MaPLe.image_features(method, vit_backbone, batch)
+        t = MaPLe.text_features(method, vit_backbone)
+        image = F.normalize(adapted(f, method.adapter_image, 0.1), dim=-1)
+        text = F.normalize(adapted(t, method.adapter_text, 0.2), dim=-1)
+        expected_logits = 100 * image @ text.t()
+        # the descriptions: [2 sentences, 4 classes, D], frozen and normalised
+        d = torch.stack(
+            [F.normalize(vit_backbone.encode_text([SENTENCES[c][i] for c in CLASSES]), dim=-1) for i in (0, 1)]
+        )
+        torch.manual_seed(7)
+        k = int(torch.randint(2, ()))
+        view = randaugment_view(pixels, vit_backbone.preprocess_cfg["mean"], vit_backbone.preprocess_cfg["std"])
+        view = view if frozen_view == "randaugment" else pixels
+        frozen = F.normalize(vit_backbone.encode_image(view), dim=-1)
+        text_term = 1 - (text * d[k]).sum(-1).mean()
+        image_term = 1 - (image * frozen).sum(-1).mean()
+        expected_loss = F.cross_entropy(expected_logits, targets) + 8.0 * (text_term + image_term)
+    method.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(method(vit_backbone, batch), expected_logits, atol=1e-4, rtol=0)
+    method.train()
+    logits = method(vit_backbone, batch)
+    torch.manual_seed(7)
+    torch.testing.assert_close(method.loss(vit_backbone, batch, logits), expected_loss, atol=1e-4, rtol=1e-5)
+    if frozen_view == "randaugment":
+        assert (view - pixels).abs().max() > 0.1  # a perturbed view, not the same one
+
+
+def test_coprompt_needs_descriptions_for_every_class_in_equal_numbers(vit_backbone, tmp_path):
+    with pytest.raises(
+        MethodOptionError, match=r"coprompt needs class descriptions: set option descriptions to a JSON"
+    ):
+        build_method("coprompt", vit_backbone, ClassNames(CLASSES), {"depth": 2})
+    uneven = {**SENTENCES, "gold": ["a gold coin."]}
+    with pytest.raises(DataError, match="each needs the same number of sentences; the counts are"):
+        coprompt(vit_backbone, sentences=uneven)
+    file = tmp_path / "descriptions.json"
+    file.write_text(json.dumps({c: s for c, s in SENTENCES.items() if c != "gold"}))
+    with pytest.raises(
+        DataError, match=r"descriptions .*descriptions.json: 1 class\(es\) have no sentence, e.g. \['gold'\]"
+    ):
+        build_method("coprompt", vit_backbone, ClassNames(CLASSES), {"depth": 2, "descriptions": str(file)})
+
+
+def test_coprompt_recipes_carry_the_released_per_dataset_settings():
+    from vlprompt.methods import CoPrompt
+
+    food, pets = CoPrompt.recipes["food101"], CoPrompt.recipes["oxford_pets"]
+    assert food.train["epochs"] == 5 and dict(food.options) | {"weight": 0.5, "n_ctx": 4, "depth": 9} == food.options
+    assert pets.train["epochs"] == 8 and pets.options["weight"] == 0.1 and pets.options["n_ctx"] == 2
+    assert food.train["lr"] == 0.0035 and food.train["batch_size"] == 4

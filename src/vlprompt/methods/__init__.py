@@ -14,6 +14,7 @@ from .clip_lora import CLIPLoRA, CLIPLoRAConfig
 from .cocoop import CoCoOp, CoCoOpConfig
 from .compositional import CSP, AttrObjHeads, CZSLCoOp, CZSLZeroShot, PairMethod, PairProjection, pair_space
 from .coop import CoOp, CoOpConfig
+from .coprompt import CoPrompt, CoPromptConfig
 from .full_finetune import FullFinetune, FullFinetuneConfig
 from .ivlp import IVLP, IVLPConfig
 from .kgcoop import KgCoOp, KgCoOpConfig
@@ -80,6 +81,7 @@ for _cls in (ZeroShot, CoOp, CoCoOp, LinearProbe, VP, VPT, IVLP, MaPLe, UPT, KgC
     register(_cls)
 # fmt: on
 register(PromptKD)
+register(CoPrompt)
 
 #: Which command trains methods of each label space.
 COMMAND_OF_LABELS: dict[type, str] = {ClassNames: "train", PairSpace: "czsl", TaskSpace: "multitask"}
@@ -138,6 +140,8 @@ __all__ = [
     "CoCoOpConfig",
     "CoOp",
     "CoOpConfig",
+    "CoPrompt",
+    "CoPromptConfig",
     "FullFinetune",
     "FullFinetuneConfig",
     "IVLP",
