@@ -269,3 +269,95 @@ def test_coprompt_recipes_carry_the_released_per_dataset_settings():
     assert food.train["epochs"] == 5 and dict(food.options) | {"weight": 0.5, "n_ctx": 4, "depth": 9} == food.options
     assert pets.train["epochs"] == 8 and pets.options["weight"] == 0.1 and pets.options["n_ctx"] == 2
     assert food.train["lr"] == 0.0035 and food.train["batch_size"] == 4
+
+
+# ---------------------------------------------------------------- MMRL and the adapter's token insertion
+def manual_image(backbone, pixels, tokens, fresh):
+    """The tiny ViT by hand: block 0 without tokens, ``tokens`` inserted after CLS, ``fresh`` replacing them
+    before block 1 when given (None: kept). Returns the pooled feature and ln_post of the token states."""
+    visual = backbone.model.visual
+    x = visual.conv1(pixels).flatten(2).transpose(1, 2)
+    x = torch.cat([visual.class_embedding.expand(len(x), 1, -1), x], 1) + visual.positional_embedding
+    x = visual.transformer.resblocks[0](visual.ln_pre(x))
+    x = torch.cat([x[:, :1], tokens.expand(len(x), -1, -1), x[:, 1:]], 1)
+    x = visual.transformer.resblocks[1](x)
+    n = tokens.shape[0]
+    return visual.ln_post(x[:, 0]) @ visual.proj, visual.ln_post(x[:, 1 : 1 + n])
+
+
+def manual_text(backbone, ids, tokens):
+    model = backbone.model
+    eot = backbone.eot_index(ids)
+    x = model.token_embedding(ids) + model.positional_embedding
+    length = x.shape[1]
+    x = model.transformer.resblocks[0](x, attn_mask=model.attn_mask[:length, :length])
+    x = torch.cat([x[:, :1], tokens.expand(len(x), -1, -1), x[:, 1:]], 1)
+    mask = torch.full((length + len(tokens),) * 2, float("-inf")).triu(1)
+    x = model.ln_final(model.transformer.resblocks[1](x, attn_mask=mask))
+    return x[torch.arange(len(x)), eot + len(tokens)] @ model.text_projection
+
+
+def test_tokens_inserted_at_a_later_block_of_either_tower(vit_backbone, image_root):
+    torch.manual_seed(0)
+    pixels = pixels_of(vit_backbone, image_root, 4)
+    tokens = torch.randn(3, vit_backbone.vision_width)
+    with torch.no_grad():
+        features, states = vit_backbone.encode_image(pixels, token_prompts=tokens, insert_at=1, prompt_outputs=True)
+        expected_features, expected_states = manual_image(vit_backbone, pixels, tokens, None)
+        torch.testing.assert_close(features, expected_features, atol=1e-5, rtol=0)
+        torch.testing.assert_close(states, expected_states, atol=1e-5, rtol=0)
+        ids = vit_backbone.tokenize(["a photo of a gold coin.", "red"])
+        text_tokens = torch.randn(2, vit_backbone.text_width)
+        text = vit_backbone.encode_text_embeddings(
+            vit_backbone.token_embedding(ids), vit_backbone.eot_index(ids), inserted=text_tokens, insert_at=1
+        )
+        torch.testing.assert_close(text, manual_text(vit_backbone, ids, text_tokens), atol=1e-5, rtol=0)
+    with pytest.raises(BackboneError, match="tokens inserted before block 2 of a 2-block tower"):
+        vit_backbone.encode_image(pixels, token_prompts=tokens, insert_at=2)
+
+
+def test_mmrl_logits_and_loss_by_hand(vit_backbone, image_root):
+    torch.manual_seed(0)
+    method = build_method("mmrl", vit_backbone, ClassNames(CLASSES), {"rep_layers": [2], "reg_weight": 7.0})
+    assert method.rep.shape == (5, 512) and method.proj_rep.shape == (48, 32)  # released K, d_r; widths from the model
+    pixels, targets = pixels_of(vit_backbone, image_root), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    batch = Batch(pixels=pixels, targets=targets)
+    with torch.no_grad():
+        image, states = manual_image(vit_backbone, pixels, method.to_vision[0](method.rep), None)
+        names = [f"a photo of a {c.replace('_', ' ')}." for c in CLASSES]
+        text = manual_text(vit_backbone, vit_backbone.tokenize(names), method.to_text[0](method.rep))
+        rep = states.mean(1) @ method.proj_rep
+        s_c = 100 * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).t()
+        s_r = 100 * F.normalize(rep, dim=-1) @ F.normalize(text, dim=-1).t()
+        frozen_image, frozen_text = vit_backbone.encode_image(pixels), vit_backbone.encode_text(names)
+        regulariser = (1 - F.cosine_similarity(image, frozen_image).mean()) + (
+            1 - F.cosine_similarity(text, frozen_text).mean()
+        )
+        expected_loss = 0.7 * F.cross_entropy(s_c, targets) + 0.3 * F.cross_entropy(s_r, targets) + 7.0 * regulariser
+    method.train()
+    logits = method(vit_backbone, batch)
+    torch.testing.assert_close(logits, 0.7 * s_c + 0.3 * s_r, atol=1e-4, rtol=0)
+    torch.testing.assert_close(method.loss(vit_backbone, batch, logits), expected_loss, atol=1e-4, rtol=1e-5)
+    method.eval()
+    other = ClassNames(("purple_square", "orange"))
+    method.set_classes(vit_backbone, other)  # new classes: the class token's logits alone
+    with torch.no_grad():
+        new_names = ["a photo of a purple square.", "a photo of a orange."]
+        new_text = manual_text(vit_backbone, vit_backbone.tokenize(new_names), method.to_text[0](method.rep))
+        expected = 100 * F.normalize(image, dim=-1) @ F.normalize(new_text, dim=-1).t()
+        torch.testing.assert_close(method(vit_backbone, batch), expected, atol=1e-4, rtol=0)
+
+
+def test_mmrl_layers_and_recipes(vit_backbone):
+    from vlprompt.methods import MMRL
+
+    torch.manual_seed(0)
+    method = build_method("mmrl", vit_backbone, ClassNames(CLASSES), {"rep_layers": [2]})
+    assert MMRL.Config().rep_layers == [6, 7, 8, 9, 10, 11, 12] and MMRL.Config().alpha == 0.7
+    with pytest.raises(MethodOptionError, match=r"rep_layers must be increasing block numbers from 2 to 2"):
+        build_method("mmrl", vit_backbone, ClassNames(CLASSES), {"rep_layers": [1, 2]})
+    assert method.proj_rep.std().item() == pytest.approx(48**-0.5, rel=0.1)
+    eurosat, cars = MMRL.recipes["eurosat"], MMRL.recipes["stanford_cars"]
+    assert eurosat.options == {"reg_weight": 0.01, "rep_dim": 2048} and cars.options == {"reg_weight": 7.0}
+    assert cars.train["optimizer"] == "adamw" and cars.train["lr"] == 1e-3 and cars.train["epochs"] == 10
+    assert MMRL.recipes["imagenet"].train["batch_size"] == 32 and MMRL.recipes["imagenet"].train["epochs"] == 5

@@ -20,6 +20,7 @@ from .ivlp import IVLP, IVLPConfig
 from .kgcoop import KgCoOp, KgCoOpConfig
 from .linear_probe import LinearProbe, LinearProbeConfig
 from .maple import MaPLe, MaPLeConfig
+from .mmrl import MMRL, MMRLConfig
 from .multitask import PerTask, PerTaskConfig, TaskMethod
 from .promptkd import PromptKD, PromptKDConfig
 from .promptsrc import PromptSRC, PromptSRCConfig
@@ -82,6 +83,7 @@ for _cls in (ZeroShot, CoOp, CoCoOp, LinearProbe, VP, VPT, IVLP, MaPLe, UPT, KgC
 # fmt: on
 register(PromptKD)
 register(CoPrompt)
+register(MMRL)
 
 #: Which command trains methods of each label space.
 COMMAND_OF_LABELS: dict[type, str] = {ClassNames: "train", PairSpace: "czsl", TaskSpace: "multitask"}
@@ -153,6 +155,8 @@ __all__ = [
     "MaPLe",
     "MaPLeConfig",
     "MethodConfig",
+    "MMRL",
+    "MMRLConfig",
     "PerTask",
     "PerTaskConfig",
     "PromptMethod",
