@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from ..backbones import Backbone
 from ..errors import DataError
+from ..schema import name_key
 from .base import Batch, BuiltinRow, MethodOptionError, Recipe, cosine_logits, option
 from .descriptions import check_descriptions, class_sentences, read_descriptions
 from .maple import MaPLe, MaPLeConfig
@@ -166,6 +167,10 @@ class CoPrompt(MaPLe):
 
     def _description_sentences(self) -> list[list[str]]:
         where = f"coprompt descriptions {self.config.descriptions or '(option sentences)'}"
+        keys = {name_key(k) for k, v in self.config.sentences.items() if v}
+        missing = [c for c in self.labels.names if name_key(c) not in keys]
+        if missing:
+            raise DataError(f"{where}: {len(missing)} class(es) have no sentence, e.g. {missing[:5]}")
         sentences = class_sentences(self.config.sentences, self.labels.names, where)
         counts = {len(s) for s in sentences}
         if len(counts) > 1:
