@@ -18,6 +18,7 @@ from vlprompt.data import image_folder
 from vlprompt.engine import FeatureCache, TrainConfig, fit
 from vlprompt.labels import ClassNames, PairSpace, Task, TaskSpace
 from vlprompt.methods import METHODS, Batch, CoOp, PromptMethod, build_method, register
+from vlprompt.methods.base import running_statistics
 from vlprompt.prompts import load_prompt, save_pretrained
 
 #: Class names of the fixture image folder (sorted) and the same classes read as attribute-object pairs.
@@ -119,8 +120,9 @@ def check_one_step(method: PromptMethod, backbone, data, cache) -> None:
     fit(method, backbone, data, STEP, cache=cache, progress=False)
     if not method.changes_backbone:
         assert_state_equal(backbone_before, backbone)
+    running = running_statistics(method)  # BatchNorm's running statistics: training updates them
     for k, v in method.named_buffers():
-        assert torch.equal(v, buffers_before[k]), f"constant buffer {k} changed"
+        assert k in running or torch.equal(v, buffers_before[k]), f"constant buffer {k} changed"
     moved = [k for k, p in method.named_parameters() if not torch.equal(p.detach(), params_before[k])]
     assert moved, f"training changed none of {method.name}'s tensors"
 
@@ -135,8 +137,9 @@ def test_builds_trains_and_touches_only_its_own_tensors(name, backbone, train_da
     assert isinstance(method.labels, cls.label_kind) and method.num_classes == len(method.labels)
     setup_state = set(getattr(method, "_setup_state", ()))
     assert not setup_state or cls.sets_up, f"{name} registers setup state but does not declare sets_up"
-    # a prompt file holds the trainable tensors and the setup state, never other persistent buffers
-    assert set(method.trainable_state()) == {k for k, _ in method.named_parameters()} | setup_state
+    # a prompt file holds the trainable tensors, the setup state and running statistics, never other persistent buffers
+    expected = {k for k, _ in method.named_parameters()} | setup_state | running_statistics(method)
+    assert set(method.trainable_state()) == expected
     check_one_step(method, backbone, train_data, cache)
 
 

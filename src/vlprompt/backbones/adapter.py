@@ -226,6 +226,8 @@ class Backbone(nn.Module):
         deep_prompts: DeepPrompts | None = None,
         n_prompts: int | None = None,
         block_residuals: BlockResiduals | None = None,
+        inserted: Tensor | None = None,
+        insert_at: int = 0,
     ) -> Tensor:
         """Run the text tower on token embeddings and read features at ``eot_index``.
 
@@ -242,11 +244,17 @@ class Backbone(nn.Module):
                 token, before end-of-text, so truncation stays exact); see :data:`DeepPrompts`.
             n_prompts: how many positions the deep prompts occupy (default: from the first tensor).
             block_residuals: what is added to some blocks' outputs; see :data:`BlockResiduals`.
+            inserted: [n, width] tokens inserted right after the start token at the input of block ``insert_at``
+                (> 0; no positional embedding; the causal mask grows with them, the feature is read at
+                ``eot_index + n``); deep prompts then replace them before later blocks.
+            insert_at: the block that first sees ``inserted``.
 
         Returns:
             [N, embed_dim] text features (not normalized).
         """
-        return encode_text_tower(self._text, embeds, eot_index, deep_prompts, n_prompts, None, block_residuals)
+        return encode_text_tower(
+            self._text, embeds, eot_index, deep_prompts, n_prompts, None, block_residuals, inserted, insert_at
+        )
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str], batch_size: int = 1024) -> Tensor:
@@ -338,7 +346,9 @@ class Backbone(nn.Module):
         token_prompts: Tensor | None = None,
         deep_prompts: DeepPrompts | None = None,
         block_residuals: BlockResiduals | None = None,
-    ) -> Tensor:
+        insert_at: int = 0,
+        prompt_outputs: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Image features (not normalized), with optional visual prompts and block residuals.
 
         Where prompt tokens sit (one rule for every method): right after the class token, after the
@@ -355,6 +365,11 @@ class Backbone(nn.Module):
             deep_prompts: what replaces the n prompt positions before blocks 1, 2, ...; see
                 :data:`DeepPrompts`. Needs ``token_prompts`` (which sets n).
             block_residuals: what is added to some blocks' outputs; see :data:`BlockResiduals`.
+            insert_at: the block before which ``token_prompts`` are inserted (0: at the input, before
+                ``ln_pre``; i > 0: into block i's input, the earlier blocks running without them); deep prompts
+                replace them before the blocks after it.
+            prompt_outputs: also return the prompt positions' final states through ``ln_post`` ([B, n, width],
+                not projected), after the features.
         """
         pixels = pixels.to(self.device, self.dtype)
         if pixel_prompt is not None:
@@ -369,14 +384,17 @@ class Backbone(nn.Module):
         cls = visual.class_embedding.to(x.dtype).expand(batch, 1, -1)
         x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
         x = visual.patch_dropout(x)
-        if token_prompts is not None:
+        if token_prompts is not None and insert_at == 0:
             x = torch.cat([x[:, :1], _per_sample(token_prompts.to(x.dtype), batch), x[:, 1:]], dim=1)
         x = visual.ln_pre(x)
-        checkpoint = self.activation_checkpointing
-        x = _run_blocks(visual.transformer, x, deep_prompts, n, checkpoint=checkpoint, residuals=block_residuals)
+        inserted = token_prompts if insert_at > 0 else None
+        x = _run_blocks(visual.transformer, x, deep_prompts, n, checkpoint=self.activation_checkpointing,
+                        residuals=block_residuals, inserted=inserted, insert_at=insert_at)  # fmt: skip
+        prompts = x[:, 1 : 1 + n]
         x = torch.cat([x[:, :1], x[:, 1 + n :]], dim=1)  # pool over the class token and patches only
         pooled, _ = visual._pool(x)
-        return pooled @ visual.proj if visual.proj is not None else pooled
+        features = pooled @ visual.proj if visual.proj is not None else pooled
+        return (features, visual.ln_post(prompts)) if prompt_outputs else features
 
     def _vision_transformer(self, what: str) -> VisionTransformer:
         visual = self.model.visual
@@ -492,6 +510,8 @@ def encode_text_tower(
     n_prompts: int | None = None,
     length: int | None = None,
     block_residuals: BlockResiduals | None = None,
+    inserted: Tensor | None = None,
+    insert_at: int = 0,
 ) -> Tensor:
     """An open_clip causal text tower (``CLIP`` or its ``text`` module) on token embeddings, read at ``eot_index``.
 
@@ -503,8 +523,12 @@ def encode_text_tower(
     dtype = text.transformer.get_cast_dtype()
     x = embeds[:, :length].to(dtype) + text.positional_embedding[:length].to(dtype)
     mask = text.attn_mask[:length, :length]
-    if deep_prompts is None and block_residuals is None:
+    if deep_prompts is None and block_residuals is None and inserted is None:
         x = text.transformer(x, attn_mask=mask)
+    elif inserted is not None:
+        x = _run_blocks(text.transformer, x, deep_prompts, inserted.shape[-2], mask, residuals=block_residuals,
+                        inserted=inserted, insert_at=insert_at)  # fmt: skip
+        eot_index = eot_index + inserted.shape[-2]
     else:
         n = _prompt_count(deep_prompts, n_prompts) if deep_prompts is not None else 0
         if n + 1 > int(eot_index.min()):
@@ -538,9 +562,14 @@ def _run_blocks(
     attn_mask: Tensor | None = None,
     checkpoint: bool = False,
     residuals: BlockResiduals | None = None,
+    inserted: Tensor | None = None,
+    insert_at: int = 0,
 ) -> Tensor:
     """The transformer's blocks on batch-first ``x``, the n positions after position 0 refreshed per block, and
     ``residuals`` (:data:`BlockResiduals`) added to their blocks' outputs.
+
+    With ``inserted`` ([n, width] or [N, n, width]) those n positions are inserted after position 0 at the input
+    of block ``insert_at`` (> 0; a causal ``attn_mask`` grows with them) and refreshed only after it.
 
     With ``checkpoint`` (and gradients on) each block's activations are recomputed in the backward pass
     instead of stored (``torch.utils.checkpoint``): the same numbers, less memory, one more forward.
@@ -550,8 +579,14 @@ def _run_blocks(
         raise BackboneError(
             f"{len(deep_prompts) + 1} prompt layers asked of a {len(blocks)}-layer tower (the input counts as one)"
         )
+    if inserted is not None and not 0 < insert_at < len(blocks):
+        raise BackboneError(f"tokens inserted before block {insert_at} of a {len(blocks)}-block tower")
     for i, block in enumerate(blocks):
-        if i > 0 and deep_prompts is not None:
+        if inserted is not None and i == insert_at:
+            x = torch.cat([x[:, :1], _per_sample(inserted.to(x.dtype), x.shape[0]), x[:, 1:]], dim=1)
+            if attn_mask is not None:  # causal: the mask of the longer sequence
+                attn_mask = torch.full_like(attn_mask[:1, :1], float("-inf")).expand(x.shape[1], x.shape[1]).triu(1)
+        elif i > insert_at and deep_prompts is not None:
             fresh = deep_prompts(i, x[:, 1 : 1 + n]) if callable(deep_prompts) else _layer(deep_prompts, i)
             if fresh is not None:
                 x = torch.cat([x[:, :1], _per_sample(fresh.to(x.dtype), x.shape[0]), x[:, 1 + n :]], dim=1)

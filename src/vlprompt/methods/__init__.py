@@ -14,6 +14,7 @@ from .clip_lora import CLIPLoRA, CLIPLoRAConfig
 from .cocoop import CoCoOp, CoCoOpConfig
 from .compositional import CSP, AttrObjHeads, CZSLCoOp, CZSLZeroShot, PairMethod, PairProjection, pair_space
 from .coop import CoOp, CoOpConfig
+from .coprompt import CoPrompt, CoPromptConfig
 from .dept import DePT, DePTConfig
 from .full_finetune import FullFinetune, FullFinetuneConfig
 from .ivlp import IVLP, IVLPConfig
@@ -21,7 +22,9 @@ from .kgcoop import KgCoOp, KgCoOpConfig
 from .linear_probe import LinearProbe, LinearProbeConfig
 from .maple import MaPLe, MaPLeConfig
 from .mma import MMA, MMAConfig
+from .mmrl import MMRL, MMRLConfig
 from .multitask import PerTask, PerTaskConfig, TaskMethod
+from .promptkd import PromptKD, PromptKDConfig
 from .promptsrc import PromptSRC, PromptSRCConfig
 from .softcpt import SoftCPT, SoftCPTConfig
 from .tcp import TCP, TCPConfig
@@ -84,6 +87,9 @@ for _cls in (ZeroShot, CoOp, CoCoOp, LinearProbe, VP, VPT, IVLP, MaPLe, UPT, KgC
 register(TCP)
 register(DePT)
 register(MMA)
+register(PromptKD)
+register(CoPrompt)
+register(MMRL)
 
 #: Which command trains methods of each label space.
 COMMAND_OF_LABELS: dict[type, str] = {ClassNames: "train", PairSpace: "czsl", TaskSpace: "multitask"}
@@ -144,6 +150,8 @@ __all__ = [
     "CoOpConfig",
     "DePT",
     "DePTConfig",
+    "CoPrompt",
+    "CoPromptConfig",
     "FullFinetune",
     "FullFinetuneConfig",
     "IVLP",
@@ -157,6 +165,8 @@ __all__ = [
     "MMA",
     "MMAConfig",
     "MethodConfig",
+    "MMRL",
+    "MMRLConfig",
     "PerTask",
     "PerTaskConfig",
     "PromptMethod",
@@ -171,6 +181,8 @@ __all__ = [
     "TCP",
     "TCPConfig",
     "TPTConfig",
+    "PromptKD",
+    "PromptKDConfig",
     "PromptSRC",
     "PromptSRCConfig",
     "UPT",

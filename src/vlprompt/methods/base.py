@@ -348,6 +348,17 @@ class PromptMethod(nn.Module):
         return ""
 
 
+def running_statistics(method: nn.Module) -> set[str]:
+    """Names (in ``state_dict``) of the buffers training updates without gradients, BatchNorm's running mean,
+    variance and count: a prompt file carries them with the trainable tensors."""
+    return {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in method.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        for name, _ in module.named_buffers(recurse=False)
+    }
+
+
 def cosine_logits(image_features: Tensor, text_features: Tensor, scale: Tensor | float) -> Tensor:
     """scale · normalize(image) · normalize(text)ᵀ, for [C, D] or per-image [B, C, D] text features."""
     with torch.autocast(image_features.device.type, enabled=False):  # logits in fp32 even under AMP
@@ -372,4 +383,5 @@ __all__ = [
     "Recipe",
     "cosine_logits",
     "option",
+    "running_statistics",
 ]

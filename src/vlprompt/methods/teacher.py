@@ -68,7 +68,13 @@ class Teacher:
                 f"the teacher ({self.backbone.identity.model}) takes {self.backbone.image_size} px images, the "
                 f"student's are {pixels.shape[-1]} px: use backbones with the same input size"
             )
+        batch = Batch(pixels=pixels.to(self.backbone.device))
+        return self.method.score(self.backbone, batch, self.text_features())
+
+    @torch.no_grad()
+    def text_features(self) -> Tensor | None:
+        """[C, D] the teacher's class features of its label space, encoded once per label space (None where they
+        depend on the image)."""
         if self._text is None:
             self._text = self.method.reusable_text_features(self.backbone)
-        batch = Batch(pixels=pixels.to(self.backbone.device))
-        return self.method.score(self.backbone, batch, self._text)
+        return self._text
