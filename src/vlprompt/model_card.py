@@ -37,7 +37,7 @@ def model_card(prompt_dir: str | Path, repo_id: str) -> Any:
     prompt = read_prompt_config(folder / bank["prompts"][0]["path"] if bank else folder)
     config, results = run_context(folder)
     backbone = prompt["backbone"]
-    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    data: dict[str, Any] = config["data"] if isinstance(config.get("data"), dict) else {}
     dataset = data.get("dataset") or data.get("collection") or data.get("split_file") or data.get("root")
     card_data = ModelCardData(library_name="vlprompt", tags=["vlprompt", "prompt-learning", "clip", prompt["method"]])
     title = f"{'prompt bank' if bank else prompt['method']} on {backbone['model']}"
@@ -52,7 +52,7 @@ def model_card(prompt_dir: str | Path, repo_id: str) -> Any:
         "tasks": ", ".join(e["name"] for e in bank["prompts"]) if bank else None,
         "dataset": f"`{dataset}`" if dataset else None,
         "shots": data.get("shots"),
-        "seed": prompt.get("extra", {}).get("seed"),
+        "seed": (prompt.get("extra") or {}).get("seed"),
         "recipe": _recipe(config),
         "vlprompt version": prompt.get("library_version"),
     }

@@ -269,8 +269,8 @@ class _Wandb(Logger):
         self.run.config.update(hparams, allow_val_change=True)
         self.run.summary.update(result_metrics(results))
         if results:
-            columns = list(dict.fromkeys(k for row in results for k in row))
-            data = [[_table_cell(row.get(c)) for c in columns] for row in results]
+            columns: list[str | int] = list(dict.fromkeys(k for row in results for k in row))
+            data = [[_table_cell(row.get(str(c))) for c in columns] for row in results]
             self.run.summary["results"] = wandb.Table(columns=columns, data=data)
 
     def close(self) -> None:

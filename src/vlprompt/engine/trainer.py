@@ -129,13 +129,21 @@ class TrainConfig:
                 raise OptionError(f"--train.{name} must be one of {', '.join(valid)}, not {getattr(self, name)!r}")
         if canonical_schedule(self.schedule) not in SCHEDULES:
             raise OptionError(f"--train.schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
-        minimum = {"epochs": 1, "batch_size": 1, "grad_accum": 1, "checkpoint_every": 1, "checkpoint_every_steps": 0}
+        minimum: dict[str, float] = {
+            "epochs": 1,
+            "batch_size": 1,
+            "grad_accum": 1,
+            "checkpoint_every": 1,
+            "checkpoint_every_steps": 0,
+        }
         minimum |= dict.fromkeys(("warmup_epochs", "eval_every", "num_workers", "momentum", "weight_decay"), 0)
         minimum |= {"warmup_lr": 0, "label_smoothing": 0, "min_lr": 0, "warmup_steps": 0}
         for name, low in minimum.items():
             if getattr(self, name) is not None and getattr(self, name) < low:  # warmup_steps may be None
                 raise OptionError(f"--train.{name} must be >= {low}, not {getattr(self, name)}")
-        above = (("lr", 0, "0"), ("adam_eps", 0, "0"), ("lr", self.min_lr, f"--train.min_lr ({self.min_lr})"))
+        above: tuple[tuple[str, float, str], ...] = (
+            ("lr", 0, "0"), ("adam_eps", 0, "0"), ("lr", self.min_lr, f"--train.min_lr ({self.min_lr})")
+        )  # fmt: skip
         for name, low, what in above:
             if not getattr(self, name) > low:
                 raise OptionError(f"--train.{name} must be > {what}, not {getattr(self, name)}")
@@ -223,6 +231,7 @@ def fit(
     start_time -= state.seconds_before  # a resumed run's time counts the whole run
 
     def save_checkpoint() -> None:
+        assert run_dir is not None  # only called with a run directory
         state.seconds_before = time.time() - start_time
         state.save(run_dir / CHECKPOINT, method, result)
 
