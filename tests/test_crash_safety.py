@@ -89,6 +89,8 @@ def test_sigkill_at_random_moments_resumes_bit_identical(tmp_path, image_root, s
     assert expected.keys() == resumed.keys()
     assert all(torch.equal(expected[k], resumed[k]) for k in expected), "the resumed prompt differs"
     assert _history(out) == _history(straight)  # every epoch's loss, accuracy and lr, mid-epoch sums included
+    steps = [(run / "seed1" / "steps.jsonl").read_text() for run in (out, straight)]
+    assert steps[0] == steps[1]  # every step logged once, a kill's half-written or unsaved steps dropped on resume
     assert not list(out.rglob(".*.tmp")), "stale temp files were not removed on resume"
 
 

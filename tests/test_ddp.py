@@ -62,7 +62,7 @@ def test_only_rank_zero_writes(runs, run):
     ddp_out, single_out, _ = runs
     assert not (ddp_out / run / "rank1").exists()
     written = sorted(p.name for p in (ddp_out / run / "rank0").iterdir())
-    assert written == [CHECKPOINT, METRICS]
+    assert written == [CHECKPOINT, METRICS, "steps.jsonl"]
     ddp_state = torch.load(ddp_out / run / "rank0" / CHECKPOINT, weights_only=True)
     one_state = torch.load(single_out / run / "rank0" / CHECKPOINT, weights_only=True)
     assert ddp_state["epoch"] == one_state["epoch"] == 3
@@ -76,6 +76,10 @@ def test_only_rank_zero_writes(runs, run):
     # losses and accuracies are averaged over both processes: the global numbers
     assert [m["loss"] for m in ddp_metrics] == pytest.approx([m["loss"] for m in one_metrics], abs=1e-5)
     assert [m["train_acc"] for m in ddp_metrics] == pytest.approx([m["train_acc"] for m in one_metrics], abs=1e-9)
+    ddp_steps, one_steps = ([json.loads(line) for line in (o / run / "rank0" / "steps.jsonl").read_text().splitlines()]
+                            for o in (ddp_out, single_out))  # fmt: skip
+    assert [m["step"] for m in ddp_steps] == [m["step"] for m in one_steps] and len(ddp_steps) == 3 * 3
+    assert [m["loss"] for m in ddp_steps] == pytest.approx([m["loss"] for m in one_steps], rel=2e-5)  # float32 sums
 
 
 def test_feature_extraction_is_sharded_over_the_ranks(runs, image_root, tmp_path):

@@ -17,6 +17,7 @@ from typing import Any
 
 from .backbones import Backbone
 from .errors import OptionError
+from .hub import local_prompt_dir
 from .io import atomic_write_text
 from .labels import LabelSpaceError, task_key
 from .methods import PromptMethod
@@ -30,8 +31,8 @@ FORMAT_VERSION = 1
 
 
 def is_bank(directory: str | Path) -> bool:
-    """Whether ``directory`` holds a prompt bank (else it may be a single prompt)."""
-    return (Path(directory) / BANK_FILE).is_file()
+    """Whether ``directory`` (or Hub name ``hf-hub:org/name``) holds a prompt bank (else it may be a single prompt)."""
+    return (local_prompt_dir(directory) / BANK_FILE).is_file()
 
 
 def _slug(name: str) -> str:
@@ -61,7 +62,8 @@ def save_bank(prompts: Mapping[str, PromptMethod], backbone: Backbone, directory
 
 def read_bank(directory: str | Path) -> dict[str, Any]:
     """``bank.json``, validated: each entry names a prompt directory trained on the bank's backbone."""
-    path = Path(directory) / BANK_FILE
+    directory = local_prompt_dir(directory)
+    path = directory / BANK_FILE
     config = read_json_file(
         path, BANK_FILE, PromptFileError, missing=f"{path} not found: {directory} is not a prompt bank"
     )
@@ -130,6 +132,7 @@ class PromptBank:
     @classmethod
     def load(cls, directory: str | Path, backbone: Backbone, strict_backbone: bool = False) -> PromptBank:
         """Load every prompt of a bank, checking the backbone once (see :func:`vlprompt.prompts.load_prompt`)."""
+        directory = local_prompt_dir(directory)
         config = read_bank(directory)
         prompts = {}
         for i, entry in enumerate(config["prompts"]):
@@ -174,6 +177,7 @@ def load_task_methods(
     directory: str | Path, backbone: Backbone, tasks: Sequence[str], strict_backbone: bool = False
 ) -> list[PromptMethod]:
     """The methods scoring ``tasks``: a bank's prompts of those names, or tasks of a multi-task prompt (read once)."""
+    directory = local_prompt_dir(directory)
     if is_bank(directory):
         bank = PromptBank.load(directory, backbone, strict_backbone)
         return [bank[task] for task in tasks]

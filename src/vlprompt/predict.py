@@ -20,6 +20,7 @@ from .backbones import DEFAULT_BACKBONE, Backbone, BackboneError, load_backbone
 from .data.images import load_rgb
 from .errors import OptionError
 from .feed import Feed
+from .hub import local_prompt_dir
 from .methods import PromptMethod, ZeroShot, ZeroShotConfig
 from .prompts import load_prompt, read_prompt_config
 
@@ -41,6 +42,7 @@ def backbone_for_prompt(
     if name is None:
         from .bank import is_bank, read_bank
 
+        prompt_dir = local_prompt_dir(prompt_dir)
         if is_bank(prompt_dir):  # every prompt of a bank records the same backbone
             prompt_dir = Path(prompt_dir) / read_bank(prompt_dir)["prompts"][0]["path"]
         identity = read_prompt_config(prompt_dir)["backbone"]
@@ -78,7 +80,11 @@ class Predictor:
         task: str | None = None,
         **kwargs,
     ) -> Predictor:
-        """Load a saved prompt (or ``task`` of a prompt bank or multi-task prompt); the backbone defaults to its own."""
+        """Load a saved prompt (or ``task`` of a prompt bank or multi-task prompt); the backbone defaults to its own.
+
+        ``prompt_dir`` is a folder or a Hub name, ``hf-hub:org/name[@revision]`` (fetched through the HF cache).
+        """
+        prompt_dir = local_prompt_dir(prompt_dir)
         if not isinstance(backbone, Backbone):
             backbone = backbone_for_prompt(prompt_dir, backbone, pretrained)
         if task is not None:

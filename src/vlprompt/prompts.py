@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save
 from . import __version__
 from .backbones import Backbone
 from .errors import PromptFileError
+from .hub import local_prompt_dir
 from .io import atomic_write_bytes, atomic_write_text, non_finite, tensors_sha256
 from .labels import LabelSpaceError, label_space_from_json
 from .methods import PromptMethod, method_class
@@ -81,8 +82,9 @@ def save_pretrained(method: PromptMethod, backbone: Backbone, directory: str | P
 
 def read_prompt_config(directory: str | Path) -> dict[str, Any]:
     """The prompt's JSON config, validated field by field (each failure a one-line :class:`PromptFileError`
-    naming the file and the field); unknown keys from newer versions are dropped with a warning."""
-    path = Path(directory) / CONFIG_FILE
+    naming the file and the field); unknown keys from newer versions are dropped with a warning.
+    ``directory`` may be a Hub name, ``hf-hub:org/name[@revision]`` (:mod:`vlprompt.hub`)."""
+    path = local_prompt_dir(directory) / CONFIG_FILE
     missing = f"{path} not found: a prompt directory holds {CONFIG_FILE} and {TENSORS_FILE}"
     config = read_json_file(path, CONFIG_FILE, PromptFileError, MAX_PROMPT_BYTES, missing)
     expect(config, dict, str(path), PromptFileError)
@@ -131,11 +133,12 @@ def load_prompt(directory: str | Path, backbone: Backbone, strict_backbone: bool
     """Rebuild a saved method on ``backbone``.
 
     Args:
-        directory: a folder written by :func:`save_pretrained`.
+        directory: a folder written by :func:`save_pretrained`, or a Hub name ``hf-hub:org/name[@revision]``.
         backbone: the backbone to score with. A different width is an error; a different identity
             (other weights or preprocessing) a :class:`BackboneMismatchWarning` (silence it with the
             ``warnings`` module), or an error with ``strict_backbone``.
     """
+    directory = local_prompt_dir(directory)
     config = read_prompt_config(directory)
     saved = config["backbone"]
     for key in ("text_width", "embed_dim", "vision_width"):

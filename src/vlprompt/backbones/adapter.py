@@ -575,12 +575,7 @@ def _run_blocks(
     instead of stored (``torch.utils.checkpoint``): the same numbers, less memory, one more forward.
     """
     blocks = transformer.resblocks
-    if deep_prompts is not None and not callable(deep_prompts) and len(deep_prompts) >= len(blocks):
-        raise BackboneError(
-            f"{len(deep_prompts) + 1} prompt layers asked of a {len(blocks)}-layer tower (the input counts as one)"
-        )
-    if inserted is not None and not 0 < insert_at < len(blocks):
-        raise BackboneError(f"tokens inserted before block {insert_at} of a {len(blocks)}-block tower")
+    _check_layers(len(blocks), deep_prompts, inserted, insert_at)
     for i, block in enumerate(blocks):
         if inserted is not None and i == insert_at:
             x = torch.cat([x[:, :1], _per_sample(inserted.to(x.dtype), x.shape[0]), x[:, 1:]], dim=1)
@@ -590,17 +585,30 @@ def _run_blocks(
             fresh = deep_prompts(i, x[:, 1 : 1 + n]) if callable(deep_prompts) else _layer(deep_prompts, i)
             if fresh is not None:
                 x = torch.cat([x[:, :1], _per_sample(fresh.to(x.dtype), x.shape[0]), x[:, 1 + n :]], dim=1)
-        run = block
-        if checkpoint and torch.is_grad_enabled():
-            run = functools.partial(torch.utils.checkpoint.checkpoint, block, use_reentrant=False)
         residual = residuals[i](block.ln_1(x)) if residuals is not None and i in residuals else None
-        if transformer.batch_first:
-            x = run(x, attn_mask=attn_mask)
-        else:
-            x = run(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+        x = _run_block(transformer, block, x, attn_mask, checkpoint)
         if residual is not None:
             x = x + residual.to(x.dtype)
     return x
+
+
+def _check_layers(blocks: int, deep_prompts: DeepPrompts | None, inserted: Tensor | None, insert_at: int) -> None:
+    if deep_prompts is not None and not callable(deep_prompts) and len(deep_prompts) >= blocks:
+        raise BackboneError(
+            f"{len(deep_prompts) + 1} prompt layers asked of a {blocks}-layer tower (the input counts as one)"
+        )
+    if inserted is not None and not 0 < insert_at < blocks:
+        raise BackboneError(f"tokens inserted before block {insert_at} of a {blocks}-block tower")
+
+
+def _run_block(transformer: nn.Module, block: nn.Module, x: Tensor, attn_mask: Tensor | None, checkpoint: bool):
+    """One residual block on batch-first ``x`` (recomputed in the backward pass with ``checkpoint``)."""
+    run = block
+    if checkpoint and torch.is_grad_enabled():
+        run = functools.partial(torch.utils.checkpoint.checkpoint, block, use_reentrant=False)
+    if transformer.batch_first:
+        return run(x, attn_mask=attn_mask)
+    return run(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
 
 
 def _layer(prompts: Sequence[Tensor | None], i: int) -> Tensor | None:

@@ -32,6 +32,7 @@ from .options import (
     InterpretCommand,
     MethodsCommand,
     PredictCommand,
+    PushCommand,
 )
 
 
@@ -249,6 +250,15 @@ def cmd_incontext(cfg: IncontextCommand, _: Any) -> int:
     return 0
 
 
+def cmd_push(cfg: PushCommand, namespace: Any) -> int:
+    from ..hub import push_to_hub
+
+    info = push_to_hub(namespace.prompt, namespace.repo, cfg.revision, cfg.private, cfg.commit_message)
+    print(f"pushed {namespace.prompt} to {getattr(info, 'commit_url', info)}")
+    print(f"load it with --prompt hf-hub:{namespace.repo.removeprefix('hf-hub:')}")
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
@@ -258,6 +268,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "interpret": cmd_interpret,
     "bank": cmd_bank,
+    "push": cmd_push,
     "bench": cmd_bench,
     "data": cmd_data,
     "incontext": cmd_incontext,

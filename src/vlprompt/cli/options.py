@@ -7,6 +7,7 @@ from typing import Any
 
 from ..data.sampling import CLASS_SPLITS
 from ..errors import OptionError
+from ..hub import is_hub_name, parse_hub_name
 from ..labels import ClassNames, PairSpace, TaskSpace
 from ..methods import methods_for
 from ..runs import (
@@ -25,7 +26,7 @@ class EvalCommand:
     """Evaluate a saved prompt on a dataset split.
 
     Attributes:
-        prompt: the prompt directory.
+        prompt: the prompt directory, or a Hub name ``hf-hub:org/name[@revision]``.
         backbone: the frozen model (default: the one the prompt was trained on).
         data: the dataset.
         split: the split to evaluate ("train", "val" or "test").
@@ -75,7 +76,8 @@ class PredictCommand:
     """Classify images with a saved prompt, or zero-shot from class names.
 
     Attributes:
-        prompt: a prompt directory, or a prompt bank / multi-task prompt with ``task``.
+        prompt: a prompt directory (or Hub name ``hf-hub:org/name[@revision]``), or a prompt bank / multi-task
+            prompt with ``task``.
         task: the task(s) to predict, comma-separated (a prompt bank or a multi-task prompt): each image is
             encoded once for all of them.
         classes: zero-shot instead: comma-separated class names.
@@ -106,6 +108,8 @@ class PredictCommand:
             raise OptionError("--classes needs at least one class name")
         if self.task is not None and (self.prompt is None or not self.tasks()):
             raise OptionError("--task names task(s) of --prompt (a prompt bank or multi-task prompt), e.g. --task a")
+        if self.prompt is not None:
+            _require_prompt(self.prompt)
         self.backbone.validate()
 
     def class_names(self) -> list[str]:
@@ -178,7 +182,8 @@ class BankCommand:
     """Gather separately trained prompts into one prompt bank (one backbone, named prompts).
 
     Attributes:
-        prompts: task name -> prompt directory, e.g. '{colour: runs/a/seed1/prompt, shape: runs/b/seed1/prompt}'.
+        prompts: task name -> prompt directory (or ``hf-hub:org/name``), e.g. '{colour: runs/a/seed1/prompt,
+            shape: hf-hub:org/shape-coop}'.
         out: the bank directory to write.
         backbone: the frozen model (default: the one the prompts were trained on).
     """
@@ -190,6 +195,8 @@ class BankCommand:
     def validate(self) -> None:
         if not self.prompts:
             raise OptionError("--prompts is empty: give task names and prompt directories, e.g. '{colour: DIR}'")
+        for prompt in self.prompts.values():
+            _require_prompt(prompt)
         if not self.out:
             raise OptionError("--out is required: the bank directory to write")
         self.backbone.validate()  # the command checks --out with the run-directory guard before any work
@@ -268,8 +275,31 @@ class MethodsCommand:
 
 
 def _require_prompt(prompt: str) -> None:
+    """A prompt is given, and a Hub name is well formed (checked before any work)."""
     if not prompt:
-        raise OptionError("--prompt is required: a prompt directory (e.g. RUN/seed1/prompt)")
+        raise OptionError("--prompt is required: a prompt directory (e.g. RUN/seed1/prompt) or hf-hub:org/name")
+    if is_hub_name(prompt):
+        parse_hub_name(prompt)
+
+
+@dataclass
+class PushCommand:
+    """Upload a prompt folder (or bank) to the Hugging Face Hub with a generated model card (README.md).
+
+    ``vlprompt push RUN/seed1/prompt org/name``: the prompt's JSON and safetensors files (checked against their
+    checksums first) and a card with the method, backbone, dataset, shots, recipe and results of its run, and
+    how to load it (``--prompt hf-hub:org/name``). Credentials are huggingface_hub's (``HF_TOKEN`` or
+    ``hf auth login``).
+
+    Attributes:
+        revision: the branch to push to (created when missing; default: main).
+        private: create the repository as private (when it does not exist yet).
+        commit_message: the commit's message (default: "Upload vlprompt prompt (FOLDER)").
+    """
+
+    revision: str | None = None
+    private: bool = False
+    commit_message: str | None = None
 
 
 #: subcommand -> (config dataclass, help)
@@ -281,6 +311,7 @@ COMMAND_CONFIGS: dict[str, tuple[type, str]] = {
     "predict": (PredictCommand, "predict the classes of images"),
     "interpret": (InterpretCommand, "interpret learned context vectors"),
     "bank": (BankCommand, "gather trained prompts into a prompt bank"),
+    "push": (PushCommand, "upload a prompt to the Hugging Face Hub with a model card"),
     "demo": (DemoCommand, "run the built-in demo"),
     "bench": (BenchRun, "run a protocol over datasets, methods, shots and seeds (paper-style tables)"),
     "data": (DataCommand, "check benchmark datasets: `vlprompt data check NAME|all --data.root DIR`"),

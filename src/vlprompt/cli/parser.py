@@ -50,6 +50,9 @@ def build_parser() -> ArgumentParser:
         sub.add_argument(DEBUG_FLAG, action="store_true", help="show the full traceback of an error")
         if name == "predict":
             sub.add_argument("images", nargs="+", help="image files")
+        if name == "push":
+            sub.add_argument("prompt", help="the prompt directory (e.g. RUN/seed1/prompt) or prompt bank")
+            sub.add_argument("repo", help="the Hub repository, org/name")
         if name == "bench":
             sub.add_argument("protocol", choices=PROTOCOLS, help="the protocol: " + " | ".join(PROTOCOLS))
         if name == "data":

@@ -88,7 +88,7 @@ def _row(name: str, recipe: Recipe) -> str:
 
 def markdown() -> str:
     """docs/reproduction.md: one table of every preset, every field it sets, its value and its source."""
-    defaults = ", ".join(f"{f.name} {_value(f.default)}" for f in dataclasses.fields(TrainConfig))
+    defaults = ", ".join(f"{f.name} {_value(getattr(TrainConfig(), f.name))}" for f in dataclasses.fields(TrainConfig))
     header = ["preset", *COLUMNS, "other fields", "options", "protocols", "datasets", "source"]
     lines = [_INTRO.format(defaults=defaults), "*Italics*: `TrainConfig`'s default, not set by the recipe.", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import random
@@ -29,8 +30,9 @@ from ..data.images import LabeledImages
 from ..errors import DataError, OptionError
 from ..features import FeatureCache
 from ..feed import Feed
-from ..io import atomic_write, atomic_write_bytes, load_checkpoint, remove_stale_temp_files, tensors_sha256, torch_bytes
+from ..io import atomic_write_bytes, load_checkpoint, remove_stale_temp_files, tensors_sha256, torch_bytes
 from ..methods import PromptMethod
+from .loggers import RunLoggers, check_loggers
 from .schedules import PER_EPOCH_SCHEDULES, SCHEDULES, canonical_schedule, lr_factor
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,10 @@ class TrainConfig:
         label_smoothing: cross-entropy label smoothing.
         activation_checkpointing: recompute the prompted image tower's activations in the backward pass
             instead of storing them (less memory on large ViTs, the same numbers, one more forward).
+        loggers: where the run directory's training log goes, any of "jsonl" (metrics.jsonl and steps.jsonl),
+            "csv" (metrics.csv and steps.csv), "tensorboard" (RUN/tensorboard; ``vlprompt[tensorboard]``) and
+            "wandb" (``vlprompt[wandb]``; ``WANDB_MODE=offline`` needs no network). See
+            :mod:`vlprompt.engine.loggers`.
     """
 
     epochs: int = 50
@@ -106,6 +112,7 @@ class TrainConfig:
     num_workers: int = 0
     label_smoothing: float = 0.0
     activation_checkpointing: bool = False
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
 
     def __post_init__(self) -> None:
         self.validate()  # checked on construction, whatever builds it (the CLI, YAML, a preset or Python)
@@ -122,13 +129,21 @@ class TrainConfig:
                 raise OptionError(f"--train.{name} must be one of {', '.join(valid)}, not {getattr(self, name)!r}")
         if canonical_schedule(self.schedule) not in SCHEDULES:
             raise OptionError(f"--train.schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
-        minimum = {"epochs": 1, "batch_size": 1, "grad_accum": 1, "checkpoint_every": 1, "checkpoint_every_steps": 0}
+        minimum: dict[str, float] = {
+            "epochs": 1,
+            "batch_size": 1,
+            "grad_accum": 1,
+            "checkpoint_every": 1,
+            "checkpoint_every_steps": 0,
+        }
         minimum |= dict.fromkeys(("warmup_epochs", "eval_every", "num_workers", "momentum", "weight_decay"), 0)
         minimum |= {"warmup_lr": 0, "label_smoothing": 0, "min_lr": 0, "warmup_steps": 0}
         for name, low in minimum.items():
             if getattr(self, name) is not None and getattr(self, name) < low:  # warmup_steps may be None
                 raise OptionError(f"--train.{name} must be >= {low}, not {getattr(self, name)}")
-        above = (("lr", 0, "0"), ("adam_eps", 0, "0"), ("lr", self.min_lr, f"--train.min_lr ({self.min_lr})"))
+        above: tuple[tuple[str, float, str], ...] = (
+            ("lr", 0, "0"), ("adam_eps", 0, "0"), ("lr", self.min_lr, f"--train.min_lr ({self.min_lr})")
+        )  # fmt: skip
         for name, low, what in above:
             if not getattr(self, name) > low:
                 raise OptionError(f"--train.{name} must be > {what}, not {getattr(self, name)}")
@@ -136,6 +151,7 @@ class TrainConfig:
             raise OptionError(f"--train.label_smoothing must be < 1, not {self.label_smoothing}")
         if self.select == "best" and self.eval_every < 1:
             raise OptionError("--train.select best compares epochs on validation: set --train.eval_every 1 (or more)")
+        check_loggers(self.loggers)
 
 
 @dataclass
@@ -165,6 +181,7 @@ def fit(
     cache: FeatureCache | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    loggers: RunLoggers | None = None,
 ) -> FitResult:
     """Train ``method`` on ``train_set`` (items: image tensor, label) with the frozen ``backbone``.
 
@@ -177,6 +194,8 @@ def fit(
         resume: continue from ``run_dir/checkpoint.pt`` if it exists.
         cache: a shared :class:`~vlprompt.features.FeatureCache` (a private one otherwise).
         on_epoch_end: called with each epoch's record (after the checkpoint is written).
+        loggers: the run's loggers, left open for the caller to log the results and close (default: those of
+            ``config.loggers`` in ``run_dir``, closed at the end after logging ``config`` as the hyperparameters).
 
     Returns:
         The history; ``method`` holds the selected (last or best) parameters afterwards.
@@ -204,11 +223,15 @@ def fit(
     result = FitResult(feature_cache=feed.uses_cached_features)
     random.seed(config.seed)
     torch.manual_seed(config.seed + 7919 * dist.rank())
+    own_loggers = loggers is None
+    loggers = RunLoggers(config.loggers, run_dir) if loggers is None else loggers
     if run_dir:
         _resume(run_dir, resume, state, method, result)
+    loggers.start(result.history, state.epoch * plan.steps_per_epoch + state.progress.step)
     start_time -= state.seconds_before  # a resumed run's time counts the whole run
 
     def save_checkpoint() -> None:
+        assert run_dir is not None  # only called with a run directory
         state.seconds_before = time.time() - start_time
         state.save(run_dir / CHECKPOINT, method, result)
 
@@ -222,22 +245,26 @@ def fit(
         disable=not (progress and dist.is_main()),
         leave=False,
     )
-    for epoch in epochs:
-        with backbone.checkpointing(config.activation_checkpointing):
-            record = _train_epoch(model, method, backbone, feed, state, plan, config, epoch, mid_epoch)
-        method.end_epoch(epoch, config.epochs)
-        _validate(method, backbone, scorer, config, state, result, record)
-        record["seconds"] = round(time.time() - start_time, 3)
-        result.history.append(record)
-        epochs.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.3f}")
-        state.epoch = epoch + 1
-        if run_dir:
-            if dist.is_main():
-                _append_metrics(run_dir / METRICS, record)
-            if state.epoch == config.epochs or state.epoch % config.checkpoint_every == 0:
+    try:
+        for epoch in epochs:
+            with backbone.checkpointing(config.activation_checkpointing):
+                record = _train_epoch(model, method, backbone, feed, state, plan, config, epoch, mid_epoch, loggers)
+            method.end_epoch(epoch, config.epochs)
+            _validate(method, backbone, scorer, config, state, result, record)
+            record["seconds"] = round(time.time() - start_time, 3)
+            result.history.append(record)
+            epochs.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.3f}")
+            state.epoch = epoch + 1
+            loggers.log_epoch(record)
+            if run_dir and (state.epoch == config.epochs or state.epoch % config.checkpoint_every == 0):
                 save_checkpoint()
-        if on_epoch_end is not None:
-            on_epoch_end(record)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+        if own_loggers:
+            loggers.log_end(dataclasses.asdict(config), [])
+    finally:
+        if own_loggers:
+            loggers.close()
     if config.select == "best" and state.best is not None:
         method.load_state_dict(state.best)
     method.eval()
@@ -386,11 +413,21 @@ class TrainingState:
 
 
 def _train_epoch(
-    model, method, backbone, feed: Feed, state: TrainingState, plan: StepPlan, config, epoch, mid_epoch=None
+    model,
+    method,
+    backbone,
+    feed: Feed,
+    state: TrainingState,
+    plan: StepPlan,
+    config,
+    epoch,
+    mid_epoch=None,
+    loggers: RunLoggers | None = None,
 ):
     """One pass over the training set (from ``state.progress.step`` on, for a resumed run); returns its record.
 
-    ``mid_epoch`` writes the checkpoint every ``config.checkpoint_every_steps`` optimizer steps.
+    ``mid_epoch`` writes the checkpoint every ``config.checkpoint_every_steps`` optimizer steps; ``loggers`` get
+    each step's record (every rank computes it: its means are global).
     """
     progress = state.progress
     order = plan.order(config.seed, epoch)
@@ -398,6 +435,7 @@ def _train_epoch(
     batches = feed.batches(rows, seed=config.seed * 100_003 + epoch * 1_009 + progress.step, epoch=epoch)
     autocast = torch.autocast(backbone.device.type, dtype=state.amp_dtype, enabled=state.amp_dtype is not None)
     for step in range(progress.step, plan.steps_per_epoch):
+        before = (progress.loss, progress.correct, progress.seen)
         for m in range(plan.accum):
             (batch,) = next(batches)
             with _maybe_no_sync(model, sync=m == plan.accum - 1), autocast:
@@ -410,6 +448,8 @@ def _train_epoch(
         progress.lr = state.optimizer.param_groups[0]["lr"]  # the lr of this epoch's last step (as logged)
         state.step()
         progress.step = step + 1
+        if loggers is not None:
+            loggers.log_step(_step_record(epoch, plan, progress, before))
         every = config.checkpoint_every_steps
         if mid_epoch is not None and progress.step % every == 0 and progress.step < plan.steps_per_epoch:
             mid_epoch()
@@ -424,14 +464,23 @@ def _train_epoch(
     }
 
 
+def _step_record(epoch: int, plan: StepPlan, progress: EpochProgress, before: tuple[float, float, float]):
+    """The record of the step just taken: its loss and accuracy means over every process (one all-reduce)."""
+    now = (progress.loss, progress.correct, progress.seen)
+    sums = torch.tensor([a - b for a, b in zip(now, before)], dtype=torch.float64)
+    if dist.is_distributed():
+        torch.distributed.all_reduce(sums)
+    loss, correct, seen = sums.tolist()
+    step = epoch * plan.steps_per_epoch + progress.step
+    return {"step": step, "epoch": epoch + 1, "lr": progress.lr, "loss": loss / seen, "train_acc": correct / seen}
+
+
 def _resume(run_dir: Path, resume: bool, state: TrainingState, method: PromptMethod, result: FitResult) -> None:
-    """Continue from the run directory's checkpoint when resuming; start metrics.jsonl from its history."""
+    """Continue from the run directory's checkpoint when resuming (the loggers then start from its history)."""
     if resume and dist.is_main():
         remove_stale_temp_files(run_dir)  # left by a write that a crash interrupted
     if resume and (run_dir / CHECKPOINT).is_file():
         state.restore(run_dir / CHECKPOINT, method, result)
-    if dist.is_main():
-        _rewrite_metrics(run_dir / METRICS, result.history)
 
 
 def _validate(method, backbone, scorer, config: TrainConfig, state: TrainingState, result: FitResult, record) -> None:
@@ -513,13 +562,3 @@ def _gather(state: Tensor) -> list[Tensor]:
 
 def _list_state(state: Any) -> Any:
     return [_list_state(s) for s in state] if isinstance(state, tuple) else state
-
-
-def _append_metrics(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
-
-
-def _rewrite_metrics(path: Path, history: list[dict[str, Any]]) -> None:
-    """Start metrics.jsonl from the checkpointed history (drops epochs a crash left unsaved)."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in history)))

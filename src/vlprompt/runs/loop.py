@@ -15,6 +15,7 @@ from .. import distributed as dist
 from ..backbones import Backbone
 from ..data.images import LabeledImages
 from ..engine import TrainConfig, fit
+from ..engine.loggers import RunLoggers
 from ..engine.schedules import canonical_schedule
 from ..engine.trainer import Scorer
 from ..errors import RunDirError
@@ -155,26 +156,30 @@ def _run_seed(run, protocol, train_config: TrainConfig, seed: int, out: Path, ba
     protocol.check(method)
     method.setup(backbone, train_set, cache)
     fit_info: dict[str, Any] = {}
-    if method.learns:
-        result = fit(
-            method,
-            backbone,
-            train_set,
-            dataclasses.replace(train_config, seed=seed),
-            scorer=scorer,
-            run_dir=seed_dir,
-            resume=run.resume,
-            cache=cache,
-            progress=progress,
-        )
-        fit_info = {"selected_epoch": result.selected_epoch}
-        if protocol.val_key:
-            fit_info[protocol.val_key] = result.selected_score
-        fit_info["train_seconds"] = round(result.seconds, 2)
-    val_set = protocol.validation_set()
-    if val_set is not None:
-        method.tune(backbone, val_set, cache)
-    rows = protocol.evaluate(method, backbone, {"method": run.method, "seed": seed, **fit_info})
+    seed_config = dataclasses.replace(train_config, seed=seed)
+    with RunLoggers(train_config.loggers, seed_dir) as loggers:
+        if method.learns:
+            result = fit(
+                method,
+                backbone,
+                train_set,
+                seed_config,
+                scorer=scorer,
+                run_dir=seed_dir,
+                resume=run.resume,
+                cache=cache,
+                progress=progress,
+                loggers=loggers,
+            )
+            fit_info = {"selected_epoch": result.selected_epoch}
+            if protocol.val_key:
+                fit_info[protocol.val_key] = result.selected_score
+            fit_info["train_seconds"] = round(result.seconds, 2)
+        val_set = protocol.validation_set()
+        if val_set is not None:
+            method.tune(backbone, val_set, cache)
+        rows = protocol.evaluate(method, backbone, {"method": run.method, "seed": seed, **fit_info})
+        loggers.log_end(run_record(run, seed_config), rows)
     if dist.is_main():
         method.set_classes(backbone, protocol.saved_labels(method))
         protocol.save(method, backbone, seed_dir / "prompt", protocol.prompt_extra(seed))
