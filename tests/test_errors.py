@@ -742,10 +742,13 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
 
 
 PROGRESS_BAR = re.compile(r"\d+%\||it/s\]|s/it\]")
+#: A terminal control sequence (a closing nested progress bar moves the cursor up: nothing is printed).
+CURSOR_CONTROL = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def assert_one_clear_message(err: str, phrase: str) -> None:
-    lines = [line for line in re.split(r"[\r\n]", err) if line.strip() and not PROGRESS_BAR.search(line)]
+    lines = [CURSOR_CONTROL.sub("", line) for line in re.split(r"[\r\n]", err)]
+    lines = [line for line in lines if line.strip() and not PROGRESS_BAR.search(line)]
     assert lines and lines[0].startswith("vlprompt") and ": error: " in lines[0], err
     assert phrase in err, f"{phrase!r} not in:\n{err}"
     assert "weights_only=False" not in err and "`weights_only` set to `False`" not in err  # torch's advice
