@@ -35,9 +35,10 @@ from torch import Tensor, nn
 from ..backbones import Backbone
 from ..errors import DataError
 from ..schema import name_key
-from .base import Batch, BuiltinRow, MethodOptionError, Recipe, cosine_logits, option
+from .base import Batch, BuiltinRow, MethodOptionError, Recipe, option
 from .descriptions import check_descriptions, class_sentences, read_descriptions
 from .maple import MaPLe, MaPLeConfig
+from .prompting import RemembersStep
 from .recipes import CPU_TWO_TOWER, dassl_recipe
 
 #: ShuvenduRoy/CoPrompt, pinned.
@@ -128,7 +129,7 @@ def _recipe(source: str, datasets: tuple[str, ...], epochs: int, **options) -> R
     ).with_options(ctx_init="a photo of a", **options)
 
 
-class CoPrompt(MaPLe):
+class CoPrompt(RemembersStep, MaPLe):
     """MaPLe prompts, adapters on both features, and consistency with the frozen model on perturbed inputs."""
 
     name = "coprompt"
@@ -203,16 +204,8 @@ class CoPrompt(MaPLe):
         ratio = self.config.text_ratio
         return ratio * self.adapter_text(text) + (1 - ratio) * text
 
-    def logits(self, backbone: Backbone, batch: Batch, text: Tensor | None = None) -> Tensor:
-        image = self.image_features(backbone, batch)
-        text = self.text_features(backbone) if text is None else text
-        self._step = (image, text) if self.training else None  # the loss reuses this step's features
-        return cosine_logits(image, text, backbone.logit_scale)
-
     def loss(self, backbone: Backbone, batch: Batch, logits: Tensor, label_smoothing: float = 0.0) -> Tensor:
-        if self._step is None:
-            raise RuntimeError("coprompt's loss needs the features of a training forward pass (call it in train mode)")
-        (image, text), self._step = self._step, None
+        image, text = self.step_features()
         descriptions = self.description_features(backbone)
         k = int(torch.randint(len(descriptions), ()))
         pixels = batch.pixels

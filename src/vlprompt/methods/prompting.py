@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones import Backbone
-from .base import MethodOptionError
+from .base import MethodOptionError, cosine_logits
 
 CLASS_POSITIONS = ("end", "middle", "front")
 
@@ -156,3 +156,23 @@ def phrase_embeddings(backbone: Backbone, phrase: str) -> Tensor:
     if not ids:
         raise MethodOptionError(f"context init phrase {phrase!r} has no tokens")
     return backbone.token_embedding(torch.tensor(ids))
+
+
+class RemembersStep:
+    """Mixin for a method whose loss reuses the image and class features of the training step's forward pass
+    (PromptSRC, CoPrompt): :meth:`logits` keeps them in training, :meth:`step_features` hands them over once."""
+
+    _step: tuple[Tensor, Tensor] | None = None
+
+    def logits(self, backbone: Backbone, batch, text: Tensor | None = None) -> Tensor:
+        image = self.image_features(backbone, batch)  # type: ignore[attr-defined]
+        text = self.text_features(backbone) if text is None else text  # type: ignore[attr-defined]
+        self._step = (image, text) if self.training else None  # type: ignore[attr-defined]
+        return cosine_logits(image, text, backbone.logit_scale)
+
+    def step_features(self) -> tuple[Tensor, Tensor]:
+        if self._step is None:
+            name = self.name  # type: ignore[attr-defined]
+            raise RuntimeError(f"{name}'s loss needs the features of a training forward pass (call it in train mode)")
+        step, self._step = self._step, None
+        return step

@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..backbones import Backbone
-from .base import Batch, BuiltinRow, Recipe, cosine_logits, option
+from .base import Batch, BuiltinRow, Recipe, option
 from .ivlp import IVLP, IVLPConfig
-from .prompting import clean_classname
+from .prompting import RemembersStep, clean_classname
 from .recipes import CPU_TWO_TOWER, PROMPTSRC_GPA45, PROMPTSRC_REPO, TRANSFER, dassl_recipe
 from .zeroshot import ENSEMBLES
 
@@ -109,7 +109,7 @@ _PROMPTS = {"n_ctx_text": 4, "n_ctx_vision": 4, "ctx_init": "a photo of a"}
 _PROMPTS |= {"text_loss_weight": 25.0, "image_loss_weight": 10.0}
 
 
-class PromptSRC(IVLP):
+class PromptSRC(RemembersStep, IVLP):
     """IVLP prompts with self-regulating consistency losses and Gaussian prompt aggregation."""
 
     name = "promptsrc"
@@ -172,16 +172,8 @@ class PromptSRC(IVLP):
         teacher = teacher_text_features(backbone, self.labels.names, templates)
         self.register_buffer("teacher", teacher.to(self.ctx.device), persistent=False)
 
-    def logits(self, backbone: Backbone, batch: Batch, text: Tensor | None = None) -> Tensor:
-        image = self.image_features(backbone, batch)
-        text = self.text_features(backbone) if text is None else text
-        self._step = (image, text) if self.training else None  # the loss reuses this step's features
-        return cosine_logits(image, text, backbone.logit_scale)
-
     def loss(self, backbone: Backbone, batch: Batch, logits: Tensor, label_smoothing: float = 0.0) -> Tensor:
-        if self._step is None:
-            raise RuntimeError("promptsrc's loss needs the features of a training forward pass (call it in train mode)")
-        (image, text), self._step = self._step, None
+        image, text = self.step_features()
         with torch.no_grad():
             frozen_image = backbone.encode_image(batch.pixels)
         terms = self_regulating_losses(text, self.teacher, image, frozen_image, logits, backbone.logit_scale)

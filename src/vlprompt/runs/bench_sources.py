@@ -66,6 +66,17 @@ def _user_overrides(bench: BenchRun) -> dict[str, Any]:
     return {k: v for k, v in train.items() if v is not None}
 
 
+def _run_fields(bench: BenchRun, out: Path) -> dict[str, Any]:
+    """What every sub-run of the sweep takes from the bench: backbone, seeds, its folder, resume, feature cache."""
+    return {
+        "backbone": bench.backbone,
+        "seeds": list(bench.seeds),
+        "out": str(out),
+        "resume": bench.resume,
+        "feature_cache_dir": bench.feature_cache_dir,
+    }
+
+
 def _entry_recipe(entry: DemoEntry | None, bench: BenchRun, name: str) -> tuple[dict[str, Any], str | None, Any]:
     """(options, preset, train overrides) of a built-in row (the user's ``--method_options`` and ``--train`` on
     top), or of ``--preset`` where given or where there is no row."""
@@ -105,16 +116,12 @@ class DatasetSource(BenchSource):
     def run_config(self, bench: BenchRun, name: str, shots: int, class_split: str, out: Path) -> ClassificationRun:
         method, options, preset, train = self.recipe(bench, name)
         return ClassificationRun(
-            backbone=bench.backbone,
+            **_run_fields(bench, out),
             method=method,
             method_options=options,
             preset=preset,
             train=train,
-            seeds=list(bench.seeds),
-            out=str(out),
-            resume=bench.resume,
             data=dataclasses.replace(self.data, shots=shots, class_split=class_split),
-            feature_cache_dir=bench.feature_cache_dir,
         )
 
     def sub_run(self, bench, method, shots, class_split, out):
@@ -196,16 +203,12 @@ class MultiTaskSource(BenchSource):
         entry = builtin_entry("multitask", method)
         options, preset, train = _entry_recipe(entry, bench, method)
         run = MultiTaskRun(
-            backbone=bench.backbone,
+            **_run_fields(bench, out),
             method=entry.method if entry else method,
             method_options=options,
             preset=preset,
             train=train,
-            seeds=list(bench.seeds),
-            out=str(out),
-            resume=bench.resume,
             data=MultiTaskData(collection=self.collection, shots=shots),
-            feature_cache_dir=bench.feature_cache_dir,
         )
         return run, BenchMultiTask(run)
 
@@ -227,16 +230,12 @@ class CZSLSource(BenchSource):
         if preset is None and entry is None and preset_name(method, self.name) in presets():
             preset = preset_name(method, self.name)
         run = CZSLRun(
-            backbone=bench.backbone,
+            **_run_fields(bench, out),
             method=method,
             method_options=options,
             preset=preset,
             train=train,
-            seeds=list(bench.seeds),
-            out=str(out),
-            resume=bench.resume,
             data=CZSLData(root=self.root),
-            feature_cache_dir=bench.feature_cache_dir,
         )
         return run, Compositional(run)
 
