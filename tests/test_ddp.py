@@ -79,7 +79,7 @@ def test_only_rank_zero_writes(runs, run):
     ddp_steps, one_steps = ([json.loads(line) for line in (o / run / "rank0" / "steps.jsonl").read_text().splitlines()]
                             for o in (ddp_out, single_out))  # fmt: skip
     assert [m["step"] for m in ddp_steps] == [m["step"] for m in one_steps] and len(ddp_steps) == 3 * 3
-    assert [m["loss"] for m in ddp_steps] == pytest.approx([m["loss"] for m in one_steps], rel=2e-5)  # float32 sums
+    assert [m["loss"] for m in ddp_steps] == pytest.approx([m["loss"] for m in one_steps], rel=2e-5, abs=1e-5)
 
 
 def test_feature_extraction_is_sharded_over_the_ranks(runs, image_root, tmp_path):

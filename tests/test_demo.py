@@ -71,7 +71,7 @@ def test_the_default_visual_rows_beat_zero_shot(label, bench, shapes, cache):
 def test_demo_runs_a_subset(bench, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("VLPROMPT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
-    methods = "[zeroshot, czsl-zeroshot, mt-zeroshot]"
+    methods = "[zeroshot, coop, czsl-zeroshot, mt-zeroshot]"
     assert main(["demo", "--out", str(out), "--seeds", "[1]", "--methods", methods]) == 0
     report = json.loads((out / "results.json").read_text())
     tasks = {"colour", "shape", "texture", "coloured shape"}
@@ -80,6 +80,9 @@ def test_demo_runs_a_subset(bench, tmp_path, monkeypatch, capsys):
     assert (out / "classification" / "results.md").is_file() and (out / "czsl" / "config.yaml").is_file()
     assert "| mt-zeroshot |" in (out / "results.md").read_text()
     assert report["classification"]["summary"][0]["method"] == "zeroshot"
+    shown = (out / "results.md").read_text()
+    assert "| zeroshot | 64.2 ± 0.0 |" in shown and "| coop |" in shown  # the README's zero-shot row
+    assert report["training_curves"] == ["coop"]  # the trained rows' loss curves are drawn
     assert {r["world"] for r in report["czsl"]["per_seed"]} == {"closed", "open", "open+calibrated"}
     assert (out / "accuracy.png").is_file() and (out / "czsl_auc.png").is_file()
     assert "±" in capsys.readouterr().out

@@ -375,7 +375,7 @@ def test_every_method_with_context_vectors_can_be_interpreted(vit_backbone):
 
     pairs = PairSpace(("red", "blue"), ("cat", "dog"), (("red", "cat"), ("blue", "dog")))
     tiny = {"depth_text": 2, "depth_vision": 2}
-    options = {"maple": {"depth": 2}, "ivlp": tiny, "promptsrc": tiny}
+    options = {"maple": {"depth": 2}, "ivlp": tiny, "promptsrc": tiny, "tcp": {"layer": 1}}
     options["coprompt"] = {"depth": 2, "sentences": {n: ["a thing."] for n in NAMES}}
     for name, cls in METHODS.items():
         if not cls.has_context:

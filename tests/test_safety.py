@@ -131,7 +131,7 @@ def test_demo_twice_into_the_same_out_with_overwrite(tmp_path, image_root, split
     args = ["demo", "--out", str(out), "--seeds", "[1]", "--methods", "[zeroshot]", "--data.shots", "2"]
     assert main(args) == 0
     assert main([*args, "--overwrite", "true"]) == 0
-    assert is_run_dir(out) and is_run_dir(out / "classification" / "builtin-colours" / "zeroshot" / "shots2")
+    assert is_run_dir(out) and is_run_dir(out / "classification" / "colours" / "zeroshot" / "shots2")
     mine = _user_folder(tmp_path / "mine")
     assert main(["demo", "--out", str(mine), "--seeds", "[1]", "--methods", "[zeroshot]", "--overwrite", "true"]) == 2
     assert "not a vlprompt run directory" in capsys.readouterr().err and _intact(mine)

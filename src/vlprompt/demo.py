@@ -12,7 +12,7 @@ from .data.synthetic import MULTITASK, VIEWS, build_benchmark
 from .engine import FeatureCache
 from .errors import OptionError
 from .evaluation import markdown_table, wide_table
-from .evaluation.reports import write_results
+from .evaluation.reports import AVERAGE, write_results
 from .plots import plot_method_bars, plot_training_curves
 from .runs import prepare_out_dir, write_config
 from .runs.bench import BUILTIN, COMPOSITIONAL, CZSL_METRICS, BenchData, BenchRun, run_bench
@@ -91,9 +91,10 @@ def run_demo(
     if "classification" in report:
         summary = report["classification"]["summary"]
         plot_method_bars(summary, "accuracy", out / "accuracy.png", title=f"{shots}-shot accuracy (mean ± std)")
-        runs = out / "classification" / f"{BUILTIN}-{view}"
+        runs = out / "classification" / view  # bench names a built-in view's runs by the view
         curves = {m: [runs / m / f"shots{shots}" / f"seed{s}" / "metrics.jsonl" for s in seeds] for m in wanted}
-        plot_training_curves({m: c for m, c in curves.items() if (runs / m).is_dir()}, out / "training_curves.png")
+        trained = {m: c for m, c in curves.items() if (runs / m).is_dir()}
+        report["training_curves"] = plot_training_curves(trained, out / "training_curves.png")
     if "czsl" in report:
         closed = [row for row in report["czsl"]["summary"] if row["world"] == "closed"]
         plot_method_bars(closed, "AUC", out / "czsl_auc.png", title="CZSL closed-world AUC (mean ± std)")
@@ -129,7 +130,9 @@ class DemoSweep:
         """The demo's table of the sweep's cells (its one dataset; the multi-task one: a column per task)."""
         if self.table == "multitask":
             return wide_table(summary, "method", "dataset", "accuracy")
-        cells = [c for c in summary if c["dataset"] == self.dataset]
+        cells = [c for c in summary if c["dataset"] != AVERAGE]  # one dataset: its rows (bench names a view by itself)
+        if not cells:
+            raise RuntimeError(f"the demo's {self.key} sweep returned no rows for {self.dataset}")
         return markdown_table(cells, list(self.group), list(self.metrics))
 
 

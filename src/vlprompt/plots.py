@@ -20,8 +20,9 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_training_curves(runs: Mapping[str, Sequence[Path]], path: str | Path) -> None:
-    """Training loss per epoch, one line per method (mean over its seeds' metrics.jsonl files)."""
+def plot_training_curves(runs: Mapping[str, Sequence[Path]], path: str | Path) -> list[str]:
+    """Training loss per epoch, one line per method (mean over its seeds' metrics.jsonl files); returns the
+    methods drawn."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, files in runs.items():
         histories = [
@@ -42,7 +43,9 @@ def plot_training_curves(runs: Mapping[str, Sequence[Path]], path: str | Path) -
     else:
         ax.text(0.5, 0.5, "no trained method", ha="center", va="center", transform=ax.transAxes)
     ax.grid(alpha=0.3)
+    drawn = [str(line.get_label()) for line in ax.lines]
     _save(fig, Path(path))
+    return drawn
 
 
 def plot_method_bars(summary: Sequence[Mapping], metric: str, path: str | Path, title: str = "") -> None:
