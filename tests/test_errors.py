@@ -32,6 +32,7 @@ from test_safety import TINY, _train_args, tiny_arch  # noqa: F401 - tiny_arch i
 from vlprompt.backbones import tiny_random_backbone
 from vlprompt.cli import main, quiet_third_party_logs
 from vlprompt.data.czsl import DEFAULT_SPLIT
+from vlprompt.labels import PairSpace, Task, TaskSpace
 from vlprompt.methods import build_method
 from vlprompt.prompts import save_pretrained
 
@@ -313,6 +314,12 @@ CASES: dict[str, Callable[[Env], Case]] = {
     "eval: linear probe on other classes": lambda e: Case(
         ["eval", "--prompt", str(e.prompts / "probe"), *_eval_data(e)],
         "cannot score other classes",
+    ),
+    "eval: a pair prompt on a class dataset": lambda e: Case(
+        ["eval", "--prompt", str(e.prompts / "csp"), *_eval_data(e)], "scores (attribute, object) pairs"
+    ),
+    "eval: a multi-task prompt without --task": lambda e: Case(
+        ["eval", "--prompt", str(e.prompts / "multitask"), *_eval_data(e)], "name one with --task"
     ),
     "eval: split typo": lambda e: Case(
         ["eval", "--prompt", str(e.prompts / "coop"), *_eval_data(e), "--split", "dev"],
@@ -704,6 +711,10 @@ def prompts_dir(tmp_path_factory) -> Path:
         ("zeroshot", "zeroshot", {}),
     ):
         save_pretrained(build_method(method, backbone, ["red square", "gold"], options), backbone, root / name)
+    pairs = PairSpace(("red", "gold"), ("square",), (("red", "square"), ("gold", "square")))
+    save_pretrained(build_method("csp", backbone, pairs), backbone, root / "csp")
+    tasks = TaskSpace((Task("colour", ("red", "gold")), Task("shape", ("square", "circle"))))
+    save_pretrained(build_method("softcpt", backbone, tasks), backbone, root / "multitask")
     return root
 
 

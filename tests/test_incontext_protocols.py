@@ -125,9 +125,20 @@ def test_cli_fills_canvases_and_prints_numbers(tmp_path, capsys):
     [record] = json.loads(capsys.readouterr().out)
     assert (out / "canvas_0.png").is_file() and Image.open(out / "answer_0.png").size == (48, 48)
     assert 0 < record["foreground_fraction"] < 1 and record["mIoU"] > 0.3
-    code = main(["incontext", "--task", "detection", "--examples", f"[{ex},{ex}]", "--outputs",
-                 f"[{ex_mask},{ex_mask}]", "--queries", f"[{q}]", "--out", str(out), "--json"])  # fmt: skip
-    assert code == 0 and len(json.loads(capsys.readouterr().out)[0]["box"]) == 4
+    detection = ["incontext", "--task", "detection", "--examples", f"[{ex},{ex}]", "--outputs",
+                 f"[{ex_mask},{ex_mask}]", "--queries", f"[{q}]", "--out", str(out), "--json"]  # fmt: skip
+    assert main(detection) == 2  # the earlier run is not replaced without --overwrite
+    assert "holds an earlier run: pass --overwrite" in capsys.readouterr().err
+    assert (out / "canvas_0.png").is_file()
+    assert main([*args, "--queries", f"[{q},{ex}]", "--out", str(out)]) == 2
+    capsys.readouterr()
+    two = tmp_path / "two"
+    assert main([*args, "--queries", f"[{q},{ex}]", "--out", str(two)]) == 0 and (two / "answer_1.png").is_file()
+    capsys.readouterr()
+    assert main([*detection[:-3], "--out", str(two), "--overwrite", "true", "--json"]) == 0
+    [record] = json.loads(capsys.readouterr().out)
+    assert len(record["box"]) == 4 and (two / "answer_0.png").is_file()
+    assert not (two / "answer_1.png").exists()  # the earlier run's second answer is gone, not left beside
 
 
 def test_cli_bad_inputs_are_one_clear_line(tmp_path, capsys):

@@ -99,6 +99,9 @@ class PairSpace:
                 raise LabelSpaceError("a compositional method keeps its vocabulary: only the pairs can change")
             return value
         if isinstance(current, PairSpace) and isinstance(value, Sequence) and not isinstance(value, str):
+            bad = next((p for p in value if isinstance(p, str) or not isinstance(p, Sequence) or len(p) != 2), None)
+            if bad is not None:
+                raise LabelSpaceError(f"a compositional method scores (attribute, object) pairs, not {bad!r:.80}")
             return current.with_pairs(value)
         raise LabelSpaceError(f"expected a PairSpace or a list of (attribute, object) pairs, got {value!r:.80}")
 

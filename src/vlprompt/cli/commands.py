@@ -237,9 +237,11 @@ def cmd_incontext(cfg: IncontextCommand, _: Any) -> int:
     from ..incontext.predict import check_incontext_out, predict_files
 
     cfg.validate()
-    check_incontext_out(cfg.out)
+    check_incontext_out(cfg.out, cfg.overwrite)
     model = load_inpainter(cfg.model, cfg.arch)
-    records = predict_files(model, cfg.task, cfg.examples, cfg.outputs, cfg.queries, cfg.out, cfg.targets)
+    records = predict_files(
+        model, cfg.task, cfg.examples, cfg.outputs, cfg.queries, cfg.out, cfg.targets, cfg.overwrite
+    )
     if cfg.json:
         print(json.dumps(records, indent=2))
         return 0

@@ -53,6 +53,8 @@ class EvalCommand:
             raise OptionError("--tpt_options needs --tpt true")
         if self.tpt:
             self.tpt_config()
+        if self.task is None and not is_hub_name(self.prompt):
+            _require_class_prompt(self.prompt)
         self.backbone.validate()
         self.data.validate()
 
@@ -241,6 +243,7 @@ class IncontextCommand:
         arch: the MAE architecture of a .pth checkpoint (mae_vit_large_patch16, ...).
         targets: optional true outputs of the queries, to score the answers.
         out: folder for the filled canvases (canvas_<i>.png) and answers (answer_<i>.png).
+        overwrite: replace an earlier incontext run in ``out``.
         json: print the answers' numbers as JSON.
     """
 
@@ -252,6 +255,7 @@ class IncontextCommand:
     arch: str = "mae_vit_large_patch16"
     targets: list[str] | None = None
     out: str = "runs/incontext"
+    overwrite: bool = False
     json: bool = False
 
     def validate(self) -> None:
@@ -272,6 +276,22 @@ class MethodsCommand:
     """
 
     json: bool = False
+
+
+def _require_class_prompt(prompt: str) -> None:
+    """``eval`` scores a dataset's classes: a prompt that scores pairs, or several tasks, is refused up front."""
+    from ..methods import METHODS
+    from ..prompts import read_prompt_config
+
+    method = read_prompt_config(prompt)["method"]
+    kind = getattr(METHODS.get(method.lower()), "label_kind", ClassNames)
+    if kind is PairSpace:
+        raise OptionError(
+            f"--prompt {prompt} was trained by {method}, which scores (attribute, object) pairs, not a dataset's "
+            "classes: `vlprompt predict` scores its pairs, and `vlprompt czsl` evaluates pair methods"
+        )
+    if kind is TaskSpace:
+        raise OptionError(f"--prompt {prompt} was trained by {method} on several tasks: name one with --task")
 
 
 def _require_prompt(prompt: str) -> None:

@@ -12,7 +12,7 @@ from PIL import Image
 from ..data.images import DataError, load_rgb
 from ..errors import RunDirError
 from ..io import atomic_write
-from ..rundir import MARKER, check_run_dir, is_run_dir, mark_run_dir
+from ..rundir import MARKER, check_run_dir, is_run_dir, prepare_run_dir
 from .canvas import answer_cell, build_canvases
 from .models import Inpainter
 from .tasks import InContextTask, TaskInputError, check_examples, get_task
@@ -32,16 +32,21 @@ def _open(path: str | Path, what: str) -> Image.Image:
         raise TaskInputError(f"{what}: {path} is not a readable image ({err})") from None
 
 
-def check_incontext_out(out: str | Path) -> Path:
-    """``out`` can take the canvases and answers: missing, an empty folder, or a folder vlprompt made (its run
-    marker); anything else (a file, a link, a folder of the user's files) is refused before any work."""
+def check_incontext_out(out: str | Path, overwrite: bool = False) -> Path:
+    """``out`` can take the canvases and answers: missing, empty, or (with ``overwrite``) an earlier incontext run,
+    which is replaced whole so that no answer of the earlier queries is left beside the new ones. Anything else
+    (a file, a link, a folder of the user's files, an earlier run without ``overwrite``) is refused before any
+    work."""
     out = Path(out)
-    if out.is_dir() and not out.is_symlink() and any(out.iterdir()) and not is_run_dir(out):
-        raise RunDirError(
-            f"--out {out} is a folder vlprompt did not make (no {MARKER} marker) and holds files: choose a new or "
-            "empty folder (vlprompt incontext never writes among other files)"
-        )
-    check_run_dir(out, resume=True, overwrite=False)  # a file, a link, or a place it cannot write to
+    if out.is_dir() and not out.is_symlink() and any(out.iterdir()):
+        if not is_run_dir(out):
+            raise RunDirError(
+                f"--out {out} is a folder vlprompt did not make (no {MARKER} marker) and holds files: choose a new "
+                "or empty folder (vlprompt incontext never writes among other files)"
+            )
+        if not overwrite and any(p.name != MARKER for p in out.iterdir()):
+            raise RunDirError(f"--out {out} holds an earlier run: pass --overwrite to replace it, or choose a new one")
+    check_run_dir(out, resume=not overwrite, overwrite=overwrite)  # a file, a link, or a place it cannot write to
     return out
 
 
@@ -109,8 +114,10 @@ def predict_files(
     queries: Sequence[str],
     out: str | Path,
     targets: Sequence[str] | None = None,
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
-    """:func:`predict_images` on files; writes ``canvas_<i>.png`` and ``answer_<i>.png`` per query into ``out``.
+    """:func:`predict_images` on files; writes ``canvas_<i>.png`` and ``answer_<i>.png`` per query into ``out``
+    (see :func:`check_incontext_out`; ``overwrite`` replaces an earlier run there).
 
     With ``targets`` (one per query, drawn like the example outputs) each query is also scored at
     the cell's resolution (the task's metric).
@@ -123,10 +130,9 @@ def predict_files(
     ex_in = [_open(p, f"example {i + 1} input") for i, p in enumerate(examples)]
     ex_out = [_target_image(p, task, f"example {i + 1} output") for i, p in enumerate(outputs)]
     query_images = [_open(p, f"query {i + 1}") for i, p in enumerate(queries)]
-    out = check_incontext_out(out)
+    out = check_incontext_out(out, overwrite)
     results = predict_images(model, task, ex_in, ex_out, query_images)
-    if not is_run_dir(out):
-        mark_run_dir(out, "incontext")
+    prepare_run_dir(out, resume=not overwrite, overwrite=overwrite, command="incontext")
     records = []
     for i, (path, image, result) in enumerate(zip(queries, query_images, results)):
         size = (image.height, image.width)
