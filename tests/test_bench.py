@@ -98,6 +98,30 @@ def test_base_to_new_reproduces_a_hand_written_loop(tmp_path, root, vit_backbone
     assert average["base"] == pytest.approx(base) and average["hm"] == pytest.approx(harmonic_mean(base, new))
 
 
+def test_two_stages_a_student_distils_the_teacher_trained_earlier_in_the_sweep(tmp_path, root, vit_backbone):
+    """``teacher: bench:coop`` is the coop prompt of the same dataset, shots and seed: the student's rows equal a
+    hand run whose teacher option names that prompt per seed with ``{seed}``."""
+    student = {"teacher": "bench:coop", "depth_vision": 2, "kd_weight": 1.0}
+    options = {**OPTIONS, "promptkd": student}
+    with pytest.raises(bench_module.OptionError, match=r"needs 'coop' before promptkd in --methods"):
+        run_bench("base-to-new", _bench(root, tmp_path / "no", datasets=["dtd"], methods=["promptkd", "coop"],
+                                        shots=[2], method_options=options))  # fmt: skip
+    assert not (tmp_path / "no").exists()  # refused before any work
+    out = tmp_path / "bench"
+    bench = _bench(root, out, datasets=["dtd"], methods=["coop", "promptkd"], shots=[2], method_options=options)
+    report = run_bench("base-to-new", bench, vit_backbone)
+    teachers = out / "dtd" / "coop" / "shots2"
+    for seed in (1, 2):
+        saved = json.loads((out / "dtd" / "promptkd" / "shots2" / f"seed{seed}" / "prompt" / "prompt.json").read_text())
+        assert saved["extra"]["teacher"]["prompt"] == str(teachers / f"seed{seed}" / "prompt")
+        assert saved["extra"]["teacher"]["method"] == "coop"
+    hand = _hand_run(root, tmp_path / "hand", "dtd", "promptkd", 2, "base-to-new", protocol="base-to-new")
+    hand.method_options = {**student, "teacher": str(teachers / "seed{seed}" / "prompt")}
+    rows = run_classification(hand, vit_backbone, FeatureCache(), progress=False)
+    bench_rows = [r for r in report["per_seed"] if r["method"] == "promptkd"]
+    assert [(r["seed"], r["base"], r["new"]) for r in bench_rows] == [(r["seed"], r["base"], r["new"]) for r in rows]
+
+
 @pytest.mark.parametrize(
     "protocol, targets",
     [

@@ -25,7 +25,12 @@ class's training images, unlabeled, with the teacher's features of all class nam
 selects the epoch on base-class *test* accuracy (FINAL_MODEL best_val); here the method learns on the run's
 training images over the run's label space, and the run selects the last epoch: giving it the
 transductive set is the run's protocol, not an option of this method. ``teacher="zeroshot"`` is our own:
-the student's backbone with its hand template, un-prompted, as teacher (the tiny tests and demo row).
+the student's backbone with its hand template, un-prompted, as teacher (the tiny tests and a demo row).
+
+Both stages in one command: ``vlprompt bench ... --methods promptsrc promptkd`` with ``teacher: "bench:promptsrc"``
+distils, seed by seed, the PromptSRC prompt trained just before on the same dataset and shots (the built-in
+row ``promptkd`` does this; teacher and student are both the bundled model, as no smaller tiny CLIP exists).
+Outside bench, ``teacher: "runs/t/seed{seed}/prompt"`` names each seed's teacher.
 """
 
 from __future__ import annotations
@@ -193,8 +198,14 @@ class PromptKD(PromptMethod):
             lr=0.005,
         ).with_options(n_ctx_vision=4, depth_vision=9, temperature=1.0, kd_weight=200.0),
     }
-    # the zero-shot teacher on the same model: a CPU-sized smoke row (a trained teacher is a two-stage run)
+    # the student distils the PromptSRC row that the same bench trains first (two stages, teacher and student on
+    # the bundled model: there is no smaller tiny CLIP), and a one-stage row with the un-prompted model as teacher
     builtin_rows = (
+        BuiltinRow(
+            "promptkd",
+            CPU_VISUAL.but(lr=0.02).with_options(teacher="bench:promptsrc", depth_vision=3),
+            default=False,
+        ),
         BuiltinRow(
             "promptkd-zeroshot-teacher",
             CPU_VISUAL.but(lr=0.02).with_options(teacher=ZEROSHOT_TEACHER, depth_vision=3),

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ from .bench_sources import (  # noqa: F401 - the sources are part of this module
     registry_source,
 )
 from .classification import ClassificationRun
-from .config import BackboneConfig, RunConfig, TrainOverrides, check_seeds
+from .config import SEED_FIELD, BackboneConfig, RunConfig, TrainOverrides, check_seeds
 from .loop import (
     CONFIG_FILE,
     Protocol,
@@ -97,6 +98,11 @@ class BenchData:
     shots: list[int] | None = None
 
 
+#: A method option ``bench:<name>`` is the prompt that ``--methods``' ``<name>`` trained earlier in the same sweep
+#: (same dataset, shots and seed): a two-stage bench, e.g. PromptKD's student distilling a PromptSRC teacher.
+STAGE_PREFIX = "bench:"
+
+
 @dataclass
 class BenchRun:
     """A protocol over datasets, methods, shots and seeds.
@@ -114,7 +120,9 @@ class BenchRun:
         backbone: the frozen model.
         preset: training recipe for every method (default: each method's own preset).
         train: overrides of the recipe's fields, for every method.
-        method_options: options per method name, e.g. ``{coop: {n_ctx: 4}}``.
+        method_options: options per method name, e.g. ``{coop: {n_ctx: 4}}``. An option ``bench:<name>`` is the
+            prompt that ``<name>``, earlier in ``methods``, trains on the same dataset, shots and seed (two stages:
+            ``{promptkd: {teacher: "bench:promptsrc"}}``).
         out: the bench directory.
         resume: continue an interrupted bench (finished sub-runs and seeds are not rerun).
         overwrite: replace an existing bench in ``out``.
@@ -192,11 +200,31 @@ def plan(protocol: str, bench: BenchRun, out: Path) -> list[SubRun]:
     for source in make_sources(protocol, bench):
         for method in bench.methods:
             for k in shots:
-                where = out / source.name / method / ("" if protocol == COMPOSITIONAL else f"shots{k}")
-                run, proto = source.sub_run(bench, method, k, class_split, where)
+                where = partial(_sub_run_dir, out / source.name, "" if protocol == COMPOSITIONAL else f"shots{k}")
+                run, proto = source.sub_run(bench, method, k, class_split, where(method))
+                _resolve_stages(bench, method, run, where)
                 validate_run(run, proto)
                 subs.append(SubRun(source.name, method, run, proto))
     return subs
+
+
+def _sub_run_dir(dataset_dir: Path, shots_dir: str, method: str) -> Path:
+    return dataset_dir / method / shots_dir
+
+
+def _resolve_stages(bench: BenchRun, method: str, run: RunConfig, where: Any) -> None:
+    """Point each option ``bench:<name>`` of ``method`` at the prompts that ``--methods``' ``<name>`` trains earlier
+    in the sweep on the same dataset and shots, seed by seed (``where(name)``: that sub-run's folder)."""
+    for key, value in run.resolved_options().items():
+        if not (isinstance(value, str) and value.startswith(STAGE_PREFIX)):
+            continue
+        name = value.removeprefix(STAGE_PREFIX).strip()
+        if name not in bench.methods[: bench.methods.index(method)]:
+            raise OptionError(
+                f"{method} option {key}: {value!r} needs {name!r} before {method} in --methods (it is trained "
+                f"first, on the same dataset, shots and seed); --methods is {bench.methods}"
+            )
+        run.method_options = {**run.method_options, key: str(where(name) / f"seed{SEED_FIELD}" / "prompt")}
 
 
 def _finished_rows(sub: SubRun) -> list[dict[str, Any]] | None:

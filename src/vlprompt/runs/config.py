@@ -110,6 +110,25 @@ def moved_to_data(command: str, record: dict[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in record.items() if k not in moved}, "data": {**moved, **data}}
 
 
+#: In a method option's text, the seed being trained (e.g. a teacher prompt per seed: ``runs/t/seed{seed}/prompt``).
+SEED_FIELD = "{seed}"
+
+
+def options_for_seed(options: dict[str, Any], seed: int | None) -> dict[str, Any]:
+    """``options`` with :data:`SEED_FIELD` in their text replaced by ``seed`` (unchanged when ``seed`` is None)."""
+
+    def fill(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace(SEED_FIELD, str(seed))
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        return value
+
+    return options if seed is None else {k: fill(v) for k, v in options.items()}
+
+
 def check_seeds(seeds: list[int]) -> None:
     """At least one seed, each distinct and within torch's 64-bit seed range (before any work)."""
     if not seeds:
@@ -127,7 +146,8 @@ class RunConfig:
     Attributes:
         backbone: the frozen model.
         method: the registered method name.
-        method_options: the method's hyperparameters (its config dataclass's fields).
+        method_options: the method's hyperparameters (its config dataclass's fields); ``{seed}`` in an option's text
+            is the seed being trained (e.g. a teacher prompt per seed, ``runs/teacher/seed{seed}/prompt``).
         preset: training recipe; default: the protocol's (the method's own where one exists).
         train: overrides of the recipe's fields.
         seeds: one run per seed; the table reports mean ± std over them.

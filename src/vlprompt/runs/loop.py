@@ -28,7 +28,7 @@ from ..methods import PromptMethod, build_method, method_class
 from ..prompts import load_prompt, save_pretrained
 from ..rundir import check_run_dir, prepare_run_dir
 from ..schema import read_yaml_file
-from .config import RunConfig, check_seeds, moved_to_data
+from .config import RunConfig, check_seeds, moved_to_data, options_for_seed
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +82,9 @@ class Protocol:
         cls = method_class(self.run.method, self.label_kind)
         cls.Config.from_dict(self.method_options(), cls.name)
 
-    def build_method(self, backbone: Backbone, labels: LabelSpace) -> PromptMethod:
-        """The run's method on ``labels``."""
-        return build_method(self.run.method, backbone, labels, self.method_options())
+    def build_method(self, backbone: Backbone, labels: LabelSpace, seed: int | None = None) -> PromptMethod:
+        """The run's method on ``labels`` (for ``seed``: ``{seed}`` in its options' text is that seed)."""
+        return build_method(self.run.method, backbone, labels, options_for_seed(self.method_options(), seed))
 
     def check(self, method: PromptMethod) -> None:
         """Refuse a method (with these options) that cannot run this protocol."""
@@ -152,7 +152,7 @@ def _run_seed(run, protocol, train_config: TrainConfig, seed: int, out: Path, ba
         seed_dir.mkdir(exist_ok=True)
     train_set, labels, scorer = protocol.seed_data(seed, seed_dir if dist.is_main() else None)
     torch.manual_seed(seed)
-    method = protocol.build_method(backbone, labels)
+    method = protocol.build_method(backbone, labels, seed)
     protocol.check(method)
     method.setup(backbone, train_set, cache)
     fit_info: dict[str, Any] = {}

@@ -23,7 +23,7 @@ from ..features import FeatureCache
 from ..labels import ClassNames, LabelSpace, TaskSpace, task_key
 from ..methods import PerTask, PerTaskConfig, PromptMethod, build_method, method_class
 from .classification import ImageSource
-from .config import RunConfig
+from .config import RunConfig, options_for_seed
 from .loop import Protocol, run_seeds
 
 COLLECTIONS = ("", "builtin")
@@ -92,11 +92,11 @@ class MultiTask(Protocol):
         cls = self.method_cls()
         cls.Config.from_dict(self.run.resolved_options(), cls.name)
 
-    def build_method(self, backbone: Backbone, labels: LabelSpace) -> PromptMethod:
-        cls = self.method_cls()
+    def build_method(self, backbone: Backbone, labels: LabelSpace, seed: int | None = None) -> PromptMethod:
+        cls, options = self.method_cls(), options_for_seed(self.run.resolved_options(), seed)
         if cls.label_kind is ClassNames:
-            return PerTask(backbone, labels, PerTaskConfig(method=cls.name, options=self.run.resolved_options()))
-        return build_method(cls.name, backbone, labels, self.run.resolved_options())
+            return PerTask(backbone, labels, PerTaskConfig(method=cls.name, options=options))
+        return build_method(cls.name, backbone, labels, options)
 
     def tasks(self) -> list[TaskData]:
         """The run's tasks (the built-in collection's, when asked for)."""
