@@ -94,6 +94,21 @@ def test_untrained_clip_lora_and_full_finetune_score_as_zero_shot_clip(vit_backb
             torch.testing.assert_close(method(vit_backbone, batch), expected, atol=1e-4, rtol=0, msg=name)
 
 
+def test_clip_lora_fixed_logit_scale_is_the_releases_100(pixels):
+    """logit_scale 100 (the release's main.py) replaces the backbone's exp(logit scale); 0 keeps it."""
+    backbone = tiny_random_backbone("vit")
+    with torch.no_grad():
+        backbone.model.logit_scale.fill_(math.log(30.0))  # a checkpoint whose scale is not 100
+    own = build_method("clip-lora", backbone, CLASSES).eval()
+    fixed = build_method("clip-lora", backbone, CLASSES, {"logit_scale": 100.0}).eval()
+    batch = Batch(pixels=pixels)
+    with torch.no_grad():
+        image, text = fixed.image_features(backbone, batch), fixed.text_features(backbone)
+        cosine = torch.nn.functional.normalize(image, dim=-1) @ torch.nn.functional.normalize(text, dim=-1).t()
+        torch.testing.assert_close(fixed(backbone, batch), 100.0 * cosine, atol=1e-4, rtol=0)
+        torch.testing.assert_close(own(backbone, batch), 30.0 * cosine, atol=1e-4, rtol=0)
+
+
 def test_clip_lora_update_is_w_plus_scaled_b_times_a(vit_backbone, pixels):
     """In eval, each LoRA'd projection equals the original attention with W + (alpha / sqrt r) · B A merged in."""
     torch.manual_seed(1)

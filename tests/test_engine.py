@@ -163,6 +163,51 @@ def test_batch_must_split_evenly(vit_backbone, data):
         fit(make_coop(vit_backbone, data.classnames), vit_backbone, data, TrainConfig(optimizer="lion"))
 
 
+def test_an_iteration_budget_and_a_kept_last_batch_train_as_clip_loras_loop(tmp_path, vit_backbone, data, cache):
+    """``max_steps`` and ``drop_last false`` against CLIP-LoRA's own loop (lora.py): ``while count < total: for
+    batch in loader (shuffled, drop_last False): step; CosineAnnealingLR(total, eta_min).step(); stop at total``."""
+    from vlprompt.engine.trainer import StepPlan
+    from vlprompt.methods import Batch
+
+    config = TrainConfig(epochs=1, max_steps=7, batch_size=10, drop_last=False, optimizer="adamw", lr=0.01,
+                         weight_decay=0.01, schedule="cosine", warmup_epochs=0, min_lr=1e-6)  # fmt: skip
+    method = make_coop(vit_backbone, data.classnames)
+    reference = make_coop(vit_backbone, data.classnames)
+    result = fit(method, vit_backbone, data, config, cache=cache, run_dir=tmp_path, progress=False)
+    assert [r["step"] for r in result.history] == [3, 6, 7]  # 24 images: 10 + 10 + 4 a pass; 7 steps in all
+
+    images = torch.stack([image for image, _ in data])
+    labels = torch.tensor([label for _, label in data])
+    with torch.no_grad():
+        features = vit_backbone.encode_image(images)
+    optimizer = torch.optim.AdamW([reference.ctx], lr=0.01, weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 7, eta_min=1e-6)
+    plan = StepPlan.build(len(data), config)
+    losses, lrs, count, epoch = [], [], 0, 0
+    while count < 7:
+        order = torch.randperm(24, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch))
+        for idx in order.split(10):  # the loader's batches: the last one of 4 images kept
+            batch = Batch(features=features[idx], targets=labels[idx])
+            loss = reference.loss(vit_backbone, batch, reference(vit_backbone, batch))
+            lrs.append(optimizer.param_groups[0]["lr"])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            count += 1
+            if count == 7:
+                break
+        epoch += 1
+    assert [len(b) for b in plan.micro_batches(config.seed, 0)] == [10, 10, 4]
+    steps = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in steps] == pytest.approx(losses, abs=1e-5)
+    assert [r["lr"] for r in steps] == pytest.approx(lrs, rel=1e-9)
+    torch.testing.assert_close(method.ctx, reference.ctx, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="last batch of 4 of the 24 images, which does not split evenly over 1 .* x 5"):
+        fit(make_coop(vit_backbone, data.classnames), vit_backbone, data, replace(config, grad_accum=5))
+
+
 # ------------------------------------------------------------------------------------------ resume
 @pytest.mark.parametrize(("checkpoint_every", "crash_after"), [(1, 2), (2, 3)])
 def test_interrupted_and_resumed_run_ends_with_the_same_prompt(

@@ -202,14 +202,12 @@ def test_dept_fuses_the_head_on_base_classes_only(vit_backbone):
 
 def test_dept_trains_its_head_at_the_staged_lr(vit_backbone):
     """STAGED_LR: head and cwT at lr · 6.5, the prompt at lr; both at 1e-5 in Dassl's warmup epoch."""
-    from types import SimpleNamespace
-
     from vlprompt.engine import TrainConfig
-    from vlprompt.engine.trainer import TrainingState
+    from vlprompt.engine.trainer import StepPlan, TrainingState
 
     model = dept(vit_backbone)
     config = TrainConfig(epochs=10, lr=0.0035, schedule="dassl-cosine", warmup_epochs=1, warmup_lr=1e-5)
-    state = TrainingState.build(model, config, SimpleNamespace(steps_per_epoch=3), torch.device("cpu"))
+    state = TrainingState.build(model, config, StepPlan.build(96, config), torch.device("cpu"))
     prompt, head = state.optimizer.param_groups
     assert {id(p) for p in prompt["params"]} == {id(model.inner.ctx)}
     assert len(head["params"]) == 6  # γ, β twice and the head's weight and bias

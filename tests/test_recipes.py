@@ -85,9 +85,12 @@ RELEASED = {
             "augment": True,
             "precision": "fp16",
             "select": "last",
+            "max_steps": 500 * 16,  # lora.py: total_iters = n_iters * shots
+            "drop_last": False,  # datasets/utils.py build_data_loader
         },
-        {},
+        {"logit_scale": 100.0},  # main.py: logit_scale = 100
     ),
+    ("clip-lora", 4): ({"max_steps": 2000, "drop_last": False}, {"logit_scale": 100.0}),
     # visual_prompting main_clip.py (defaults), utils.py cosine_lr
     ("vp", 16): (
         {

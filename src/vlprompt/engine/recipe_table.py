@@ -49,8 +49,10 @@ Notes that hold for the releases:
   fast option (cached features of un-augmented images).
 - `precision fp16` is autocast fp16 with a gradient scaler and fp32 prompts; the Dassl releases
   (`PREC: fp16`) instead cast CLIP *and* the prompts to fp16.
-- The last partial batch is dropped, as Dassl's loader does; where a release differs, or a field
-  cannot be expressed yet, its source says "not expressible yet".
+- The last partial batch is dropped, as Dassl's loader does, unless the recipe sets `drop_last false`
+  (CLIP-LoRA's loader keeps it); `max_steps` trains for that many optimizer steps, the last epoch cut
+  short (`epochs` then does not count). Where a field cannot be expressed yet, its source says "not
+  expressible yet".
 - Recipes whose source is "vlprompt's" are not a paper's.
 """
 
@@ -78,6 +80,8 @@ def _row(name: str, recipe: Recipe) -> str:
             value = ", ".join(f"{e} (K<={k})" for k, e in recipe.epochs_by_shots)
         cells.append(value if column in recipe.train_fields() else f"*{value}*")
     other = {k: v for k, v in recipe.train_fields().items() if k not in COLUMNS}
+    if recipe.steps_per_shot:
+        other["max_steps"] = f"{recipe.steps_per_shot} x shots"
     cells.append(", ".join(f"{k} {_value(v)}" for k, v in other.items()))
     cells.append(", ".join(f"{k} {_value(v)}" for k, v in recipe.options.items()))
     cells.append(", ".join(recipe.protocols))

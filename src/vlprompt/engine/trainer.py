@@ -48,7 +48,11 @@ class TrainConfig:
 
     Attributes:
         epochs: passes over the training set.
+        max_steps: train for this many optimizer steps instead (0: ``epochs`` decide): as many epochs as they need,
+            the last one cut short, with per-step schedules spanning them (CLIP-LoRA's 500 x shots iterations).
         batch_size: images per optimizer step, over all processes and accumulation steps.
+        drop_last: drop each epoch's last partial batch, as Dassl's loader does (False: train on it too, a
+            smaller step, as CLIP-LoRA's loader does).
         grad_accum: micro-batches per optimizer step (each process sees batch_size / (world · accum)).
         optimizer: "sgd", "adam" (L2 weight decay) or "adamw" (decoupled weight decay).
         lr: the learning rate (peak of the schedule).
@@ -89,7 +93,9 @@ class TrainConfig:
     """
 
     epochs: int = 50
+    max_steps: int = 0
     batch_size: int = 32
+    drop_last: bool = True
     grad_accum: int = 1
     optimizer: str = "sgd"
     lr: float = 0.002
@@ -131,6 +137,7 @@ class TrainConfig:
             raise OptionError(f"--train.schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         minimum: dict[str, float] = {
             "epochs": 1,
+            "max_steps": 0,
             "batch_size": 1,
             "grad_accum": 1,
             "checkpoint_every": 1,
@@ -238,10 +245,10 @@ def fit(
     mid_epoch = save_checkpoint if run_dir and config.checkpoint_every_steps else None
     method.train()
     epochs = tqdm(
-        range(state.epoch, config.epochs),
+        range(state.epoch, plan.epochs),
         desc=f"train {method.name}",
         initial=state.epoch,
-        total=config.epochs,
+        total=plan.epochs,
         disable=not (progress and dist.is_main()),
         leave=False,
     )
@@ -249,14 +256,14 @@ def fit(
         for epoch in epochs:
             with backbone.checkpointing(config.activation_checkpointing):
                 record = _train_epoch(model, method, backbone, feed, state, plan, config, epoch, mid_epoch, loggers)
-            method.end_epoch(epoch, config.epochs)
-            _validate(method, backbone, scorer, config, state, result, record)
+            method.end_epoch(epoch, plan.epochs)
+            _validate(method, backbone, scorer, config, plan.epochs, state, result, record)
             record["seconds"] = round(time.time() - start_time, 3)
             result.history.append(record)
             epochs.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.3f}")
             state.epoch = epoch + 1
             loggers.log_epoch(record)
-            if run_dir and (state.epoch == config.epochs or state.epoch % config.checkpoint_every == 0):
+            if run_dir and (state.epoch == plan.epochs or state.epoch % config.checkpoint_every == 0):
                 save_checkpoint()
             if on_epoch_end is not None:
                 on_epoch_end(record)
@@ -274,7 +281,8 @@ def fit(
 
 @dataclass(frozen=True)
 class StepPlan:
-    """How the training set splits into optimizer steps, accumulation micro-batches and ranks."""
+    """How the training set splits into optimizer steps, accumulation micro-batches and ranks, and how many
+    epochs and steps the run takes."""
 
     n: int
     per_step: int
@@ -282,6 +290,9 @@ class StepPlan:
     steps_per_epoch: int
     accum: int
     world: int
+    last_micro: int = 0  # micro-batch size of a kept last partial step (0: none)
+    epochs: int = 1
+    total_steps: int = 0
 
     @classmethod
     def build(cls, n: int, config: TrainConfig) -> StepPlan:
@@ -295,13 +306,41 @@ class StepPlan:
                 f"batch_size {per_step} must split evenly over {world} process(es) x {config.grad_accum} "
                 "accumulation steps"
             )
-        return cls(n, per_step, micro, n // per_step, config.grad_accum, world)
+        full = n // per_step
+        rest = 0 if config.drop_last else n - full * per_step
+        last_micro = rest // (world * config.grad_accum)
+        if last_micro * world * config.grad_accum != rest:
+            raise OptionError(
+                f"--train.drop_last false keeps a last batch of {rest} of the {n} images, which does not split evenly "
+                f"over {world} process(es) x {config.grad_accum} accumulation steps"
+            )
+        steps = full + (rest > 0)
+        epochs = -(-config.max_steps // steps) if config.max_steps else config.epochs
+        total = config.max_steps or epochs * steps
+        return cls(n, per_step, micro, steps, config.grad_accum, world, last_micro, epochs, total)
 
     def order(self, seed: int, epoch: int) -> Tensor:
-        """This rank's sample indices for ``epoch``: [steps, accum, micro], a function of (seed, epoch)."""
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        order = order[: self.steps_per_epoch * self.per_step]
-        return order.view(self.steps_per_epoch, self.accum, self.world, self.micro)[:, :, dist.rank()]
+        """This rank's sample indices of ``epoch``'s full steps: [steps, accum, micro], a function of (seed, epoch)."""
+        full = self.n // self.per_step
+        return self._permutation(seed, epoch)[: full * self.per_step].view(full, self.accum, self.world, self.micro)[
+            :, :, dist.rank()
+        ]
+
+    def micro_batches(self, seed: int, epoch: int, start: int = 0) -> list[Tensor]:
+        """This rank's micro-batches of ``epoch`` from step ``start`` on, in order (``accum`` per step), the kept
+        last partial step's included."""
+        rows = list(self.order(seed, epoch)[start:].reshape(-1, self.micro))
+        if self.last_micro and start < self.steps_per_epoch:
+            rest = self._permutation(seed, epoch)[(self.n // self.per_step) * self.per_step :]
+            rows += list(rest.view(self.accum, self.world, self.last_micro)[:, dist.rank()])
+        return rows
+
+    def steps_in(self, epoch: int) -> int:
+        """The optimizer steps ``epoch`` takes (the last epoch of a ``max_steps`` run is cut short)."""
+        return min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)
+
+    def _permutation(self, seed: int, epoch: int) -> Tensor:
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
 @dataclass
@@ -336,7 +375,7 @@ class TrainingState:
             raise OptionError(f"method {method.name} has nothing to train")
         optimizer = _make_optimizer(groups, config)
         per_epoch = canonical_schedule(config.schedule) in PER_EPOCH_SCHEDULES
-        total = config.epochs if per_epoch else config.epochs * plan.steps_per_epoch
+        total = plan.epochs if per_epoch else plan.total_steps
         warmup = config.warmup_epochs if per_epoch else config.warmup_epochs * plan.steps_per_epoch
         if config.warmup_steps is not None and not per_epoch:
             warmup = config.warmup_steps
@@ -430,11 +469,11 @@ def _train_epoch(
     each step's record (every rank computes it: its means are global).
     """
     progress = state.progress
-    order = plan.order(config.seed, epoch)
-    rows = order[progress.step :].reshape(-1, order.shape[-1])  # micro-batches, in order
+    steps = plan.steps_in(epoch)
+    rows = plan.micro_batches(config.seed, epoch, progress.step)[: (steps - progress.step) * plan.accum]
     batches = feed.batches(rows, seed=config.seed * 100_003 + epoch * 1_009 + progress.step, epoch=epoch)
     autocast = torch.autocast(backbone.device.type, dtype=state.amp_dtype, enabled=state.amp_dtype is not None)
-    for step in range(progress.step, plan.steps_per_epoch):
+    for step in range(progress.step, steps):
         before = (progress.loss, progress.correct, progress.seen)
         for m in range(plan.accum):
             (batch,) = next(batches)
@@ -451,13 +490,13 @@ def _train_epoch(
         if loggers is not None:
             loggers.log_step(_step_record(epoch, plan, progress, before))
         every = config.checkpoint_every_steps
-        if mid_epoch is not None and progress.step % every == 0 and progress.step < plan.steps_per_epoch:
+        if mid_epoch is not None and progress.step % every == 0 and progress.step < steps:
             mid_epoch()
     state.end_epoch()
     state.progress = EpochProgress()
     return {
         "epoch": epoch + 1,
-        "step": (epoch + 1) * plan.steps_per_epoch,
+        "step": epoch * plan.steps_per_epoch + steps,
         "lr": progress.lr,
         "loss": _global_mean(progress.loss, int(progress.seen)),
         "train_acc": _global_mean(progress.correct, int(progress.seen)),
@@ -483,10 +522,11 @@ def _resume(run_dir: Path, resume: bool, state: TrainingState, method: PromptMet
         state.restore(run_dir / CHECKPOINT, method, result)
 
 
-def _validate(method, backbone, scorer, config: TrainConfig, state: TrainingState, result: FitResult, record) -> None:
-    """Score on validation when due; keep the selected epoch (and the best state) up to date."""
+def _validate(method, backbone, scorer, config: TrainConfig, epochs: int, state: TrainingState, result, record) -> None:
+    """Score on validation when due (every ``eval_every`` epochs and after the last of ``epochs``); keep the
+    selected epoch (and the best state) up to date."""
     epoch = record["epoch"]
-    if scorer is not None and (epoch == config.epochs or (config.eval_every and epoch % config.eval_every == 0)):
+    if scorer is not None and (epoch == epochs or (config.eval_every and epoch % config.eval_every == 0)):
         method.eval()
         record["val_score"] = scorer(method, backbone)
         method.train()

@@ -17,9 +17,11 @@ weight. The copy is held outside this module's children, so the method's tensors
 key, optimizer and DDP see only the adapter weights; the shared backbone is never modified. The copy
 costs one backbone's memory per method instance.
 
-Where this differs, deliberately: fp32 (the release trains under fp16 autocast; use --train.precision
-fp16 on GPU for that); training length is set in epochs (the release runs 500 · shots steps: 16000 /
-classes epochs at batch 32); its cosine schedule ends at 1e-6, vlprompt's at 0.
+The ``default`` recipe is the release's run: 500 · shots AdamW steps at batch 32 (``max_steps``; the last
+epoch cut short), the last partial batch of each epoch kept (``drop_last`` false), a per-step cosine
+schedule to 1e-6 without warmup, fp16 autocast, random-resized crops and flips. The release fixes the
+logit scale at 100 whatever the checkpoint; ``logit_scale: 100`` does the same (the default, 0, takes the
+backbone's own, which is 100 for OpenAI's released weights to within float rounding).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..backbones import Backbone
-from .base import BuiltinRow, MethodOptionError, Recipe, option
+from .base import Batch, BuiltinRow, MethodOptionError, Recipe, cosine_logits, option
 from .recipes import CLIP_LORA_REPO, CPU_ADAMW
 from .tuning import TowerTuning, TowerTuningConfig
 
@@ -51,6 +53,7 @@ class CLIPLoRAConfig(TowerTuningConfig):
         projections: which attention projections get an update: "q", "k", "v", "o".
         layers: block indices that get updates (empty: every block, the release's position "all").
         zero_init_b: B starts at zero, so training starts from the backbone (False: peft's random B too).
+        logit_scale: the logits' scale (0: the backbone's exp(logit scale); the release fixes 100).
     """
 
     rank: int = option(2, low=1)
@@ -59,6 +62,7 @@ class CLIPLoRAConfig(TowerTuningConfig):
     projections: list[str] = field(default_factory=lambda: ["q", "k", "v"])
     layers: list[int] = field(default_factory=list)
     zero_init_b: bool = True
+    logit_scale: float = option(0.0, low=0.0)
 
 
 class CLIPLoRA(TowerTuning):
@@ -81,11 +85,13 @@ class CLIPLoRA(TowerTuning):
                 "cache_features": False,
                 "precision": "fp16",
                 "select": "last",
+                "drop_last": False,
             },
-            source=f"{CLIP_LORA_REPO}:run_utils.py, lora.py (AdamW wd 1e-2, CosineAnnealingLR eta_min 1e-6, fp16 "
-            "autocast with a GradScaler), main.py (RandomResizedCrop scale 0.08-1 + flip); not expressible yet: its "
-            "budget of 500 x shots iterations (epochs here are a stand-in), its kept last partial batch "
-            "(drop_last False), its logit scale fixed at 100 (main.py)",
+            options={"logit_scale": 100.0},
+            steps_per_shot=500,
+            source=f"{CLIP_LORA_REPO}:run_utils.py (n_iters 500, batch 32), lora.py (500 x shots iterations, AdamW wd "
+            "1e-2, CosineAnnealingLR over them to eta_min 1e-6, fp16 autocast with a GradScaler), main.py "
+            "(RandomResizedCrop scale 0.08-1 + flip; logit_scale = 100), datasets/utils.py (drop_last False)",
         )
     }
     builtin_rows = (BuiltinRow("clip-lora", CPU_ADAMW.but(lr=2e-3, weight_decay=0.01), default=False),)
@@ -119,6 +125,13 @@ class CLIPLoRA(TowerTuning):
 
     def encode(self, backbone: Backbone, encoder: str, *args: Any) -> Tensor:
         return getattr(self.tuned, encoder)(*args)
+
+    def logits(self, backbone: Backbone, batch: Batch, text: Tensor | None = None) -> Tensor:
+        if not self.config.logit_scale:
+            return super().logits(backbone, batch, text)
+        image = self.image_features(backbone, batch)
+        text = self.text_features(backbone) if text is None else text
+        return cosine_logits(image, text, self.config.logit_scale)
 
 
 def _inject_lora(model: nn.Module, targets: dict[str, str], cfg: CLIPLoRAConfig) -> nn.ModuleDict:

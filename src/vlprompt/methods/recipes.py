@@ -25,6 +25,8 @@ class Recipe:
         source: where it comes from: ``repo@commit:path`` of the authors' release, or why it is ours.
         epochs_by_shots: ``((K, epochs), ...)``: the epochs of the first row whose K >= the run's shots
             (the last row beyond), e.g. CoOp's 50 / 100 / 200 epochs by shots.
+        steps_per_shot: train for this many optimizer steps per shot (``max_steps`` = it x shots; 0: by epochs),
+            e.g. CLIP-LoRA's 500.
         protocols: the bench protocols ("few-shot", "base-to-new", "cross-dataset", "domain-generalisation")
             its authors ran with it (empty: not a paper protocol's recipe).
         datasets: the registry datasets it is the authors' recipe for within those protocols (empty: any).
@@ -34,6 +36,7 @@ class Recipe:
     options: Mapping[str, Any] = field(default_factory=dict)
     source: str = ""
     epochs_by_shots: tuple[tuple[int, int], ...] = ()
+    steps_per_shot: int = 0
     protocols: tuple[str, ...] = ()
     datasets: tuple[str, ...] = ()
 
@@ -42,6 +45,8 @@ class Recipe:
         fields = dict(self.train)
         if self.epochs_by_shots:
             fields["epochs"] = next((e for k, e in self.epochs_by_shots if shots <= k), self.epochs_by_shots[-1][1])
+        if self.steps_per_shot and shots:
+            fields["max_steps"] = self.steps_per_shot * shots
         return fields
 
     def but(self, source: str = "", **train: Any) -> Recipe:
