@@ -23,6 +23,11 @@ included, which leaves those unchanged up to rounding); the Gaussian weights are
 softmax over epochs in float64 (the same numbers as the release's density ratio, without underflow
 when the mean lies far outside the epochs); IVLP's differences (widths from the model, exact
 truncation, image prompts after the class token) apply.
+
+Either tower may go without prompts (depth 0, not both), as in IVLP: depth_vision 0 leaves the image tower
+frozen (its L1 term is then 0 and its features cacheable), depth_text 0 scores with the frozen
+"{ctx_init} {class}." text (its L1 term is then a constant). The release asserts text depth >= 1 and ships
+no config with either depth 0; its clip/model.py builds no image prompts at vision depth 0.
 """
 
 from __future__ import annotations
@@ -170,12 +175,15 @@ class PromptSRC(RemembersStep, IVLP):
         super()._labels_changed(backbone)
         templates = ENSEMBLES[self.config.teacher_templates]
         teacher = teacher_text_features(backbone, self.labels.names, templates)
-        self.register_buffer("teacher", teacher.to(self.ctx.device), persistent=False)
+        self.register_buffer("teacher", teacher.to(self._device), persistent=False)
 
     def loss(self, backbone: Backbone, batch: Batch, logits: Tensor, label_smoothing: float = 0.0) -> Tensor:
         image, text = self.step_features()
-        with torch.no_grad():
-            frozen_image = backbone.encode_image(batch.pixels)
+        if self.changes_image_tower:
+            with torch.no_grad():
+                frozen_image = backbone.encode_image(batch.pixels)
+        else:
+            frozen_image = image  # no image prompts (depth_vision 0): the image features are the frozen ones
         terms = self_regulating_losses(text, self.teacher, image, frozen_image, logits, backbone.logit_scale)
         cfg = self.config
         regulariser = (
