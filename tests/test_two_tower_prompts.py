@@ -56,14 +56,15 @@ def perturb(method, scale=0.3):
             p.add_(torch.randn_like(p) * scale)
 
 
-def test_maple_equals_the_reference_procedure(vit_backbone):
+@pytest.mark.parametrize("depth", [2, 1])  # depth 1: shallow MaPLe, prompts at the input only
+def test_maple_equals_the_reference_procedure(vit_backbone, depth):
     bb = vit_backbone
     torch.manual_seed(0)
-    maple = MaPLe(bb, NAMES, MaPLeConfig(depth=2)).eval()
+    maple = MaPLe(bb, NAMES, MaPLeConfig(depth=depth)).eval()
     # "a photo" is learned, "of a" stays: the context starts as those two words' embeddings
     torch.testing.assert_close(maple.ctx.detach(), bb.token_embedding(torch.tensor(bb.token_ids("a photo"))))
     # the deep projections start as copies of one initialisation (the reference's _get_clones)
-    assert len(maple.deep_proj) == 1 and maple.proj.weight.shape == (bb.vision_width, bb.text_width)
+    assert len(maple.deep_proj) == depth - 1 and maple.proj.weight.shape == (bb.vision_width, bb.text_width)
     perturb(maple)
     x = pixels_for(bb)
     with torch.no_grad():
