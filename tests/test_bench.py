@@ -260,7 +260,8 @@ def test_cli_bench(tmp_path, root, capsys):
     ]
     args += ["--data.root", str(root), "--backbone.name", "tiny-random-vit", "--train.epochs", "1", "--out", str(out)]
     assert main([*args, "--method_options", "{coop: {n_ctx: 2}}"]) == 0
-    printed = capsys.readouterr().out
+    printed, bars = capsys.readouterr()
+    assert "bench few-shot: 100%" in bars and "2/2 [" in bars  # one overall bar over the sweep's runs, with the time
     assert "## few-shot (mean ± std over seeds, %)" in printed and "| coop |" in printed and "| zeroshot |" in printed
     replay = tmp_path / "replay"  # the bench's config.yaml replays it
     assert main(["bench", "few-shot", "--config", str(out / "config.yaml"), "--out", str(replay)]) == 0

@@ -37,6 +37,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from .. import distributed as dist
 from ..backbones import Backbone
 from ..data.benchmarks import get_dataset
@@ -262,11 +264,15 @@ def run_bench(
     backbone = backbone or bench.backbone.load()
     cache = cache or FeatureCache(bench.feature_cache_dir)
     rows: list[dict[str, Any]] = []
-    for sub in subs:
-        sub_rows = _finished_rows(sub)
-        if sub_rows is None:
-            sub_rows = run_seeds(sub.run, sub.protocol, backbone, cache, progress)
-        rows += [{"dataset": sub.dataset, **row, "method": sub.method} for row in sub_rows]
+    runs = sum(len(sub.run.seeds) for sub in subs)  # (dataset, method, shots, seed) runs, with the time left
+    with tqdm(total=runs, desc=f"bench {protocol}", unit="run", disable=not (progress and dist.is_main())) as overall:
+        for sub in subs:
+            sub_rows = _finished_rows(sub)
+            if sub_rows is None:
+                sub_rows = run_seeds(sub.run, sub.protocol, backbone, cache, progress, seed_done=overall.update)
+            else:
+                overall.update(len(sub.run.seeds))
+            rows += [{"dataset": sub.dataset, **row, "method": sub.method} for row in sub_rows]
     report = bench_report(protocol, rows)
     if dist.is_main():
         from ..plots import plot_bench

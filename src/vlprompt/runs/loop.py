@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -119,8 +120,10 @@ def run_seeds(
     cache: FeatureCache | None = None,
     progress: bool = True,
     prompt: str | None = None,
+    seed_done: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train and evaluate ``run.method`` once per seed (or evaluate the saved ``prompt`` once).
+    """Train and evaluate ``run.method`` once per seed (or evaluate the saved ``prompt`` once); ``seed_done`` is
+    called after each seed (a sweep's overall progress).
 
     Writes ``config.yaml`` (replays the run), per seed ``seedN/{prompt/, metrics.jsonl, checkpoint.pt,
     results.json}``, and ``results.{json,md,csv}`` (mean ± std over seeds).
@@ -140,6 +143,8 @@ def run_seeds(
         rows = protocol.evaluate(method, backbone, {"method": method.name, "prompt": prompt})
     for seed in [] if prompt else run.seeds:
         rows += _run_seed(run, protocol, train_config, seed, out, backbone, cache, progress)
+        if seed_done is not None:
+            seed_done()
     if dist.is_main():
         write_tables(out, rows, list(protocol.group))
         protocol.finish(out, rows)
