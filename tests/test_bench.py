@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from benchmark_fixtures import write_fixture
@@ -14,7 +15,7 @@ import vlprompt.runs.bench as bench_module
 from vlprompt.cli import main
 from vlprompt.data import image_folder
 from vlprompt.data.benchmarks import DATASETS
-from vlprompt.engine.presets import protocol_preset
+from vlprompt.engine.presets import NO_PRESET, protocol_preset
 from vlprompt.evaluation import evaluate, harmonic_mean
 from vlprompt.features import FeatureCache
 from vlprompt.labels import ClassNames
@@ -291,11 +292,16 @@ def test_builtin_views_use_the_demo_recipes():
     source = bench_module.BuiltinSource("colours", DataConfig(split_file="split.json"))
     entry = {e.label: e for e in builtin_entries("few-shot")}
     method, options, preset, train = source.recipe(bench, "cocoop")
-    assert (method, options, preset) == ("cocoop", entry["cocoop"].options, None)
+    assert (method, options, preset) == ("cocoop", entry["cocoop"].options, NO_PRESET)
     assert train == train_overrides(entry["cocoop"].train, epochs=3)  # the demo's recipe, the user's overrides on top
     _, options, _, _ = source.recipe(bench, "coop")
     assert options == {**entry["coop"].options, "n_ctx": 8}
     method, options, _, _ = source.recipe(bench, "zeroshot-ensemble")  # a row by its label
     assert (method, options) == ("zeroshot", entry["zeroshot-ensemble"].options)
     assert bench_module.builtin_views(["builtin"]) == ["colours", "shapes"]
+    bare = BenchRun(datasets=["builtin"])
+    for label, row in entry.items():  # a row is its whole recipe: no option of the paper's preset leaks in
+        run = source.run_config(bare, label, 4, "all", Path("out"))
+        assert run.resolved_options() == row.options, label
+        assert run.train_config(4) == row.train, label
     assert bench_module.builtin_views(["builtin-pairs", "builtin"]) == ["pairs", "colours", "shapes"]

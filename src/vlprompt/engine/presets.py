@@ -15,6 +15,9 @@ from ..methods import METHODS, Recipe
 from .trainer import TrainConfig
 
 DEFAULT_RECIPE = "default"
+#: The preset that sets nothing: :class:`TrainConfig`'s defaults and the method's own option defaults (a built-in
+#: benchmark row runs with it, its recipe given in full as overrides).
+NO_PRESET = "none"
 
 
 def preset_name(method: str, recipe: str) -> str:
@@ -33,9 +36,11 @@ def recipe_config(recipe: Recipe, shots: int = 16, **overrides) -> TrainConfig:
 
 def preset_recipe(name: str) -> Recipe:
     """The recipe of the preset ``name`` (an :class:`OptionError` listing the presets when there is none)."""
+    if name == NO_PRESET:
+        return Recipe()
     recipes = presets()
     if name not in recipes:
-        raise OptionError(f"unknown preset {name!r}; available: {', '.join(sorted(recipes))}")
+        raise OptionError(f"unknown preset {name!r}; available: {', '.join(sorted(recipes))}, {NO_PRESET}")
     return recipes[name]
 
 

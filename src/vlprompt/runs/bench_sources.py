@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..backbones import Backbone
 from ..data.benchmarks import FEW_SHOT_DATASETS, IMAGENET_VARIANTS, dataset_names, get_dataset
 from ..data.images import DataError
-from ..engine.presets import preset_name, presets, protocol_preset, protocol_presets
+from ..engine.presets import NO_PRESET, preset_name, presets, protocol_preset, protocol_presets
 from ..errors import OptionError
 from ..evaluation import evaluate
 from ..evaluation.reports import AVERAGE
@@ -79,11 +79,14 @@ def _run_fields(bench: BenchRun, out: Path) -> dict[str, Any]:
 
 def _entry_recipe(entry: DemoEntry | None, bench: BenchRun, name: str) -> tuple[dict[str, Any], str | None, Any]:
     """(options, preset, train overrides) of a built-in row (the user's ``--method_options`` and ``--train`` on
-    top), or of ``--preset`` where given or where there is no row."""
+    top), or of ``--preset`` where given or where there is no row.
+
+    A row is its whole recipe: it runs with :data:`~vlprompt.engine.presets.NO_PRESET`, so that no option of the
+    method's paper preset (e.g. VPT's 12 prompted layers) reaches the tiny bundled model."""
     options = {**(entry.options if entry else {}), **bench.method_options.get(name, {})}
     if entry is None or bench.preset:
         return options, bench.preset, bench.train
-    return options, None, train_overrides(entry.train, **_user_overrides(bench))
+    return options, NO_PRESET, train_overrides(entry.train, **_user_overrides(bench))
 
 
 @dataclass
