@@ -66,11 +66,15 @@ def paper_results() -> tuple[PaperResult, ...]:
     return tuple(parse_entry(e) for e in json.loads(text)["entries"])
 
 
-def paper_result(method: str, protocol: str, dataset: str, backbone: str = "ViT-B/16") -> PaperResult | None:
-    """The published number of ``method`` for ``protocol`` on ``dataset`` (None when none is shipped)."""
+def paper_result(
+    method: str, protocol: str, dataset: str, backbone: str = "ViT-B/16", shots: int | None = None
+) -> PaperResult | None:
+    """The published number of ``method`` for ``protocol`` on ``dataset`` (None when none is shipped); with
+    ``shots``, only a number read at that many shots per class (0: every training image)."""
     found = [
         r
         for r in paper_results()
         if (r.method, r.protocol, r.dataset, r.backbone) == (method, protocol, dataset, backbone)
+        and (shots is None or r.shots == shots)
     ]
     return found[0] if found else None

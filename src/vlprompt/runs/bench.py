@@ -45,8 +45,9 @@ from ..data.benchmarks import get_dataset
 from ..data.images import DataError
 from ..errors import OptionError
 from ..evaluation import harmonic_mean, markdown_table, summarize
-from ..evaluation.reports import AVERAGE, format_cell, mean_std, wide_table, write_results
+from ..evaluation.reports import AVERAGE, csv_table, format_cell, mean_std, wide_table, write_results
 from ..features import FeatureCache
+from ..io import atomic_write_text
 from ..labels import ClassNames
 from ..methods import method_class
 from ..schema import check_unique
@@ -85,6 +86,7 @@ from .loop import (
     validate_run,
     write_config,
 )
+from .paper_compare import add_paper_notes, flat_cells
 
 
 @dataclass
@@ -255,7 +257,7 @@ def run_bench(
     record = {"protocol": protocol, **dataclasses.asdict(bench)}
     check_config_unchanged(Path(bench.out), record, bench.resume, "bench")
     for sub in subs:  # every dataset is there before any training starts
-        if isinstance(sub.run, ClassificationRun) and sub.run.data.format == "benchmark":
+        if _on_registry(sub.run):
             missing = get_dataset(sub.run.data.dataset).missing(sub.run.data.root)
             if missing:
                 raise DataError(f"{sub.run.data.dataset}: " + "; ".join(missing))
@@ -274,6 +276,8 @@ def run_bench(
                 overall.update(len(sub.run.seeds))
             rows += [{"dataset": sub.dataset, **row, "method": sub.method} for row in sub_rows]
     report = bench_report(protocol, rows)
+    registry = {(s.dataset, s.method, s.run.data.shots): s.run for s in subs if _on_registry(s.run)}
+    add_paper_notes(report, registry, (backbone.identity.model, backbone.identity.pretrained))
     if dist.is_main():
         from ..plots import plot_bench
 
@@ -281,6 +285,11 @@ def run_bench(
         closed = [c for c in report["summary"] if c.get("world", "closed") == "closed"]
         plot_bench(closed, protocol, out / "results.png")
     return report
+
+
+def _on_registry(run: RunConfig) -> bool:
+    """Whether a sub-run trains on a registry dataset (the papers' numbers are for those only)."""
+    return isinstance(run, ClassificationRun) and run.data.format == "benchmark"
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -377,8 +386,11 @@ def bench_report(protocol: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_bench_tables(out: Path, report: dict[str, Any]) -> None:
-    """results.json (per seed and summary), results.md (the tables) and results.csv (the summary)."""
+    """results.json (per seed and summary), results.md (the tables) and results.csv (the summary; the papers'
+    numbers as flat columns where cells have them)."""
     write_results(out, report["table"], report["summary"], protocol=report["protocol"], per_seed=report["per_seed"])
+    if any("paper" in cell for cell in report["summary"]):
+        atomic_write_text(out / "results.csv", csv_table(flat_cells(report["summary"])))
 
 
 __all__ = [

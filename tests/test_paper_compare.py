@@ -1,0 +1,154 @@
+"""The bench beside the papers' numbers: which cells match a published entry, the difference, and why not."""
+
+from __future__ import annotations
+
+import pytest
+
+from vlprompt.data.benchmarks import FEW_SHOT_DATASETS
+from vlprompt.data.papers import paper_result
+from vlprompt.engine.presets import protocol_preset
+from vlprompt.evaluation import harmonic_mean
+from vlprompt.runs import ClassificationRun, DataConfig, train_overrides
+from vlprompt.runs.paper_compare import flat_cells, paper_backbone, paper_notes, paper_section
+
+B16 = ("ViT-B-16", "openai")
+BASE, NEW = 0.85, 0.65
+NOT_B16 = "is not the paper's ViT-B/16 (--backbone.name ViT-B-16 --backbone.pretrained openai)"
+MPL = "muzairkhattak/multimodal-prompt-learning@69bce21ae8eda80ad6187534b2dce09cf6c59e17:README.md"
+
+
+def _run(dataset, method="coop", shots=16, protocol="base-to-new", preset="authors", **kw) -> ClassificationRun:
+    """A sub-run as the bench makes it: its authors' preset for the protocol and dataset unless ``preset``."""
+    split = "base-to-new" if protocol == "base-to-new" else "all"
+    return ClassificationRun(
+        method=method,
+        preset=protocol_preset(method, protocol, dataset) if preset == "authors" else preset,
+        data=DataConfig(format="benchmark", dataset=dataset, root="data", shots=shots, class_split=split),
+        **kw,
+    )
+
+
+def _average(method="coop", datasets=FEW_SHOT_DATASETS, shots=16, backbone=B16, **kw):
+    """The base-to-new note of ``method``'s Average cell over ``datasets`` (base 85 %, new 65 % everywhere)."""
+    runs = {(d, method, shots): _run(d, method, shots, **kw) for d in datasets}
+    cells = [{"dataset": d, "method": method, "shots": shots, "base": BASE, "new": NEW} for d in datasets]
+    cells.append({"dataset": "Average", "method": method, "shots": shots, "base": BASE, "new": NEW})
+    for c in cells:
+        c["hm"] = harmonic_mean(c["base"], c["new"])
+    notes = paper_notes("base-to-new", cells, runs, backbone)
+    assert notes[:-1] == [None] * len(datasets)  # CoOp's base-to-new numbers: the average only
+    return notes[-1]
+
+
+def test_paper_result_matches_shots_where_asked():
+    assert paper_result("tip-adapter", "few-shot", "dtd", "RN50", shots=4).shots == 4
+    assert paper_result("tip-adapter", "few-shot", "dtd", "RN50", shots=3) is None
+    assert paper_result("coop", "base-to-new", "average", shots=16).metrics["hm"] == 71.66
+    assert paper_result("coop", "base-to-new", "average").preset == "coop-base-to-new"  # as before: any shots
+
+
+def test_only_openai_weights_are_the_papers_clip():
+    assert paper_backbone("ViT-B-16", "openai") == "ViT-B/16"
+    assert paper_backbone("ViT-B-16-quickgelu", "openai") == "ViT-B/16"
+    assert paper_backbone("RN50", "openai") == "RN50"
+    assert paper_backbone("ViT-B-16", "laion2b_s34b_b79k") is None
+    assert paper_backbone("tiny-random-vit", "seed0") is None
+
+
+def test_the_average_matches_when_backbone_shots_recipe_and_datasets_agree():
+    note = _average()  # ImageNet's run trains with coop-cross-dataset: its authors' recipe there
+    assert note["paper"]["metrics"] == {"base": 82.69, "new": 63.22, "hm": 71.66}
+    assert note["paper"]["source"].startswith(MPL) and note["paper"]["preset"] == "coop-base-to-new"
+    assert note["vs_paper"]["matches"] is True
+    delta = note["vs_paper"]["delta"]
+    assert delta["base"] == pytest.approx(100 * BASE - 82.69) and delta["new"] == pytest.approx(100 * NEW - 63.22)
+    assert delta["hm"] == pytest.approx(100 * harmonic_mean(BASE, NEW) - 71.66)
+    # What does not change the recipe: an option or field set to the paper's value, bookkeeping fields.
+    assert _average(method_options={"n_ctx": 4}, train=train_overrides(precision="fp16", grad_accum=4))["vs_paper"][
+        "matches"
+    ]
+    # Zero-shot CLIP uses no training images: its shots and --train fields are not its recipe.
+    zeroshot = _average("zeroshot", train=train_overrides(epochs=2))
+    assert zeroshot["paper"]["shots"] == 0 and zeroshot["vs_paper"]["delta"]["new"] == pytest.approx(65 - 74.22)
+
+
+@pytest.mark.parametrize(
+    "kw, reason",
+    [
+        ({"backbone": ("RN50", "openai")}, f"backbone RN50 (openai) {NOT_B16}"),
+        ({"backbone": ("ViT-B-16", "laion2b_s34b_b79k")}, f"backbone ViT-B-16 (laion2b_s34b_b79k) {NOT_B16}"),
+        ({"backbone": ("tiny-random-vit", "seed0")}, f"backbone tiny-random-vit (seed0) {NOT_B16}"),
+        ({"shots": 4}, "shots 4, the paper's 16"),
+        ({"datasets": ["dtd", "eurosat"]}, "the paper averages 11 datasets, this bench 2"),
+        ({"train": train_overrides(epochs=5)}, "recipe differs: --train.epochs 5 (the paper's 50, 200 by dataset)"),
+        ({"train": train_overrides(augment=False)}, "recipe differs: --train.augment false (the paper's true)"),
+        ({"method_options": {"n_ctx": 16}}, "recipe differs: --method_options n_ctx 16 (the paper's 4)"),
+        ({"preset": "coop"}, "recipe differs: preset coop (the paper's coop-cross-dataset, coop-base-to-new by "
+                             "dataset)"),
+    ],
+)  # fmt: skip
+def test_each_reason_an_average_is_not_comparable(kw, reason):
+    note = _average(**kw)
+    assert note["paper"]["metrics"]["hm"] == 71.66 and note["vs_paper"] == {"matches": False, "reason": reason}
+
+
+def test_reasons_add_up_and_name_the_datasets_they_concern():
+    runs = {("dtd", "coop", 2): _run("dtd", shots=2), ("eurosat", "coop", 2): _run("eurosat", shots=2, preset="coop")}
+    cells = [{"dataset": "Average", "method": "coop", "shots": 2, "base": BASE, "new": NEW, "hm": 0.7}]
+    cells += [{**cells[0], "dataset": d} for d in ("dtd", "eurosat")]
+    [note, *_] = paper_notes("base-to-new", cells, runs, ("tiny-random-vit", "seed0"))
+    assert note["vs_paper"]["reason"] == (
+        "backbone tiny-random-vit (seed0) is not the paper's ViT-B/16 (--backbone.name ViT-B-16 --backbone.pretrained "
+        "openai); shots 2, the paper's 16; the paper averages 11 datasets, this bench 2; recipe differs: preset coop "
+        "(the paper's coop-base-to-new) on eurosat"
+    )
+
+
+def test_a_dataset_cell_and_a_baseline_named_by_its_preset():
+    """Tip-Adapter's per-dataset few-shot numbers (RN50) and DePT over CoOp (``--methods dept --preset dept-coop``)."""
+    rn50 = ("RN50", "openai")
+
+    def note(method, protocol, shots, **kw):
+        run = _run("dtd", method, shots, protocol, **kw)
+        cell = {"dataset": "dtd", "method": method, "shots": shots, "accuracy": 0.6, "base": 0.8, "new": 0.6}
+        return paper_notes(protocol, [cell], {("dtd", method, shots): run}, rn50 if method == "tip-adapter" else B16)[0]
+
+    tip = note("tip-adapter", "few-shot", 4, preset="tip-adapter-dtd")
+    entry = paper_result("tip-adapter", "few-shot", "dtd", "RN50", shots=4)
+    assert tip["vs_paper"] == {"matches": True, "delta": {"accuracy": pytest.approx(60 - entry.metrics["accuracy"])}}
+    default = note("tip-adapter", "few-shot", 4, preset=None)  # the method's own default recipe
+    assert default["vs_paper"]["reason"] == "recipe differs: preset tip-adapter (the paper's tip-adapter-dtd)"
+    assert (
+        note("tip-adapter", "few-shot", 3, preset="tip-adapter-dtd")["vs_paper"]["reason"] == "shots 3, the paper's 4"
+    )
+    dept = note("dept", "base-to-new", 16, preset="dept-coop")
+    assert dept["paper"]["method"] == "dept-coop" and dept["vs_paper"]["matches"]
+    assert dept["vs_paper"]["delta"]["base"] == pytest.approx(
+        80 - paper_result("dept-coop", "base-to-new", "dtd").metrics["base"]
+    )
+    assert note("dept", "base-to-new", 16) is None  # DePT's own default (CoOp's random tokens): no published number
+    assert note("coop", "base-to-new", 16) is None  # CoOp's base-to-new numbers are the average only
+
+
+def test_no_notes_outside_the_registry_datasets_and_the_papers_protocols():
+    cell = {"dataset": "colours", "method": "coop", "shots": 16, "base": BASE, "new": NEW, "hm": 0.7}
+    average = {**cell, "dataset": "Average"}
+    assert paper_notes("base-to-new", [cell, average], {}, B16) == [None, None]  # the built-in benchmark's views
+    czsl = {"dataset": "mit-states", "method": "csp", "world": "closed", "AUC": 0.1}
+    assert paper_notes("czsl", [czsl], {("mit-states", "csp", 0): _run("mit-states", "csp")}, B16) == [None]
+
+
+def test_the_section_and_the_csv_columns():
+    note = _average()
+    cells = [{"dataset": "Average", "method": "coop", "shots": 16, "base": BASE, "new": NEW, "hm": 0.7367, **note}]
+    cells.append({"dataset": "dtd", "method": "coop", "shots": 16, "base": BASE, "new": NEW, "hm": 0.7367})
+    text = paper_section("base-to-new", cells)
+    assert text.startswith("## The papers' numbers (%, papers.json)\n\nΔ = ours − paper, in points, where backbone")
+    row = "| Average | coop | 16 | 85.00 / 65.00 / 73.67 | 82.69 / 63.22 / 71.66 (coop, ViT-B/16, shots 16) | +2.31 / "
+    assert row + "+1.78 / +2.01 | [1] |" in text and "| dtd |" not in text
+    assert f"\n[1] {MPL} (Results: MaPLe in comparison with existing methods)" in text
+    flat = flat_cells(cells)
+    assert flat[0]["paper_hm"] == 71.66 and flat[0]["vs_paper"] == "matches"
+    assert flat[0]["vs_paper_base"] == pytest.approx(2.31) and "paper" not in flat[0]
+    assert flat[1] == cells[1]
+    assert paper_section("base-to-new", cells[1:]) == ""
