@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vlprompt.incontext import CanvasError, CanvasLayout, TaskInputError, answer_cell, build_canvases, get_task
-from vlprompt.incontext.canvas import denormalize, normalize
+from vlprompt.incontext.canvas import CanvasStyle, denormalize, normalize
 from vlprompt.incontext.tasks import Box, box_iou, check_examples, largest_component_box, mask_iou, round_black_white
 from vlprompt.incontext.world import task_batch
 
@@ -47,6 +47,43 @@ def test_cells_are_resized_and_normalisation_round_trips():
     norm = normalize(canvas)
     assert norm[0, 7, 7].item() == pytest.approx((1 - 0.485) / 0.229)
     assert torch.allclose(denormalize(norm), canvas, atol=1e-6)
+
+
+def test_pil_style_builds_the_reference_canvas():
+    """The reference's canvas (amirbar/visual_prompting@6923923:evaluate/pascal_dataloader.py and
+    evaluate_segmentation.py): 8-bit PIL images through torchvision's Resize((111, 111), 3) and ToTensor, pasted
+    on torch.ones; vlprompt's "pil" style gets it bit for bit from float images of those 8-bit values."""
+    from PIL import Image
+    from torchvision import transforms
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((150, 200), (90, 90), (240, 130))]
+    reference = transforms.Compose([transforms.Resize((111, 111), 3), transforms.ToTensor()])
+    cells = [reference(Image.fromarray(a)) for a in arrays]
+    expected = torch.ones(3, 224, 224)
+    expected[:, :111, :111], expected[:, :111, -111:], expected[:, -111:, :111] = cells
+    floats = [torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a in arrays]
+    layout = CanvasLayout(style=CanvasStyle(resize="pil"))
+    canvas = build_canvases(floats[:1], floats[1:2], floats[2:], layout)[0]
+    assert torch.equal(canvas, expected)
+    torch_canvas = build_canvases(floats[:1], floats[1:2], floats[2:], CanvasLayout())[0]
+    assert 0 < (torch_canvas - expected).abs().max() < 0.1  # the default differs slightly: float resize, no rounding
+
+
+def test_canvas_background_and_filter_are_options():
+    grey = (0.5, 0.25, 0.0)
+    layout = CanvasLayout(size=8, patch_size=2, padding=1, style=CanvasStyle(background=grey, resample="nearest"))
+    red = _solid((1, 0, 0), side=6)
+    canvas = build_canvases([red], [red], [red], layout)[0]
+    assert torch.equal(canvas[:, 3:5, :], _solid(grey, side=8)[:, 3:5, :])  # the cross
+    assert torch.equal(answer_cell(canvas[None], layout)[0], _solid(grey))  # the answer cell
+    assert torch.equal(canvas[:, :3, :3], _solid((1, 0, 0)))
+    with pytest.raises(CanvasError, match="resample 'lanczos' with resize 'torch'"):
+        CanvasStyle(resample="lanczos")
+    with pytest.raises(CanvasError, match="resize must be 'torch' or 'pil'"):
+        CanvasStyle(resize="cv2")  # type: ignore[arg-type]
+    with pytest.raises(CanvasError, match=r"background must be 3 values in \[0, 1\]"):
+        CanvasStyle(background=(255, 255, 255))
 
 
 def test_canvas_size_must_fit_the_patch_grid():

@@ -139,6 +139,11 @@ def test_cli_fills_canvases_and_prints_numbers(tmp_path, capsys):
     [record] = json.loads(capsys.readouterr().out)
     assert len(record["box"]) == 4 and (two / "answer_0.png").is_file()
     assert not (two / "answer_1.png").exists()  # the earlier run's second answer is gone, not left beside
+    styled = [*args, "--out", str(tmp_path / "pil"), "--canvas.resize", "pil", "--canvas.background", "[0,0,0]"]
+    assert main(styled) == 0
+    canvas = np.asarray(Image.open(tmp_path / "pil" / "canvas_0.png"))  # 48 px: cells of 23 px, a black cross
+    assert canvas.shape == (48, 48, 3) and (canvas[23:25, :24] == 0).all() and (canvas[:24, 23:25] == 0).all()
+    assert canvas[:23, :23].max() > 0
 
 
 def test_cli_bad_inputs_are_one_clear_line(tmp_path, capsys):

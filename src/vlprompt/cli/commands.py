@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,7 @@ def cmd_incontext(cfg: IncontextCommand, _: Any) -> int:
     cfg.validate()
     check_incontext_out(cfg.out, cfg.overwrite)
     model = load_inpainter(cfg.model, cfg.arch)
+    model.layout = dataclasses.replace(model.layout, style=cfg.canvas)
     records = predict_files(
         model, cfg.task, cfg.examples, cfg.outputs, cfg.queries, cfg.out, cfg.targets, cfg.overwrite
     )

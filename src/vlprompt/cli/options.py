@@ -8,6 +8,7 @@ from typing import Any
 from ..data.sampling import CLASS_SPLITS
 from ..errors import OptionError
 from ..hub import is_hub_name, parse_hub_name
+from ..incontext.canvas import CanvasStyle
 from ..labels import ClassNames, PairSpace, TaskSpace
 from ..methods import methods_for
 from ..runs import (
@@ -242,6 +243,8 @@ class IncontextCommand:
             MAE-VQGAN checkpoint (.pth).
         arch: the MAE architecture of a .pth checkpoint (mae_vit_large_patch16, ...).
         targets: optional true outputs of the queries, to score the answers.
+        canvas: how cells are resized and the canvas coloured; ``--canvas.resize pil`` builds the canvases as
+            the reference does (8-bit cells resized by PIL with ``--canvas.resample``, default bicubic).
         out: folder for the filled canvases (canvas_<i>.png) and answers (answer_<i>.png).
         overwrite: replace an earlier incontext run in ``out``.
         json: print the answers' numbers as JSON.
@@ -254,6 +257,7 @@ class IncontextCommand:
     model: str = "vlprompt/tiny-canvas"
     arch: str = "mae_vit_large_patch16"
     targets: list[str] | None = None
+    canvas: CanvasStyle = field(default_factory=CanvasStyle)
     out: str = "runs/incontext"
     overwrite: bool = False
     json: bool = False

@@ -15,8 +15,10 @@ that grid (7×7 of 14×14 at 224/16). ImageNet normalisation is applied after th
 Where vlprompt differs, deliberately:
 
 - Cells are resized with torch's antialiased bicubic interpolation and clamped to [0, 1] (the
-  reference resizes PIL images with bicubic interpolation before building the canvas): one code path
-  for batches of tensors, in training and at inference.
+  reference resizes 8-bit PIL images with PIL's bicubic filter, ``torchvision.transforms.Resize((111, 111), 3)``
+  then ``ToTensor``, amirbar/visual_prompting@6923923:evaluate/evaluate_segmentation.py): one code path
+  for batches of tensors, in training and at inference. ``CanvasStyle(resize="pil")`` reproduces the
+  reference: each cell quantised to 8 bits, resized by PIL with ``resample``, read back as ``k / 255``.
 - The answer cell of a canvas is white (the reference puts the ground truth there, which the mask
   hides anyway): a canvas never carries the answer.
 - Several examples make several canvases, one per example, whose predictions are averaged
@@ -26,10 +28,13 @@ Where vlprompt differs, deliberately:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from ..errors import OptionError
@@ -39,6 +44,7 @@ __all__ = [
     "IMAGENET_STD",
     "CanvasError",
     "CanvasLayout",
+    "CanvasStyle",
     "answer_cell",
     "build_canvases",
     "denormalize",
@@ -54,6 +60,45 @@ class CanvasError(OptionError):
     """A canvas cannot be built as asked (size, patch grid, images)."""
 
 
+#: PIL's resampling filters by name (``CanvasStyle.resample``).
+RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+@dataclass(frozen=True)
+class CanvasStyle:
+    """How cells are drawn on a canvas.
+
+    Attributes:
+        resize: "torch" (antialiased interpolation of float images, batched; vlprompt's default) or "pil"
+            (the reference's: each cell quantised to 8 bits and resized by PIL, then ``k / 255``).
+        resample: the filter: bicubic (the reference's), bilinear, nearest, lanczos, box or hamming
+            (torch offers bicubic, bilinear and nearest).
+        background: the canvas colour, RGB in [0, 1] (white in the reference); the answer cell has it too.
+    """
+
+    resize: Literal["torch", "pil"] = "torch"
+    resample: str = "bicubic"
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.resize not in ("torch", "pil"):
+            raise CanvasError(f"canvas resize must be 'torch' or 'pil', not {self.resize!r}")
+        allowed = tuple(RESAMPLE) if self.resize == "pil" else ("bicubic", "bilinear", "nearest")
+        if self.resample not in allowed:
+            raise CanvasError(f"canvas resample {self.resample!r} with resize {self.resize!r}: choose from {allowed}")
+        background = tuple(float(v) for v in self.background)
+        if len(background) != 3 or not all(0.0 <= v <= 1.0 for v in background):
+            raise CanvasError(f"canvas background must be 3 values in [0, 1] (RGB), not {list(self.background)}")
+        object.__setattr__(self, "background", background)
+
+
 @dataclass(frozen=True)
 class CanvasLayout:
     """Geometry of a square 2×2 canvas and its patch grid.
@@ -62,12 +107,14 @@ class CanvasLayout:
         size: side of the canvas in pixels (224 in the reference).
         patch_size: side of the model's patches (16 in the reference); must divide ``size`` into an
             even number of patches so that the answer quarter is whole patches.
-        padding: white pixels between a cell and the canvas centre line (1 in the reference).
+        padding: background pixels between a cell and the canvas centre line (1 in the reference).
+        style: how the cells are resized and the background coloured (:class:`CanvasStyle`).
     """
 
     size: int = 224
     patch_size: int = 16
     padding: int = 1
+    style: CanvasStyle = field(default_factory=CanvasStyle)
 
     def __post_init__(self) -> None:
         if self.size <= 0 or self.patch_size <= 0 or self.padding < 0:
@@ -112,22 +159,34 @@ class CanvasLayout:
         return (rows & cols).flatten()
 
 
-def resize_cells(images: Sequence[Tensor] | Tensor, side: int) -> Tensor:
-    """Images float [3, H, W] in [0, 1] (any sizes) -> float [N, 3, side, side], bicubic, antialiased, clamped."""
+def resize_cells(images: Sequence[Tensor] | Tensor, side: int, style: CanvasStyle | None = None) -> Tensor:
+    """Images float [3, H, W] in [0, 1] (any sizes) -> float [N, 3, side, side], resized as ``style`` says
+    (default: torch's antialiased bicubic, clamped)."""
+    style = style or CanvasStyle()
     for image in images:
         if image.ndim != 3 or image.shape[0] != 3:
             raise CanvasError(f"expected an RGB image tensor [3, H, W], got shape {tuple(image.shape)}")
     if len(images) == 0:
         return torch.empty(0, 3, side, side)
+    if style.resize == "pil":
+        return torch.stack([_pil_resize(image, side, style.resample) for image in images])
     if len({tuple(image.shape) for image in images}) == 1:  # one call for a batch of one size
-        return _resize(torch.stack(list(images)) if not isinstance(images, Tensor) else images, side)
-    return torch.cat([_resize(image[None], side) for image in images])
+        return _resize(torch.stack(list(images)) if not isinstance(images, Tensor) else images, side, style.resample)
+    return torch.cat([_resize(image[None], side, style.resample) for image in images])
 
 
-def _resize(batch: Tensor, side: int) -> Tensor:
+def _resize(batch: Tensor, side: int, mode: str = "bicubic") -> Tensor:
     if tuple(batch.shape[-2:]) == (side, side):
         return batch.float()
-    return F.interpolate(batch.float(), size=(side, side), mode="bicubic", antialias=True).clamp(0, 1)
+    antialias = mode != "nearest"
+    return F.interpolate(batch.float(), size=(side, side), mode=mode, antialias=antialias).clamp(0, 1)
+
+
+def _pil_resize(image: Tensor, side: int, resample: str) -> Tensor:
+    """The reference's cell: float [3, H, W] -> 8 bits -> PIL resize -> float [3, side, side] of k / 255."""
+    pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    resized = np.asarray(Image.fromarray(pixels).resize((side, side), RESAMPLE[resample]))
+    return torch.from_numpy(resized.copy()).permute(2, 0, 1).float().div(255)
 
 
 def build_canvases(
@@ -144,7 +203,8 @@ def build_canvases(
         layout: the canvas geometry.
 
     Returns:
-        float [N, 3, size, size] in [0, 1]: white background, the three cells filled, the answer cell white.
+        float [N, 3, size, size] in [0, 1]: the background (white by default), the three cells filled, the
+        answer cell left in the background colour.
     """
     counts = {len(example_inputs), len(example_outputs), len(queries)}
     if len(counts) != 1:
@@ -153,10 +213,11 @@ def build_canvases(
             f"{len(example_inputs)}, {len(example_outputs)} and {len(queries)}"
         )
     n, cell = len(queries), layout.cell
-    canvases = torch.ones(n, 3, layout.size, layout.size)
+    background = torch.tensor(layout.style.background).view(1, 3, 1, 1)
+    canvases = background.expand(n, 3, layout.size, layout.size).clone()
     for (row, col), images in (((0, 0), example_inputs), ((0, 1), example_outputs), ((1, 0), queries)):
         top, left = layout.origin(row, col)
-        canvases[:, :, top : top + cell, left : left + cell] = resize_cells(images, cell)
+        canvases[:, :, top : top + cell, left : left + cell] = resize_cells(images, cell, layout.style)
     return canvases
 
 

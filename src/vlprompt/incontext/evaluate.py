@@ -137,7 +137,7 @@ def evaluate_pairs(
         ex_in, ex_out = pool[0][index], pool[1][index]
     canvases = run_incontext(model, ex_in, ex_out, query_in)
     answers = task.read(answer_cell(canvases, model.layout))
-    targets = task.read(resize_cells(query_out, model.layout.cell))
+    targets = task.read(resize_cells(query_out, model.layout.cell, model.layout.style))
     scores = [task.score(a, t) for a, t in zip(answers, targets)]
     return {"score": float(np.mean(scores)), "scores": scores, "examples": index, "canvases": canvases}
 
