@@ -142,3 +142,23 @@ def torchrun(worker: Path, *args: str, processes: int = 2) -> tuple[list[str], d
         "--master_addr", "127.0.0.1", "--master_port", str(port), str(worker), *args,
     ]  # fmt: skip
     return command, env
+
+
+# ---------------------------------------------------------------- tests that need real weights
+def pytest_addoption(parser):
+    parser.addoption(
+        "--weights",
+        action="store_true",
+        default=False,
+        help="run the tests marked `weights` (real pretrained weights; also VLPROMPT_WEIGHTS=1)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``weights`` are skipped unless ``--weights`` or ``VLPROMPT_WEIGHTS=1`` asks for them."""
+    if config.getoption("--weights") or os.environ.get("VLPROMPT_WEIGHTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="needs real pretrained weights: run with --weights or VLPROMPT_WEIGHTS=1")
+    for item in items:
+        if item.get_closest_marker("weights"):
+            item.add_marker(skip)
