@@ -146,7 +146,7 @@ class FeatureCache:
     def _save(self, key: str, index: dict[str, int], rows: list[Tensor]) -> None:
         if self.directory is None or not dist.is_main():
             return
-        keys = sorted(index, key=index.get)
+        keys = sorted(index, key=index.__getitem__)
         table = {"features": torch.stack(rows).contiguous()}
         metadata = {"keys": json.dumps(keys)}
         atomic_write(self.directory / f"{key}.safetensors", lambda tmp: save_file(table, tmp, metadata=metadata))

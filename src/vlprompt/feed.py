@@ -15,6 +15,7 @@ A method sees one of three inputs (:func:`image_input`):
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -83,6 +84,9 @@ class Feed:
         progress: show progress while frozen features are computed.
     """
 
+    #: a LabeledImages, or a dataset of preprocessed (pixels, label) items with ``labels`` (and ``tasks``)
+    dataset: Any
+
     def __init__(
         self,
         backbone: Backbone,
@@ -110,12 +114,12 @@ class Feed:
         self.keys = [None if i == PIXELS else m.cache_key() for m, i in zip(self.methods, self.inputs)]
         self.tables: dict[str, Tensor] = {}  # cached frozen features (un-augmented) by backbone delta
         if self.files:
-            frozen = dataset.with_transform(backbone.image_transform())
-            for key in dict.fromkeys(k for k, i in zip(self.keys, self.inputs) if i == FEATURES):
-                self.tables[key] = self.cache.features(backbone, frozen, progress, key_extra=key)
+            frozen = self.dataset.with_transform(backbone.image_transform())
+            for key in dict.fromkeys(k for k, i in zip(self.keys, self.inputs) if i == FEATURES):  # no None (PIXELS)
+                self.tables[key] = self.cache.features(backbone, frozen, progress, key_extra=key)  # type: ignore[index,arg-type]
         self.reads_images = PIXELS in self.inputs or not self.files
-        self.targets = torch.tensor(dataset.labels, device=backbone.device) if targets else None
-        tasks = dataset.tasks if targets else None
+        self.targets = torch.tensor(self.dataset.labels, device=backbone.device) if targets else None
+        tasks = self.dataset.tasks if targets else None
         self.tasks = torch.tensor(tasks, device=backbone.device) if tasks is not None else None
         self.num_workers = num_workers
 
@@ -148,8 +152,8 @@ class Feed:
         views: dict[str, Tensor] = {}
         if VIEWS in self.inputs:  # this epoch's views, encoded once in large no-grad batches
             epoch_views = self.dataset.with_transform(self._views(epoch))
-            for key in dict.fromkeys(k for k, i in zip(self.keys, self.inputs) if i == VIEWS):
-                views[key] = self.cache.features(self.backbone, epoch_views, self.progress, key_extra=key, keep=False)
+            for key in dict.fromkeys(k for k, i in zip(self.keys, self.inputs) if i == VIEWS):  # no None (PIXELS)
+                views[key] = self.cache.features(self.backbone, epoch_views, self.progress, key_extra=key, keep=False)  # type: ignore[index,arg-type]
         if not self.reads_images:
             for idx in index_batches:
                 yield self._batches(idx, None, views)
@@ -176,11 +180,11 @@ class Feed:
 
     def _batches(self, idx: Tensor, pixels: Tensor | None, views: dict[str, Tensor]) -> list[Batch]:
         device_idx = idx.to(self.backbone.device)
-        extra = {"index": device_idx}
+        extra: dict[str, Tensor | None] = {"index": device_idx}
         if self.targets is not None:
             extra["targets"] = self.targets[device_idx]
             extra["task"] = self.tasks[device_idx] if self.tasks is not None else None
-        features: dict[tuple[str, str], Tensor] = {}  # per (input, backbone delta), shared by the methods
+        features: dict[tuple[str, str | None], Tensor] = {}  # per (input, backbone delta), shared by the methods
         out = []
         for key, kind in zip(self.keys, self.inputs):
             if kind == PIXELS:

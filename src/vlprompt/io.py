@@ -27,7 +27,7 @@ class CorruptFileError(DataError):
     """A file's content does not match the checksum recorded with it, or cannot be read."""
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
     """Call ``write(tmp_path)`` then move the finished file onto ``path`` atomically.
 
     The temp file gets the permissions a plain ``open(path, "w")`` would give (``0o666`` less the

@@ -81,7 +81,7 @@ class PairSpace:
 
     def with_pairs(self, pairs: Sequence[Sequence[str]]) -> PairSpace:
         """The same vocabulary scoring other pairs."""
-        return PairSpace(self.attrs, self.objs, tuple(tuple(p) for p in pairs))
+        return PairSpace(self.attrs, self.objs, tuple(tuple(p) for p in pairs))  # type: ignore[misc]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -95,8 +95,10 @@ class PairSpace:
     def coerce(cls, value: Any, current: LabelSpace | None = None) -> PairSpace:
         """A :class:`PairSpace` from itself, or a list of pairs over ``current``'s vocabulary."""
         if isinstance(value, PairSpace):
-            if current is not None and (value.attrs, value.objs) != (current.attrs, current.objs):
-                raise LabelSpaceError("a compositional method keeps its vocabulary: only the pairs can change")
+            if current is not None:
+                assert isinstance(current, PairSpace)  # a compositional method's labels
+                if (value.attrs, value.objs) != (current.attrs, current.objs):
+                    raise LabelSpaceError("a compositional method keeps its vocabulary: only the pairs can change")
             return value
         if isinstance(current, PairSpace) and isinstance(value, Sequence) and not isinstance(value, str):
             bad = next((p for p in value if isinstance(p, str) or not isinstance(p, Sequence) or len(p) != 2), None)
@@ -187,7 +189,7 @@ class TaskSpace:
 
 
 LabelSpace = ClassNames | PairSpace | TaskSpace
-KINDS: dict[str, type] = {c.kind: c for c in (ClassNames, PairSpace, TaskSpace)}
+KINDS: dict[str, type[LabelSpace]] = {c.kind: c for c in (ClassNames, PairSpace, TaskSpace)}
 
 
 def label_space_from_json(value: Any) -> LabelSpace:

@@ -36,7 +36,7 @@ class Prediction:
 
 
 def backbone_for_prompt(
-    prompt_dir: str | Path, name: str | None = None, pretrained: str | None = None, device: str = "cpu"
+    prompt_dir: str | Path, name: str | None = None, pretrained: str | None = None, device: str | torch.device = "cpu"
 ) -> Backbone:
     """The backbone given by ``name`` / ``pretrained``, else the one the prompt records (when it can be loaded)."""
     if name is None:

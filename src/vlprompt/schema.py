@@ -233,7 +233,7 @@ def dataclass_from_dict(cls: type, values: Any, where: str, error: ErrorClass = 
     unknown = sorted(set(values) - set(defaults))
     if unknown:
         raise error(f"{where}: unknown key(s) {unknown}; known: {sorted(defaults)}")
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in values.items():
         default, at = defaults[key], f"{where}: field {key!r}"
         if isinstance(default, tuple):

@@ -19,7 +19,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, overload
 
 import open_clip
 import torch
@@ -87,6 +87,9 @@ class Backbone(nn.Module):
         pretrained: pretrained tag or ``sha256:<hex>`` of the weight file.
     """
 
+    #: the open_clip model; its towers' submodules (open_clip's) are not typed, so neither is it.
+    model: Any
+
     def __init__(self, model: nn.Module, tokenizer, preprocess: dict[str, Any], name: str, pretrained: str):
         super().__init__()
         model.eval().requires_grad_(False)
@@ -113,7 +116,7 @@ class Backbone(nn.Module):
         )
 
     @property
-    def _text(self) -> nn.Module:
+    def _text(self) -> Any:
         """The text tower: the model itself (CLIP) or its ``text`` module (CustomTextCLIP).
 
         A property, not a registered child: every weight has one name (``model.*``), so a weight swap
@@ -339,6 +342,31 @@ class Backbone(nn.Module):
             resize_mode=cfg.get("resize_mode", "shortest"),
         )
 
+    @overload
+    def encode_image(
+        self,
+        pixels: Tensor,
+        pixel_prompt: Tensor | None = None,
+        token_prompts: Tensor | None = None,
+        deep_prompts: DeepPrompts | None = None,
+        block_residuals: BlockResiduals | None = None,
+        insert_at: int = 0,
+        prompt_outputs: Literal[False] = False,
+    ) -> Tensor: ...
+
+    @overload
+    def encode_image(
+        self,
+        pixels: Tensor,
+        pixel_prompt: Tensor | None = None,
+        token_prompts: Tensor | None = None,
+        deep_prompts: DeepPrompts | None = None,
+        block_residuals: BlockResiduals | None = None,
+        insert_at: int = 0,
+        *,
+        prompt_outputs: Literal[True],
+    ) -> tuple[Tensor, Tensor]: ...
+
     def encode_image(
         self,
         pixels: Tensor,
@@ -503,7 +531,7 @@ class SplitAttention(nn.Module):
 
 
 def encode_text_tower(
-    text: nn.Module,
+    text: Any,
     embeds: Tensor,
     eot_index: Tensor,
     deep_prompts: DeepPrompts | None = None,
@@ -555,7 +583,7 @@ def _prompt_count(deep_prompts: DeepPrompts, n_prompts: int | None) -> int:
 
 
 def _run_blocks(
-    transformer: nn.Module,
+    transformer: Any,
     x: Tensor,
     deep_prompts: DeepPrompts | None,
     n: int,
@@ -601,9 +629,9 @@ def _check_layers(blocks: int, deep_prompts: DeepPrompts | None, inserted: Tenso
         raise BackboneError(f"tokens inserted before block {insert_at} of a {blocks}-block tower")
 
 
-def _run_block(transformer: nn.Module, block: nn.Module, x: Tensor, attn_mask: Tensor | None, checkpoint: bool):
+def _run_block(transformer: Any, block: nn.Module, x: Tensor, attn_mask: Tensor | None, checkpoint: bool):
     """One residual block on batch-first ``x`` (recomputed in the backward pass with ``checkpoint``)."""
-    run = block
+    run: Callable[..., Any] = block
     if checkpoint and torch.is_grad_enabled():
         run = functools.partial(torch.utils.checkpoint.checkpoint, block, use_reentrant=False)
     if transformer.batch_first:

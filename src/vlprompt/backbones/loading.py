@@ -10,6 +10,7 @@ import urllib.request
 import warnings
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import open_clip
 import torch
@@ -192,6 +193,7 @@ def _check_download(what: str, repo: str | None, filenames: list[str], url: str 
         source = f"the Hugging Face Hub repository {repo} ({constants.ENDPOINT}/{repo}, file {filenames[-1]})"
         where, probe = f"the Hugging Face cache ({constants.HF_HUB_CACHE})", constants.ENDPOINT
     else:
+        assert url is not None  # a download has a repository or a URL
         target = Path("~/.cache/clip").expanduser() / os.path.basename(url)
         if target.is_file():
             return
@@ -302,7 +304,7 @@ def tiny_random_clip(kind: str = "vit", seed: int = 0, embed_dim: int = 32) -> C
     torch.manual_seed(seed)
     try:
         if kind == "vit":
-            vision = {"layers": 2, "width": 48, "patch_size": 8, "image_size": 32, "head_width": 16}
+            vision: dict[str, Any] = {"layers": 2, "width": 48, "patch_size": 8, "image_size": 32, "head_width": 16}
         elif kind == "resnet":
             vision = {"layers": (1, 1, 1, 1), "width": 16, "image_size": 64, "head_width": 16}
         else:

@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"(`{prog} --help` lists the options)", file=sys.stderr)
             return 2
         dist.init_from_env()
+        assert command is not None  # the parser requires one
         sub = namespace[command]
         config = _config(COMMAND_CONFIGS[command][0], parser.instantiate(namespace)[command])
         return COMMANDS[command](config, sub)

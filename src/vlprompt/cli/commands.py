@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from .options import (
 
 
 def cmd_methods(cfg: MethodsCommand, _: Any) -> int:
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "method": name,
             "command": COMMAND_OF_LABELS.get(cls.label_kind, "train"),
@@ -121,6 +122,7 @@ def cmd_predict(cfg: PredictCommand, namespace: Any) -> int:
     _check_predict_inputs(cfg, images)
     backbone = cfg.backbone.load(cfg.prompt)
     if cfg.task is not None:
+        assert cfg.prompt is not None  # validate: --task names tasks of --prompt
         by_task = predict_tasks(cfg.prompt, cfg.tasks(), images, backbone, cfg.topk, cfg.batch_size)
         if cfg.json:
             out = [
@@ -210,7 +212,7 @@ def cmd_interpret(cfg: InterpretCommand, _: Any) -> int:
     method = load_prompt(cfg.prompt, backbone)
     if not method.has_context:
         raise OptionError(f"{method.name} has no context vectors to interpret")
-    for i, words in enumerate(method.nearest_words(backbone, cfg.k)):
+    for i, words in enumerate(method.nearest_words(backbone, cfg.k)):  # type: ignore[operator]
         print(f"ctx {i:>2}: " + ", ".join(f"{w} ({d:.3f})" for w, d in words))
     return 0
 
@@ -263,7 +265,7 @@ def cmd_push(cfg: PushCommand, namespace: Any) -> int:
     return 0
 
 
-COMMANDS = {
+COMMANDS: dict[str, Callable[[Any, Any], int]] = {
     "train": cmd_train,
     "eval": cmd_eval,
     "predict": cmd_predict,

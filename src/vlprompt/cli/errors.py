@@ -32,13 +32,14 @@ def os_error_message(err: OSError) -> str:
     """A file-system error as one line: what failed, on which file, and what to do."""
     what = err.strerror or str(err)
     where = f" ({err.filename})" if err.filename else ""
-    hint = {
+    hints: dict[int | None, str] = {
         errno.ENOSPC: "free some space or choose another --out; files written before are unchanged",
         errno.EDQUOT: "free some space or choose another --out; files written before are unchanged",
         errno.EACCES: "choose a folder you can write to (--out) or fix its permissions",
         errno.EPERM: "choose a folder you can write to (--out) or fix its permissions",
         errno.EROFS: "the file system is read-only: choose another --out",
-    }.get(err.errno)
+    }
+    hint = hints.get(err.errno)
     return f"{what}{where}" + (f": {hint}" if hint else "")
 
 

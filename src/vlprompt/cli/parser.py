@@ -76,7 +76,9 @@ def method_help(argv: list[str]) -> str | None:
     if command not in METHOD_COMMANDS or not {"--help", "-h"} & set(argv) or "--method" not in argv[:-1]:
         return None
     cls = method_class(argv[argv.index("--method") + 1])
-    sub = build_parser()._subcommands_action._name_parser_map[command]
+    subcommands = build_parser()._subcommands_action
+    assert subcommands is not None  # build_parser adds the commands
+    sub = subcommands._name_parser_map[command]
     return sub.format_help() + "\n" + describe_method(cls)
 
 
@@ -91,7 +93,7 @@ def describe_method(cls: type[PromptMethod]) -> str:
     lines = [f"{cls.name} options (`vlprompt {command} --method {cls.name} --method_options '{{name: value, ...}}'`, "
              "or method_options: in a --config YAML):"]  # fmt: skip
     for f in dataclasses.fields(config):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
         low, high, choices = (f.metadata.get(k) for k in ("low", "high", "choices"))
         limits = [f">= {low}"] if low is not None else []
         limits += [f"<= {high}"] if high is not None else []
@@ -122,7 +124,7 @@ def _bool_flags(cls: type, prefix: str = "--") -> set[str]:
         if name not in {f.name for f in dataclasses.fields(cls)}:
             continue
         if dataclasses.is_dataclass(hint):
-            flags |= _bool_flags(hint, f"{prefix}{name}.")
+            flags |= _bool_flags(hint, f"{prefix}{name}.")  # type: ignore[arg-type]
         elif hint is bool or set(typing.get_args(hint)) == {bool, type(None)}:
             flags.add(prefix + name)
     return flags

@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import torch
@@ -169,6 +170,7 @@ class LabeledImages(Dataset):
         sample = self.samples[index]
         image = load_rgb(sample.path)
         if getattr(self.transform, "per_image", False):  # a transform that depends on the image's identity
+            assert self.transform is not None  # it has per_image
             return self.transform(image, sample.path), sample.label
         return (self.transform(image) if self.transform else image), sample.label
 
@@ -177,14 +179,14 @@ class LabeledImages(Dataset):
         """Each image's task id in a multi-task dataset (:class:`~vlprompt.data.tasks.TaskImages`), else None."""
         return None
 
-    def subset(self, indices: Sequence[int]) -> LabeledImages:
+    def subset(self, indices: Sequence[int]) -> Self:
         """The same dataset restricted to ``indices`` (no re-checking of files)."""
         out = copy.copy(self)
         out.skipped = list(self.skipped)
         out.samples = [self.samples[i] for i in indices]
         return out
 
-    def with_transform(self, transform: Callable | None) -> LabeledImages:
+    def with_transform(self, transform: Callable | None) -> Self:
         out = self.subset(range(len(self)))
         out.transform = transform
         return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 from ..labels import Task, TaskSpace
 from .images import DataError, LabeledImages
@@ -31,7 +32,7 @@ class TaskImages(LabeledImages):
     def tasks(self) -> list[int]:
         return self.task_ids
 
-    def subset(self, indices: Sequence[int]) -> TaskImages:
+    def subset(self, indices: Sequence[int]) -> Self:
         out = super().subset(indices)
         out.task_ids = [self.task_ids[i] for i in indices]
         return out

@@ -55,7 +55,7 @@ def protocol_preset(method: str, protocol: str, dataset: str | None = None) -> s
     recipes = METHODS[method].recipes if method in METHODS else {}
     covering = [(k, r) for k, r in recipes.items() if r.covers(protocol, dataset)]
     named = [k for k, r in covering if dataset in r.datasets] + [k for k, r in covering if not r.datasets]
-    key = (named or [k for k, _ in covering] or [None])[0]
+    key = next(iter(named or [k for k, _ in covering]), None)
     return preset_name(method, key) if key is not None else None
 
 

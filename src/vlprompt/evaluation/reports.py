@@ -22,9 +22,9 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarize(rows: Sequence[Mapping[str, object]], group: Sequence[str], metrics: Sequence[str]) -> list[dict]:
+def summarize(rows: Sequence[Mapping[str, Any]], group: Sequence[str], metrics: Sequence[str]) -> list[dict]:
     """Group per-seed result rows by ``group`` keys; mean and std of each metric, with the seed count."""
-    groups: dict[tuple, list[Mapping[str, object]]] = {}
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for row in rows:
         groups.setdefault(tuple(row[g] for g in group), []).append(row)
     out = []
@@ -40,7 +40,7 @@ def summarize(rows: Sequence[Mapping[str, object]], group: Sequence[str], metric
 
 
 def markdown_table(
-    summary: Sequence[Mapping[str, object]],
+    summary: Sequence[Mapping[str, Any]],
     group: Sequence[str],
     metrics: Sequence[str],
     scale: float = 100.0,
@@ -60,7 +60,7 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
-def format_cell(cell: Mapping[str, object] | None, metric: str, scale: float = 100.0, digits: int = 1) -> str:
+def format_cell(cell: Mapping[str, Any] | None, metric: str, scale: float = 100.0, digits: int = 1) -> str:
     """``mean ± std`` of a summary cell's metric (just the mean where it has no std; "–" where it has none)."""
     if cell is None or metric not in cell:
         return "–"

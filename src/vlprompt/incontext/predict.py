@@ -139,7 +139,11 @@ def predict_files(
         canvas = (result["canvas"].permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
         _save_png(canvas, out / f"canvas_{i}.png")
         _save_png(_answer_png(task, result["answer"], size), out / f"answer_{i}.png")
-        record = {"query": str(path), "canvas": str(out / f"canvas_{i}.png"), "answer": str(out / f"answer_{i}.png")}
+        record: dict[str, Any] = {
+            "query": str(path),
+            "canvas": str(out / f"canvas_{i}.png"),
+            "answer": str(out / f"answer_{i}.png"),
+        }
         record.update(_numbers(task, result["answer"]))
         if targets:
             target = task.target_answer(_target_image(targets[i], task, f"target {i + 1}"), size, model.layout.cell)

@@ -109,6 +109,7 @@ def task_batch(task: str, images: Tensor, masks: Tensor, colours: Tensor | None 
     if task == "colourisation":
         return luma(images).expand(-1, 3, -1, -1), images
     if task == "recolour":
+        assert colours is not None  # recolour draws the given colours
         return images, images * (1 - soft) + colours[:, :, None, None] * soft
     if task == "cutout":
         return images, images * soft + (1 - soft)

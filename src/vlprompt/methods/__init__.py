@@ -7,7 +7,7 @@ from typing import Any
 
 from ..backbones import Backbone
 from ..errors import OptionError
-from ..labels import ClassNames, PairSpace, TaskSpace
+from ..labels import ClassNames, LabelSpace, PairSpace, TaskSpace
 from .base import CAPABILITIES, DECLARATIONS, Batch, BuiltinRow, MethodConfig, PromptMethod, Recipe, cosine_logits
 from .clip_adapter import CLIPAdapter, CLIPAdapterConfig
 from .clip_lora import CLIPLoRA, CLIPLoRAConfig
@@ -92,15 +92,15 @@ register(CoPrompt)
 register(MMRL)
 
 #: Which command trains methods of each label space.
-COMMAND_OF_LABELS: dict[type, str] = {ClassNames: "train", PairSpace: "czsl", TaskSpace: "multitask"}
+COMMAND_OF_LABELS: dict[type[LabelSpace], str] = {ClassNames: "train", PairSpace: "czsl", TaskSpace: "multitask"}
 
 
-def methods_for(label_kind: type) -> list[str]:
+def methods_for(label_kind: type[LabelSpace]) -> list[str]:
     """Names of the methods that score ``label_kind`` (e.g. :class:`~vlprompt.labels.PairSpace`)."""
     return sorted(name for name, cls in METHODS.items() if cls.label_kind is label_kind)
 
 
-def method_class(name: str, label_kind: type | None = None) -> type[PromptMethod]:
+def method_class(name: str, label_kind: type[LabelSpace] | None = None) -> type[PromptMethod]:
     """The method class registered under ``name`` (lowercase), optionally checked against a protocol."""
     try:
         cls = METHODS[name.lower()]

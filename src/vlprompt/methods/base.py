@@ -56,7 +56,9 @@ class Batch:
             raise ValueError("a batch holds either cached image features or pixels")
 
     def __len__(self) -> int:
-        return len(self.features if self.features is not None else self.pixels)
+        held = self.features if self.features is not None else self.pixels
+        assert held is not None  # __post_init__: a batch holds one of them
+        return len(held)
 
 
 class MethodInputError(OptionError):
@@ -117,18 +119,21 @@ class PromptMethod(nn.Module):
         config: the method's hyperparameters.
     """
 
-    name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
-    label_kind: ClassVar[type] = ClassNames
-    changes_image_tower: ClassVar[bool] = False
-    conditions_on_image: ClassVar[bool] = False
-    scores_with_text: ClassVar[bool] = True
-    learns: ClassVar[bool] = True
-    transfers: ClassVar[bool] = True
-    has_context: ClassVar[bool] = False
-    changes_backbone: ClassVar[bool] = False
-    sets_up: ClassVar[bool] = False
-    adapts_at_test_time: ClassVar[bool] = False
+    config: MethodConfig
+    label_kind: ClassVar[type[LabelSpace]] = ClassNames
+    labels: LabelSpace
+    # the name and capability flags are class attributes that an instance may set from its config (not ClassVar)
+    name: str
+    changes_image_tower: bool = False
+    conditions_on_image: bool = False
+    scores_with_text: bool = True
+    learns: bool = True
+    transfers: bool = True
+    has_context: bool = False
+    changes_backbone: bool = False
+    sets_up: bool = False
+    adapts_at_test_time: bool = False
 
     recipes: ClassVar[Mapping[str, Recipe]] = {}
     builtin_rows: ClassVar[tuple[BuiltinRow, ...]] = ()
@@ -137,10 +142,10 @@ class PromptMethod(nn.Module):
     templates_by_dataset: ClassVar[Mapping[str, str]] = {}
     authors_template: ClassVar[str | None] = None
 
-    def __init__(self, backbone: Backbone, labels: Any, config: MethodConfig | None = None):
+    def __init__(self, backbone: Backbone | None, labels: Any, config: MethodConfig | None = None):
         super().__init__()
         self.config = config if config is not None else self.Config()
-        self.labels: LabelSpace = self.label_kind.coerce(labels)
+        self.labels = self.label_kind.coerce(labels)
 
     # ---------------------------------------------------------------- what the method declares
     @classmethod
@@ -255,6 +260,7 @@ class PromptMethod(nn.Module):
         """The batch's image features: cached ones, or its pixels through the (prompted) image tower."""
         if batch.features is not None:
             return batch.features
+        assert batch.pixels is not None  # a batch holds features or pixels
         return backbone.encode_image(batch.pixels)
 
     def text_features(self, backbone: Backbone, image_features: Tensor | None = None) -> Tensor:
@@ -289,6 +295,7 @@ class PromptMethod(nn.Module):
 
     def loss(self, backbone: Backbone, batch: Batch, logits: Tensor, label_smoothing: float = 0.0) -> Tensor:
         """The training objective (cross-entropy over the label space; methods add regularisers)."""
+        assert batch.targets is not None  # a training batch
         return F.cross_entropy(logits.float(), batch.targets, label_smoothing=label_smoothing)
 
     def predicted_labels(self, batch: Batch, logits: Tensor) -> Tensor:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones import Backbone
+from ..labels import ClassNames
 from .base import Batch, BuiltinRow, MethodConfig, MethodOptionError, PromptMethod, Recipe, cosine_logits, option
 from .prompting import clean_classname
 from .recipes import COOP_REPO, CPU_SGD
@@ -69,6 +70,8 @@ class CLIPAdapter(PromptMethod):
 
     name = "clip-adapter"
     Config = CLIPAdapterConfig
+    config: CLIPAdapterConfig
+    labels: ClassNames
     recipes = {
         "default": Recipe(train={"epochs": 200}, source=_RECIPE),
         "imagenet": Recipe(train={"epochs": 50}, source=f"{_RECIPE}; rn50_ep50.yaml for ImageNet"),
@@ -76,6 +79,7 @@ class CLIPAdapter(PromptMethod):
     builtin_rows = (BuiltinRow("clip-adapter", CPU_SGD.but(lr=0.02), default=False),)
     tiny = Recipe()
     template_option = "template"
+    hand: Tensor
     templates_by_dataset = {}  # the release's CUSTOM_TEMPLATES (clip_adapter.py:18-34) equal CoOp's table
 
     def __init__(self, backbone: Backbone, classes: Sequence[str], config: CLIPAdapterConfig | None = None):

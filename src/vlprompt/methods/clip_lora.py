@@ -70,6 +70,7 @@ class CLIPLoRA(TowerTuning):
 
     name = "clip-lora"
     Config = CLIPLoRAConfig
+    config: CLIPLoRAConfig
     recipes = {
         "default": Recipe(
             train={
@@ -143,7 +144,7 @@ def _inject_lora(model: nn.Module, targets: dict[str, str], cfg: CLIPLoRAConfig)
 
     config = LoraConfig(
         r=cfg.rank,
-        lora_alpha=cfg.alpha,
+        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # peft annotates an int; its scaling divides it
         lora_dropout=cfg.dropout,
         # one regex of the exact names: a list would also match by suffix ("visual.transformer..." ends like
         # the text tower's "transformer...")
@@ -155,7 +156,7 @@ def _inject_lora(model: nn.Module, targets: dict[str, str], cfg: CLIPLoRAConfig)
     inject_adapter_in_model(config, model)
     parts = {}
     for key, name in targets.items():
-        layer = model.get_submodule(name)
+        layer: Any = model.get_submodule(name)  # a peft LoRA layer (its lora_* ModuleDicts are untyped)
         parts[key] = nn.ModuleDict(
             {"A": layer.lora_A["default"], "B": layer.lora_B["default"], "dropout": layer.lora_dropout["default"]}
         )

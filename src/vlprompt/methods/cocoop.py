@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import Backbone
+from ..labels import ClassNames
 from .base import BuiltinRow, MethodConfig, PromptMethod, Recipe, option
 from .coop import nearest_words
 from .prompting import PromptLayout, initial_context
@@ -42,6 +43,8 @@ class CoCoOp(PromptMethod):
 
     name = "cocoop"
     Config = CoCoOpConfig
+    config: CoCoOpConfig
+    labels: ClassNames
     recipes = {
         "default": dassl_recipe(
             f"{COOP_REPO}:configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml, scripts/cocoop/base2new_train.sh, "

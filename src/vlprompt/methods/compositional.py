@@ -35,6 +35,9 @@ class PairMethod(PromptMethod):
     """Shared bookkeeping: vocabulary indices of the pairs currently scored."""
 
     label_kind = PairSpace
+    labels: PairSpace
+    pair_attr: Tensor
+    pair_obj: Tensor
 
     def __init__(self, backbone: Backbone, classes: PairSpace, config: MethodConfig | None = None):
         super().__init__(backbone, classes, config)
@@ -78,6 +81,11 @@ class CompositionalPrompt(PairMethod):
     learn_context: bool = False
     #: pairs encoded per text-tower pass (open-world C-GQA has 278,362 of them).
     pair_chunk: int = 4096
+    config: CSPConfig | CZSLCoOpConfig
+    start: Tensor
+    end: Tensor
+    context: Tensor
+    vocabulary: Tensor
 
     def __init__(self, backbone: Backbone, classes: PairSpace, config: MethodConfig | None = None):
         super().__init__(backbone, classes, config)
@@ -132,6 +140,7 @@ class CSP(CompositionalPrompt):
 
     name = "csp"
     Config = CSPConfig
+    config: CSPConfig
     recipes = CSP_OWN_RECIPES  # its baselines' with its vocabulary dropout
     builtin_rows = (BuiltinRow("csp", CPU_CZSL.with_options(vocab_dropout=0.2)),)
     tiny = Recipe(options={"vocab_dropout": 0.0})  # its dropout draws from each process's RNG
@@ -150,6 +159,7 @@ class CZSLCoOp(CompositionalPrompt):
 
     name = "czsl-coop"
     Config = CZSLCoOpConfig
+    config: CZSLCoOpConfig
     recipes = CSP_RECIPES  # CSP's, as the CSP paper runs its baselines
     builtin_rows = (BuiltinRow("czsl-coop", CPU_CZSL),)
     tiny = Recipe()
@@ -176,11 +186,13 @@ class CZSLZeroShot(PairMethod):
 
     name = "czsl-zeroshot"
     Config = CZSLZeroShotConfig
+    config: CZSLZeroShotConfig
     recipes = CSP_RECIPES  # CSP's, as the CSP paper runs its baselines
     builtin_rows = (BuiltinRow("czsl-zeroshot", CPU_CZSL),)
     tiny = Recipe()
     template_option = None
     learns = False
+    pair_features: Tensor
 
     def __init__(self, backbone: Backbone, classes: PairSpace, config: CZSLZeroShotConfig | None = None):
         super().__init__(backbone, classes, config)
@@ -212,6 +224,7 @@ class AttrObjHeads(PairMethod):
 
     name = "attr-obj-heads"
     Config = AttrObjHeadsConfig
+    config: AttrObjHeadsConfig
     recipes = CSP_RECIPES  # CSP's, as the CSP paper runs its baselines
     builtin_rows = (BuiltinRow("attr-obj-heads", CPU_CZSL.but(lr=1e-2)),)
     tiny = Recipe()
@@ -244,10 +257,12 @@ class PairProjection(PairMethod):
 
     name = "pair-projection"
     Config = PairProjectionConfig
+    config: PairProjectionConfig
     recipes = CSP_RECIPES  # CSP's, as the CSP paper runs its baselines
     builtin_rows = (BuiltinRow("pair-projection", CPU_CZSL.but(lr=1e-3)),)
     tiny = Recipe()
     template_option = None
+    words: Tensor
 
     def __init__(self, backbone: Backbone, classes: PairSpace, config: PairProjectionConfig | None = None):
         super().__init__(backbone, classes, config)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ..backbones import Backbone, BackboneError
+from ..labels import ClassNames
 from .base import BuiltinRow, MethodConfig, MethodInputError, PromptMethod, Recipe, option
 from .prompting import CLASS_POSITIONS, PromptLayout, initial_context
 from .recipes import COOP_EPOCHS_BY_SHOTS, COOP_REPO, CPU_MULTITASK, CPU_SGD, TRANSFER, dassl_recipe
@@ -39,6 +41,8 @@ class CoOp(PromptMethod):
 
     name = "coop"
     Config = CoOpConfig
+    config: CoOpConfig
+    labels: ClassNames
     recipes = {
         # few-shot: 16 random context tokens (N_CTX 16 in scripts/coop/main.sh), epochs by shots (COOP.md)
         "default": dassl_recipe(
@@ -75,12 +79,12 @@ class CoOp(PromptMethod):
             lr=0.002,
         ).with_options(n_ctx=4, ctx_init="a photo of a"),
     }
-    builtin_rows = (
+    builtin_rows: ClassVar[tuple[BuiltinRow, ...]] = (
         BuiltinRow("coop", CPU_SGD.but(lr=0.02).with_options(n_ctx=4)),
         BuiltinRow("mt-coop", CPU_MULTITASK.with_options(n_ctx=4), per_task=True),
     )
     tiny = Recipe(options={"n_ctx": 4})
-    template_option = None
+    template_option: ClassVar[str | None] = None
     has_context = True
 
     def __init__(self, backbone: Backbone, classes: Sequence[str], config: CoOpConfig | None = None):
@@ -93,7 +97,7 @@ class CoOp(PromptMethod):
         self._labels_changed(backbone)
 
     @classmethod
-    def transfers_with(cls, config: CoOpConfig) -> bool:
+    def transfers_with(cls, config: CoOpConfig) -> bool:  # type: ignore[override]
         return not config.class_specific
 
     def set_classes(self, backbone: Backbone, classes) -> None:

@@ -134,6 +134,7 @@ class CoPrompt(RemembersStep, MaPLe):
 
     name = "coprompt"
     Config = CoPromptConfig
+    config: CoPromptConfig
     recipes = {
         "default": _recipe(_SOURCE, (), 8, n_ctx=2, depth=9, weight=1.0),
         **{
@@ -164,7 +165,7 @@ class CoPrompt(RemembersStep, MaPLe):
         width = backbone.embed_dim
         self.adapter_image = Adapter(width, cfg.reduction).to(backbone.device)
         self.adapter_text = Adapter(width, cfg.reduction).to(backbone.device)
-        self._step: Tensor | None = None
+        self._step = None
 
     def _description_sentences(self) -> list[list[str]]:
         where = f"coprompt descriptions {self.config.descriptions or '(option sentences)'}"
@@ -209,6 +210,7 @@ class CoPrompt(RemembersStep, MaPLe):
         descriptions = self.description_features(backbone)
         k = int(torch.randint(len(descriptions), ()))
         pixels = batch.pixels
+        assert pixels is not None  # it changes the image tower: batches carry pixels
         if self.config.frozen_view == "randaugment":
             pixels = randaugment_view(pixels, backbone.preprocess_cfg["mean"], backbone.preprocess_cfg["std"])
         with torch.no_grad():

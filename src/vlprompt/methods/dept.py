@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import Backbone
+from ..labels import ClassNames
 from .base import Batch, BuiltinRow, MethodConfig, MethodInputError, MethodOptionError, PromptMethod, Recipe, option
 from .recipes import CPU_SGD, CPU_TWO_TOWER, dassl_recipe
 from .wrapper import MethodWrapper, WrapperConfig
@@ -109,6 +110,8 @@ class DePT(MethodWrapper):
 
     name = "dept"
     Config = DePTConfig
+    config: DePTConfig
+    labels: ClassNames
     recipes = {
         # the wrapped method and its options come from --method_options (default: CoOp's 16 random tokens)
         "default": _dept_recipe("CoOp/vit_b16_ep10_bs4_lr35"),
@@ -139,7 +142,7 @@ class DePT(MethodWrapper):
         config = config if config is not None else self.Config()
         self.wrapped(config)  # refuses a method without class features before building anything
         if not config.base_classes:
-            names = self.label_kind.coerce(labels).names
+            names = self.label_kind.coerce(labels).display_names()
             config = dataclasses.replace(config, base_classes=list(names))
         super().__init__(backbone, labels, config)
         width = backbone.embed_dim
@@ -188,6 +191,7 @@ class DePT(MethodWrapper):
         if "image_features" not in seen or (text is None and "text_features" not in seen):
             raise MethodInputError(f"dept needs {self.inner.name} to score with its image and class text features")
         image, text = seen["image_features"], seen.get("text_features", text)
+        assert text is not None  # checked above
         if self.training:
             self._step = (image, text)
             return logits
@@ -201,6 +205,7 @@ class DePT(MethodWrapper):
             raise MethodInputError("dept's loss needs a training forward pass on its base classes (in train mode)")
         (image, text), self._step = self._step, None
         targets = batch.targets
+        assert targets is not None  # a training batch
         own = text[targets] if text.dim() == 2 else text[torch.arange(len(targets), device=text.device), targets]
         rows = torch.cat([self.head_logits(own, "text"), self.head_logits(image)])[:, self._rows]
         head_ce = F.cross_entropy(rows, torch.cat([targets, targets]), label_smoothing=label_smoothing)

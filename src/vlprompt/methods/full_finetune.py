@@ -38,6 +38,7 @@ class FullFinetune(TowerTuning):
 
     name = "full-finetune"
     Config = FullFinetuneConfig
+    config: FullFinetuneConfig
     recipes = {
         "default": Recipe(
             train={

@@ -59,6 +59,7 @@ class IVLP(PhraseContextPrompts):
 
     name = "ivlp"
     Config = IVLPConfig
+    config: IVLPConfig
     recipes = {
         # the released IVLP config prompts all 12 blocks of each tower (train.py's default is 9)
         "default": dassl_recipe(
@@ -93,6 +94,7 @@ class IVLP(PhraseContextPrompts):
     builtin_rows = (BuiltinRow("ivlp", CPU_TWO_TOWER.with_options(depth_text=3, depth_vision=3), default=False),)
     tiny = Recipe(options={"depth_text": 2, "depth_vision": 2})  # the tiny towers have 2 blocks
     template_option = None
+    hand_text: Tensor
 
     def __init__(self, backbone: Backbone, classes: Sequence[str], config: IVLPConfig | None = None):
         super().__init__(backbone, classes, config)
@@ -131,7 +133,7 @@ class IVLP(PhraseContextPrompts):
                 )
 
     @classmethod
-    def capabilities(cls, config: IVLPConfig | None = None) -> dict[str, bool]:
+    def capabilities(cls, config: IVLPConfig | None = None) -> dict[str, bool]:  # type: ignore[override]
         config = config if config is not None else cls.Config()
         flags = super().capabilities(config)
         flags["changes_image_tower"] = config.depth_vision > 0
@@ -158,6 +160,7 @@ class IVLP(PhraseContextPrompts):
     def image_features(self, backbone: Backbone, batch: Batch) -> Tensor:
         if self.config.depth_vision == 0:
             return super().image_features(backbone, batch)  # frozen CLIP: cached features, or the plain tower
+        assert batch.pixels is not None  # it changes the image tower: batches carry pixels
         return backbone.encode_image(batch.pixels, token_prompts=self.vision[0], deep_prompts=list(self.vision[1:]))
 
     @torch.no_grad()

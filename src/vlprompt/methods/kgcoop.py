@@ -52,6 +52,7 @@ class KgCoOp(CoOp):
 
     name = "kgcoop"
     Config = KgCoOpConfig
+    config: KgCoOpConfig
     recipes = {
         # base2new_train.sh: N_CTX 4, W from run.sh (8.0); xd_train.sh runs the same config at 4 shots on every
         # dataset (ImageNet included) with W 8.0; CTX_INIT True means "a photo of a" in trainers/kgcoop.py
@@ -67,6 +68,7 @@ class KgCoOp(CoOp):
     builtin_rows = (BuiltinRow("kgcoop", CPU_SGD.but(lr=0.02), default=False),)
     tiny = Recipe()
     template_option = "template"
+    hand_features: Tensor
     #: KgCoOp's CUSTOM_TEMPLATES (KgCoOp/trainers/kgcoop.py): CoOp's, but for DTD.
     templates_by_dataset = {"dtd": "a photo of a {}, a type of texture."}
 

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from ..backbones import Backbone
 from ..errors import DataError
+from ..labels import ClassNames
 from .base import Batch, BuiltinRow, MethodConfig, MethodInputError, MethodOptionError, PromptMethod, Recipe, option
 from .recipes import COOP_REPO
 from .zeroshot import ensemble_text_features
@@ -137,6 +138,8 @@ class LinearProbe(PromptMethod):
 
     name = "linear-probe"
     Config = LinearProbeConfig
+    config: LinearProbeConfig
+    labels: ClassNames
     recipes = {
         "default": Recipe(
             train={
@@ -174,6 +177,7 @@ class LinearProbe(PromptMethod):
     )
     tiny = Recipe(options={"init": "zeroshot"})
     template_option = "template"
+    C: Tensor
     scores_with_text = False
     transfers = False
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..backbones import Backbone
+from ..labels import ClassNames
 from .base import Batch, BuiltinRow, MethodConfig, MethodOptionError, PromptMethod, Recipe
 from .coop import nearest_words
 from .prompting import PromptLayout, initial_context
@@ -56,6 +57,8 @@ class PhraseContextPrompts(PromptMethod):
 
     changes_image_tower = True
     has_context = True
+    labels: ClassNames
+    deep_text: nn.ParameterList | Tensor
 
     def _init_context(self, backbone: Backbone, n_ctx: int, ctx_init: str, std: float, depth_text: int) -> None:
         if depth_text > backbone.text_layers:
@@ -87,6 +90,7 @@ class MaPLe(PhraseContextPrompts):
 
     name = "maple"
     Config = MaPLeConfig
+    config: MaPLeConfig
     recipes = {
         "default": dassl_recipe(
             f"{MPL_REPO}:configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml, scripts/maple/base2new_train_maple.sh",
@@ -128,4 +132,5 @@ class MaPLe(PhraseContextPrompts):
 
     def image_features(self, backbone: Backbone, batch: Batch) -> Tensor:
         deep = [proj(prompts) for proj, prompts in zip(self.deep_proj, self.deep_text)]
+        assert batch.pixels is not None  # it changes the image tower: batches carry pixels
         return backbone.encode_image(batch.pixels, token_prompts=self.proj(self.ctx), deep_prompts=deep)

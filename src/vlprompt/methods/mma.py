@@ -24,11 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
 from ..backbones import Backbone
+from ..labels import ClassNames
 from .base import Batch, BuiltinRow, MethodConfig, MethodOptionError, PromptMethod, Recipe, option
 from .prompting import clean_classname
 from .recipes import CPU_TWO_TOWER, dassl_recipe
@@ -98,6 +100,8 @@ class MMA(PromptMethod):
 
     name = "mma"
     Config = MMAConfig
+    config: MMAConfig
+    labels: ClassNames
     changes_image_tower = True
     recipes = {
         "default": dassl_recipe(
@@ -124,6 +128,8 @@ class MMA(PromptMethod):
     tiny = Recipe(options={"start": 1, "end": 2, "dim": 8})  # the tiny towers have 2 blocks
     template_option = "template"
     authors_template = "a photo of a {}."
+    embeds: Tensor
+    eot: Tensor
 
     def __init__(self, backbone: Backbone, classes: Sequence[str], config: MMAConfig | None = None):
         super().__init__(backbone, classes, config)
@@ -154,7 +160,8 @@ class MMA(PromptMethod):
         """The tower's block residuals (block index, 0-based -> r of that block's normalised input)."""
         first = self.config.start - 1
         return {
-            first + k: self._residual(adapter, shared) for k, (adapter, shared) in enumerate(zip(adapters, self.shared))
+            first + k: self._residual(cast(TowerAdapter, adapter), shared)
+            for k, (adapter, shared) in enumerate(zip(adapters, self.shared))
         }
 
     def _residual(self, adapter: TowerAdapter, shared: nn.Module) -> Callable[[Tensor], Tensor]:
@@ -173,4 +180,5 @@ class MMA(PromptMethod):
         )
 
     def image_features(self, backbone: Backbone, batch: Batch) -> Tensor:
+        assert batch.pixels is not None  # it changes the image tower: batches carry pixels
         return backbone.encode_image(batch.pixels, block_residuals=self.residuals(self.image_adapters))

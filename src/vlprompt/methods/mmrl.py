@@ -28,12 +28,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import Backbone
+from ..labels import ClassNames
 from .base import Batch, BuiltinRow, MethodConfig, MethodOptionError, PromptMethod, Recipe, cosine_logits, option
 from .prompting import clean_classname
 from .recipes import CPU_ADAMW, dassl_recipe
@@ -89,7 +91,7 @@ _REG_WEIGHTS = {
 
 
 def _recipe(source: str, datasets: tuple[str, ...], epochs: int = 10, batch_size: int = 4, **options) -> Recipe:
-    train = {"optimizer": "adamw", "lr": 1e-3, "epochs": epochs, "batch_size": batch_size}
+    train: dict[str, Any] = {"optimizer": "adamw", "lr": 1e-3, "epochs": epochs, "batch_size": batch_size}
     return dassl_recipe(source, ("base-to-new",), datasets=datasets, **train).with_options(**options)
 
 
@@ -98,6 +100,8 @@ class MMRL(PromptMethod):
 
     name = "mmrl"
     Config = MMRLConfig
+    config: MMRLConfig
+    labels: ClassNames
     changes_image_tower = True
     recipes = {
         "default": _recipe(_SOURCE, (), reg_weight=1.0),
@@ -116,6 +120,9 @@ class MMRL(PromptMethod):
     builtin_rows = (BuiltinRow("mmrl", CPU_ADAMW.but(lr=0.01).with_options(rep_layers=[2, 3]), default=False),)
     tiny = Recipe(options={"rep_layers": [2], "rep_dim": 16, "n_rep_tokens": 2})
     template_option = "template"
+    embeds: Tensor
+    eot: Tensor
+    frozen_text: Tensor
 
     def __init__(self, backbone: Backbone, labels: Sequence[str], config: MMRLConfig | None = None):
         super().__init__(backbone, labels, config)
@@ -164,6 +171,7 @@ class MMRL(PromptMethod):
 
     def _image(self, backbone: Backbone, batch: Batch) -> tuple[Tensor, Tensor]:
         """(f_c, f_r): the class-token feature and the representation feature."""
+        assert batch.pixels is not None  # it changes the image tower: batches carry pixels
         features, tokens = backbone.encode_image(
             batch.pixels, token_prompts=self.to_vision[0](self.rep), deep_prompts=self._deep(self.to_vision),
             insert_at=self.layers[0] - 1, prompt_outputs=True,
@@ -188,9 +196,11 @@ class MMRL(PromptMethod):
         if self._step is None:
             raise RuntimeError("mmrl's loss needs the logits of a training forward pass (call it in train mode)")
         (class_logits, rep_logits, image, text), self._step = self._step, None
+        assert batch.pixels is not None  # it changes the image tower: batches carry pixels
         with torch.no_grad():
             frozen_image = backbone.encode_image(batch.pixels)
         cfg, targets = self.config, batch.targets
+        assert targets is not None  # a training batch
         cross_entropy = cfg.alpha * F.cross_entropy(class_logits, targets, label_smoothing=label_smoothing) + (
             1 - cfg.alpha
         ) * F.cross_entropy(rep_logits, targets, label_smoothing=label_smoothing)

@@ -8,8 +8,9 @@ within that block.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,7 @@ class TaskMethod(PromptMethod):
     """Base of the methods that score a :class:`~vlprompt.labels.TaskSpace` (task-masked loss and predictions)."""
 
     label_kind = TaskSpace
+    labels: TaskSpace
 
     def _tasks_of(self, batch: Batch) -> Tensor:
         if batch.task is None:
@@ -54,6 +56,7 @@ class TaskMethod(PromptMethod):
         return batch.task
 
     def loss(self, backbone: Backbone, batch: Batch, logits: Tensor, label_smoothing: float = 0.0) -> Tensor:
+        assert batch.targets is not None  # a training batch
         return task_cross_entropy(logits, batch.targets, self._tasks_of(batch), self.labels.blocks(), label_smoothing)
 
     def predicted_labels(self, batch: Batch, logits: Tensor) -> Tensor:
@@ -112,6 +115,8 @@ class PerTask(TaskMethod):
 
     name = "per-task"
     Config = PerTaskConfig
+    config: PerTaskConfig
+    members: Sequence[PromptMethod]  # an nn.ModuleList of the task methods
 
     def __init__(self, backbone: Backbone, labels: Any, config: PerTaskConfig | None = None, members=None):
         super().__init__(backbone, labels, config)
@@ -128,7 +133,7 @@ class PerTask(TaskMethod):
         self.changes_backbone, self.has_context = cls.changes_backbone, False
         if members is None:
             members = [build_method(cls.name, backbone, t.classes, self.config.options) for t in self.labels.tasks]
-        self.members = nn.ModuleList(members)
+        self.members = nn.ModuleList(members)  # type: ignore[assignment]  # typed as the methods it holds
 
     @property
     def member_name(self) -> str:
@@ -157,7 +162,7 @@ class PerTask(TaskMethod):
 
     def reusable_text_features(self, backbone: Backbone) -> Tensor | None:
         texts = [m.reusable_text_features(backbone) for m in self.members]
-        return None if any(t is None for t in texts) else torch.cat(texts)
+        return None if any(t is None for t in texts) else torch.cat(cast("list[Tensor]", texts))
 
     def logits(self, backbone: Backbone, batch: Batch, text: Tensor | None = None) -> Tensor:
         blocks = self.labels.blocks()

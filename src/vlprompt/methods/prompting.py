@@ -36,6 +36,11 @@ class PromptLayout(nn.Module):
             default ``n_ctx`` placeholder tokens. Only with the class at the end.
     """
 
+    prefix: Tensor
+    suffix: Tensor
+    eot_index: Tensor
+    order: Tensor
+
     def __init__(
         self,
         backbone: Backbone,

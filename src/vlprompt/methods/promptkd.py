@@ -118,6 +118,8 @@ class GlobalBatchNorm(nn.BatchNorm1d):
         mean = _global_sum(x.sum(0)) / count
         var = _global_sum(((x - mean) ** 2).sum(0)) / count
         with torch.no_grad():
+            assert self.running_mean is not None and self.running_var is not None  # track_running_stats
+            assert self.num_batches_tracked is not None and self.momentum is not None
             self.running_mean.lerp_(mean.detach(), self.momentum)
             self.running_var.lerp_(var.detach() * count / (count - 1), self.momentum)
             self.num_batches_tracked.add_(1)
@@ -177,6 +179,8 @@ class PromptKD(PromptMethod):
 
     name = "promptkd"
     Config = PromptKDConfig
+    config: PromptKDConfig
+    labels: ClassNames
     changes_image_tower = True
     recipes = {
         "default": dassl_recipe(
@@ -214,6 +218,7 @@ class PromptKD(PromptMethod):
     )
     tiny = Recipe(options={"teacher": ZEROSHOT_TEACHER, "depth_vision": 2, "kd_weight": 1.0})
     template_option = None
+    class_features: Tensor
 
     def __init__(self, backbone: Backbone, labels: Sequence[str], config: PromptKDConfig | None = None):
         super().__init__(backbone, labels, config)
@@ -238,7 +243,7 @@ class PromptKD(PromptMethod):
             raise OptionError(f"promptkd teacher {where} scores {teacher.label_kind.kind}, the student scores classes")
         if not teacher.transfers_to_new_classes and teacher.labels != self.labels:
             raise OptionError(
-                f"promptkd teacher {where} ({teacher.name}) learned the classes {list(teacher.labels.names)} and "
+                f"promptkd teacher {where} ({teacher.name}) learned the classes {teacher.labels.display_names()} and "
                 f"cannot score others; the student's are {list(self.labels.names)}"
             )
         self.teacher.set_classes(self.labels)
@@ -251,6 +256,7 @@ class PromptKD(PromptMethod):
 
     def image_features(self, backbone: Backbone, batch: Batch) -> Tensor:
         vision = self.vision
+        assert batch.pixels is not None  # it changes the image tower: batches carry pixels
         features = backbone.encode_image(batch.pixels, token_prompts=vision[0], deep_prompts=list(vision[1:]))
         return self.projector(features.float())
 

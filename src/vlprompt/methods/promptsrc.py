@@ -119,6 +119,7 @@ class PromptSRC(RemembersStep, IVLP):
 
     name = "promptsrc"
     Config = PromptSRCConfig
+    config: PromptSRCConfig
     recipes = {
         "default": dassl_recipe(
             f"{_CONFIGS}ep20_batch4_4+4ctx.yaml, scripts/promptsrc/base2new_train.sh",
@@ -164,6 +165,7 @@ class PromptSRC(RemembersStep, IVLP):
     )
     tiny = Recipe(options={"depth_text": 2, "depth_vision": 2})
     template_option = None
+    teacher: Tensor
 
     def __init__(self, backbone: Backbone, classes: Sequence[str], config: PromptSRCConfig | None = None):
         super().__init__(backbone, classes, config)
@@ -181,6 +183,7 @@ class PromptSRC(RemembersStep, IVLP):
         image, text = self.step_features()
         if self.changes_image_tower:
             with torch.no_grad():
+                assert batch.pixels is not None  # it changes the image tower: batches carry pixels
                 frozen_image = backbone.encode_image(batch.pixels)
         else:
             frozen_image = image  # no image prompts (depth_vision 0): the image features are the frozen ones

@@ -93,6 +93,7 @@ class SoftCPT(TaskMethod):
 
     name = "softcpt"
     Config = SoftCPTConfig
+    config: SoftCPTConfig
     recipes = {
         "default": Recipe(train={"epochs": 50}, source=f"{SOFTCPT_REPO}:configs/trainers/MTCoOp/vit_b16_ep50.yaml")
     }
@@ -102,6 +103,11 @@ class SoftCPT(TaskMethod):
     )
     tiny = Recipe(options={"n_ctx": 4, "variant": "CATA"})
     template_option = None
+    class_ctx: Tensor | None
+    name_layout: PromptLayout | None
+    frozen_class_features: Tensor
+    meta_rows: Tensor
+    class_task: Tensor
 
     def __init__(self, backbone: Backbone, labels: Any, config: SoftCPTConfig | None = None):
         super().__init__(backbone, labels, config)
@@ -184,6 +190,7 @@ class SoftCPT(TaskMethod):
         """[C, D] unnormalised text features of "[class tokens] <class name>." (class-aware variants)."""
         if self.class_ctx is None:
             return self.frozen_class_features
+        assert self.name_layout is not None  # class tokens are only learned by a class-aware variant
         return self.name_layout.encode(backbone, self.class_ctx)
 
     def generate_context(self, features: Tensor) -> Tensor:

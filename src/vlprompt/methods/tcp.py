@@ -77,6 +77,7 @@ class TCP(KgCoOp):
 
     name = "tcp"
     Config = TCPConfig
+    config: TCPConfig
     recipes = {
         "default": dassl_recipe(
             f"{TCP_REPO}:configs/trainers/TCP/vit_b16_ep100_ctxv1.yaml, scripts/base2new_train.sh, "

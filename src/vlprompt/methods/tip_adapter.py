@@ -26,6 +26,7 @@ from torchvision import transforms as T
 
 from ..backbones import Backbone
 from ..errors import DataError
+from ..labels import ClassNames
 from .base import Batch, BuiltinRow, MethodConfig, MethodInputError, MethodOptionError, PromptMethod, Recipe, option
 from .zeroshot import COOP_ENSEMBLE_TEMPLATES, ensemble_text_features
 
@@ -133,6 +134,8 @@ class TipAdapter(PromptMethod):
 
     name = "tip-adapter"
     Config = TipAdapterConfig
+    config: TipAdapterConfig
+    labels: ClassNames
     learns = False
     sets_up = True
     transfers = False  # one cache value per training class
@@ -154,6 +157,11 @@ class TipAdapter(PromptMethod):
     builtin_rows = (BuiltinRow("tip-adapter", Recipe(source=_CPU), default=False),)
     tiny = Recipe(options={"augment_epoch": 2, "search_step": [20, 5]})
     template_option = "templates"
+    cache_keys: Tensor
+    cache_values: Tensor
+    beta: Tensor
+    alpha: Tensor
+    clip_weights: Tensor
 
     def __init__(self, backbone: Backbone, classes: Sequence[str], config: TipAdapterConfig | None = None):
         super().__init__(backbone, classes, config)
@@ -264,6 +272,7 @@ class TipAdapterF(TipAdapter):
 
     name = "tip-adapter-f"
     Config = TipAdapterFConfig
+    config: TipAdapterFConfig
     learns = True
     sets_up = True
     transfers = False

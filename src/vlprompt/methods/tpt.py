@@ -28,7 +28,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -84,7 +84,8 @@ def _flip() -> int:
 
 
 def _affine(image: Image.Image, coeffs: tuple[float, ...]) -> Image.Image:
-    return image.transform(image.size, Image.AFFINE, coeffs, resample=Image.BILINEAR)
+    # Pillow >= 9 (pyproject) has these constants; its enums (what its types declare) came in 9.1
+    return image.transform(image.size, Image.AFFINE, coeffs, resample=Image.BILINEAR)  # type: ignore[attr-defined]
 
 
 #: AugMix's 9 operations (TPT@63ecbac:data/augmix_ops.py), drawing from torch's RNG instead of numpy's.
@@ -92,7 +93,7 @@ AUGMIX_OPS = (
     lambda im, s: ImageOps.autocontrast(im),
     lambda im, s: ImageOps.equalize(im),
     lambda im, s: ImageOps.posterize(im, 4 - int(_level(s) * 4 / 10)),
-    lambda im, s: im.rotate(int(_level(s) * 30 / 10) * _flip(), resample=Image.BILINEAR),
+    lambda im, s: im.rotate(int(_level(s) * 30 / 10) * _flip(), resample=Image.BILINEAR),  # type: ignore[attr-defined]
     lambda im, s: ImageOps.solarize(im, 256 - int(_level(s) * 256 / 10)),
     lambda im, s: _affine(im, (1, _level(s) * 0.3 / 10 * _flip(), 0, 0, 1, 0)),
     lambda im, s: _affine(im, (1, 0, 0, _level(s) * 0.3 / 10 * _flip(), 1, 0)),
@@ -203,6 +204,7 @@ class TPT(MethodWrapper):
 
     name = "tpt"
     Config = TPTConfig
+    config: TPTConfig
     adapts_at_test_time = True
     learns = False  # its own tensors: none (the wrapped method's train with ``train``)
     recipes = {
@@ -230,7 +232,7 @@ class TPT(MethodWrapper):
         self.views = TPTViews(backbone, self.config.views, self.config.augmix)
 
     @classmethod
-    def capabilities(cls, config: TPTConfig | None = None) -> dict[str, bool]:
+    def capabilities(cls, config: TPTConfig | None = None) -> dict[str, bool]:  # type: ignore[override]
         config = config if config is not None else cls.Config()
         flags = super().capabilities(config)
         flags["learns"] = flags["learns"] and config.train
@@ -241,7 +243,7 @@ class TPT(MethodWrapper):
         """TPT around an existing (e.g. loaded) method, its tensors kept: ``vlprompt eval --tpt true``."""
         if not isinstance(config, TPTConfig):
             options = {**(config or {}), "method": method.name, "options": method.config.to_dict()}
-            config = cls.Config.from_dict(options, cls.name, "--tpt_options")
+            config = cast(TPTConfig, cls.Config.from_dict(options, cls.name, "--tpt_options"))
         tpt = cls(backbone, method.labels, config)
         tpt.inner = method.requires_grad_(False)
         return tpt
@@ -280,7 +282,7 @@ class TPT(MethodWrapper):
 
     @property
     def inner_device(self) -> torch.device:
-        return self.inner.ctx.device
+        return cast(Tensor, self.inner.ctx).device  # the wrapped method has_context
 
     @contextmanager
     def _tuned(self, backbone: Backbone, views: Tensor) -> Iterator[Batch]:
@@ -291,8 +293,8 @@ class TPT(MethodWrapper):
                 inputs = Batch(pixels=views)
             else:
                 inputs = Batch(features=inner.image_features(backbone, Batch(pixels=views)))
-        first = Batch(pixels=views[:1]) if inputs.pixels is not None else Batch(features=inputs.features[:1])
-        ctx: Tensor = inner.ctx
+        first = Batch(features=inputs.features[:1]) if inputs.features is not None else Batch(pixels=views[:1])
+        ctx = cast(Tensor, inner.ctx)  # the wrapped method has_context
         saved, requires_grad = ctx.detach().clone(), ctx.requires_grad
         try:
             if cfg.steps:
@@ -316,6 +318,7 @@ class TPT(MethodWrapper):
             keep = confident_views(logits, cfg.select) if keep is None else keep  # step 1's views, then reused
             loss = avg_entropy(logits[keep])
             if cfg.calibration_weight:
+                assert text is not None  # as text_dispersion needs
                 loss = loss - cfg.calibration_weight * text_dispersion(text)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

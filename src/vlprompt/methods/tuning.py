@@ -11,6 +11,7 @@ from torch import Tensor
 from ..backbones import Backbone, BackboneError
 from ..backbones.adapter import TOWERS
 from ..io import tensors_sha256
+from ..labels import ClassNames
 from .base import Batch, MethodConfig, MethodOptionError, PromptMethod
 from .prompting import clean_classname
 
@@ -37,6 +38,9 @@ class TowerTuning(PromptMethod):
 
     changes_image_tower = True
     changes_backbone = True
+    config: TowerTuningConfig
+    labels: ClassNames
+    prompt_ids: Tensor
 
     def __init__(self, backbone: Backbone, classes: Sequence[str], config: TowerTuningConfig | None = None):
         super().__init__(backbone, classes, config)

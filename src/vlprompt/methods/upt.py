@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import Backbone
+from ..labels import ClassNames
 from .base import Batch, BuiltinRow, MethodConfig, MethodOptionError, PromptMethod, Recipe
 from .prompting import PromptLayout
 from .recipes import COOP_EPOCHS_BY_SHOTS, CPU_TWO_TOWER, UPT_REPO
@@ -51,6 +52,8 @@ class UPT(PromptMethod):
 
     name = "upt"
     Config = UPTConfig
+    config: UPTConfig
+    labels: ClassNames
     recipes = {
         "default": Recipe(
             epochs_by_shots=COOP_EPOCHS_BY_SHOTS,
@@ -94,4 +97,5 @@ class UPT(PromptMethod):
 
     def image_features(self, backbone: Backbone, batch: Batch) -> Tensor:
         visual = self.to_vision(self.generate()[self.config.n_ctx :])
+        assert batch.pixels is not None  # it changes the image tower: batches carry pixels
         return backbone.encode_image(batch.pixels, token_prompts=visual)

@@ -53,6 +53,7 @@ class VP(ZeroShot):
 
     name = "vp"
     Config = VPConfig
+    config: VPConfig
     recipes = {
         "default": Recipe(
             train={
@@ -129,4 +130,5 @@ class VP(ZeroShot):
         return prompt
 
     def image_features(self, backbone: Backbone, batch: Batch) -> Tensor:
+        assert batch.pixels is not None  # it changes the image tower: batches carry pixels
         return backbone.encode_image(batch.pixels, pixel_prompt=self.prompt())

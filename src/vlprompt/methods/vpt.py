@@ -47,6 +47,7 @@ class VPT(ZeroShot):
 
     name = "vpt"
     Config = VPTConfig
+    config: VPTConfig
     recipes = {
         # VPT on CLIP as the CLIP prompt-learning papers run it (MaPLe's "deep vision prompting" baseline): 8 tokens
         # in all 12 blocks, frozen "a photo of a {}." class text. Not expressible yet: that release initialises
@@ -93,7 +94,8 @@ class VPT(ZeroShot):
         self.to(backbone.device)
 
     def image_features(self, backbone: Backbone, batch: Batch) -> Tensor:
-        prompts = self.prompts
+        prompts: Tensor = self.prompts
         if self.config.dropout > 0:
             prompts = F.dropout(prompts, self.config.dropout, self.training)
+        assert batch.pixels is not None  # it changes the image tower: batches carry pixels
         return backbone.encode_image(batch.pixels, token_prompts=prompts[0], deep_prompts=list(prompts[1:]))

@@ -39,6 +39,8 @@ class MethodWrapper(PromptMethod):
     """Base of the wrappers: the wrapped method is ``inner``; every hook delegates to it unless overridden."""
 
     Config = WrapperConfig
+    config: WrapperConfig
+    inner: PromptMethod
 
     def __init__(self, backbone: Backbone, labels: Any, config: WrapperConfig | None = None):
         super().__init__(backbone, labels, config)
@@ -126,4 +128,4 @@ class MethodWrapper(PromptMethod):
         return self.inner.cache_key()
 
     def nearest_words(self, backbone: Backbone, k: int = 3):
-        return self.inner.nearest_words(backbone, k)  # type: ignore[attr-defined]
+        return self.inner.nearest_words(backbone, k)  # type: ignore[operator]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import Tensor
 
 from ..backbones import Backbone
+from ..labels import ClassNames
 from .base import BuiltinRow, MethodConfig, MethodOptionError, PromptMethod, Recipe, option
 from .descriptions import (
     BUILTIN,
@@ -111,13 +112,15 @@ class ZeroShot(PromptMethod):
 
     name = "zeroshot"
     Config = ZeroShotConfig
+    config: ZeroShotConfig
+    labels: ClassNames
     recipes = {  # nothing to train: options only
         "cupl-imagenet": Recipe(
             options={"ensemble": "imagenet80", "description_mode": "cupl+templates"},
             source=f"{CUPL_REPO}:classify_imagenet.py (use_both: CLIP's 80 templates and the sentences)",
         ),
     }
-    builtin_rows = (
+    builtin_rows: ClassVar[tuple[BuiltinRow, ...]] = (
         BuiltinRow("zeroshot", CPU_SGD.with_options(templates=["a photo of a {}."])),
         BuiltinRow("zeroshot-ensemble", CPU_SGD.with_options(templates=["a photo of a {}."], ensemble="coop7")),
         BuiltinRow("mt-zeroshot", CPU_MULTITASK.with_options(templates=["a photo of a {}."]), per_task=True),
@@ -125,9 +128,10 @@ class ZeroShot(PromptMethod):
     )
     tiny = Recipe()
     template_option = "templates"
+    template_features: Tensor
     learns = False
 
-    def __init__(self, backbone: Backbone, classes: Sequence[str], config: ZeroShotConfig | None = None):
+    def __init__(self, backbone: Backbone, classes: Sequence[str] | ClassNames, config: ZeroShotConfig | None = None):
         super().__init__(backbone, classes, config)
         self._labels_changed(backbone)
 

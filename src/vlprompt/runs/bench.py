@@ -35,7 +35,7 @@ import json
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from tqdm.auto import tqdm
 
@@ -287,7 +287,7 @@ def run_bench(
     return report
 
 
-def _on_registry(run: RunConfig) -> bool:
+def _on_registry(run: RunConfig) -> TypeGuard[ClassificationRun]:
     """Whether a sub-run trains on a registry dataset (the papers' numbers are for those only)."""
     return isinstance(run, ClassificationRun) and run.data.format == "benchmark"
 
@@ -312,7 +312,7 @@ def bench_summary(protocol: str, rows: list[dict[str, Any]]) -> list[dict[str, A
     transfer = protocol in ("cross-dataset", "domain-generalisation")
     averaged = [r for r in rows if not (transfer and r["dataset"] == SOURCE_DATASET)]
     datasets = list(dict.fromkeys(r["dataset"] for r in averaged))
-    by_key: dict[tuple, dict[str, list[float]]] = {}
+    by_key: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
     for r in averaged:
         by_key.setdefault((r["method"], r["shots"], r["seed"]), {}).setdefault(r["dataset"], []).append(r)
     groups: dict[tuple, dict[str, list[float]]] = {}

@@ -62,7 +62,7 @@ class BenchSource:
 
 
 def _user_overrides(bench: BenchRun) -> dict[str, Any]:
-    train = bench.train if isinstance(bench.train, dict) else dataclasses.asdict(bench.train)
+    train: dict[str, Any] = bench.train if isinstance(bench.train, dict) else dataclasses.asdict(bench.train)
     return {k: v for k, v in train.items() if v is not None}
 
 

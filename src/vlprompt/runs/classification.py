@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..backbones import Backbone
 from ..data import LabeledImages, base_new_split, few_shot, image_folder, split_json
@@ -121,7 +121,8 @@ class Classification(Protocol):
 
     command = "train"
     label_kind = ClassNames
-    group = ("method", "shots")
+    group: ClassVar[tuple[str, ...]] = ("method", "shots")
+    run: ClassificationRun
 
     def __init__(self, run: ClassificationRun):
         super().__init__(run)

@@ -106,7 +106,8 @@ def moved_to_data(command: str, record: dict[str, Any]) -> dict[str, Any]:
     moved = {k: record[k] for k in MOVED_TO_DATA.get(command, ()) if k in record}
     if not moved:
         return record
-    data = record.get("data") if isinstance(record.get("data"), dict) else {}
+    data = record.get("data")
+    data = data if isinstance(data, dict) else {}
     return {**{k: v for k, v in record.items() if k not in moved}, "data": {**moved, **data}}
 
 
@@ -178,7 +179,7 @@ class RunConfig:
 
     def train_config(self, shots: int = 0) -> TrainConfig:
         """The resolved recipe: the preset for ``shots`` with the fields set in ``train`` replaced."""
-        train = self.train if isinstance(self.train, dict) else dataclasses.asdict(self.train)
+        train: dict[str, Any] = self.train if isinstance(self.train, dict) else dataclasses.asdict(self.train)
         return recipe_config(self.recipe(), shots, **{k: v for k, v in train.items() if v is not None})
 
     def resolved_options(self) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor
@@ -29,7 +29,7 @@ from ..features import FeatureCache
 from ..feed import Feed
 from ..io import atomic_write_text
 from ..labels import PairSpace
-from ..methods import PromptMethod, pair_space
+from ..methods import PairMethod, PromptMethod, pair_space
 from ..methods.compositional import primitive_text
 from ..plots import plot_seen_unseen_curve
 from .config import RunConfig
@@ -143,9 +143,10 @@ def word_vectors(run: CZSLRun, split: CZSLSplit, backbone: Backbone) -> tuple[Te
         attrs = backbone.word_vectors([primitive_text(a) for a in split.attrs]).cpu()
         objs = backbone.word_vectors([primitive_text(o) for o in split.objs]).cpu()
         return attrs, objs
-    attrs = load_glove(run.word_vectors, split.attrs, fallback=run.glove_fallback, aliases=REFERENCE_GLOVE_ALIASES)
-    objs = load_glove(run.word_vectors, split.objs, fallback=run.glove_fallback, aliases=REFERENCE_GLOVE_ALIASES)
-    return attrs.vectors, objs.vectors
+    fallback = cast(Literal["error", "zeros", "skip"], run.glove_fallback)  # checked against GLOVE_FALLBACKS
+    glove_attrs = load_glove(run.word_vectors, split.attrs, fallback=fallback, aliases=REFERENCE_GLOVE_ALIASES)
+    glove_objs = load_glove(run.word_vectors, split.objs, fallback=fallback, aliases=REFERENCE_GLOVE_ALIASES)
+    return glove_attrs.vectors, glove_objs.vectors
 
 
 def _row(result: CZSLResult, **keys: Any) -> dict[str, Any]:
@@ -167,6 +168,7 @@ class Compositional(Protocol):
     label_kind = PairSpace
     group = ("method", "world")
     val_key = "val_auc"
+    run: CZSLRun
 
     def validate(self) -> None:
         run = self.run
@@ -207,9 +209,17 @@ class Compositional(Protocol):
         if world == "closed":
             return torch.tensor(images.labels)
         open_index = self.split.pair_index(self.split.open_world_pairs())
-        return torch.tensor([open_index[tuple(self.split.pairs[s.label])] for s in images.samples])
+        return torch.tensor([open_index[tuple(self.split.pairs[s.label])] for s in images.samples])  # type: ignore[index]
 
-    def _evaluate(self, method, backbone, text, phase: str, world: str, removed: Tensor | None = None) -> CZSLResult:
+    def _evaluate(
+        self,
+        method,
+        backbone,
+        text,
+        phase: Literal["val", "test"],
+        world: Literal["closed", "open"],
+        removed: Tensor | None = None,
+    ) -> CZSLResult:
         scores = pair_scores(method, backbone, self.images[phase], self.cache, text)
         labels = self._labels(phase, world)
         return evaluate_split(
@@ -241,7 +251,7 @@ class Compositional(Protocol):
                     self.curves.setdefault(f"{keys['method']} open+calibrated", (res.unseen_acc, res.seen_acc))
         return rows
 
-    def saved_labels(self, method: PromptMethod) -> PairSpace:
+    def saved_labels(self, method: PairMethod) -> PairSpace:  # type: ignore[override]
         return method.labels.with_pairs(self.split.pairs)
 
     def prompt_extra(self, seed: int) -> dict[str, Any]:

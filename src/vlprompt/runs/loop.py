@@ -48,7 +48,7 @@ class Protocol:
     """
 
     command: ClassVar[str]
-    label_kind: ClassVar[type]
+    label_kind: ClassVar[type[LabelSpace]]
     group: ClassVar[tuple[str, ...]]
     #: the key under which a row reports the selected epoch's validation score (None: not reported).
     val_key: ClassVar[str | None] = None

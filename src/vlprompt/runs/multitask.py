@@ -21,7 +21,7 @@ from ..evaluation import evaluate
 from ..evaluation.reports import AVERAGE
 from ..features import FeatureCache
 from ..labels import ClassNames, LabelSpace, TaskSpace, task_key
-from ..methods import PerTask, PerTaskConfig, PromptMethod, build_method, method_class
+from ..methods import PerTask, PerTaskConfig, PromptMethod, TaskMethod, build_method, method_class
 from .classification import ImageSource
 from .config import RunConfig, options_for_seed
 from .loop import Protocol, run_seeds
@@ -77,6 +77,7 @@ class MultiTask(Protocol):
     command = "multitask"
     label_kind = TaskSpace
     group = ("method", "shots", "task")
+    run: MultiTaskRun
 
     def shots(self) -> int:
         return self.run.data.shots
@@ -154,7 +155,7 @@ class MultiTask(Protocol):
             raise DataError("--train.select best needs a validation split in every task")
         return train, train.task_space, scorer
 
-    def evaluate(self, method: PromptMethod, backbone: Backbone, keys: dict[str, Any]) -> list[dict[str, Any]]:
+    def evaluate(self, method: TaskMethod, backbone: Backbone, keys: dict[str, Any]) -> list[dict[str, Any]]:  # type: ignore[override]
         row = {**keys, "shots": self.run.data.shots}
         rows = [
             {**row, "task": name, **evaluate(method.task_method(name), backbone, self.splits[name]["test"], self.cache)}

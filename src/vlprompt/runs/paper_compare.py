@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ..data.benchmarks import FEW_SHOT_DATASETS, IMAGENET_VARIANTS
 from ..data.papers import METRICS, PaperResult, paper_result, paper_results
@@ -91,7 +91,7 @@ def paper_notes(
     transfer = protocol in ("cross-dataset", "domain-generalisation")
     averaged = [d for d in dict.fromkeys(c["dataset"] for c in summary) if d != AVERAGE]
     averaged = [d for d in averaged if not (transfer and d == SOURCE_DATASET)]
-    notes = []
+    notes: list[dict[str, Any] | None] = []
     for cell in summary:
         method, shots = cell["method"], cell["shots"]
         datasets = averaged if cell["dataset"] == AVERAGE else [cell["dataset"]]
@@ -101,11 +101,12 @@ def paper_notes(
             notes.append(None)  # not a registry dataset's cell
             continue
         paper_dataset = "average" if cell["dataset"] == AVERAGE else cell["dataset"]
-        entry = _entry(protocol, paper_dataset, list(ran.values()), shots, paper_backbone(*backbone))
+        found = cast("dict[str, RunConfig]", ran)  # none is None (above)
+        entry = _entry(protocol, paper_dataset, list(found.values()), shots, paper_backbone(*backbone))
         if entry is None:
             notes.append(None)
             continue
-        reasons = _reasons(protocol, entry, cell, ran, datasets, backbone)
+        reasons = _reasons(protocol, entry, cell, found, datasets, backbone)
         ours = {m: 100 * float(cell[m]) for m in METRICS[protocol] if cell.get(m) is not None}
         vs: dict[str, Any] = (
             {"matches": False, "reason": "; ".join(reasons)}

@@ -21,7 +21,7 @@ GAP_EPSILON = 1e-4
 
 
 #: numpy's trapezoid rule (``trapz`` before numpy 2.0), as the reference's ``np.trapz``.
-_trapezoid = getattr(np, "trapezoid", None) or np.trapz
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # type: ignore[attr-defined, unused-ignore]
 
 
 def _harmonic(seen: np.ndarray, unseen: np.ndarray) -> np.ndarray:

@@ -89,11 +89,15 @@ def _sincos(dim: int, grid: int) -> Tensor:
 
 def _blocks(dim: int, depth: int, heads: int, mlp_ratio: float) -> nn.ModuleList:
     norm = partial(nn.LayerNorm, eps=1e-6)
-    return nn.ModuleList(Block(dim, heads, mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth))
+    # timm annotates norm_layer as a class; the reference passes this partial
+    return nn.ModuleList(Block(dim, heads, mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(depth))  # type: ignore[arg-type]
 
 
 class MaskedAutoencoder(Inpainter):
     """The reference's ViT MAE trunk (encoder on visible patches, decoder on all positions) with a head."""
+
+    pos_embed: Tensor
+    decoder_pos_embed: Tensor
 
     def __init__(self, config: MAEConfig) -> None:
         super().__init__()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +59,8 @@ def build_vqgan(config: VQGANConfig) -> nn.Module:
             "MAE-VQGAN decodes with diffusers' VQModel: pip install 'vlprompt[incontext]' (or diffusers)"
         ) from err
     levels = len(config.block_out_channels)
-    return VQModel(
+    # a torch Module (diffusers' ModelMixin), which mypy does not see through diffusers' lazy torch import
+    return VQModel(  # type: ignore[return-value]
         in_channels=3,
         out_channels=3,
         down_block_types=tuple(
@@ -79,6 +81,8 @@ def build_vqgan(config: VQGANConfig) -> nn.Module:
 
 class MAEVQGAN(MaskedAutoencoder):
     """The reference's MAE-VQGAN: the decoder predicts VQGAN codes of every patch, the VQGAN decodes them."""
+
+    vae: Any  # diffusers' VQModel (see build_vqgan)
 
     def __init__(self, config: MAEConfig, vqgan: VQGANConfig | None = None) -> None:
         vqgan = vqgan or VQGANConfig()
