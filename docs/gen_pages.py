@@ -1,6 +1,6 @@
 """The site's generated pages (run by mkdocs-gen-files at build time; ``tests/test_docs.py`` checks them).
 
-From the code, so they cannot go stale: the getting-started page and usage from README.md, one page per
+From the code, so they cannot go stale: the getting-started page from README.md, one page per
 registered method (its module and class docstrings, its options as ``vlprompt train --method X --help`` prints
 them, its recipes with their sources, the papers' numbers vlprompt ships) and one page per command (its
 dataclass docstring and ``--help``).
@@ -106,8 +106,13 @@ def pages() -> dict[str, str]:
     commands = ["# Commands", "", "| command | what it does |", "|---|---|"]
     commands += [f"| [`vlprompt {n}`]({n}.md) | {summary} |" for n, (_, summary) in COMMAND_CONFIGS.items()]
     out = {
-        "index.md": _intro() + readme_section("Quickstart") + "\n" + readme_section("What is inside"),
-        "usage.md": readme_section("Usage"),
+        "index.md": "\n".join(
+            [
+                _intro() + readme_section("Quickstart"),
+                readme_section("What is inside"),
+                readme_section("Measured on the built-in benchmark"),
+            ]
+        ),
         "methods/index.md": "\n".join(methods) + "\n",
         "commands/index.md": "\n".join(commands) + "\n",
     }

@@ -72,12 +72,14 @@ def test_getting_started_is_the_readme_quickstart(pages):
         "](images/incontext_canvases.png)" in pages["index.md"]
         and (ROOT / "docs/images/incontext_canvases.png").is_file()
     )
-    assert "## Usage" in readme and pages["usage.md"].startswith("## Usage")
+    assert "## Measured on the built-in benchmark" in pages["index.md"] and "usage.md" not in pages  # a page of its own
+    assert "[docs/usage.md](docs/usage.md)" in readme and "[docs/design.md](docs/design.md)" in readme
 
 
 def test_the_site_config_names_its_generator_and_every_page_exists():
     config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
     plugins = {next(iter(p)) if isinstance(p, dict) else p: p for p in config["plugins"]}
     assert plugins["gen-files"]["gen-files"]["scripts"] == ["docs/gen_pages.py"] and "mkdocstrings" in plugins
-    for page in ("api.md", "formats.md", "benchmarks.md", "datasets.md", "reproduction.md", "incontext.md"):
+    for page in ("api.md", "formats.md", "benchmarks.md", "datasets.md", "reproduction.md", "incontext.md", "usage.md",
+                 "design.md"):  # fmt: skip
         assert (ROOT / "docs" / page).is_file(), page

@@ -207,12 +207,12 @@ class PromptKD(PromptMethod):
     builtin_rows = (
         BuiltinRow(
             "promptkd",
-            CPU_VISUAL.but(lr=0.02).with_options(teacher="bench:promptsrc", depth_vision=3),
+            CPU_VISUAL.but(lr=0.005, batch_size=8).with_options(teacher="bench:promptsrc", depth_vision=3),
             default=False,
         ),
         BuiltinRow(
             "promptkd-zeroshot-teacher",
-            CPU_VISUAL.but(lr=0.02).with_options(teacher=ZEROSHOT_TEACHER, depth_vision=3),
+            CPU_VISUAL.but(lr=0.005, batch_size=8).with_options(teacher=ZEROSHOT_TEACHER, depth_vision=3),
             default=False,
         ),
     )
