@@ -22,12 +22,13 @@ TIMINGS = {"train_seconds"}
 
 
 def commands(root: Path, out: Path) -> list[list[str]]:
-    """A small few-shot bench (two datasets, two seeds) and a base-to-new one, zero-shot and CoOp.
+    """A small few-shot bench (two datasets, two seeds) and a base-to-new one, zero-shot, CoOp and TPT (tuned on
+    each test image's own views: under torchrun each rank tunes its share of the images).
 
     They share a feature cache folder: the first writes it (rank 0), the second reads it on every rank.
     """
-    common = ["--methods", "zeroshot", "coop", "--data.root", str(root), "--backbone.name", "tiny-random-vit"]
-    common += ["--train.epochs", "2", "--method_options", "{coop: {n_ctx: 2}}"]
+    common = ["--methods", "zeroshot", "coop", "tpt", "--data.root", str(root), "--backbone.name", "tiny-random-vit"]
+    common += ["--train.epochs", "2", "--method_options", "{coop: {n_ctx: 2}, tpt: {views: 8, select: 0.25}}"]
     common += ["--feature_cache_dir", str(out / "features")]
     return [
         ["bench", "few-shot", "--datasets", "dtd", "eurosat", "--data.shots", "1", "--seeds", "1", "2", *common,
@@ -99,7 +100,8 @@ def test_two_processes_give_one_process_tables(benches, protocol):
     # over the same test images (each rank scores half, gathered), so equal up to float rounding of the means
     assert _files(ddp) == _files(single)
     results = [f for f in _files(single) if f.endswith("results.json")]
-    assert len(results) == {"few-shot": 1 + 4 + 8, "base-to-new": 1 + 2 + 2}[protocol]
+    assert len(results) == {"few-shot": 1 + 6 + 12, "base-to-new": 1 + 3 + 3}[protocol]
+    assert (ddp / "results.md").read_text().count("| tpt |") >= 1
     for name in results:
         _assert_same_results(json.loads((ddp / name).read_text()), json.loads((single / name).read_text()), name)
     # the trained prompts: the same global batches, so the same tensors (as tests/test_ddp.py asserts for fit)
