@@ -29,7 +29,7 @@ from ..backbones import Backbone
 from .base import Batch, BuiltinRow, MethodConfig, MethodOptionError, Recipe
 from .maple import PhraseContextPrompts
 from .prompting import clean_classname
-from .recipes import CPU_TWO_TOWER, MPL_REPO, TRANSFER, dassl_recipe
+from .recipes import CPU_TWO_TOWER, MPL_REPO, MPL_VPT_RECIPE, TRANSFER, dassl_recipe
 
 
 @dataclass
@@ -82,14 +82,9 @@ class IVLP(PhraseContextPrompts):
         ).with_options(n_ctx_text=4, n_ctx_vision=0, ctx_init="a photo of a", depth_text=12, depth_vision=0),
         # the release's deep vision prompting baseline: trainer VPT, which builds IVLP's image prompts (clip/model.py:
         # the same blocks, N(0, 0.02) init, no text prompts) and scores with frozen "a photo of a {class}." text
-        "vision-only": dassl_recipe(
-            f"{MPL_REPO}:configs/trainers/VPT/vit_b16_c2_ep5_batch4_4.yaml, scripts/vpt/base2new_train_vpt.sh, "
-            "xd_train_vpt.sh, trainers/vpt.py",
-            ("base-to-new", *TRANSFER),
-            epochs=5,
-            batch_size=4,
-            lr=0.0025,
-        ).with_options(n_ctx_text=0, n_ctx_vision=8, ctx_init="a photo of a", depth_text=0, depth_vision=12),
+        "vision-only": MPL_VPT_RECIPE.with_options(
+            n_ctx_text=0, n_ctx_vision=8, ctx_init="a photo of a", depth_text=0, depth_vision=12
+        ),
     }
     builtin_rows = (BuiltinRow("ivlp", CPU_TWO_TOWER.with_options(depth_text=3, depth_vision=3), default=False),)
     tiny = Recipe(options={"depth_text": 2, "depth_vision": 2})  # the tiny towers have 2 blocks

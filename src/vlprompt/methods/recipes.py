@@ -149,6 +149,17 @@ def dassl_recipe(
     )
 
 
+#: The MaPLe release's VPT trainer run (deep image prompts on CLIP): the recipe of ``vpt`` and of IVLP's
+#: vision-only variant, which each add their own options.
+MPL_VPT_RECIPE = dassl_recipe(
+    f"{MPL_REPO}:configs/trainers/VPT/vit_b16_c2_ep5_batch4_4.yaml, scripts/vpt/base2new_train_vpt.sh, "
+    "xd_train_vpt.sh, trainers/vpt.py",
+    ("base-to-new", *TRANSFER),
+    epochs=5,
+    batch_size=4,
+    lr=0.0025,
+)
+
 # ---------------------------------------------------------------- the built-in benchmark (CPU-sized)
 _CPU = "vlprompt's CPU recipe for the built-in benchmark (runs/demo), not a paper's"
 #: Text prompts: SGD at a 10x lr for the short run.

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..backbones import Backbone
 from .base import Batch, BuiltinRow, MethodOptionError, Recipe
-from .recipes import CPU_VISUAL, MPL_REPO, TRANSFER, VPT_REPO, dassl_recipe
+from .recipes import CPU_VISUAL, MPL_VPT_RECIPE, VPT_REPO
 from .zeroshot import ZeroShot, ZeroShotConfig
 
 
@@ -52,14 +52,7 @@ class VPT(ZeroShot):
         # VPT on CLIP as the CLIP prompt-learning papers run it (MaPLe's "deep vision prompting" baseline): 8 tokens
         # in all 12 blocks, frozen "a photo of a {}." class text. Not expressible yet: that release initialises
         # the prompts N(0, 0.02) (clip/model.py) where vlprompt's VPT uses KMnP's uniform init.
-        "default": dassl_recipe(
-            f"{MPL_REPO}:configs/trainers/VPT/vit_b16_c2_ep5_batch4_4.yaml, scripts/vpt/base2new_train_vpt.sh, "
-            "xd_train_vpt.sh, trainers/vpt.py",
-            ("base-to-new", *TRANSFER),
-            epochs=5,
-            batch_size=4,
-            lr=0.0025,
-        ).with_options(n_tokens=8, deep=True, depth=12),
+        "default": MPL_VPT_RECIPE.with_options(n_tokens=8, deep=True, depth=12),
         # the original VPT paper's recipe (a supervised ViT with a linear head; not a CLIP paper's)
         "kmnp": Recipe(
             train={
