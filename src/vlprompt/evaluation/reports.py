@@ -98,9 +98,16 @@ def csv_table(summary: Sequence[Mapping[str, object]]) -> str:
     return buf.getvalue()
 
 
-def write_results(out: Path, table: str, summary: Sequence[Mapping[str, object]], **record: Any) -> None:
+def write_results(
+    out: Path,
+    table: str,
+    summary: Sequence[Mapping[str, object]],
+    csv_rows: Sequence[Mapping[str, object]] | None = None,
+    **record: Any,
+) -> None:
     """Every command's results files: results.json (``record``: its per-seed rows and what else it reports, with
-    ``summary``), results.md (``table``) and results.csv (``summary``: one row per cell, mean ± std over seeds)."""
+    ``summary``), results.md (``table``) and results.csv (``csv_rows``, default ``summary``: one row per cell,
+    mean ± std over seeds)."""
     atomic_write_text(out / "results.json", json.dumps({**record, "summary": list(summary)}, indent=2))
     atomic_write_text(out / "results.md", table)
-    atomic_write_text(out / "results.csv", csv_table(summary))
+    atomic_write_text(out / "results.csv", csv_table(summary if csv_rows is None else csv_rows))

@@ -45,9 +45,8 @@ from ..data.benchmarks import get_dataset
 from ..data.images import DataError
 from ..errors import OptionError
 from ..evaluation import harmonic_mean, markdown_table, summarize
-from ..evaluation.reports import AVERAGE, csv_table, format_cell, mean_std, wide_table, write_results
+from ..evaluation.reports import AVERAGE, format_cell, mean_std, wide_table, write_results
 from ..features import FeatureCache
-from ..io import atomic_write_text
 from ..labels import ClassNames
 from ..methods import method_class
 from ..schema import check_unique
@@ -388,9 +387,10 @@ def bench_report(protocol: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
 def write_bench_tables(out: Path, report: dict[str, Any]) -> None:
     """results.json (per seed and summary), results.md (the tables) and results.csv (the summary; the papers'
     numbers as flat columns where cells have them)."""
-    write_results(out, report["table"], report["summary"], protocol=report["protocol"], per_seed=report["per_seed"])
-    if any("paper" in cell for cell in report["summary"]):
-        atomic_write_text(out / "results.csv", csv_table(flat_cells(report["summary"])))
+    summary = report["summary"]
+    write_results(
+        out, report["table"], summary, flat_cells(summary), protocol=report["protocol"], per_seed=report["per_seed"]
+    )
 
 
 __all__ = [

@@ -196,18 +196,12 @@ def _recipe_differences(
         for key in ours:
             if key not in NOT_RECIPE and ours[key] != theirs[key]:
                 out[f"--train.{key} {_value(ours[key])}"] = _value(theirs[key])
-    defaults = {f.name: _default(f) for f in dataclasses.fields(method_class(run.method).Config)}
+    defaults = method_class(run.method).Config().to_dict()
     for key, value in run.method_options.items():
         paper = recipe.options.get(key, defaults.get(key))
         if value != paper:
             out[f"--method_options {key} {_value(value)}"] = _value(paper)
     return out
-
-
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
 
 
 def _shots(k: int) -> str:
