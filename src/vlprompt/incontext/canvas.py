@@ -50,6 +50,7 @@ __all__ = [
     "denormalize",
     "normalize",
     "resize_cells",
+    "to_uint8",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -182,10 +183,14 @@ def _resize(batch: Tensor, side: int, mode: str = "bicubic") -> Tensor:
     return F.interpolate(batch.float(), size=(side, side), mode=mode, antialias=antialias).clamp(0, 1)
 
 
+def to_uint8(image: Tensor) -> np.ndarray:
+    """A float image [3, H, W] in [0, 1] -> uint8 [H, W, 3], rounded to the nearest level (PIL's and PNG's form)."""
+    return (image.detach().float().cpu().permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+
+
 def _pil_resize(image: Tensor, side: int, resample: str) -> Tensor:
     """The reference's cell: float [3, H, W] -> 8 bits -> PIL resize -> float [3, side, side] of k / 255."""
-    pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    resized = np.asarray(Image.fromarray(pixels).resize((side, side), RESAMPLE[resample]))
+    resized = np.asarray(Image.fromarray(to_uint8(image)).resize((side, side), RESAMPLE[resample]))
     return torch.from_numpy(resized.copy()).permute(2, 0, 1).float().div(255)
 
 

@@ -29,7 +29,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..errors import OptionError
-from .canvas import answer_cell, build_canvases, resize_cells
+from .canvas import answer_cell, build_canvases, resize_cells, to_uint8
 from .models import Inpainter
 from .tasks import InContextTask, get_task, luma
 
@@ -55,9 +55,7 @@ def clip_image_features(backbone: Any, images: Tensor, batch_size: int = 128) ->
     out = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        pil = [
-            Image.fromarray((img.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)) for img in chunk
-        ]
+        pil = [Image.fromarray(to_uint8(img)) for img in chunk]
         pixels = torch.stack([transform(p) for p in pil])
         out.append(F.normalize(backbone.encode_image(pixels).float().cpu(), dim=-1))
     return torch.cat(out)

@@ -13,7 +13,7 @@ from ..data.images import DataError, load_rgb
 from ..errors import RunDirError
 from ..io import atomic_write
 from ..rundir import MARKER, check_run_dir, is_run_dir, prepare_run_dir
-from .canvas import answer_cell, build_canvases
+from .canvas import answer_cell, build_canvases, to_uint8
 from .models import Inpainter
 from .tasks import InContextTask, TaskInputError, check_examples, get_task
 
@@ -95,7 +95,7 @@ def _answer_png(task: InContextTask, answer: Any, size: tuple[int, int]) -> np.n
             x0, y0, x1, y1 = (int(round(v)) for v in answer)
             picture[y0:y1, x0:x1] = 255
         return picture
-    return (answer.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+    return to_uint8(answer)
 
 
 def _numbers(task: InContextTask, answer: Any) -> dict[str, Any]:
@@ -136,7 +136,7 @@ def predict_files(
     records = []
     for i, (path, image, result) in enumerate(zip(queries, query_images, results)):
         size = (image.height, image.width)
-        canvas = (result["canvas"].permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
+        canvas = to_uint8(result["canvas"])
         _save_png(canvas, out / f"canvas_{i}.png")
         _save_png(_answer_png(task, result["answer"], size), out / f"answer_{i}.png")
         record: dict[str, Any] = {
