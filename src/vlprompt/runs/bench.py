@@ -69,6 +69,7 @@ from .bench_sources import (  # noqa: F401 - the sources are part of this module
     builtin_entry,
     builtin_sources,
     builtin_views,
+    entry_options,
     is_builtin,
     make_sources,
     registry_source,
@@ -166,8 +167,7 @@ def check_methods(protocol: str, bench: BenchRun) -> None:
     for method in bench.methods:
         entry = builtin_entry("few-shot", method) if builtin else None  # a built-in row, by label or method
         cls = method_class(entry.method if entry else method, ClassNames)
-        options = {**(entry.options if entry else {}), **bench.method_options.get(method, {})}
-        config = cls.Config.from_dict(options, cls.name)
+        config = cls.Config.from_dict(entry_options(entry, bench, method), cls.name)
         if protocol != "few-shot" and not cls.transfers_with(config):
             raise OptionError(
                 f"{method} with these options learns one output per training class and cannot score new classes: "

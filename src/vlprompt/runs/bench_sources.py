@@ -77,13 +77,18 @@ def _run_fields(bench: BenchRun, out: Path) -> dict[str, Any]:
     }
 
 
+def entry_options(entry: DemoEntry | None, bench: BenchRun, name: str) -> dict[str, Any]:
+    """The options of the ``--methods`` entry ``name``: its built-in row's (if any), ``--method_options`` on top."""
+    return {**(entry.options if entry else {}), **bench.method_options.get(name, {})}
+
+
 def _entry_recipe(entry: DemoEntry | None, bench: BenchRun, name: str) -> tuple[dict[str, Any], str | None, Any]:
     """(options, preset, train overrides) of a built-in row (the user's ``--method_options`` and ``--train`` on
     top), or of ``--preset`` where given or where there is no row.
 
     A row is its whole recipe: it runs with :data:`~vlprompt.engine.presets.NO_PRESET`, so that no option of the
     method's paper preset (e.g. VPT's 12 prompted layers) reaches the tiny bundled model."""
-    options = {**(entry.options if entry else {}), **bench.method_options.get(name, {})}
+    options = entry_options(entry, bench, name)
     if entry is None or bench.preset:
         return options, bench.preset, bench.train
     return options, NO_PRESET, train_overrides(entry.train, **_user_overrides(bench))
