@@ -6,9 +6,10 @@ timed against:
   (and, for MaPLe, the text tower's over the truncated prompts), written out by hand on open_clip's
   modules with nothing else around them;
 - for MaPLe, the reference procedure, whose text tower runs over all 77 positions.
-Timings are interleaved and repeated (medians and per-round ratios). The memory part counts the bytes
-autograd saves for the backward pass of one step (exact, not sampled), with and without activation
-checkpointing of the prompted image tower. Results: ``benchmarks/results/visual_step_cost.json``.
+Timings are interleaved and repeated (medians and per-round ratios). The memory part counts the bytes the
+forward pass of one step leaves alive for its backward pass (saved activations and checkpointed blocks' inputs;
+exact, not sampled: ``common.held_bytes``), with and without activation checkpointing of both towers' blocks.
+Results: ``benchmarks/results/visual_step_cost.json``.
 Run: ``python benchmarks/visual_step_cost.py`` (``--smoke``: a two-block 32-px CLIP with a tiny text
 tower, 4 classes, one round, seconds; see ``benchmarks/common.py``).
 """
@@ -24,7 +25,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import TINY_TEXT, machine_record, paired_ratios, parse_args, random_backbone, run_rounds  # beside
+from common import TINY_TEXT, held_bytes, machine_record, paired_ratios, parse_args, random_backbone, run_rounds
 
 from vlprompt.backbones import Backbone
 from vlprompt.methods import VPT, Batch, MaPLe, MaPLeConfig, VPTConfig
@@ -104,36 +105,14 @@ def loss_of(image, text, labels, scale):
     return F.cross_entropy(scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).t(), labels)
 
 
-def saved_bytes(step, modules) -> int:
-    """Bytes of the distinct activation storages autograd saves for the backward pass of ``step()``.
-
-    Weights of ``modules`` (saved by reference, not copied) and storages saved twice count once / not at all.
-    """
-    weights = {t.untyped_storage().data_ptr() for m in modules for t in m.parameters()}
-    seen: set[int] = set()
-    total = [0]
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in weights and storage.data_ptr() not in seen:
-            seen.add(storage.data_ptr())
-            total[0] += storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = step()
-    loss.backward()
-    return total[0]
-
-
 def activation_memory(bb, method, pixels, labels) -> dict[str, int]:
-    """Saved activations of one training step, without and with checkpointing of the prompted image tower."""
+    """Held activations of one training step, without and with activation checkpointing (both towers' blocks)."""
     batch = Batch(pixels=pixels, targets=labels)
     memory = {}
     for checkpointing in (False, True):
         with bb.checkpointing(checkpointing):
-            saved = saved_bytes(lambda: method.loss(bb, batch, method(bb, batch)), (bb, method))
-            memory["checkpointed" if checkpointing else "stored"] = saved
+            held = held_bytes(lambda: method.loss(bb, batch, method(bb, batch)))
+            memory["checkpointed" if checkpointing else "stored"] = held
     return memory
 
 

@@ -15,6 +15,7 @@ import vlprompt.runs.bench as bench_module
 from vlprompt.cli import main
 from vlprompt.data import image_folder
 from vlprompt.data.benchmarks import DATASETS
+from vlprompt.data.sampling import base_new_split
 from vlprompt.engine.presets import NO_PRESET, protocol_preset
 from vlprompt.evaluation import evaluate, harmonic_mean
 from vlprompt.features import FeatureCache
@@ -23,6 +24,7 @@ from vlprompt.methods import CoOp, build_method, methods_for
 from vlprompt.prompts import load_prompt
 from vlprompt.runs import ClassificationRun, DataConfig, run_classification, train_overrides
 from vlprompt.runs.bench import BenchData, BenchRun, bench_summary, bench_tables, run_bench
+from vlprompt.runs.classification import TRANSDUCTIVE
 
 TRAIN = {"epochs": 2, "batch_size": 8}
 OPTIONS = {"coop": {"n_ctx": 2}}
@@ -146,11 +148,49 @@ def test_two_stages_a_student_distils_the_teacher_trained_earlier_in_the_sweep(t
         saved = json.loads((out / "dtd" / "promptkd" / "shots2" / f"seed{seed}" / "prompt" / "prompt.json").read_text())
         assert saved["extra"]["teacher"]["prompt"] == str(teachers / f"seed{seed}" / "prompt")
         assert saved["extra"]["teacher"]["method"] == "coop"
-    hand = _hand_run(root, tmp_path / "hand", "dtd", "promptkd", 2, "base-to-new", protocol="base-to-new")
+    # the student trains as its release does: on every class's images (labels unused), over every class name
+    hand = _hand_run(root, tmp_path / "hand", "dtd", "promptkd", 2, TRANSDUCTIVE, protocol="base-to-new")
     hand.method_options = {**student, "teacher": str(teachers / "seed{seed}" / "prompt")}
     rows = run_classification(hand, vit_backbone, FeatureCache(), progress=False)
     bench_rows = [r for r in report["per_seed"] if r["method"] == "promptkd"]
     assert [(r["seed"], r["base"], r["new"]) for r in bench_rows] == [(r["seed"], r["base"], r["new"]) for r in rows]
+    subset = json.loads((out / "dtd" / "promptkd" / "shots2" / "seed1" / "train_subset.json").read_text())
+    coop_subset = json.loads((teachers / "seed1" / "train_subset.json").read_text())
+    assert len(subset["paths"]) == 2 * 4 and len(coop_subset["paths"]) == 2 * 2  # 2 shots; dtd's fixture: 4 classes
+    student_saved = json.loads((out / "dtd" / "promptkd" / "shots2" / "seed1" / "prompt" / "prompt.json").read_text())
+    assert len(student_saved["labels"]["names"]) == 4  # saved over every class name
+    # --transductive false: base images only, and the paper comparison says why it is not the paper's setting
+    inductive = _bench(root, tmp_path / "inductive", datasets=["dtd"], methods=["coop", "promptkd"], shots=[2],
+                       method_options=options, transductive=False)  # fmt: skip
+    report = run_bench("base-to-new", inductive, vit_backbone)
+    subset = json.loads((tmp_path / "inductive/dtd/promptkd/shots2/seed1/train_subset.json").read_text())
+    assert subset["paths"] == coop_subset["paths"]
+    kd = next(c for c in report["summary"] if c["method"] == "promptkd" and c["dataset"] == "dtd")
+    assert (
+        "--transductive false: the base classes' images only (the paper's every class's images"
+        in (kd["vs_paper"]["reason"])
+    )
+
+
+def test_transductive_base_to_new_scores_each_half_over_its_own_classes(tmp_path, root, vit_backbone):
+    """A transductive run learns over every class name and scores base and new tests each over its own half, as a
+    hand evaluation of the saved prompt does; a method that learns from labels is refused before any work."""
+    student = {"teacher": "zeroshot", "depth_vision": 2, "kd_weight": 1.0}
+    run = _hand_run(root, tmp_path / "kd", "dtd", "promptkd", 2, TRANSDUCTIVE, protocol="base-to-new")
+    run.method_options, run.seeds = student, [1]
+    [row] = run_classification(run, vit_backbone, FeatureCache(), progress=False)
+    method = load_prompt(tmp_path / "kd" / "seed1" / "prompt", vit_backbone)
+    assert len(method.labels) == 4
+    test = DATASETS["dtd"].load(root, vit_backbone.image_transform())["test"]
+    for half in ("base", "new"):
+        half_test = base_new_split(test, half)
+        method.set_classes(vit_backbone, half_test.classnames)
+        assert row[half] == evaluate(method, vit_backbone, half_test)["accuracy"]
+    assert row["hm"] == harmonic_mean(row["base"], row["new"])
+    coop = _hand_run(root, tmp_path / "coop", "dtd", "coop", 2, TRANSDUCTIVE, protocol="base-to-new")
+    with pytest.raises(bench_module.OptionError, match=r"only for a method that learns without labels .* coop learns"):
+        run_classification(coop, vit_backbone, FeatureCache(), progress=False)
+    assert not (tmp_path / "coop" / "seed1").exists()
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,8 @@ from vlprompt.methods import (
     CoOpConfig,
     LinearProbe,
     LinearProbeConfig,
+    MaPLe,
+    MaPLeConfig,
     ZeroShot,
     ZeroShotConfig,
     build_method,
@@ -276,6 +278,54 @@ def test_cocoop_chunked_equals_unchunked(vit_backbone):
     for name in g_whole:
         assert g_whole[name].abs().max() > 1e-6, name
         torch.testing.assert_close(g_chunked[name], g_whole[name], atol=1e-5, rtol=0, msg=name)
+
+
+def _held_bytes(run) -> int:
+    """Bytes of the storages ``run()`` allocates (not views of existing ones, e.g. a weight's transpose) that are
+    still alive when it returns: what its backward pass needs."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    refs: list = []
+
+    class Held(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+            refs.extend((StorageWeakRef(t.untyped_storage()), t.untyped_storage().nbytes()) for t in tree_leaves(out)
+                        if isinstance(t, torch.Tensor) and t.untyped_storage()._cdata not in inputs)  # fmt: skip
+            return out
+
+    with Held():
+        loss = run()
+    alive = {ref.cdata: n for ref, n in refs if not ref.expired()}
+    del loss
+    return sum(alive.values())
+
+
+def test_text_tower_checkpointing_keeps_the_numbers_and_the_memory_of_block_inputs(vit_backbone):
+    """``activation_checkpointing`` recomputes each text block in backward: CoCoOp's (and deep-prompted MaPLe's)
+    loss and gradients are equal, and the forward pass keeps far fewer bytes alive for backward."""
+    bb = vit_backbone
+    torch.manual_seed(2)
+    cocoop = CoCoOp(bb, NAMES, CoCoOpConfig(meta_reduction=4))
+    maple = MaPLe(bb, NAMES, MaPLeConfig(depth=2))
+    feats, pixels = torch.randn(6, bb.embed_dim), torch.randn(6, 3, bb.image_size, bb.image_size)
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    for method, batch in ((cocoop, Batch(features=feats)), (maple, Batch(pixels=pixels))):
+        losses, grads, held = [], [], []
+        for checkpointing in (False, True):
+            with bb.checkpointing(checkpointing):
+                held.append(_held_bytes(lambda m=method, b=batch: F.cross_entropy(m(bb, b), labels)))
+                loss = F.cross_entropy(method(bb, batch), labels)
+                grads.append(_grads(method, loss))
+            losses.append(loss.detach())
+        assert torch.equal(losses[0], losses[1]), method.name
+        for name, g in grads[0].items():
+            assert g.abs().max() > 0 and torch.equal(grads[1][name], g), (method.name, name)
+        assert held[1] < 0.6 * held[0], (method.name, held)
+    assert not bb.activation_checkpointing
 
 
 def test_cocoop_needs_image_features(vit_backbone):

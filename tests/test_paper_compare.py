@@ -155,3 +155,22 @@ def test_the_section_and_the_csv_columns():
     assert flat[0]["vs_paper_base"] == pytest.approx(2.31) and "paper" not in flat[0]
     assert flat[1] == cells[1]
     assert paper_section("base-to-new", cells[1:]) == ""
+
+
+def test_every_complete_base_to_new_table_averages_to_its_average_row():
+    """Where a source gives all 11 datasets, the mean of its rows is its Average row (to the rounding of 2
+    decimals): the per-dataset numbers were read whole (zero-shot CLIP, the six DePT tables, TCP)."""
+    from collections import defaultdict
+
+    from vlprompt.data.papers import paper_results
+
+    tables: dict[tuple[str, str], dict] = defaultdict(dict)
+    for r in paper_results():
+        if r.protocol == "base-to-new":
+            tables[(r.method, r.backbone)][r.dataset] = r.metrics
+    complete = {k: t for k, t in tables.items() if "average" in t and set(FEW_SHOT_DATASETS) <= set(t)}
+    assert {"zeroshot", "tcp", "dept-coop", "dept-maple"} <= {method for method, _ in complete}
+    for (method, backbone), table in complete.items():
+        for metric in ("base", "new"):
+            mean = sum(table[d][metric] for d in FEW_SHOT_DATASETS) / len(FEW_SHOT_DATASETS)
+            assert mean == pytest.approx(table["average"][metric], abs=0.01), (method, backbone, metric)

@@ -94,7 +94,7 @@ class Backbone(nn.Module):
         super().__init__()
         model.eval().requires_grad_(False)
         self.model = model
-        #: recompute the prompted image tower's activations in backward instead of storing them
+        #: recompute the towers' block activations in backward instead of storing them
         #: (``TrainConfig.activation_checkpointing`` turns it on while training).
         self.activation_checkpointing = False
         self.tokenizer = tokenizer
@@ -256,8 +256,9 @@ class Backbone(nn.Module):
             [N, embed_dim] text features (not normalized).
         """
         return encode_text_tower(
-            self._text, embeds, eot_index, deep_prompts, n_prompts, None, block_residuals, inserted, insert_at
-        )
+            self._text, embeds, eot_index, deep_prompts, n_prompts, None, block_residuals, inserted, insert_at,
+            checkpoint=self.activation_checkpointing,
+        )  # fmt: skip
 
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str], batch_size: int = 1024) -> Tensor:
@@ -434,7 +435,7 @@ class Backbone(nn.Module):
 
     @contextlib.contextmanager
     def checkpointing(self, enabled: bool = True):
-        """Activation checkpointing of the prompted image tower inside the block."""
+        """Activation checkpointing of both towers' blocks (where gradients flow) inside the block."""
         previous, self.activation_checkpointing = self.activation_checkpointing, enabled
         try:
             yield self
@@ -540,28 +541,31 @@ def encode_text_tower(
     block_residuals: BlockResiduals | None = None,
     inserted: Tensor | None = None,
     insert_at: int = 0,
+    checkpoint: bool = False,
 ) -> Tensor:
     """An open_clip causal text tower (``CLIP`` or its ``text`` module) on token embeddings, read at ``eot_index``.
 
     What :meth:`Backbone.encode_text_embeddings` runs, for code that trains the tower itself (the
     bundled model's pretraining script). Sequences are cut after ``length`` positions, by default
-    after the longest end-of-text position of the batch: exact either way, the mask being causal.
+    after the longest end-of-text position of the batch: exact either way, the mask being causal. With
+    ``checkpoint`` (and gradients on) each block is recomputed in the backward pass instead of storing its
+    activations: the same numbers, the memory of one block's input per block (e.g. CoCoOp's B x C prompts).
     """
     length = int(eot_index.max()) + 1 if length is None else length
     dtype = text.transformer.get_cast_dtype()
     x = embeds[:, :length].to(dtype) + text.positional_embedding[:length].to(dtype)
     mask = text.attn_mask[:length, :length]
-    if deep_prompts is None and block_residuals is None and inserted is None:
+    if deep_prompts is None and block_residuals is None and inserted is None and not checkpoint:
         x = text.transformer(x, attn_mask=mask)
     elif inserted is not None:
-        x = _run_blocks(text.transformer, x, deep_prompts, inserted.shape[-2], mask, residuals=block_residuals,
+        x = _run_blocks(text.transformer, x, deep_prompts, inserted.shape[-2], mask, checkpoint, block_residuals,
                         inserted=inserted, insert_at=insert_at)  # fmt: skip
         eot_index = eot_index + inserted.shape[-2]
     else:
         n = _prompt_count(deep_prompts, n_prompts) if deep_prompts is not None else 0
         if n + 1 > int(eot_index.min()):
             raise BackboneError(f"{n} deep text prompts do not fit before the end-of-text token")
-        x = _run_blocks(text.transformer, x, deep_prompts, n, mask, residuals=block_residuals)
+        x = _run_blocks(text.transformer, x, deep_prompts, n, mask, checkpoint, block_residuals)
     x = text.ln_final(x)
     x = x[torch.arange(x.shape[0], device=x.device), eot_index]
     proj = text.text_projection

@@ -84,8 +84,9 @@ class TrainConfig:
             ends), for long epochs; a resumed run continues at the exact step.
         num_workers: DataLoader workers for image loading.
         label_smoothing: cross-entropy label smoothing.
-        activation_checkpointing: recompute the prompted image tower's activations in the backward pass
-            instead of storing them (less memory on large ViTs, the same numbers, one more forward).
+        activation_checkpointing: recompute both towers' block activations in the backward pass instead of
+            storing them (the same numbers, one more forward; less memory on large ViTs, and for CoCoOp's
+            B x C prompts: 1,000 classes at batch 8, see ``benchmarks/imagenet_step.py``).
         loggers: where the run directory's training log goes, any of "jsonl" (metrics.jsonl and steps.jsonl),
             "csv" (metrics.csv and steps.csv), "tensorboard" (RUN/tensorboard; ``vlprompt[tensorboard]``) and
             "wandb" (``vlprompt[wandb]``; ``WANDB_MODE=offline`` needs no network). See

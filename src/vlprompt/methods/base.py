@@ -77,6 +77,7 @@ CAPABILITIES = (
     "changes_backbone",
     "sets_up",
     "adapts_at_test_time",
+    "learns_without_labels",
 )
 #: What every registered method declares besides its capabilities (the contract suite checks each is its own).
 DECLARATIONS = ("recipes", "builtin_rows", "tiny", "template_option")
@@ -100,6 +101,8 @@ class PromptMethod(nn.Module):
             features), registered with :meth:`register_setup_state` and saved in its prompt file.
         adapts_at_test_time: adapts to each test batch before scoring it (:meth:`adapted`); scoring feeds it
             pixels (it may augment them), read with its :meth:`test_views` where it has its own.
+        learns_without_labels: its loss never reads the labels (e.g. PromptKD's distillation), so a transductive
+            base-to-new run may hand it every class's training images (``class_split`` "base-to-new-transductive").
 
     What a method owns besides its tensors (every registered method declares each, see
     :data:`DECLARATIONS`; the registry and the contract suite check it):
@@ -134,6 +137,7 @@ class PromptMethod(nn.Module):
     changes_backbone: bool = False
     sets_up: bool = False
     adapts_at_test_time: bool = False
+    learns_without_labels: bool = False
 
     recipes: ClassVar[Mapping[str, Recipe]] = {}
     builtin_rows: ClassVar[tuple[BuiltinRow, ...]] = ()

@@ -22,9 +22,11 @@ Where this differs, deliberately: widths come from the two models (the release h
 everything stays fp32 (the release runs only in fp16: PREC fp32 casts break, amp returns a tuple to
 backward); image prompts sit after the class token (IVLP's difference). The release trains on every
 class's training images, unlabeled, with the teacher's features of all class names (transductive), and
-selects the epoch on base-class *test* accuracy (FINAL_MODEL best_val); here the method learns on the run's
-training images over the run's label space, and the run selects the last epoch: giving it the
-transductive set is the run's protocol, not an option of this method. ``teacher="zeroshot"`` is our own:
+selects the epoch on base-class *test* accuracy (FINAL_MODEL best_val). Here the method learns on the run's
+training images over the run's label space, and the run selects the last epoch; the transductive set is the
+run's protocol (``learns_without_labels``): ``vlprompt bench base-to-new`` hands it every class's images over
+every class name as the release does (``--transductive false``: the base images only), ``vlprompt train`` with
+``--data.class_split base-to-new-transductive``. ``teacher="zeroshot"`` is our own:
 the student's backbone with its hand template, un-prompted, as teacher (the tiny tests and a demo row).
 
 Both stages in one command: ``vlprompt bench ... --methods promptsrc promptkd`` with ``teacher: "bench:promptsrc"``
@@ -182,6 +184,7 @@ class PromptKD(PromptMethod):
     config: PromptKDConfig
     labels: ClassNames
     changes_image_tower = True
+    learns_without_labels = True
     recipes = {
         "default": dassl_recipe(
             f"{PROMPTKD_REPO}:configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx.yaml, "

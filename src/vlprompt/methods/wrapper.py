@@ -19,8 +19,8 @@ from torch import Tensor
 from ..backbones import Backbone
 from .base import Batch, MethodConfig, MethodOptionError, PromptMethod, option
 
-#: Capabilities a wrapper has when the wrapped method or the wrapper itself has them (``transfers`` needs both;
-#: ``scores_with_text`` and ``has_context`` are the wrapped method's).
+#: Capabilities a wrapper has when the wrapped method or the wrapper itself has them (``transfers`` and
+#: ``learns_without_labels`` need both; ``scores_with_text`` and ``has_context`` are the wrapped method's).
 _EITHER = ("changes_image_tower", "conditions_on_image", "learns", "changes_backbone", "sets_up", "adapts_at_test_time")
 
 
@@ -67,6 +67,7 @@ class MethodWrapper(PromptMethod):
         for flag in _EITHER:
             flags[flag] = flags[flag] or bool(getattr(cls, flag))
         flags["transfers"] = flags["transfers"] and cls.transfers
+        flags["learns_without_labels"] = flags["learns_without_labels"] and cls.learns_without_labels
         return flags
 
     @classmethod

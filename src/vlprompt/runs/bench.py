@@ -131,6 +131,9 @@ class BenchRun:
         resume: continue an interrupted bench (finished sub-runs and seeds are not rerun).
         overwrite: replace an existing bench in ``out``.
         feature_cache_dir: keep frozen image features here across runs (default: in memory).
+        transductive: base-to-new: a method that learns without labels (PromptKD) trains on every class's
+            training images over every class name, labels unused, as its release does (``class_split``
+            "base-to-new-transductive"); false: on the base classes' images, as every other method.
     """
 
     datasets: list[str] = field(default_factory=lambda: ["all"])
@@ -145,6 +148,7 @@ class BenchRun:
     resume: bool = False
     overwrite: bool = False
     feature_cache_dir: str | None = None
+    transductive: bool = True
 
     def shots_for(self, protocol: str) -> list[int]:
         shots = self.data.shots

@@ -25,7 +25,7 @@ from ..evaluation.reports import AVERAGE
 from ..features import FeatureCache
 from ..labels import ClassNames
 from ..methods import PromptMethod, method_class
-from .classification import Classification, ClassificationRun, DataConfig
+from .classification import TRANSDUCTIVE, Classification, ClassificationRun, DataConfig
 from .config import RunConfig, train_overrides
 from .czsl import Compositional, CZSLData, CZSLRun
 from .loop import (
@@ -123,6 +123,12 @@ class DatasetSource(BenchSource):
 
     def run_config(self, bench: BenchRun, name: str, shots: int, class_split: str, out: Path) -> ClassificationRun:
         method, options, preset, train = self.recipe(bench, name)
+        if (
+            class_split == "base-to-new"
+            and bench.transductive
+            and method_class(method).capabilities()["learns_without_labels"]
+        ):
+            class_split = TRANSDUCTIVE  # as its release trains (PromptKD: every class's images, labels unused)
         return ClassificationRun(
             **_run_fields(bench, out),
             method=method,

@@ -22,7 +22,11 @@ from .loop import Protocol, run_seeds
 FORMATS = ("split-json", "imagefolder", "benchmark")
 #: The protocol's views of the classes (``--data.class_split``); the halves themselves are
 #: :data:`vlprompt.data.sampling.CLASS_SPLITS`.
-CLASS_SPLIT_PROTOCOLS = ("all", "base-to-new")
+CLASS_SPLIT_PROTOCOLS = ("all", "base-to-new", "base-to-new-transductive")
+#: Base-to-new where the method learns from every class's training images, labels unused, over every class name
+#: (PromptKD's release: zhengli97/PromptKD@ec244f7:datasets/*.py, TRAINER.MODAL base2novel); only for a method that
+#: ``learns_without_labels``.
+TRANSDUCTIVE = "base-to-new-transductive"
 
 
 @dataclass
@@ -89,7 +93,9 @@ class DataConfig(ImageSource):
 
     Attributes:
         shots: K images per class for training (0 = all); validation uses min(K, 4).
-        class_split: "all", or "base-to-new" (train on the first half of the labels, test on both halves).
+        class_split: "all", "base-to-new" (train on the first half of the labels, test on both halves) or
+            "base-to-new-transductive" (train on every class's images, labels unused, over every class name;
+            test on both halves: PromptKD's release, for a method that learns without labels).
     """
 
     shots: int = 16
@@ -126,7 +132,8 @@ class Classification(Protocol):
 
     def __init__(self, run: ClassificationRun):
         super().__init__(run)
-        self.base_to_new = run.data.class_split == "base-to-new"
+        self.base_to_new = run.data.class_split in ("base-to-new", TRANSDUCTIVE)
+        self.transductive = run.data.class_split == TRANSDUCTIVE
         self._val_set: LabeledImages | None = None
 
     def shots(self) -> int:
@@ -143,6 +150,8 @@ class Classification(Protocol):
     def validate(self) -> None:
         data = self.run.data
         data.validate()
+        if self.transductive and not method_class(self.run.method, ClassNames).capabilities()["learns_without_labels"]:
+            _refuse_transductive(self.run.method)
         if data.format == "benchmark" and get_dataset(data.dataset).test_only:
             raise DataError(f"--data.dataset {data.dataset} is an evaluation-only dataset: it has no training split")
 
@@ -154,8 +163,11 @@ class Classification(Protocol):
 
     def seed_data(self, seed: int, seed_dir: Path | None):
         shots, which = self.run.data.shots, "base" if self.base_to_new else "all"
-        train_set = few_shot(
-            base_new_split(self.splits["train"], which), shots, seed, seed_dir and seed_dir / "train_subset.json"
+        train_set = few_shot(  # transductive: every class's images (the method never reads their labels)
+            base_new_split(self.splits["train"], "all" if self.transductive else which),
+            shots,
+            seed,
+            seed_dir and seed_dir / "train_subset.json",
         )
         scorer, self._val_set = None, None
         if "val" in self.splits and len(self.splits["val"]):
@@ -177,6 +189,8 @@ class Classification(Protocol):
     def check(self, method: PromptMethod) -> None:
         if self.base_to_new and not method.transfers_to_new_classes:
             raise OptionError(f"{method.name} with these options cannot score new classes: no base-to-new protocol")
+        if self.transductive and not method.learns_without_labels:
+            _refuse_transductive(method.name)
 
     def evaluate(self, method: PromptMethod, backbone: Backbone, keys: dict[str, Any]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {**keys, "shots": self.run.data.shots}
@@ -184,10 +198,11 @@ class Classification(Protocol):
         if not self.base_to_new:
             return [{**row, **evaluate(method, backbone, test, self.cache)}]
         trained = method.labels
-        row["base"] = evaluate(method, backbone, base_new_split(test, "base"), self.cache)["accuracy"]
-        new_test = base_new_split(test, "new")
-        method.set_classes(backbone, new_test.classnames)
-        row["new"] = evaluate(method, backbone, new_test, self.cache)["accuracy"]
+        for half in ("base", "new"):  # each half scored over its own classes (transductive: trained on both)
+            half_test = base_new_split(test, half)
+            if method.labels != ClassNames(tuple(half_test.classnames)):
+                method.set_classes(backbone, half_test.classnames)
+            row[half] = evaluate(method, backbone, half_test, self.cache)["accuracy"]
         row["hm"] = harmonic_mean(row["base"], row["new"])
         method.set_classes(backbone, trained)
         return [row]
@@ -197,6 +212,13 @@ class Classification(Protocol):
 
     def seed_record(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         return rows[0]  # one row a seed
+
+
+def _refuse_transductive(method: str) -> None:
+    raise OptionError(
+        f"--data.class_split {TRANSDUCTIVE} hands the method the new classes' training images: only for a method "
+        f"that learns without labels (promptkd), and {method} learns from labels; use base-to-new"
+    )
 
 
 def _val_accuracy(method, backbone: Backbone, dataset: LabeledImages, cache: FeatureCache) -> float:

@@ -22,6 +22,7 @@ from ..evaluation.reports import AVERAGE
 from ..methods import PromptMethod, method_class
 from ..methods.recipes import Recipe
 from .bench_sources import SOURCE_DATASET
+from .classification import TRANSDUCTIVE
 from .config import RunConfig
 
 #: open_clip's architecture names of OpenAI's released CLIP weights (``--backbone.pretrained openai``) and the
@@ -196,6 +197,12 @@ def _recipe_differences(
         for key in ours:
             if key not in NOT_RECIPE and ours[key] != theirs[key]:
                 out[f"--train.{key} {_value(ours[key])}"] = _value(theirs[key])
+    data = getattr(run, "data", None)
+    unlabeled = method_class(run.method).capabilities()["learns_without_labels"]
+    if protocol == "base-to-new" and unlabeled and data is not None and data.class_split != TRANSDUCTIVE:
+        out["--transductive false: the base classes' images only"] = (
+            "every class's images, labels unused"  # the release's
+        )
     defaults = method_class(run.method).Config().to_dict()
     for key, value in run.method_options.items():
         paper = recipe.options.get(key, defaults.get(key))
