@@ -24,9 +24,6 @@ from pathlib import Path
 
 import open_clip
 import torch
-from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 import vlprompt
 from vlprompt.backbones import Backbone
@@ -92,41 +89,6 @@ def text_tower_record(bb: Backbone) -> dict:
         "context_length": bb.context_length,
         "embed_dim": bb.embed_dim,
     }
-
-
-class HeldBytes(TorchDispatchMode):
-    """Every storage an operator allocates while active (not its views of its inputs' storages, e.g. a weight's
-    transpose); :meth:`held` sums the bytes of those still alive."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.storages: dict[int, tuple[StorageWeakRef, int]] = {}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.untyped_storage()._cdata not in inputs:  # not a view of an input
-                storage = t.untyped_storage()
-                known = self.storages.get(storage._cdata)
-                if known is None or known[0].expired():  # an address can be reused once freed
-                    self.storages[storage._cdata] = (StorageWeakRef(storage), storage.nbytes())
-        return out
-
-    def held(self) -> int:
-        return sum(nbytes for ref, nbytes in self.storages.values() if not ref.expired())
-
-
-def held_bytes(forward: Callable[[], torch.Tensor]) -> int:
-    """Bytes of every tensor ``forward()`` (a loss) creates and leaves alive for its backward pass: saved
-    activations and the inputs of checkpointed blocks (weights and inputs made before it excluded; exact, any
-    device, the meta device included)."""
-    mode = HeldBytes()
-    with mode:
-        loss = forward()
-    held = mode.held()
-    del loss
-    return held
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, object]:

@@ -16,10 +16,14 @@ PromptSRC's frozen class features (a constant of the step, built once) average C
   no data, so the reference's 1,000-class steps are measured without the RAM they need. The same count on the CPU
   (attention by the math kernel, which is what the meta device dispatches to) is checked equal at a small class
   count in the same run. A fused attention kernel (CPU flash, CUDA) stores less than the math kernel.
-- Time: one step (forward and backward) of every variant, at ``--ref-classes`` and at ``--classes``, on the CPU,
-  except a variant that holds more than ``--max-gib`` (it does not fit this 24 GB machine: the reference at
-  1,000 classes, and CoCoOp at batch 8 without checkpointing, which the first run of this script showed by
-  being killed for memory). Speed-ups are per image (CoCoOp's reference takes one image a step).
+- Time: the median of ``--rounds`` steps (forward and backward, the variants interleaved) of every variant, at
+  ``--ref-classes`` and at ``--classes``, on the CPU, except a variant that holds more than ``--max-gib`` (it does
+  not fit this 24 GB machine: the reference at 1,000 classes, and CoCoOp at batch 8 without checkpointing, which
+  a first run of this script showed by being killed for memory). Speed-ups are per image (CoCoOp's reference
+  takes one image a step).
+
+The class names are ImageNet's (OpenAI's curated names, ``open_clip.zero_shot_metadata``; the first
+``--ref-classes`` of them at the smaller count): the longest sets vlprompt's truncated length (recorded).
 
 Run: ``python benchmarks/imagenet_step.py`` (``--smoke``: tiny towers and sizes, seconds; see
 ``benchmarks/common.py``). Results: ``benchmarks/results/imagenet_step.json``.
@@ -31,16 +35,18 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import time
 from collections.abc import Callable, Iterator
 
 import torch
-from common import TINY_TEXT, TINY_VISION, held_bytes, machine_record, parse_args, random_backbone, timed  # beside
-from text_encoding import class_names
+from common import TINY_TEXT, TINY_VISION, machine_record, parse_args, random_backbone, timed  # beside this script
+from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vlprompt.backbones import Backbone
 from vlprompt.backbones.adapter import encode_text_tower
+from vlprompt.engine.memory import held_bytes
 from vlprompt.engine.presets import preset_recipe, protocol_preset
 from vlprompt.methods import Batch, PromptMethod, build_method
 
@@ -70,6 +76,14 @@ def full_context(bb: Backbone, pad: torch.Tensor) -> Iterator[None]:
         yield
     finally:
         del bb.encode_text_embeddings
+
+
+def imagenet_names(classes: int) -> list[str]:
+    """The first ``classes`` ImageNet class names, a repeated one numbered ("missile", ..., "missile 2")."""
+    names: list[str] = []
+    for name in IMAGENET_CLASSNAMES[:classes]:
+        names.append(name if name not in names else f"{name} {sum(n.startswith(name) for n in names) + 1}")
+    return names
 
 
 def recipe(name: str, protocol: str) -> tuple[str, dict, int]:
@@ -120,10 +134,11 @@ class Setup:
     def __init__(self, bb: Backbone, name: str, protocol: str, classes: int, device: str, cocoop_batch: int):
         self.preset, options, self.batch_size = recipe(name, protocol)
         torch.manual_seed(0)
-        self.method = build_method(name, bb, class_names(classes), options)
+        self.method = build_method(name, bb, imagenet_names(classes), options)
         self.method.train()
         pad = bb.token_embedding(torch.zeros(1, dtype=torch.long))
         eot = [m.eot_index.clone() for m in self.method.modules() if hasattr(m, "eot_index")]
+        self.text_length = max(int(index.max()) + 1 for index in eot)  # vlprompt's truncated prompt length
         bb.to(device)
         self.method.to(device)
         for m, index in zip([m for m in self.method.modules() if hasattr(m, "eot_index")], eot):
@@ -192,16 +207,23 @@ def measure(make_bb: Callable[[], Backbone], args) -> dict:
             meta = Setup(make_bb(), name, protocol, classes, "meta", args.cocoop_batch)
             cells = {v: {"images": size, "held_bytes": meta.held_bytes(v)} for v, (size, _, _) in meta.variants.items()}
             cpu = None if args.no_timing else Setup(make_bb(), name, protocol, classes, "cpu", args.cocoop_batch)
+            fits = [v for v, cell in cells.items() if cell["held_bytes"] <= args.max_gib * GiB]
+            rounds: dict[str, list] = {v: [] for v in fits} if cpu is not None else {}
+            for _ in range(args.rounds if cpu is not None else 0):  # interleaved: a load change hits every variant
+                for variant in fits:
+                    rounds[variant].append(cpu.timed_step(variant))
             for variant, cell in cells.items():
                 held = f"{cell['held_bytes'] / GiB:.2f} GiB held"
-                if cpu is None or cell["held_bytes"] > args.max_gib * GiB:
+                if variant not in rounds:
                     print(f"  {name} {classes} classes {variant}: {held}, not timed", flush=True)
                     continue
-                cell["seconds"], cell["loss"] = cpu.timed_step(variant)
+                cell["seconds_per_round"] = [seconds for seconds, _ in rounds[variant]]
+                cell["seconds"], cell["loss"] = statistics.median(cell["seconds_per_round"]), rounds[variant][0][1]
                 cell["seconds_per_image"] = cell["seconds"] / cell["images"]
                 print(f"  {name} {classes} classes {variant}: {held}, {cell['seconds']:.1f} s, loss {cell['loss']:.6f}",
                       flush=True)  # fmt: skip
-            out[name][str(classes)] = {"preset": meta.preset, "variants": cells, **_ratios(name, cells)}
+            row = {"preset": meta.preset, "text_length": meta.text_length, "variants": cells}
+            out[name][str(classes)] = {**row, **_ratios(name, cells)}
     return out
 
 
@@ -228,7 +250,10 @@ def meta_check(make_bb: Callable[[], Backbone], classes: int, cocoop_batch: int)
             setup = Setup(make_bb(), name, protocol, classes, device, cocoop_batch)
             with sdpa_kernel(SDPBackend.MATH):
                 counts[name][device] = {v: setup.held_bytes(v) for v in setup.variants}
-    return {"classes": classes, "counts": counts, "equal": all(c["meta"] == c["cpu"] for c in counts.values())}
+    unequal = [name for name, c in counts.items() if c["meta"] != c["cpu"]]
+    if unequal:
+        raise AssertionError(f"held bytes on the meta device differ from the CPU's for {unequal}: {counts}")
+    return {"classes": classes, "counts": counts, "equal": True}
 
 
 def main() -> None:
@@ -240,7 +265,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-timing", action="store_true", help="memory only (seconds)")
     parser.add_argument("--max-gib", type=float, default=14.0, help="time no variant that holds more (RAM)")
-    smoke = {"classes": 12, "ref_classes": 6, "check_classes": 4, "cocoop_batch": 2}
+    parser.add_argument("--rounds", type=int, default=2, help="timed steps per variant (interleaved; median)")
+    smoke = {"classes": 12, "ref_classes": 6, "check_classes": 4, "cocoop_batch": 2, "rounds": 1}
     args = parse_args(parser, "imagenet_step", smoke)
     torch.set_num_threads(args.threads)
     start, load_at_start = time.time(), list(os.getloadavg())

@@ -8,8 +8,8 @@ timed against:
 - for MaPLe, the reference procedure, whose text tower runs over all 77 positions.
 Timings are interleaved and repeated (medians and per-round ratios). The memory part counts the bytes the
 forward pass of one step leaves alive for its backward pass (saved activations and checkpointed blocks' inputs;
-exact, not sampled: ``common.held_bytes``), with and without activation checkpointing of both towers' blocks.
-Results: ``benchmarks/results/visual_step_cost.json``.
+exact, not sampled: :func:`vlprompt.engine.memory.held_bytes`), with and without activation checkpointing of
+both towers' blocks. Results: ``benchmarks/results/visual_step_cost.json``.
 Run: ``python benchmarks/visual_step_cost.py`` (``--smoke``: a two-block 32-px CLIP with a tiny text
 tower, 4 classes, one round, seconds; see ``benchmarks/common.py``).
 """
@@ -25,9 +25,10 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import TINY_TEXT, held_bytes, machine_record, paired_ratios, parse_args, random_backbone, run_rounds
+from common import TINY_TEXT, machine_record, paired_ratios, parse_args, random_backbone, run_rounds  # beside
 
 from vlprompt.backbones import Backbone
+from vlprompt.engine.memory import held_bytes
 from vlprompt.methods import VPT, Batch, MaPLe, MaPLeConfig, VPTConfig
 
 SMOKE_MODEL = "tiny random CLIP (image 64 x 2 at 32 px, text 64 x 2)"

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from benchmark_fixtures import write_fixture
 from test_contract import make
 
@@ -17,6 +18,7 @@ from vlprompt.data import image_folder
 from vlprompt.data.benchmarks import DATASETS
 from vlprompt.data.sampling import base_new_split
 from vlprompt.engine.presets import NO_PRESET, protocol_preset
+from vlprompt.errors import RunDirError
 from vlprompt.evaluation import evaluate, harmonic_mean
 from vlprompt.features import FeatureCache
 from vlprompt.labels import ClassNames
@@ -159,6 +161,14 @@ def test_two_stages_a_student_distils_the_teacher_trained_earlier_in_the_sweep(t
     assert len(subset["paths"]) == 2 * 4 and len(coop_subset["paths"]) == 2 * 2  # 2 shots; dtd's fixture: 4 classes
     student_saved = json.loads((out / "dtd" / "promptkd" / "shots2" / "seed1" / "prompt" / "prompt.json").read_text())
     assert len(student_saved["labels"]["names"]) == 4  # saved over every class name
+    # a bench written before --transductive existed trained promptkd on the base images: resuming it with the new
+    # default is refused before any work (with --transductive false it would go on)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config.pop("transductive") is True
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    bench.resume = True
+    with pytest.raises(RunDirError, match=r"config differs in \['transductive'\]"):
+        run_bench("base-to-new", bench, vit_backbone)
     # --transductive false: base images only, and the paper comparison says why it is not the paper's setting
     inductive = _bench(root, tmp_path / "inductive", datasets=["dtd"], methods=["coop", "promptkd"], shots=[2],
                        method_options=options, transductive=False)  # fmt: skip
@@ -237,6 +247,7 @@ def test_resume_skips_finished_runs_and_seeds(tmp_path, root, vit_backbone, monk
         return scores(run_bench("few-shot", bench, vit_backbone)["per_seed"])
 
     assert resume() == scores(first["per_seed"]) and (sub_runs, epochs) == ([], [])  # a finished sub-run: read back
+    assert "transductive" not in yaml.safe_load((out / "config.yaml").read_text())  # it changes no sub-run here
     sub = out / "dtd" / "coop" / "shots1"
     (sub / "results.json").unlink()  # interrupted after its seeds finished: no seed is retrained
     assert resume() == scores(first["per_seed"]) and (sub_runs, epochs) == ([1], [])

@@ -10,6 +10,7 @@ from conftest import assert_state_equal, state_snapshot
 from vlprompt.backbones import Backbone
 from vlprompt.data import image_folder
 from vlprompt.engine import FeatureCache, TrainConfig, fit
+from vlprompt.engine.memory import held_bytes
 from vlprompt.methods import (
     METHODS,
     CoCoOp,
@@ -18,11 +19,10 @@ from vlprompt.methods import (
     CoOpConfig,
     LinearProbe,
     LinearProbeConfig,
-    MaPLe,
-    MaPLeConfig,
     ZeroShot,
     ZeroShotConfig,
     build_method,
+    method_class,
 )
 from vlprompt.methods.base import Batch
 from vlprompt.methods.zeroshot import COOP_ENSEMBLE_TEMPLATES, ENSEMBLES
@@ -280,51 +280,33 @@ def test_cocoop_chunked_equals_unchunked(vit_backbone):
         torch.testing.assert_close(g_chunked[name], g_whole[name], atol=1e-5, rtol=0, msg=name)
 
 
-def _held_bytes(run) -> int:
-    """Bytes of the storages ``run()`` allocates (not views of existing ones, e.g. a weight's transpose) that are
-    still alive when it returns: what its backward pass needs."""
-    from torch.multiprocessing.reductions import StorageWeakRef
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_leaves
-
-    refs: list = []
-
-    class Held(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            inputs = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-            refs.extend((StorageWeakRef(t.untyped_storage()), t.untyped_storage().nbytes()) for t in tree_leaves(out)
-                        if isinstance(t, torch.Tensor) and t.untyped_storage()._cdata not in inputs)  # fmt: skip
-            return out
-
-    with Held():
-        loss = run()
-    alive = {ref.cdata: n for ref, n in refs if not ref.expired()}
-    del loss
-    return sum(alive.values())
-
-
-def test_text_tower_checkpointing_keeps_the_numbers_and_the_memory_of_block_inputs(vit_backbone):
-    """``activation_checkpointing`` recomputes each text block in backward: CoCoOp's (and deep-prompted MaPLe's)
-    loss and gradients are equal, and the forward pass keeps far fewer bytes alive for backward."""
+@pytest.mark.parametrize("name", ["cocoop", "maple", "mma", "tcp", "mmrl"])
+def test_activation_checkpointing_keeps_the_numbers_and_holds_less(vit_backbone, name):
+    """``activation_checkpointing`` recomputes both towers' blocks in backward, with what each method puts into them
+    (CoCoOp's per-image prompts in the text tower only, MaPLe's deep prompts, MMA's block residuals, TCP's and
+    MMRL's inserted tokens): the loss and every gradient are bit-equal, and the forward pass holds less."""
     bb = vit_backbone
+    cls = method_class(name)
     torch.manual_seed(2)
-    cocoop = CoCoOp(bb, NAMES, CoCoOpConfig(meta_reduction=4))
-    maple = MaPLe(bb, NAMES, MaPLeConfig(depth=2))
-    feats, pixels = torch.randn(6, bb.embed_dim), torch.randn(6, 3, bb.image_size, bb.image_size)
-    labels = torch.tensor([0, 1, 2, 3, 4, 0])
-    for method, batch in ((cocoop, Batch(features=feats)), (maple, Batch(pixels=pixels))):
-        losses, grads, held = [], [], []
-        for checkpointing in (False, True):
-            with bb.checkpointing(checkpointing):
-                held.append(_held_bytes(lambda m=method, b=batch: F.cross_entropy(m(bb, b), labels)))
-                loss = F.cross_entropy(method(bb, batch), labels)
-                grads.append(_grads(method, loss))
-            losses.append(loss.detach())
-        assert torch.equal(losses[0], losses[1]), method.name
-        for name, g in grads[0].items():
-            assert g.abs().max() > 0 and torch.equal(grads[1][name], g), (method.name, name)
-        assert held[1] < 0.6 * held[0], (method.name, held)
+    method = build_method(name, bb, NAMES, dict(cls.tiny_recipe(bb).options)).train()
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randn(6, 3, bb.image_size, bb.image_size, generator=g)
+    targets = torch.tensor([0, 1, 2, 3, 4, 0])
+    batch = (
+        Batch(pixels=pixels, targets=targets)
+        if method.changes_image_tower
+        else Batch(features=bb.encode_image(pixels), targets=targets)
+    )
+    losses, grads, held = [], [], []
+    for checkpointing in (False, True):
+        with bb.checkpointing(checkpointing):
+            held.append(held_bytes(lambda: method.loss(bb, batch, method.logits(bb, batch))))
+            loss = method.loss(bb, batch, method.logits(bb, batch))
+            grads.append(_grads(method, loss))
+        losses.append(loss.detach())
+    assert torch.equal(losses[0], losses[1])
+    assert grads[0] and all(torch.equal(grads[1][k], g) for k, g in grads[0].items())
+    assert held[1] < 0.7 * held[0], held
     assert not bb.activation_checkpointing
 
 

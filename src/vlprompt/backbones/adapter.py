@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -617,10 +616,8 @@ def _run_blocks(
             fresh = deep_prompts(i, x[:, 1 : 1 + n]) if callable(deep_prompts) else _layer(deep_prompts, i)
             if fresh is not None:
                 x = torch.cat([x[:, :1], _per_sample(fresh.to(x.dtype), x.shape[0]), x[:, 1 + n :]], dim=1)
-        residual = residuals[i](block.ln_1(x)) if residuals is not None and i in residuals else None
-        x = _run_block(transformer, block, x, attn_mask, checkpoint)
-        if residual is not None:
-            x = x + residual.to(x.dtype)
+        residual = residuals.get(i) if residuals is not None else None
+        x = _run_block(transformer, block, x, attn_mask, checkpoint, residual)
     return x
 
 
@@ -633,14 +630,28 @@ def _check_layers(blocks: int, deep_prompts: DeepPrompts | None, inserted: Tenso
         raise BackboneError(f"tokens inserted before block {insert_at} of a {blocks}-block tower")
 
 
-def _run_block(transformer: Any, block: nn.Module, x: Tensor, attn_mask: Tensor | None, checkpoint: bool):
-    """One residual block on batch-first ``x`` (recomputed in the backward pass with ``checkpoint``)."""
-    run: Callable[..., Any] = block
+def _run_block(
+    transformer: Any,
+    block: Any,
+    x: Tensor,
+    attn_mask: Tensor | None,
+    checkpoint: bool,
+    residual: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    """One block on batch-first ``x``, plus ``residual(block.ln_1(x))`` (:data:`BlockResiduals`) where given; with
+    ``checkpoint`` both are recomputed in the backward pass instead of stored."""
+
+    def forward(x: Tensor) -> Tensor:
+        out = (
+            block(x, attn_mask=attn_mask)
+            if transformer.batch_first
+            else block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+        )
+        return out if residual is None else out + residual(block.ln_1(x)).to(out.dtype)
+
     if checkpoint and torch.is_grad_enabled():
-        run = functools.partial(torch.utils.checkpoint.checkpoint, block, use_reentrant=False)
-    if transformer.batch_first:
-        return run(x, attn_mask=attn_mask)
-    return run(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+        return torch.utils.checkpoint.checkpoint(forward, x, use_reentrant=False)
+    return forward(x)
 
 
 def _layer(prompts: Sequence[Tensor | None], i: int) -> Tensor | None:

@@ -74,7 +74,7 @@ from .bench_sources import (  # noqa: F401 - the sources are part of this module
     make_sources,
     registry_source,
 )
-from .classification import ClassificationRun
+from .classification import ClassificationRun, learns_without_labels
 from .config import SEED_FIELD, BackboneConfig, RunConfig, TrainOverrides, check_seeds
 from .loop import (
     CONFIG_FILE,
@@ -258,7 +258,10 @@ def run_bench(
     """
     subs = plan(protocol, bench, Path(bench.out))
     record = {"protocol": protocol, **dataclasses.asdict(bench)}
-    check_config_unchanged(Path(bench.out), record, bench.resume, "bench")
+    if not (protocol == "base-to-new" and any(learns_without_labels(s.run) for s in subs if _classifies(s.run))):
+        record.pop("transductive")  # it changes no sub-run: not part of this bench's record
+    # a bench written before --transductive existed trained every method on the base images
+    check_config_unchanged(Path(bench.out), record, bench.resume, "bench", added={"transductive": False})
     for sub in subs:  # every dataset is there before any training starts
         if _on_registry(sub.run):
             missing = get_dataset(sub.run.data.dataset).missing(sub.run.data.root)
@@ -288,6 +291,10 @@ def run_bench(
         closed = [c for c in report["summary"] if c.get("world", "closed") == "closed"]
         plot_bench(closed, protocol, out / "results.png")
     return report
+
+
+def _classifies(run: RunConfig) -> TypeGuard[ClassificationRun]:
+    return isinstance(run, ClassificationRun)
 
 
 def _on_registry(run: RunConfig) -> TypeGuard[ClassificationRun]:

@@ -25,7 +25,7 @@ from ..evaluation.reports import AVERAGE
 from ..features import FeatureCache
 from ..labels import ClassNames
 from ..methods import PromptMethod, method_class
-from .classification import TRANSDUCTIVE, Classification, ClassificationRun, DataConfig
+from .classification import TRANSDUCTIVE, Classification, ClassificationRun, DataConfig, learns_without_labels
 from .config import RunConfig, train_overrides
 from .czsl import Compositional, CZSLData, CZSLRun
 from .loop import (
@@ -123,13 +123,7 @@ class DatasetSource(BenchSource):
 
     def run_config(self, bench: BenchRun, name: str, shots: int, class_split: str, out: Path) -> ClassificationRun:
         method, options, preset, train = self.recipe(bench, name)
-        if (
-            class_split == "base-to-new"
-            and bench.transductive
-            and method_class(method).capabilities()["learns_without_labels"]
-        ):
-            class_split = TRANSDUCTIVE  # as its release trains (PromptKD: every class's images, labels unused)
-        return ClassificationRun(
+        run = ClassificationRun(
             **_run_fields(bench, out),
             method=method,
             method_options=options,
@@ -137,6 +131,9 @@ class DatasetSource(BenchSource):
             train=train,
             data=dataclasses.replace(self.data, shots=shots, class_split=class_split),
         )
+        if class_split == "base-to-new" and bench.transductive and learns_without_labels(run):
+            run.data.class_split = TRANSDUCTIVE  # as its release trains (PromptKD: every class's images, unlabeled)
+        return run
 
     def sub_run(self, bench, method, shots, class_split, out):
         run = self.run_config(bench, method, shots, class_split, out)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -22,11 +24,11 @@ from .loop import Protocol, run_seeds
 FORMATS = ("split-json", "imagefolder", "benchmark")
 #: The protocol's views of the classes (``--data.class_split``); the halves themselves are
 #: :data:`vlprompt.data.sampling.CLASS_SPLITS`.
-CLASS_SPLIT_PROTOCOLS = ("all", "base-to-new", "base-to-new-transductive")
 #: Base-to-new where the method learns from every class's training images, labels unused, over every class name
 #: (PromptKD's release: zhengli97/PromptKD@ec244f7:datasets/*.py, TRAINER.MODAL base2novel); only for a method that
 #: ``learns_without_labels``.
 TRANSDUCTIVE = "base-to-new-transductive"
+CLASS_SPLIT_PROTOCOLS = ("all", "base-to-new", TRANSDUCTIVE)
 
 
 @dataclass
@@ -150,7 +152,7 @@ class Classification(Protocol):
     def validate(self) -> None:
         data = self.run.data
         data.validate()
-        if self.transductive and not method_class(self.run.method, ClassNames).capabilities()["learns_without_labels"]:
+        if self.transductive and not learns_without_labels(self.run):
             _refuse_transductive(self.run.method)
         if data.format == "benchmark" and get_dataset(data.dataset).test_only:
             raise DataError(f"--data.dataset {data.dataset} is an evaluation-only dataset: it has no training split")
@@ -197,14 +199,11 @@ class Classification(Protocol):
         test = self.splits["test"]
         if not self.base_to_new:
             return [{**row, **evaluate(method, backbone, test, self.cache)}]
-        trained = method.labels
         for half in ("base", "new"):  # each half scored over its own classes (transductive: trained on both)
             half_test = base_new_split(test, half)
-            if method.labels != ClassNames(tuple(half_test.classnames)):
-                method.set_classes(backbone, half_test.classnames)
-            row[half] = evaluate(method, backbone, half_test, self.cache)["accuracy"]
+            with scoring_classes(method, backbone, half_test.classnames):
+                row[half] = evaluate(method, backbone, half_test, self.cache)["accuracy"]
         row["hm"] = harmonic_mean(row["base"], row["new"])
-        method.set_classes(backbone, trained)
         return [row]
 
     def prompt_extra(self, seed: int) -> dict[str, Any]:
@@ -212,6 +211,27 @@ class Classification(Protocol):
 
     def seed_record(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         return rows[0]  # one row a seed
+
+
+def learns_without_labels(run: RunConfig) -> bool:
+    """Whether the run's method, with the run's options, never reads labels (a transductive base-to-new may hand it
+    every class's training images)."""
+    cls = method_class(run.method, ClassNames)
+    return cls.capabilities(cls.Config.from_dict(run.resolved_options(), cls.name))["learns_without_labels"]
+
+
+@contextlib.contextmanager
+def scoring_classes(method: PromptMethod, backbone: Backbone, names: Sequence[str]) -> Iterator[None]:
+    """``method`` scores ``names`` inside the block (if it learned others), and its own label space again after."""
+    learned = method.labels
+    if learned == ClassNames(tuple(names)):
+        yield
+        return
+    method.set_classes(backbone, names)
+    try:
+        yield
+    finally:
+        method.set_classes(backbone, learned)
 
 
 def _refuse_transductive(method: str) -> None:
@@ -222,7 +242,10 @@ def _refuse_transductive(method: str) -> None:
 
 
 def _val_accuracy(method, backbone: Backbone, dataset: LabeledImages, cache: FeatureCache) -> float:
-    return evaluate(method, backbone, dataset, cache)["accuracy"]
+    """Validation accuracy over the validation set's own classes (transductive: the base ones, as the release
+    selects on base accuracy over the base classes)."""
+    with scoring_classes(method, backbone, dataset.classnames):
+        return evaluate(method, backbone, dataset, cache)["accuracy"]
 
 
 def run_classification(

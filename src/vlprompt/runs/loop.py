@@ -227,9 +227,11 @@ def write_config(run_dir: Path, config: dict[str, Any], resume: bool = False, co
         atomic_write_text(path, header + yaml.safe_dump(config, sort_keys=False))
 
 
-def check_config_unchanged(run_dir: Path, config: dict[str, Any], resume: bool, command: str = "") -> None:
+def check_config_unchanged(
+    run_dir: Path, config: dict[str, Any], resume: bool, command: str = "", added: dict[str, Any] | None = None
+) -> None:
     """A resumed run's options must be those in its ``config.yaml`` (of ``command``: written by an older version,
-    its moved options are read where they are now)."""
+    its moved options are read where they are now, and the options ``added`` since at the values it ran with)."""
     path = run_dir / CONFIG_FILE
     if not (resume and path.is_file()):
         return
@@ -237,6 +239,7 @@ def check_config_unchanged(run_dir: Path, config: dict[str, Any], resume: bool, 
     if not isinstance(saved, dict):
         raise RunDirError(f"cannot resume {run_dir}: {path} does not hold a run config")
     ignore = {"resume", "overwrite", "out"}  # a moved or copied run directory resumes too
+    saved = {**{k: v for k, v in (added or {}).items() if k in config}, **saved}
     saved, config = _old_names_resolved(moved_to_data(command, saved)), _old_names_resolved(config)
     changed = sorted(k for k in set(saved) | set(config) if k not in ignore and saved.get(k) != config.get(k))
     if changed:

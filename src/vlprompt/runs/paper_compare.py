@@ -22,7 +22,7 @@ from ..evaluation.reports import AVERAGE
 from ..methods import PromptMethod, method_class
 from ..methods.recipes import Recipe
 from .bench_sources import SOURCE_DATASET
-from .classification import TRANSDUCTIVE
+from .classification import TRANSDUCTIVE, ClassificationRun, learns_without_labels
 from .config import RunConfig
 
 #: open_clip's architecture names of OpenAI's released CLIP weights (``--backbone.pretrained openai``) and the
@@ -197,12 +197,9 @@ def _recipe_differences(
         for key in ours:
             if key not in NOT_RECIPE and ours[key] != theirs[key]:
                 out[f"--train.{key} {_value(ours[key])}"] = _value(theirs[key])
-    data = getattr(run, "data", None)
-    unlabeled = method_class(run.method).capabilities()["learns_without_labels"]
-    if protocol == "base-to-new" and unlabeled and data is not None and data.class_split != TRANSDUCTIVE:
-        out["--transductive false: the base classes' images only"] = (
-            "every class's images, labels unused"  # the release's
-        )
+    inductive = isinstance(run, ClassificationRun) and run.data.class_split != TRANSDUCTIVE
+    if protocol == "base-to-new" and inductive and learns_without_labels(run):  # its release: every class's images
+        out["--transductive false: the base classes' images only"] = "every class's images, labels unused"
     defaults = method_class(run.method).Config().to_dict()
     for key, value in run.method_options.items():
         paper = recipe.options.get(key, defaults.get(key))
