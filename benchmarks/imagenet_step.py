@@ -37,6 +37,7 @@ import json
 import os
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 import torch
@@ -80,9 +81,11 @@ def full_context(bb: Backbone, pad: torch.Tensor) -> Iterator[None]:
 
 def imagenet_names(classes: int) -> list[str]:
     """The first ``classes`` ImageNet class names, a repeated one numbered ("missile", ..., "missile 2")."""
-    names: list[str] = []
+    seen: Counter[str] = Counter()
+    names = []
     for name in IMAGENET_CLASSNAMES[:classes]:
-        names.append(name if name not in names else f"{name} {sum(n.startswith(name) for n in names) + 1}")
+        seen[name] += 1
+        names.append(name if seen[name] == 1 else f"{name} {seen[name]}")
     return names
 
 
@@ -137,13 +140,14 @@ class Setup:
         self.method = build_method(name, bb, imagenet_names(classes), options)
         self.method.train()
         pad = bb.token_embedding(torch.zeros(1, dtype=torch.long))
-        eot = [m.eot_index.clone() for m in self.method.modules() if hasattr(m, "eot_index")]
+        layouts = [m for m in self.method.modules() if hasattr(m, "eot_index")]
+        eot = [m.eot_index.clone() for m in layouts]
         self.text_length = max(int(index.max()) + 1 for index in eot)  # vlprompt's truncated prompt length
         bb.to(device)
         self.method.to(device)
-        for m, index in zip([m for m in self.method.modules() if hasattr(m, "eot_index")], eot):
+        for m, index in zip(layouts, eot):
             m.eot_index = index  # the truncation length is read on the host (a meta tensor has no value)
-        self.bb, self.pad, self.classes, self.device = bb, pad.to(device), classes, device
+        self.bb, self.pad, self.device = bb, pad.to(device), device
         self.variants = variants(name, self.batch_size, cocoop_batch)
         self.batches = {
             size: make_batch(bb, self.method, size, classes, device) for size, _, _ in self.variants.values()

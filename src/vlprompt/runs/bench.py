@@ -258,7 +258,8 @@ def run_bench(
     """
     subs = plan(protocol, bench, Path(bench.out))
     record = {"protocol": protocol, **dataclasses.asdict(bench)}
-    if not (protocol == "base-to-new" and any(learns_without_labels(s.run) for s in subs if _classifies(s.run))):
+    classifying = [s.run for s in subs if isinstance(s.run, ClassificationRun)]
+    if not (protocol == "base-to-new" and any(learns_without_labels(run) for run in classifying)):
         record.pop("transductive")  # it changes no sub-run: not part of this bench's record
     # a bench written before --transductive existed trained every method on the base images
     check_config_unchanged(Path(bench.out), record, bench.resume, "bench", added={"transductive": False})
@@ -291,10 +292,6 @@ def run_bench(
         closed = [c for c in report["summary"] if c.get("world", "closed") == "closed"]
         plot_bench(closed, protocol, out / "results.png")
     return report
-
-
-def _classifies(run: RunConfig) -> TypeGuard[ClassificationRun]:
-    return isinstance(run, ClassificationRun)
 
 
 def _on_registry(run: RunConfig) -> TypeGuard[ClassificationRun]:

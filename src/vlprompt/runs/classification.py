@@ -22,12 +22,12 @@ from .config import RunConfig
 from .loop import Protocol, run_seeds
 
 FORMATS = ("split-json", "imagefolder", "benchmark")
-#: The protocol's views of the classes (``--data.class_split``); the halves themselves are
-#: :data:`vlprompt.data.sampling.CLASS_SPLITS`.
 #: Base-to-new where the method learns from every class's training images, labels unused, over every class name
 #: (PromptKD's release: zhengli97/PromptKD@ec244f7:datasets/*.py, TRAINER.MODAL base2novel); only for a method that
 #: ``learns_without_labels``.
 TRANSDUCTIVE = "base-to-new-transductive"
+#: The protocol's views of the classes (``--data.class_split``); the halves themselves are
+#: :data:`vlprompt.data.sampling.CLASS_SPLITS`.
 CLASS_SPLIT_PROTOCOLS = ("all", "base-to-new", TRANSDUCTIVE)
 
 
@@ -153,7 +153,11 @@ class Classification(Protocol):
         data = self.run.data
         data.validate()
         if self.transductive and not learns_without_labels(self.run):
-            _refuse_transductive(self.run.method)
+            raise OptionError(
+                f"--data.class_split {TRANSDUCTIVE} hands the method the new classes' training images: only for a "
+                f"method that learns without labels (promptkd), and {self.run.method} learns from labels; use "
+                "base-to-new"
+            )
         if data.format == "benchmark" and get_dataset(data.dataset).test_only:
             raise DataError(f"--data.dataset {data.dataset} is an evaluation-only dataset: it has no training split")
 
@@ -191,8 +195,6 @@ class Classification(Protocol):
     def check(self, method: PromptMethod) -> None:
         if self.base_to_new and not method.transfers_to_new_classes:
             raise OptionError(f"{method.name} with these options cannot score new classes: no base-to-new protocol")
-        if self.transductive and not method.learns_without_labels:
-            _refuse_transductive(method.name)
 
     def evaluate(self, method: PromptMethod, backbone: Backbone, keys: dict[str, Any]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {**keys, "shots": self.run.data.shots}
@@ -232,13 +234,6 @@ def scoring_classes(method: PromptMethod, backbone: Backbone, names: Sequence[st
         yield
     finally:
         method.set_classes(backbone, learned)
-
-
-def _refuse_transductive(method: str) -> None:
-    raise OptionError(
-        f"--data.class_split {TRANSDUCTIVE} hands the method the new classes' training images: only for a method "
-        f"that learns without labels (promptkd), and {method} learns from labels; use base-to-new"
-    )
 
 
 def _val_accuracy(method, backbone: Backbone, dataset: LabeledImages, cache: FeatureCache) -> float:
