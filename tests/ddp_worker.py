@@ -27,10 +27,12 @@ from vlprompt.methods import METHODS, PerTask, PerTaskConfig, build_method  # no
 
 #: (run name, method, options, train overrides) for every registered method that learns, with its own tiny options
 #: (deterministic: no dropout, whose draws would differ between processes), and per-task CoOp over two tasks:
-#: global batch 8, three epochs.
+#: global batch 8, three epochs (and CoOp on augmented views).
 _tiny = {name: cls.tiny_recipe(tiny_random_backbone("vit")) for name, cls in METHODS.items() if cls.learns}
 RUNS = [(name, name, dict(r.options), dict(r.train)) for name, r in _tiny.items()]
 RUNS.append(("per-task-coop", "per-task", {"method": "coop", "options": {"n_ctx": 2}}, {}))
+#: augmented views encoded by both ranks together: each epoch's two steps of 10 draw 20 of the 24 images
+RUNS.append(("augmented-coop", "coop", dict(_tiny["coop"].options), {"augment": True, "batch_size": 10}))
 CONFIG = TrainConfig(epochs=3, batch_size=8, lr=0.001, schedule="constant", warmup_epochs=0, momentum=0.9)
 #: The fixture folder's classes (sorted), and read as attribute-object pairs for compositional methods.
 CLASSES = ("blue_square", "gold", "green_square", "red_square")

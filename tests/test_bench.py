@@ -162,13 +162,19 @@ def test_two_stages_a_student_distils_the_teacher_trained_earlier_in_the_sweep(t
     student_saved = json.loads((out / "dtd" / "promptkd" / "shots2" / "seed1" / "prompt" / "prompt.json").read_text())
     assert len(student_saved["labels"]["names"]) == 4  # saved over every class name
     # a bench written before --transductive existed trained promptkd on the base images: resuming it with the new
-    # default is refused before any work (with --transductive false it would go on)
+    # default is refused before any work, saying what to pass; with --transductive false it goes on
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config.pop("transductive") is True
     (out / "config.yaml").write_text(yaml.safe_dump(config))
+    for sub_config in (out / "dtd" / "promptkd").rglob("config.yaml"):  # its sub-runs as the old bench wrote them
+        text = sub_config.read_text().replace(f"class_split: {TRANSDUCTIVE}", "class_split: base-to-new")
+        sub_config.write_text(text)
     bench.resume = True
-    with pytest.raises(RunDirError, match=r"config differs in \['transductive'\]"):
+    with pytest.raises(RunDirError, match=r"differs in \['transductive'\] \(transductive: False written, True given\)"):
         run_bench("base-to-new", bench, vit_backbone)
+    bench.transductive = False
+    resumed = run_bench("base-to-new", bench, vit_backbone)
+    assert [r["base"] for r in resumed["per_seed"]] == [r["base"] for r in report["per_seed"]]
     # --transductive false: base images only, and the paper comparison says why it is not the paper's setting
     inductive = _bench(root, tmp_path / "inductive", datasets=["dtd"], methods=["coop", "promptkd"], shots=[2],
                        method_options=options, transductive=False)  # fmt: skip
@@ -198,9 +204,12 @@ def test_transductive_base_to_new_scores_each_half_over_its_own_classes(tmp_path
         assert row[half] == evaluate(method, vit_backbone, half_test)["accuracy"]
     assert row["hm"] == harmonic_mean(row["base"], row["new"])
     coop = _hand_run(root, tmp_path / "coop", "dtd", "coop", 2, TRANSDUCTIVE, protocol="base-to-new")
-    with pytest.raises(bench_module.OptionError, match=r"only for a method that learns without labels .* coop learns"):
+    with pytest.raises(bench_module.OptionError, match=r"without labels \(promptkd\), and coop learns from labels"):
         run_classification(coop, vit_backbone, FeatureCache(), progress=False)
     assert not (tmp_path / "coop" / "seed1").exists()
+    zeroshot = _hand_run(root, tmp_path / "zs", "dtd", "zeroshot", 2, TRANSDUCTIVE, protocol="base-to-new")
+    with pytest.raises(bench_module.OptionError, match=r"and zeroshot learns nothing; use base-to-new"):
+        run_classification(zeroshot, vit_backbone, FeatureCache(), progress=False)
 
 
 @pytest.mark.parametrize(

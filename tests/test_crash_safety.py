@@ -156,6 +156,32 @@ def test_mid_epoch_checkpoint_resumes_at_the_exact_step(
     assert result.seconds >= state["train_seconds"]  # the time before the crash counts
 
 
+def test_a_resumed_epoch_encodes_its_views_as_the_uninterrupted_one(tmp_path, vit_backbone, data, monkeypatch):
+    """Resumed after its first step, an epoch of steps of 23 and 1 images still encodes all 24 views in one batch
+    (a batch of the one view left would round differently), so the resumed run is bit-identical."""
+    config = TrainConfig(
+        epochs=1, batch_size=23, drop_last=False, lr=0.02, checkpoint_every_steps=1, augment=True, weight_decay=0.0
+    )
+    straight = _coop(vit_backbone, data.classnames)
+    fit(straight, vit_backbone, data, config, cache=FeatureCache(), run_dir=tmp_path / "straight", progress=False)
+    original = TrainingState.save
+
+    def save_then_crash(self, path, method, result):
+        original(self, path, method, result)
+        raise Interrupt
+
+    monkeypatch.setattr(TrainingState, "save", save_then_crash)
+    run = tmp_path / "resumed"
+    with pytest.raises(Interrupt):
+        fit(_coop(vit_backbone, data.classnames), vit_backbone, data, config, run_dir=run, progress=False)
+    monkeypatch.setattr(TrainingState, "save", original)
+    cache = FeatureCache()
+    resumed = _coop(vit_backbone, data.classnames, seed=99)
+    fit(resumed, vit_backbone, data, config, cache=cache, run_dir=run, resume=True, progress=False)
+    assert cache.images_encoded == 24
+    assert torch.equal(resumed.ctx, straight.ctx)
+
+
 def _strip(run: Path) -> list[dict]:
     return [
         {k: v for k, v in json.loads(x).items() if k != "seconds"} for x in (run / METRICS).read_text().splitlines()

@@ -78,7 +78,8 @@ def test_only_rank_zero_writes(runs, run):
     assert [m["train_acc"] for m in ddp_metrics] == pytest.approx([m["train_acc"] for m in one_metrics], abs=1e-9)
     ddp_steps, one_steps = ([json.loads(line) for line in (o / run / "rank0" / "steps.jsonl").read_text().splitlines()]
                             for o in (ddp_out, single_out))  # fmt: skip
-    assert [m["step"] for m in ddp_steps] == [m["step"] for m in one_steps] and len(ddp_steps) == 3 * 3
+    batch = next(t for r, *_, t in ddp_worker.RUNS if r == run).get("batch_size", ddp_worker.CONFIG.batch_size)
+    assert [m["step"] for m in ddp_steps] == [m["step"] for m in one_steps] and len(ddp_steps) == 3 * (24 // batch)
     assert [m["loss"] for m in ddp_steps] == pytest.approx([m["loss"] for m in one_steps], rel=2e-5, abs=1e-5)
 
 

@@ -327,6 +327,26 @@ def test_augmented_views_are_cached_and_train_as_pixels_do(monkeypatch, image_ro
     torch.testing.assert_close(again.ctx, cached.ctx, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize(
+    ("options", "encoded"),
+    [({"drop_last": True}, 2 * 20), ({"drop_last": False}, 2 * 24), ({"max_steps": 3}, 20 + 10)],
+    ids=["dropped-batch", "kept-batch", "max-steps"],
+)
+def test_only_the_views_a_run_draws_are_encoded(image_root, options, encoded):
+    """An epoch encodes the views of the images its steps draw, not those of a dropped last batch or of the steps
+    a ``max_steps`` run never takes; the run equals one that feeds those views' pixels through the tower."""
+    bb = tiny_random_backbone("vit")
+    data = image_folder(image_root, bb.image_transform())
+    config = TrainConfig(epochs=2, augment=True, lr=0.1, **{**FAST, "batch_size": 10, **options})
+    cache = FeatureCache()
+    cached, pixels = make_coop(bb, data.classnames), make_coop(bb, data.classnames)
+    views = fit(cached, bb, data, config, cache=cache, progress=False)
+    assert cache.images_encoded == encoded  # 24 images: two steps of 10 (a third of 4 kept or dropped)
+    through = fit(pixels, bb, data, replace(config, cache_features=False), progress=False)
+    assert [r["loss"] for r in views.history] == pytest.approx([r["loss"] for r in through.history], abs=1e-5)
+    torch.testing.assert_close(cached.ctx, pixels.ctx, rtol=0, atol=1e-5)
+
+
 def test_augmented_views_persist_and_are_reused_by_the_next_run(monkeypatch, tmp_path, image_root):
     bb = tiny_random_backbone("vit")
     data = image_folder(image_root, bb.image_transform())

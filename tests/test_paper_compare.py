@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from vlprompt.data.benchmarks import FEW_SHOT_DATASETS
@@ -9,6 +11,7 @@ from vlprompt.data.papers import paper_result
 from vlprompt.engine.presets import protocol_preset
 from vlprompt.evaluation import harmonic_mean
 from vlprompt.runs import ClassificationRun, DataConfig, train_overrides
+from vlprompt.runs.classification import TRANSDUCTIVE
 from vlprompt.runs.paper_compare import flat_cells, paper_backbone, paper_notes, paper_section
 
 B16 = ("ViT-B-16", "openai")
@@ -174,3 +177,38 @@ def test_every_complete_base_to_new_table_averages_to_its_average_row():
         for metric in ("base", "new"):
             mean = sum(table[d][metric] for d in FEW_SHOT_DATASETS) / len(FEW_SHOT_DATASETS)
             assert mean == pytest.approx(table["average"][metric], abs=0.01), (method, backbone, metric)
+
+
+def _teacher_prompt(directory, method: str, model: str, pretrained: str):
+    """A prompt directory's prompt.json as a trained teacher's records it (what the comparison reads)."""
+    directory.mkdir(parents=True)
+    config = {"format": "vlprompt-prompt", "format_version": 2, "method": method, "config": {},
+              "backbone": {"model": model, "pretrained": pretrained},
+              "labels": {"kind": "classes", "names": ["a"]}}  # fmt: skip
+    (directory / "prompt.json").write_text(json.dumps(config))
+    return directory
+
+
+def test_a_distilled_cell_compares_its_teacher_not_the_teacher_path(tmp_path):
+    """PromptKD's teacher option is a path: the comparison says what the teacher is (method on backbone) beside the
+    paper's, and a teacher such as the paper's (PromptSRC on ViT-L/14) matches whatever its path."""
+
+    def note(teacher, **options):
+        data = DataConfig(format="benchmark", dataset="dtd", root="data", shots=0, class_split=TRANSDUCTIVE)
+        run = ClassificationRun(method="promptkd", preset="promptkd-kd200", data=data, seeds=[3],
+                                method_options={"teacher": teacher, **options})  # fmt: skip
+        cell = {"dataset": "dtd", "method": "promptkd", "shots": 0, "base": BASE, "new": NEW, "hm": 0.7}
+        return paper_notes("base-to-new", [cell], {("dtd", "promptkd", 0): run}, B16)[0]["vs_paper"]
+
+    paper = _teacher_prompt(tmp_path / "runs" / "seed3" / "prompt", "promptsrc", "ViT-L-14", "openai")
+    assert note(str(paper))["matches"]
+    assert note(str(tmp_path / "runs" / "seed{seed}" / "prompt"))["matches"]  # each seed's teacher, read at seed 3
+    coop = _teacher_prompt(tmp_path / "coop", "coop", "ViT-B-16", "openai")
+    assert note(str(coop))["reason"] == "recipe differs: teacher coop on ViT-B/16 (the paper's promptsrc on ViT-L/14)"
+    assert note("zeroshot")["reason"] == (
+        "recipe differs: teacher zeroshot on ViT-B/16 (the paper's promptsrc on ViT-L/14)"
+    )  # the student's own backbone, un-prompted
+    assert note(str(coop), teacher_backbone="ViT-L-14", teacher_pretrained="laion2b_s32b_b82k")["reason"] == (
+        "recipe differs: teacher coop on ViT-L-14 (laion2b_s32b_b82k) (the paper's promptsrc on ViT-L/14)"
+    )
+    assert "teacher " + str(tmp_path / "nowhere") + " (unreadable: " in note(str(tmp_path / "nowhere"))["reason"]

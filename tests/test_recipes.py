@@ -269,3 +269,7 @@ def test_papers_schema_refuses_an_inconsistent_entry():
         parse_entry({**entry, "accuracy": 1.0})
     with pytest.raises(DataError, match="source must be"):
         parse_entry({**entry, "source": "memory"})
+    assert parse_entry({**entry, "teacher": "promptsrc on ViT-L/14"}).teacher == "promptsrc on ViT-L/14"
+    assert parse_entry(entry).teacher is None  # optional: only a distilled method's entries have one
+    with pytest.raises(DataError, match="teacher must be a string"):
+        parse_entry({**entry, "teacher": {"method": "promptsrc"}})

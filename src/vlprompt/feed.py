@@ -142,18 +142,33 @@ class Feed:
     def _views(self, epoch: int) -> SeededViews:
         return SeededViews(self.backbone.image_transform(train=True), self.view_seed, epoch)
 
-    def batches(self, index_batches: Iterable[Tensor], seed: int = 0, epoch: int = 0) -> Iterator[list[Batch]]:
+    def batches(
+        self, index_batches: Iterable[Tensor], seed: int = 0, epoch: int = 0, views_of: Tensor | None = None
+    ) -> Iterator[list[Batch]]:
         """One list of ``Batch`` (one per method) per index batch, in order; augmented views are ``epoch``'s.
 
         The DataLoader draws its worker seeds from a generator seeded with ``seed``, not from the global RNG, so
         starting it mid-epoch (a resumed run) leaves the global RNG as an uninterrupted run has it.
+
+        Args:
+            views_of: the images whose augmented views are encoded, at least those of ``index_batches`` (the
+                default): a distributed run passes every rank's, the same on all ranks, as the ranks encode them
+                together, and a resumed epoch the whole epoch's, so that its encoder batches are the same.
         """
         index_batches = [torch.as_tensor(idx) for idx in index_batches]
         views: dict[str, Tensor] = {}
-        if VIEWS in self.inputs:  # this epoch's views, encoded once in large no-grad batches
-            epoch_views = self.dataset.with_transform(self._views(epoch))
-            for key in dict.fromkeys(k for k, i in zip(self.keys, self.inputs) if i == VIEWS):  # no None (PIXELS)
-                views[key] = self.cache.features(self.backbone, epoch_views, self.progress, key_extra=key, keep=False)  # type: ignore[index,arg-type]
+        drawn = torch.cat(index_batches).unique() if index_batches else torch.zeros(0, dtype=torch.long)
+        if views_of is not None:
+            if not torch.isin(drawn, views_of).all():
+                missing = drawn[~torch.isin(drawn, views_of)].tolist()
+                raise ValueError(f"views_of leaves out images {missing[:10]} that the index batches draw")
+            drawn = views_of.unique()
+        if VIEWS in self.inputs and len(drawn):  # this epoch's views of the images drawn, encoded once, no grad
+            epoch_views = self.dataset.subset(drawn.tolist()).with_transform(self._views(epoch))
+            for key in dict.fromkeys(k for k, i in zip(self.keys, self.inputs) if i == VIEWS and k is not None):
+                encoded = self.cache.features(self.backbone, epoch_views, self.progress, key_extra=key, keep=False)
+                views[key] = encoded.new_full((len(self.dataset), encoded.shape[-1]), float("nan"))  # NaN: not drawn
+                views[key][drawn.to(encoded.device)] = encoded
         if not self.reads_images:
             for idx in index_batches:
                 yield self._batches(idx, None, views)

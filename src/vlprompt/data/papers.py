@@ -17,6 +17,8 @@ METRICS = {"base-to-new": ("base", "new", "hm")} | dict.fromkeys(
     ("few-shot", "cross-dataset", "domain-generalisation"), ("accuracy",)
 )
 _FIELDS = {"method", "preset", "backbone", "protocol", "dataset", "shots", "seeds", "epochs", "source"}
+#: Fields an entry may have: the teacher a distilled method learnt from, as "method on backbone".
+_OPTIONAL = {"teacher"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class PaperResult:
     epochs: int | None
     metrics: dict[str, float]
     source: str
+    teacher: str | None = None  # a distilled method's teacher, "method on backbone"
 
 
 def harmonic_mean(base: float, new: float) -> float:
@@ -46,8 +49,11 @@ def parse_entry(entry: dict[str, Any]) -> PaperResult:
     if protocol not in METRICS:
         raise DataError(f"{where}: protocol must be one of {PROTOCOLS}")
     metrics = METRICS[protocol]
-    if set(entry) != _FIELDS | set(metrics):
-        raise DataError(f"{where}: fields must be {sorted(_FIELDS | set(metrics))}, not {sorted(entry)}")
+    if not _FIELDS | set(metrics) <= set(entry) <= _FIELDS | _OPTIONAL | set(metrics):
+        expected = f"{sorted(_FIELDS | set(metrics))} (and optionally {sorted(_OPTIONAL)})"
+        raise DataError(f"{where}: fields must be {expected}, not {sorted(entry)}")
+    if not isinstance(entry.get("teacher", ""), str):
+        raise DataError(f"{where}: teacher must be a string such as 'promptsrc on ViT-L/14'")
     values = {m: entry[m] for m in metrics}
     if not all(isinstance(v, (int, float)) and 0 <= v <= 100 for v in values.values()):
         raise DataError(f"{where}: accuracies must be numbers in [0, 100], not {values}")
@@ -55,7 +61,7 @@ def parse_entry(entry: dict[str, Any]) -> PaperResult:
         raise DataError(f"{where}: source must be repo@commit:path or a paper's table, not {entry['source']!r}")
     if protocol == "base-to-new" and abs(harmonic_mean(values["base"], values["new"]) - values["hm"]) > 0.011:
         raise DataError(f"{where}: hm {values['hm']} is not 2bn/(b+n) of base and new")
-    fields = {k: entry[k] for k in _FIELDS}
+    fields = {k: entry[k] for k in _FIELDS | _OPTIONAL if k in entry}
     return PaperResult(metrics=values, **fields)
 
 

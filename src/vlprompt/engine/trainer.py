@@ -336,6 +336,11 @@ class StepPlan:
             rows += list(rest.view(self.accum, self.world, self.last_micro)[:, dist.rank()])
         return rows
 
+    def images_drawn(self, seed: int, epoch: int, steps: int) -> Tensor:
+        """Every rank's sample indices of ``epoch``'s first ``steps`` steps (the images whose views they use)."""
+        used = self.n if self.last_micro else (self.n // self.per_step) * self.per_step
+        return self._permutation(seed, epoch)[: min(steps * self.per_step, used)]
+
     def steps_in(self, epoch: int) -> int:
         """The optimizer steps ``epoch`` takes (the last epoch of a ``max_steps`` run is cut short)."""
         return min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)
@@ -472,7 +477,9 @@ def _train_epoch(
     progress = state.progress
     steps = plan.steps_in(epoch)
     rows = plan.micro_batches(config.seed, epoch, progress.step)[: (steps - progress.step) * plan.accum]
-    batches = feed.batches(rows, seed=config.seed * 100_003 + epoch * 1_009 + progress.step, epoch=epoch)
+    drawn = plan.images_drawn(config.seed, epoch, steps)  # from step 0: a resumed epoch encodes the same batches
+    loader_seed = config.seed * 100_003 + epoch * 1_009 + progress.step
+    batches = feed.batches(rows, seed=loader_seed, epoch=epoch, views_of=drawn)
     autocast = torch.autocast(backbone.device.type, dtype=state.amp_dtype, enabled=state.amp_dtype is not None)
     for step in range(progress.step, steps):
         before = (progress.loss, progress.correct, progress.seen)

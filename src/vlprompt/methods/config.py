@@ -33,6 +33,9 @@ class MethodConfig:
 
     #: The registered method these options belong to, for messages (set by :func:`vlprompt.methods.register`).
     method_name: ClassVar[str] = ""
+    #: Options that name what the method reads (a file, another model), not recipe values: a comparison with a
+    #: paper's recipe does not compare them (e.g. PromptKD's teacher, compared by what it is instead).
+    inputs: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))

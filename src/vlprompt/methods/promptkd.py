@@ -75,6 +75,8 @@ class PromptKDConfig(MethodConfig):
         kd_weight: weight of the distillation loss (1000; 200 on FGVCAircraft, Flowers and DTD).
     """
 
+    inputs = ("teacher", "teacher_backbone", "teacher_pretrained")
+
     teacher: str = ""
     teacher_backbone: str = ""
     teacher_pretrained: str = ""

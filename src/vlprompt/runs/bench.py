@@ -261,7 +261,7 @@ def run_bench(
     classifying = [s.run for s in subs if isinstance(s.run, ClassificationRun)]
     if not (protocol == "base-to-new" and any(learns_without_labels(run) for run in classifying)):
         record.pop("transductive")  # it changes no sub-run: not part of this bench's record
-    # a bench written before --transductive existed trained every method on the base images
+    # before any work; a bench written before --transductive existed trained every method on the base images
     check_config_unchanged(Path(bench.out), record, bench.resume, "bench", added={"transductive": False})
     for sub in subs:  # every dataset is there before any training starts
         if _on_registry(sub.run):
@@ -269,7 +269,7 @@ def run_bench(
             if missing:
                 raise DataError(f"{sub.run.data.dataset}: " + "; ".join(missing))
     out = prepare_out_dir(bench.out, bench.resume, bench.overwrite, "bench")
-    write_config(out, record, bench.resume, f"bench {protocol}")
+    write_config(out, record, bench.resume, f"bench {protocol}", added={"transductive": False})
     backbone = backbone or bench.backbone.load()
     cache = cache or FeatureCache(bench.feature_cache_dir)
     rows: list[dict[str, Any]] = []

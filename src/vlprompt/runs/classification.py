@@ -97,7 +97,8 @@ class DataConfig(ImageSource):
         shots: K images per class for training (0 = all); validation uses min(K, 4).
         class_split: "all", "base-to-new" (train on the first half of the labels, test on both halves) or
             "base-to-new-transductive" (train on every class's images, labels unused, over every class name;
-            test on both halves: PromptKD's release, for a method that learns without labels).
+            test on both halves: PromptKD's release, for a method that learns without labels; the release
+            trains on every image, ``shots`` 0: a subset of K images per class is drawn by their labels).
     """
 
     shots: int = 16
@@ -153,10 +154,10 @@ class Classification(Protocol):
         data = self.run.data
         data.validate()
         if self.transductive and not learns_without_labels(self.run):
+            why = "learns from labels" if method_class(self.run.method).learns else "learns nothing"
             raise OptionError(
                 f"--data.class_split {TRANSDUCTIVE} hands the method the new classes' training images: only for a "
-                f"method that learns without labels (promptkd), and {self.run.method} learns from labels; use "
-                "base-to-new"
+                f"method that learns without labels (promptkd), and {self.run.method} {why}; use base-to-new"
             )
         if data.format == "benchmark" and get_dataset(data.dataset).test_only:
             raise DataError(f"--data.dataset {data.dataset} is an evaluation-only dataset: it has no training split")

@@ -216,11 +216,14 @@ def prepare_out_dir(out: str | Path, resume: bool, overwrite: bool, command: str
     return prepare_run_dir(out, resume, overwrite, command)
 
 
-def write_config(run_dir: Path, config: dict[str, Any], resume: bool = False, command: str = "") -> None:
-    """Write ``config.yaml`` (``vlprompt COMMAND --config`` replays it); a resumed run's must not change."""
+def write_config(
+    run_dir: Path, config: dict[str, Any], resume: bool = False, command: str = "", added: dict[str, Any] | None = None
+) -> None:
+    """Write ``config.yaml`` (``vlprompt COMMAND --config`` replays it); a resumed run's must not change (see
+    :func:`check_config_unchanged` for ``added``)."""
     path = run_dir / CONFIG_FILE
     if resume and path.is_file():
-        check_config_unchanged(run_dir, config, resume, command.split()[0] if command else "")
+        check_config_unchanged(run_dir, config, resume, command.split()[0] if command else "", added)
         return
     if dist.is_main():
         header = f"# replay: vlprompt {command} --config {path} --out NEW_DIR\n" if command else ""
@@ -243,7 +246,30 @@ def check_config_unchanged(
     saved, config = _old_names_resolved(moved_to_data(command, saved)), _old_names_resolved(config)
     changed = sorted(k for k in set(saved) | set(config) if k not in ignore and saved.get(k) != config.get(k))
     if changed:
-        raise RunDirError(f"cannot resume {run_dir}: its config differs in {changed} (start a new --out instead)")
+        what = "; ".join(_differences(saved, config, changed))
+        raise RunDirError(
+            f"cannot resume {run_dir}: its config differs in {changed} ({what}): resume with the options it was "
+            "written with, or start a new --out"
+        )
+
+
+def _differences(saved: dict[str, Any], given: dict[str, Any], keys: list[str], prefix: str = "") -> list[str]:
+    """``key: X written, Y given`` for each of ``keys`` that differs, nested options by their dotted names."""
+    out = []
+    for key in keys:
+        old, new = saved.get(key, "(absent)"), given.get(key, "(absent)")
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += _differences(old, new, sorted(set(old) | set(new)), f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}: {_short(old)} written, {_short(new)} given")
+    return out
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _old_names_resolved(record: dict[str, Any]) -> dict[str, Any]:

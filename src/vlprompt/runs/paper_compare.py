@@ -4,7 +4,8 @@
 same method (or of the labelled baseline its preset names, e.g. ``dept-coop``), protocol and dataset (the
 Average row: the paper's ``average``), and says whether the two are comparable: the same backbone (OpenAI's
 released CLIP weights, :data:`OPENAI_CLIP`), the same shots, the paper's recipe as trained (its preset, no
-``--train`` field or ``--method_options`` that changes it) and, for the Average, the paper's datasets. Then the
+``--train`` field or ``--method_options`` that changes it; a distilled method's teacher, by what it is, not its
+path), and, for the Average, the paper's datasets. Then the
 cell gets the difference (ours − paper, in points); otherwise the reasons it is not comparable.
 :func:`paper_section` is the Markdown section that lists them under the bench's tables.
 """
@@ -18,9 +19,12 @@ from typing import Any, cast
 from ..data.benchmarks import FEW_SHOT_DATASETS, IMAGENET_VARIANTS
 from ..data.papers import METRICS, PaperResult, paper_result, paper_results
 from ..engine.presets import preset_recipe, protocol_preset, recipe_config
+from ..errors import VlpromptError
 from ..evaluation.reports import AVERAGE
 from ..methods import PromptMethod, method_class
+from ..methods.promptkd import ZEROSHOT_TEACHER
 from ..methods.recipes import Recipe
+from ..prompts import read_prompt_config
 from .bench_sources import SOURCE_DATASET
 from .classification import TRANSDUCTIVE, ClassificationRun, learns_without_labels
 from .config import RunConfig
@@ -165,7 +169,7 @@ def _reasons(
         reasons.append(f"the paper averages {len(PAPER_AVERAGE[protocol])} datasets, this bench {len(datasets)}")
     differences: dict[str, dict[str, str | None]] = {}  # what ran -> the paper's value, by dataset
     for dataset, run in ran.items():
-        for text, paper in _recipe_differences(protocol, entry, dataset, run, cell["shots"], trains).items():
+        for text, paper in _recipe_differences(protocol, entry, dataset, run, cell["shots"], trains, backbone).items():
             differences.setdefault(text, {})[dataset] = paper
     texts = []
     for text, by_dataset in differences.items():
@@ -179,7 +183,13 @@ def _reasons(
 
 
 def _recipe_differences(
-    protocol: str, entry: PaperResult, dataset: str, run: RunConfig, shots: int, trains: bool
+    protocol: str,
+    entry: PaperResult,
+    dataset: str,
+    run: RunConfig,
+    shots: int,
+    trains: bool,
+    backbone: tuple[str, str | None],
 ) -> dict[str, str | None]:
     """How ``run`` differs from the paper's recipe, as {what it ran: the paper's}: its preset (the entry's, or
     the authors' preset for this protocol and dataset where the entry is the method's own: an Average over
@@ -200,12 +210,36 @@ def _recipe_differences(
     inductive = isinstance(run, ClassificationRun) and run.data.class_split != TRANSDUCTIVE
     if protocol == "base-to-new" and inductive and learns_without_labels(run):  # its release: every class's images
         out["--transductive false: the base classes' images only"] = "every class's images, labels unused"
-    defaults = method_class(run.method).Config().to_dict()
+    config = method_class(run.method).Config
+    defaults = config().to_dict()
     for key, value in run.method_options.items():
         paper = recipe.options.get(key, defaults.get(key))
-        if value != paper:
+        if key not in config.inputs and value != paper:
             out[f"--method_options {key} {_value(value)}"] = _value(paper)
+    if entry.teacher and (teacher := _teacher(run, backbone)).lower() != entry.teacher.lower():
+        out[f"teacher {teacher}"] = entry.teacher
     return out
+
+
+def _teacher(run: RunConfig, backbone: tuple[str, str | None]) -> str:
+    """What a distilled run's teacher is, as "method on backbone" (the papers' backbone names where they apply);
+    ``backbone``: the student's (model, pretrained)."""
+    options = run.method_options
+    teacher, name = str(options.get("teacher", "")), options.get("teacher_backbone") or None
+    pretrained = options.get("teacher_pretrained") or None
+    if teacher == ZEROSHOT_TEACHER:
+        method, name, pretrained = "zeroshot", name or backbone[0], pretrained or backbone[1]
+    elif not teacher:
+        return "none"
+    else:
+        try:
+            record = read_prompt_config(teacher.replace("{seed}", str(run.seeds[0])))
+        except VlpromptError as err:
+            return f"{teacher} (unreadable: {err})"
+        method = record["method"]
+        if name is None:
+            name, pretrained = record["backbone"]["model"], record["backbone"].get("pretrained")
+    return f"{method} on {paper_backbone(name, pretrained) or (f'{name} ({pretrained})' if pretrained else name)}"
 
 
 def _shots(k: int) -> str:
