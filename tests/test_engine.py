@@ -14,6 +14,7 @@ from vlprompt.data import image_folder
 from vlprompt.engine import FeatureCache, TrainConfig, fit, preset
 from vlprompt.engine.schedules import SCHEDULE_ALIASES, lr_factor
 from vlprompt.engine.trainer import CHECKPOINT, METRICS
+from vlprompt.errors import OptionError
 from vlprompt.methods import CoOp, CoOpConfig
 
 FAST = {"batch_size": 8, "weight_decay": 5e-4, "momentum": 0.9}
@@ -345,6 +346,27 @@ def test_only_the_views_a_run_draws_are_encoded(image_root, options, encoded):
     through = fit(pixels, bb, data, replace(config, cache_features=False), progress=False)
     assert [r["loss"] for r in views.history] == pytest.approx([r["loss"] for r in through.history], abs=1e-5)
     torch.testing.assert_close(cached.ctx, pixels.ctx, rtol=0, atol=1e-5)
+
+
+def test_crop_scale_sets_the_smallest_crop_and_keeps_its_views_apart(monkeypatch, tmp_path, image_root):
+    """--train.crop_scale is the random-resized crops' lower scale (MMRL's release: 0.5): other views, cached apart."""
+    bb = tiny_random_backbone("vit")
+    crop = bb.image_transform(train=True, crop_scale=0.5).transforms[0]
+    assert crop.scale == (0.5, 1.0) and bb.image_transform(train=True).transforms[0].scale == (0.08, 1.0)
+    data = image_folder(image_root, bb.image_transform())
+    cache = FeatureCache(tmp_path)  # views persist: the same views would be read back
+    config = TrainConfig(epochs=1, augment=True, **FAST)
+    calls = _count_image_calls(monkeypatch, bb)
+    dassl, mmrl = make_coop(bb, data.classnames), make_coop(bb, data.classnames)
+    fit(dassl, bb, data, config, cache=cache, progress=False)
+    fit(mmrl, bb, data, replace(config, crop_scale=0.5), cache=cache, progress=False)
+    assert calls[0] == 2  # the same seed and epoch, other views: not read from the first run's table
+    fit(make_coop(bb, data.classnames), bb, data, replace(config, crop_scale=0.5), cache=cache, progress=False)
+    assert calls[0] == 2  # the same crop scale again: read back
+    assert not torch.equal(dassl.ctx, mmrl.ctx)
+    for bad in (0.0, 1.5):
+        with pytest.raises(OptionError, match=r"--train.crop_scale must be in \(0, 1\]"):
+            TrainConfig(crop_scale=bad)
 
 
 def test_augmented_views_persist_and_are_reused_by_the_next_run(monkeypatch, tmp_path, image_root):

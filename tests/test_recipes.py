@@ -105,6 +105,46 @@ RELEASED = {
         },
         {},
     ),
+    # Tip-Adapter main.py:69-73 (AdamW lr 1e-3, eps 1e-4, torch's decay 0.01, per-iteration cosine), adapter in
+    # CLIP's fp16 dtype (main.py:69), datasets/utils.py:373 drop_last=False, configs/*.yaml train_epoch 20
+    ("tip-adapter-f", 16): (
+        {
+            "optimizer": "adamw",
+            "lr": 1e-3,
+            "adam_eps": 1e-4,
+            "weight_decay": 0.01,
+            "batch_size": 256,
+            "epochs": 20,
+            "schedule": "cosine",
+            "warmup_epochs": 0,
+            "drop_last": False,
+            "precision": "fp16",
+        },
+        {},
+    ),  # fmt: skip
+    ("tip-adapter-f-eurosat", 16): ({"epochs": 100, "drop_last": False}, {"init_alpha": 2.0}),
+    ("tip-adapter-f-imagenet", 16): ({"epochs": 20, "drop_last": False, "batch_size": 256}, {}),
+    # MMRL configs/trainers/MMRL/vit_b16.yaml (RRCROP_SCALE (0.5, 1), PREC amp), vit_b16_imagenet.yaml
+    ("mmrl", 16): (
+        {**DASSL, "optimizer": "adamw", "lr": 1e-3, "epochs": 10, "batch_size": 4, "crop_scale": 0.5},
+        {"reg_weight": 1.0},
+    ),
+    ("mmrl-imagenet", 16): ({"epochs": 5, "batch_size": 32, "crop_scale": 0.5}, {"reg_weight": 0.5}),
+    # vit_b16_few_shot.yaml (trainers/config.py's λ merged after it: DTD 6.0, EuroSAT 0.01 with REP_DIM 2048)
+    ("mmrl-few-shot-dtd", 4): ({"epochs": 50, "batch_size": 32, "crop_scale": 0.5}, {"reg_weight": 6.0}),
+    ("mmrl-few-shot-eurosat", 16): ({"epochs": 50, "batch_size": 32}, {"reg_weight": 0.01, "rep_dim": 2048}),
+    # vit_b16_cross_datasets.yaml, cross_datasets_train.sh (REG_WEIGHT 0.2 on the command line, merged last)
+    ("mmrl-cross-dataset", 16): (
+        {"epochs": 1, "batch_size": 32, "warmup_epochs": 0, "crop_scale": 0.5, "lr": 1e-3},
+        {"reg_weight": 0.2},
+    ),
+    # PromptKD configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx.yaml, base2new_train.sh (KD 1000, T 1)
+    ("promptkd", 16): (
+        {**DASSL, "epochs": 20, "batch_size": 8, "lr": 0.005},
+        {"n_ctx_vision": 4, "depth_vision": 9, "temperature": 1.0, "kd_weight": 1000.0},
+    ),
+    # Multi-Modal-Adapter configs/trainers/MultiModalAdapter/vit_b16_ep5.yaml (no warmup; PREC amp)
+    ("mma", 16): ({**DASSL, "epochs": 5, "batch_size": 16, "lr": 0.0015, "warmup_epochs": 0}, {"scale": 0.001}),
     # csp README.md: --lr 5e-05 --attr_dropout 0.3 --weight_decay 0.00001, 64 x 2 accumulation, 20 epochs
     ("csp-mit-states", 16): (
         {"optimizer": "adam", "lr": 5e-5, "weight_decay": 1e-5, "epochs": 20, "batch_size": 128},
@@ -145,6 +185,10 @@ def test_protocol_presets_pick_the_authors_recipe_for_the_protocol_and_dataset()
     assert protocol_preset("promptsrc", "few-shot", "eurosat") == "promptsrc-few-shot-gpa45"
     assert protocol_preset("promptsrc", "few-shot", "caltech101") == "promptsrc-few-shot"
     assert protocol_preset("cocoop", "few-shot") is None  # CoCoOp released no few-shot recipe
+    assert protocol_preset("mmrl", "few-shot", "imagenet") == "mmrl-imagenet"  # few_shot.sh: vit_b16_imagenet
+    assert protocol_preset("mmrl", "few-shot", "dtd") == "mmrl-few-shot-dtd"
+    assert protocol_preset("mmrl", "base-to-new", "dtd") == "mmrl-dtd"
+    assert protocol_preset("mmrl", "domain-generalisation") == "mmrl-cross-dataset"
     assert protocol_presets("maple") == {
         "base-to-new": ["maple"],
         "cross-dataset": ["maple-cross-dataset"],

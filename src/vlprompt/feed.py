@@ -74,6 +74,7 @@ class Feed:
         cache: where frozen features of files come from (a private in-memory one by default).
         augment: training views (random-resized crops and flips, seeded per ``view_seed``, epoch and image)
             instead of the evaluation transform.
+        crop_scale: the augmented crops' smallest area, a fraction of the image's (0.08: Dassl's).
             Without ``augment`` and ``targets`` the batches are scored: a method that adapts at test time is fed
             pixels, read with its own :meth:`~vlprompt.methods.PromptMethod.test_views` where it has them (such a
             method is then the only one of the feed fed pixels).
@@ -95,6 +96,7 @@ class Feed:
         cache: FeatureCache | None = None,
         *,
         augment: bool = False,
+        crop_scale: float = 0.08,
         cache_features: bool | None = None,
         view_seed: int = 0,
         targets: bool = False,
@@ -102,6 +104,7 @@ class Feed:
         progress: bool = False,
     ):
         self.backbone, self.dataset, self.augment, self.view_seed = backbone, dataset, augment, view_seed
+        self.crop_scale = crop_scale
         self.methods = [methods] if isinstance(methods, PromptMethod) else list(methods)
         scoring = not augment and not targets
         self.inputs = [image_input(m, augment, cache_features, scoring) for m in self.methods]
@@ -140,7 +143,8 @@ class Feed:
         return own[0].test_views(self.backbone) if own else None
 
     def _views(self, epoch: int) -> SeededViews:
-        return SeededViews(self.backbone.image_transform(train=True), self.view_seed, epoch)
+        transform = self.backbone.image_transform(train=True, crop_scale=self.crop_scale)
+        return SeededViews(transform, self.view_seed, epoch)
 
     def batches(
         self, index_batches: Iterable[Tensor], seed: int = 0, epoch: int = 0, views_of: Tensor | None = None

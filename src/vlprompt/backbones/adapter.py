@@ -315,12 +315,12 @@ class Backbone(nn.Module):
         return twin
 
     # ------------------------------------------------------------------ image
-    def image_transform(self, train: bool = False):
+    def image_transform(self, train: bool = False, crop_scale: float = 0.08):
         """The model's own preprocessing (a torchvision transform).
 
         With ``train``, the prompt-learning references' augmentation (CoOp, CoCoOp, MaPLe, KgCoOp,
-        PromptSRC through Dassl: ``random_resized_crop`` at scale 0.08-1, ``random_flip``, normalise),
-        not open_clip's training transform (scale 0.9-1, no flip).
+        PromptSRC through Dassl: ``random_resized_crop`` at scale ``crop_scale``-1, 0.08 by default,
+        ``random_flip``, normalise), not open_clip's training transform (scale 0.9-1, no flip).
         """
         cfg = self.preprocess_cfg
         if train:
@@ -328,7 +328,7 @@ class Backbone(nn.Module):
 
             interpolation = T.InterpolationMode(cfg.get("interpolation", "bicubic"))
             return T.Compose([
-                T.RandomResizedCrop(cfg["size"], scale=(0.08, 1.0), interpolation=interpolation),
+                T.RandomResizedCrop(cfg["size"], scale=(crop_scale, 1.0), interpolation=interpolation),
                 T.RandomHorizontalFlip(),
                 T.ToTensor(),
                 T.Normalize(tuple(cfg["mean"]), tuple(cfg["std"])),

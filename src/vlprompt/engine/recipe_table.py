@@ -44,14 +44,14 @@ on *datasets* (blank: any). Fields a recipe does not set keep `TrainConfig`'s de
 
 Notes that hold for the releases:
 
-- `augment true` is random-resized crops (scale 0.08-1) and horizontal flips, as Dassl's
+- `augment true` is random-resized crops (scale `crop_scale`-1, 0.08 unless set) and horizontal flips, as Dassl's
   `random_resized_crop` + `random_flip` and CLIP-LoRA's transform; `--train.augment false` is the
   fast option (cached features of un-augmented images).
-- `precision fp16` is autocast fp16 with a gradient scaler and fp32 prompts; the Dassl releases
-  (`PREC: fp16`) instead cast CLIP *and* the prompts to fp16.
+- `precision fp16` is autocast fp16 with a gradient scaler and fp32 prompts, as the releases with
+  `PREC: amp` (MMA, MMRL) run; those with `PREC: fp16` instead cast CLIP *and* the prompts to fp16.
 - The last partial batch is dropped, as Dassl's loader does, unless the recipe sets `drop_last false`
-  (CLIP-LoRA's loader keeps it); `max_steps` trains for that many optimizer steps, the last epoch cut
-  short (`epochs` then does not count). Where a field cannot be expressed yet, its source says "not
+  (CLIP-LoRA's and Tip-Adapter-F's loaders keep it); `max_steps` trains for that many optimizer steps,
+  the last epoch cut short (`epochs` then does not count). Where a field cannot be expressed yet, its source says "not
   expressible yet".
 - Recipes whose source is "vlprompt's" are not a paper's.
 """

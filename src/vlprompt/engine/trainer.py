@@ -77,6 +77,8 @@ class TrainConfig:
         augment: the references' training augmentation: random-resized-crop (scale 0.08-1) and
             horizontal flip (:meth:`~vlprompt.backbones.Backbone.image_transform` with ``train``), each view
             a pure function of (seed, epoch, image) (:class:`~vlprompt.data.images.SeededViews`).
+        crop_scale: the smallest area of an augmented crop, as a fraction of the image (Dassl's
+            ``INPUT.RRCROP_SCALE`` lower bound: 0.08; MMRL's release 0.5).
         eval_every: evaluate on validation every N epochs (0: only at the end).
         select: "last" epoch or "best" validation score (the metric is recorded).
         checkpoint_every: write the resumable checkpoint every N epochs.
@@ -112,6 +114,7 @@ class TrainConfig:
     seed: int = 1
     cache_features: bool | None = None
     augment: bool = False
+    crop_scale: float = 0.08
     eval_every: int = 0
     select: str = "last"
     checkpoint_every: int = 1
@@ -155,6 +158,8 @@ class TrainConfig:
         for name, low, what in above:
             if not getattr(self, name) > low:
                 raise OptionError(f"--train.{name} must be > {what}, not {getattr(self, name)}")
+        if not 0 < self.crop_scale <= 1:
+            raise OptionError(f"--train.crop_scale must be in (0, 1], not {self.crop_scale}")
         if self.label_smoothing >= 1:
             raise OptionError(f"--train.label_smoothing must be < 1, not {self.label_smoothing}")
         if self.select == "best" and self.eval_every < 1:
@@ -219,6 +224,7 @@ def fit(
         method,
         cache,
         augment=config.augment,
+        crop_scale=config.crop_scale,
         cache_features=config.cache_features,
         view_seed=config.seed,
         targets=True,

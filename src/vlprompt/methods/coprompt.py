@@ -123,9 +123,17 @@ _DATASETS = {  # trainers/constants.py: dataset -> (W, N_CTX, PROMPT_DEPTH, epoc
 _SOURCE = f"{COPROMPT_REPO}:configs/trainers/coprompt.yaml, scripts/base2new_train_coprompt.sh"
 
 
+#: What the recipes cannot say in TrainConfig's fields.
+_VIEWS = (
+    "augmentation not expressible yet: the release's two views are independent RandAugment(2, 10) draws of the "
+    "resized image (coprompt.yaml INPUT.TRANSFORMS randaugment, K_TRANSFORMS 2), augment true crops and flips one "
+    "view (the frozen encoder's: RandAugment of it, frozen_view)"
+)
+
+
 def _recipe(source: str, datasets: tuple[str, ...], epochs: int, **options) -> Recipe:
     return dassl_recipe(
-        source, ("base-to-new",), datasets=datasets, epochs=epochs, batch_size=4, lr=0.0035
+        f"{source}; {_VIEWS}", ("base-to-new",), datasets=datasets, epochs=epochs, batch_size=4, lr=0.0035
     ).with_options(ctx_init="a photo of a", **options)
 
 

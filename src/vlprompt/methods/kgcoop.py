@@ -63,6 +63,7 @@ class KgCoOp(CoOp):
             epochs=100,
             batch_size=128,
             lr=0.002,
+            dassl=f"{KGCOOP_REPO}:Dassl.ProGrad.pytorch/",  # the copy the release runs (its values: upstream's)
         ).with_options(n_ctx=4, ctx_init="a photo of a", weight=8.0)
     }
     builtin_rows = (BuiltinRow("kgcoop", CPU_SGD.but(lr=0.02), default=False),)

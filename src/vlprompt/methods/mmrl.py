@@ -18,9 +18,10 @@ f⁰_c the frozen model's image features of the same batch, t⁰ its features of
 Where this differs, deliberately: widths come from the model; everything stays fp32 outside autocast (the
 release's amp autocasts training only); evaluation recomputes the text features and tokens each time (the
 release caches them at its first evaluation forward and never refreshes them); the first listed layer must be
-2 or later (the insertion is mid-tower). Recipes: the released base-to-new ones with per-dataset λ
-(trainers/config.py); the release's random-resized-crop scale (0.5, 1) is not an option of vlprompt's feed
-(its ``augment`` crops at 0.08-1).
+2 or later (the insertion is mid-tower). Recipes: the released base-to-new, few-shot and cross-dataset ones, with
+per-dataset λ (trainers/config.py) where the release merges them, cropping at the release's scale (0.5, 1)
+(``INPUT.RRCROP_SCALE``, ``crop_scale`` 0.5); its ``PREC: "amp"`` is vlprompt's ``precision fp16`` (autocast over
+fp32 weights with a gradient scaler).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from ..backbones import Backbone
 from ..labels import ClassNames
 from .base import Batch, BuiltinRow, MethodConfig, MethodOptionError, PromptMethod, Recipe, cosine_logits, option
 from .prompting import clean_classname
-from .recipes import CPU_ADAMW, dassl_recipe
+from .recipes import CPU_ADAMW, TRANSFER, dassl_recipe
 
 #: yunncheng/MMRL, pinned.
 MMRL_REPO = "yunncheng/MMRL@27d8821f6ac135a1d0c8e4c5ed78af14df0cd82e"
@@ -90,9 +91,26 @@ _REG_WEIGHTS = {
 }
 
 
-def _recipe(source: str, datasets: tuple[str, ...], epochs: int = 10, batch_size: int = 4, **options) -> Recipe:
+def _recipe(
+    source: str,
+    datasets: tuple[str, ...],
+    epochs: int = 10,
+    batch_size: int = 4,
+    protocols: tuple[str, ...] = ("base-to-new",),
+    warmup_epochs: int = 1,
+    **options,
+) -> Recipe:
     train: dict[str, Any] = {"optimizer": "adamw", "lr": 1e-3, "epochs": epochs, "batch_size": batch_size}
-    return dassl_recipe(source, ("base-to-new",), datasets=datasets, **train).with_options(**options)
+    train |= {"crop_scale": 0.5, "warmup_epochs": warmup_epochs}  # INPUT.RRCROP_SCALE (0.5, 1) in every config
+    return dassl_recipe(source, protocols, datasets=datasets, **train).with_options(**options)
+
+
+def _dataset_options(dataset: str) -> dict[str, Any]:
+    """trainers/config.py's per-dataset settings, merged after the config file whatever the task (TASK B2N or FS)."""
+    return {"reg_weight": _REG_WEIGHTS[dataset], **({"rep_dim": 2048} if dataset == "eurosat" else {})}
+
+
+_FEW_SHOT = f"{MMRL_REPO}:configs/trainers/MMRL/vit_b16_few_shot.yaml, scripts/mmrl/few_shot.sh, trainers/config.py"
 
 
 class MMRL(PromptMethod):
@@ -105,17 +123,32 @@ class MMRL(PromptMethod):
     changes_image_tower = True
     recipes = {
         "default": _recipe(_SOURCE, (), reg_weight=1.0),
+        # base-to-new and few-shot (few_shot.sh: CFG vit_b16_imagenet on ImageNet)
         "imagenet": _recipe(
-            f"{MMRL_REPO}:configs/trainers/MMRL/vit_b16_imagenet.yaml, trainers/config.py",
+            f"{MMRL_REPO}:configs/trainers/MMRL/vit_b16_imagenet.yaml, scripts/mmrl/few_shot.sh, trainers/config.py",
             ("imagenet",),
             epochs=5,
             batch_size=32,
+            protocols=("base-to-new", "few-shot"),
             reg_weight=0.5,
         ),
+        **{dataset: _recipe(_SOURCE, (dataset,), **_dataset_options(dataset)) for dataset in _REG_WEIGHTS},
+        "few-shot": _recipe(_FEW_SHOT, (), 50, 32, ("few-shot",), reg_weight=0.5),
         **{
-            dataset: _recipe(_SOURCE, (dataset,), reg_weight=w, **({"rep_dim": 2048} if dataset == "eurosat" else {}))
-            for dataset, w in _REG_WEIGHTS.items()
+            f"few-shot-{dataset}": _recipe(_FEW_SHOT, (dataset,), 50, 32, ("few-shot",), **_dataset_options(dataset))
+            for dataset in _REG_WEIGHTS
         },
+        # ImageNet's 16 shots, then every target as it is; the script's REG_WEIGHT 0.2 is merged last
+        "cross-dataset": _recipe(
+            f"{MMRL_REPO}:configs/trainers/MMRL/vit_b16_cross_datasets.yaml, scripts/mmrl/cross_datasets_train.sh, "
+            "train.py:132-135 (command-line options merged after trainers/config.py)",
+            (),
+            1,
+            32,
+            TRANSFER,
+            warmup_epochs=0,
+            reg_weight=0.2,
+        ),
     }
     builtin_rows = (BuiltinRow("mmrl", CPU_ADAMW.but(lr=0.01).with_options(rep_layers=[2, 3]), default=False),)
     tiny = Recipe(options={"rep_layers": [2], "rep_dim": 16, "n_rep_tokens": 2})

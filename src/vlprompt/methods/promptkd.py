@@ -88,6 +88,13 @@ class PromptKDConfig(MethodConfig):
     kd_weight: float = option(1000.0, low=0.0)
 
 
+#: What the recipes cannot say in TrainConfig's fields.
+_SELECTION = (
+    "model selection not expressible yet: TEST.FINAL_MODEL best_val picks the epoch on the base classes' test "
+    "images (datasets/*.py: val is the test split), select last here"
+)
+
+
 class _SumOverProcesses(torch.autograd.Function):
     """All-reduce (sum) over the processes, whose gradient is the all-reduced gradient."""
 
@@ -190,7 +197,7 @@ class PromptKD(PromptMethod):
     recipes = {
         "default": dassl_recipe(
             f"{PROMPTKD_REPO}:configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx.yaml, "
-            "scripts/promptkd/base2new_train.sh (SHOTS 0: every training image)",
+            f"scripts/promptkd/base2new_train.sh (SHOTS 0: every training image); {_SELECTION}",
             ("base-to-new",),
             epochs=20,
             batch_size=8,
@@ -199,7 +206,7 @@ class PromptKD(PromptMethod):
         # base2new_train.sh's comment: KD_WEIGHT 200 on these three, 1000 on the other eight
         "kd200": dassl_recipe(
             f"{PROMPTKD_REPO}:configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx.yaml, "
-            "scripts/promptkd/base2new_train.sh (comment: KD_WEIGHT 200)",
+            f"scripts/promptkd/base2new_train.sh (comment: KD_WEIGHT 200); {_SELECTION}",
             ("base-to-new",),
             datasets=("fgvc_aircraft", "oxford_flowers", "dtd"),
             epochs=20,

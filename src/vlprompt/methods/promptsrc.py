@@ -129,7 +129,9 @@ class PromptSRC(RemembersStep, IVLP):
             lr=0.0025,
         ).with_options(**_PROMPTS, depth_text=9, depth_vision=9, gpa_mean=15.0, gpa_std=1.0),
         "cross-dataset": dassl_recipe(
-            f"{_CONFIGS}ep20_batch4_4+4ctx_cross_datasets.yaml, scripts/promptsrc/reproduce_xd.sh",
+            f"{_CONFIGS}ep20_batch4_4+4ctx_cross_datasets.yaml, docs/TRAIN.md:76 and :105 (this config for "
+            "cross-dataset and domain generalisation; scripts/promptsrc/xd_train.sh:11 names an ep5 config the "
+            "release does not have), scripts/promptsrc/reproduce_xd.sh (LOADEP 20)",
             TRANSFER,
             epochs=20,
             batch_size=4,

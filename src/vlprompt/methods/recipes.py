@@ -114,9 +114,13 @@ def dassl_recipe(
     epochs: int | None = None,
     epochs_by_shots: tuple[tuple[int, int], ...] = (),
     datasets: tuple[str, ...] = (),
+    dassl: str = DASSL_REPO + ":",
     **train: Any,
 ) -> Recipe:
     """A Dassl-based release's recipe (CoOp, CoCoOp, KgCoOp, MaPLe, IVLP, VPT-on-CLIP, PromptSRC).
+
+    ``dassl``: where the release's Dassl is, as "repo@commit:folder/" (a release that bundles its own copy, e.g.
+    KgCoOp's Dassl.ProGrad.pytorch, cites that copy's defaults).
 
     What they share: SGD with Dassl's ``OPTIM`` defaults (momentum 0.9, weight decay 5e-4, no Nesterov), the
     per-epoch cosine after one constant warmup epoch at 1e-5 (``LR_SCHEDULER: cosine``, ``WARMUP_*``),
@@ -139,7 +143,7 @@ def dassl_recipe(
         "select": "last",
     }
     fields = {**train, **{k: v for k, v in shared.items() if k not in train}}  # the recipe's own fields first
-    dassl = f"{DASSL_REPO}:dassl/config/defaults.py, dassl/data/data_manager.py"
+    dassl = f"{dassl}dassl/config/defaults.py, dassl/data/data_manager.py"
     return Recipe(
         train=fields,
         source=f"{source}; {dassl}",

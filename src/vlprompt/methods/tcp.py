@@ -38,7 +38,7 @@ from .recipes import CPU_SGD, dassl_recipe
 
 TCP_REPO = "htyao89/Textual-based_Class-aware_prompt_tuning@bd97bec6bd4901baaf318e9e8f073f618d12066e"
 
-#: The release's learned prompts by dataset (``CUSTOM_TEMPLATES``, trainers/tcp.py:62-78; the others "X X X X {}.").
+#: The release's learned prompts by dataset (``CUSTOM_TEMPLATES``, trainers/tcp.py:60-76; the others "X X X X {}.").
 PROMPTS = {
     "oxford_pets": "X X X X {}, a type of pet.",
     "oxford_flowers": "X X X X {}, a type of flower.",
@@ -105,7 +105,7 @@ class TCP(KgCoOp):
     builtin_rows = (BuiltinRow("tcp", CPU_SGD.but(lr=0.02).with_options(layer=2), default=False),)
     tiny = Recipe(options={"layer": 1})  # the tiny towers have 2 blocks
     template_option = "template"
-    #: The release's hand templates (``CUSTOM_TEMPLATES_ori``, trainers/tcp.py:43-59) where they differ from CoOp's.
+    #: The release's hand templates (``CUSTOM_TEMPLATES_ori``, trainers/tcp.py:42-58) where they differ from CoOp's.
     templates_by_dataset = {
         "fgvc_aircraft": "a photo of an aircraft {}.",
         "food101": "a photo of a {}, a type of food.",

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ..features import FeatureCache
 
 TIP_ADAPTER_REPO = "gaopengcuhk/Tip-Adapter@d0e2d6f8c5feb8b6ce937b757810761f7155d4d5"
-#: The release's fixed logit scale of CLIP's term (main.py:33; not the model's own scale).
+#: The release's fixed logit scale of CLIP's term (main.py:32; not the model's own scale).
 CLIP_SCALE = 100.0
 #: Per dataset (vlprompt's names): the release's config file, init_alpha and search_scale [beta, alpha]
 #: (configs/<file>.yaml; init_beta 1, search_step [200, 20], augment_epoch 10 everywhere).
@@ -256,14 +256,17 @@ class TipAdapterFConfig(TipAdapterConfig):
 
 
 def _f_recipe(dataset: str | None) -> Recipe:
-    """Tip-Adapter-F's release recipe (main.py:69-141, configs/<dataset>.yaml): AdamW lr 1e-3, eps 1e-4, torch's
-    weight decay 0.01, cosine stepped per iteration, batch 256, 20 epochs (EuroSAT 100), the epoch of best
-    validation accuracy (the release picks it on test, main.py:114-141)."""
+    """Tip-Adapter-F's release recipe (main.py:69-141, main_imagenet.py:46-106 on ImageNet, configs/<dataset>.yaml):
+    AdamW lr 1e-3, eps 1e-4, torch's weight decay 0.01, cosine stepped per iteration, batch 256 with the last
+    partial batch kept (datasets/utils.py:373; ImageNet's plain DataLoader keeps it too), 20 epochs (EuroSAT 100),
+    fp16 (the keys in CLIP's fp16 dtype, main.py:69; here fp16 autocast with fp32 master keys, as the spec keeps
+    them), the epoch of best validation accuracy (the release picks it on test, main.py:114-141)."""
     train = {"epochs": 100 if dataset == "eurosat" else 20, "batch_size": 256, "optimizer": "adamw", "lr": 1e-3}
     train |= {"adam_eps": 1e-4, "weight_decay": 0.01, "schedule": "cosine", "warmup_epochs": 0}
-    train |= {"select": "best", "eval_every": 1}
+    train |= {"select": "best", "eval_every": 1, "drop_last": False, "precision": "fp16"}
     base = TipAdapter.recipes[dataset or "default"]
-    return Recipe(train=train, options=base.options, source=f"{base.source}; main.py:69-141")
+    loop = "main_imagenet.py:46-106" if dataset == "imagenet" else "main.py:69-141"
+    return Recipe(train=train, options=base.options, source=f"{base.source}; {loop}, datasets/utils.py:373")
 
 
 class TipAdapterF(TipAdapter):
@@ -277,7 +280,10 @@ class TipAdapterF(TipAdapter):
     sets_up = True
     transfers = False
     recipes = {"default": _f_recipe(None), **{d: _f_recipe(d) for d in DATASET_CONFIGS}}
-    builtin_rows = (BuiltinRow("tip-adapter-f", _f_recipe(None).but(_CPU), default=False),)
+    #: the CPU row trains as before the release's loader and precision were set (its README numbers unchanged)
+    builtin_rows = (
+        BuiltinRow("tip-adapter-f", _f_recipe(None).but(_CPU, drop_last=True, precision="auto"), default=False),
+    )
     tiny = Recipe(options={"augment_epoch": 2, "search_step": [20, 5]})
     template_option = "templates"
 
