@@ -123,6 +123,24 @@ def test_tip_f_trains_on_the_cache_views(vit_backbone, data):
     assert torch.equal(fine.image_features(vit_backbone, batch), batch.features)  # scoring: the frozen features
 
 
+def test_tip_f_paper_preset_trains_on_fresh_engine_views(vit_backbone, data):
+    """The paper preset (train_views "engine", augment, crop scale 0.5) trains on each epoch's fresh crops, cached
+    once per epoch: the same losses and keys as those crops' pixels through the frozen tower every step."""
+    from dataclasses import replace
+
+    from vlprompt.engine import preset
+
+    config = replace(preset("tip-adapter-f", shots=16), epochs=2, batch_size=10, precision="fp32", select="last")
+    assert config.augment and config.crop_scale == 0.5 and not config.drop_last
+    cached, through = (tip(vit_backbone, data, TipAdapterF, train_views="engine") for _ in range(2))
+    views = fit(cached, vit_backbone, data, config, cache=FeatureCache(), progress=False)
+    pixels = fit(through, vit_backbone, data, replace(config, cache_features=False), progress=False)
+    assert views.feature_cache and not pixels.feature_cache
+    assert [r["loss"] for r in views.history] == pytest.approx([r["loss"] for r in pixels.history], abs=1e-5)
+    torch.testing.assert_close(cached.adapter_keys, through.adapter_keys, rtol=0, atol=1e-5)
+    assert not torch.equal(cached.adapter_keys, cached.cache_keys)
+
+
 def test_tune_searches_the_validation_images(vit_backbone, data, image_root, split_file):
     val = split_json(split_file, image_root, "val", vit_backbone.image_transform())
     method = tip(vit_backbone, data, search_step=[8, 4], search_scale=[5.0, 4.0])

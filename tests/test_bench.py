@@ -165,6 +165,7 @@ def test_two_stages_a_student_distils_the_teacher_trained_earlier_in_the_sweep(t
     # default is refused before any work, saying what to pass; with --transductive false it goes on
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config.pop("transductive") is True
+    assert config["train"].pop("crop_scale") is None  # an override added since: absent reads as unset
     (out / "config.yaml").write_text(yaml.safe_dump(config))
     for sub_config in (out / "dtd" / "promptkd").rglob("config.yaml"):  # its sub-runs as the old bench wrote them
         text = sub_config.read_text().replace(f"class_split: {TRANSDUCTIVE}", "class_split: base-to-new")

@@ -208,6 +208,8 @@ def test_a_distilled_cell_compares_its_teacher_not_the_teacher_path(tmp_path):
     assert note("zeroshot")["reason"] == (
         "recipe differs: teacher zeroshot on ViT-B/16 (the paper's promptsrc on ViT-L/14)"
     )  # the student's own backbone, un-prompted
+    zeroshot_l14 = note("zeroshot", teacher_backbone="ViT-L-14", teacher_pretrained="openai")
+    assert zeroshot_l14["reason"] == note("zeroshot")["reason"]  # the zero-shot teacher ignores teacher_backbone
     assert note(str(coop), teacher_backbone="ViT-L-14", teacher_pretrained="laion2b_s32b_b82k")["reason"] == (
         "recipe differs: teacher coop on ViT-L-14 (laion2b_s32b_b82k) (the paper's promptsrc on ViT-L/14)"
     )

@@ -106,9 +106,12 @@ RELEASED = {
         {},
     ),
     # Tip-Adapter main.py:69-73 (AdamW lr 1e-3, eps 1e-4, torch's decay 0.01, per-iteration cosine), adapter in
-    # CLIP's fp16 dtype (main.py:69), datasets/utils.py:373 drop_last=False, configs/*.yaml train_epoch 20
+    # CLIP's fp16 dtype (main.py:69), datasets/utils.py:373 drop_last=False, configs/*.yaml train_epoch 20, fresh
+    # RandomResizedCrop(scale=(0.5, 1)) + flip views each epoch (main.py:85-88, 173-181)
     ("tip-adapter-f", 16): (
         {
+            "augment": True,
+            "crop_scale": 0.5,
             "optimizer": "adamw",
             "lr": 1e-3,
             "adam_eps": 1e-4,
@@ -120,10 +123,15 @@ RELEASED = {
             "drop_last": False,
             "precision": "fp16",
         },
-        {},
-    ),  # fmt: skip
+        {"train_views": "engine"},
+    ),
     ("tip-adapter-f-eurosat", 16): ({"epochs": 100, "drop_last": False}, {"init_alpha": 2.0}),
     ("tip-adapter-f-imagenet", 16): ({"epochs": 20, "drop_last": False, "batch_size": 256}, {}),
+    # DePT configs/trainers/ExtrasLinearProbeCoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml (configs.py cocoop_dept)
+    ("dept-cocoop", 16): (
+        {**DASSL, "epochs": 10, "batch_size": 1, "lr": 0.002},
+        {"method": "cocoop", "options": {"n_ctx": 4, "ctx_init": "a photo of a"}},
+    ),
     # MMRL configs/trainers/MMRL/vit_b16.yaml (RRCROP_SCALE (0.5, 1), PREC amp), vit_b16_imagenet.yaml
     ("mmrl", 16): (
         {**DASSL, "optimizer": "adamw", "lr": 1e-3, "epochs": 10, "batch_size": 4, "crop_scale": 0.5},

@@ -74,10 +74,10 @@ class Feed:
         cache: where frozen features of files come from (a private in-memory one by default).
         augment: training views (random-resized crops and flips, seeded per ``view_seed``, epoch and image)
             instead of the evaluation transform.
-        crop_scale: the augmented crops' smallest area, a fraction of the image's (0.08: Dassl's).
             Without ``augment`` and ``targets`` the batches are scored: a method that adapts at test time is fed
             pixels, read with its own :meth:`~vlprompt.methods.PromptMethod.test_views` where it has them (such a
             method is then the only one of the feed fed pixels).
+        crop_scale: the augmented crops' smallest area, a fraction of the image's (0.08: Dassl's).
         cache_features: see :func:`image_input`.
         view_seed: the seed of the augmented views (a run's seed).
         targets: put the dataset's labels (and task ids) into the batches (training); evaluation leaves them out.

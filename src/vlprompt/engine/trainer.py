@@ -74,7 +74,7 @@ class TrainConfig:
             frozen features of the images, or with ``augment`` of each epoch's augmented views, encoded once
             in no-grad batches), True (features of the un-augmented images even with ``augment``: the fast
             option) or False (pixels through the frozen tower every step). See :mod:`vlprompt.feed`.
-        augment: the references' training augmentation: random-resized-crop (scale 0.08-1) and
+        augment: the references' training augmentation: random-resized-crop (scale ``crop_scale``-1) and
             horizontal flip (:meth:`~vlprompt.backbones.Backbone.image_transform` with ``train``), each view
             a pure function of (seed, epoch, image) (:class:`~vlprompt.data.images.SeededViews`).
         crop_scale: the smallest area of an augmented crop, as a fraction of the image (Dassl's

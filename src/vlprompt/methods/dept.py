@@ -101,8 +101,8 @@ def recorded(method: PromptMethod, names: Sequence[str]) -> Iterator[dict[str, T
 _SOURCE = f"{DEPT_REPO}:configs/trainers/ExtrasLinearProbe{{}}.yaml, train.py (extend_cfg), configs.py"
 
 
-def _dept_recipe(config: str) -> Recipe:
-    return dassl_recipe(_SOURCE.format(config), ("base-to-new",), epochs=10, batch_size=4, lr=0.0035)
+def _dept_recipe(config: str, batch_size: int = 4, lr: float = 0.0035) -> Recipe:
+    return dassl_recipe(_SOURCE.format(config), ("base-to-new",), epochs=10, batch_size=batch_size, lr=lr)
 
 
 class DePT(MethodWrapper):
@@ -117,6 +117,10 @@ class DePT(MethodWrapper):
         "default": _dept_recipe("CoOp/vit_b16_ep10_bs4_lr35"),
         "coop": _dept_recipe("CoOp/vit_b16_ep10_bs4_lr35").with_options(
             method="coop", options={"n_ctx": 16, "ctx_init": ""}
+        ),
+        # configs.py cocoop_dept: ExtrasLinearProbeCoCoOp with CoCoOp's own config (batch 1, lr 0.002)
+        "cocoop": _dept_recipe("CoCoOp/vit_b16_c4_ep10_batch1_ctxv1", batch_size=1, lr=0.002).with_options(
+            method="cocoop", options={"n_ctx": 4, "ctx_init": "a photo of a"}
         ),
         "kgcoop": _dept_recipe("KgCoOp/vit_b16_ep10_ctxv1_bs4_lr35").with_options(
             method="kgcoop", options={"n_ctx": 4, "ctx_init": "a photo of a", "weight": 2.0}

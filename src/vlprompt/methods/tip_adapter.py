@@ -247,26 +247,36 @@ class TipAdapterFConfig(TipAdapterConfig):
 
     Attributes:
         train_views: "cache": training epoch e sees view (e mod augment_epoch) of the cache's augmented views of
-            each image (the release draws a fresh crop each epoch from the same augmentation, main.py:85-106; here
-            its 20 epochs reuse the 10 views); "engine": the engine's batches (frozen un-augmented features, or its
-            own crops with --train.augment).
+            each image (its 20 epochs reuse the 10 views: cheaper); "engine": the engine's batches (frozen
+            un-augmented features, or with --train.augment its own crops, fresh each epoch as the release draws
+            them, main.py:85-106: the paper presets, with --train.crop_scale 0.5).
     """
 
     train_views: Literal["cache", "engine"] = "cache"
 
 
-def _f_recipe(dataset: str | None) -> Recipe:
+def _f_recipe(dataset: str | None, as_released: bool = True) -> Recipe:
     """Tip-Adapter-F's release recipe (main.py:69-141, main_imagenet.py:46-106 on ImageNet, configs/<dataset>.yaml):
     AdamW lr 1e-3, eps 1e-4, torch's weight decay 0.01, cosine stepped per iteration, batch 256 with the last
     partial batch kept (datasets/utils.py:373; ImageNet's plain DataLoader keeps it too), 20 epochs (EuroSAT 100),
-    fp16 (the keys in CLIP's fp16 dtype, main.py:69; here fp16 autocast with fp32 master keys, as the spec keeps
-    them), the epoch of best validation accuracy (the release picks it on test, main.py:114-141)."""
+    a fresh random-resized crop (scale 0.5-1) and flip of every image each epoch (main.py:85-88 with the transform
+    of main.py:173-181: ``train_views`` "engine" on augmented views), fp16 (the keys in CLIP's fp16 dtype,
+    main.py:69; here fp16 autocast with fp32 master keys, as the spec keeps them), the epoch of best validation
+    accuracy (the release picks it on test, main.py:114-141).
+
+    ``as_released`` False: the CPU row's recipe as it was before the loader, views and precision were set (the
+    cache's views, last partial batch dropped, fp32 on the CPU), so that its numbers stay as measured.
+    """
     train = {"epochs": 100 if dataset == "eurosat" else 20, "batch_size": 256, "optimizer": "adamw", "lr": 1e-3}
     train |= {"adam_eps": 1e-4, "weight_decay": 0.01, "schedule": "cosine", "warmup_epochs": 0}
-    train |= {"select": "best", "eval_every": 1, "drop_last": False, "precision": "fp16"}
+    train |= {"select": "best", "eval_every": 1}
     base = TipAdapter.recipes[dataset or "default"]
-    loop = "main_imagenet.py:46-106" if dataset == "imagenet" else "main.py:69-141"
-    return Recipe(train=train, options=base.options, source=f"{base.source}; {loop}, datasets/utils.py:373")
+    if not as_released:
+        return Recipe(train=train, options=base.options, source=f"{base.source}; main.py:69-141")
+    train |= {"drop_last": False, "precision": "fp16", "augment": True, "crop_scale": 0.5}
+    loop = "main_imagenet.py:46-106" if dataset == "imagenet" else "main.py:69-141, 173-181"
+    source = f"{base.source}; {loop}, datasets/utils.py:373"
+    return Recipe(train=train, options={**base.options, "train_views": "engine"}, source=source)
 
 
 class TipAdapterF(TipAdapter):
@@ -280,10 +290,7 @@ class TipAdapterF(TipAdapter):
     sets_up = True
     transfers = False
     recipes = {"default": _f_recipe(None), **{d: _f_recipe(d) for d in DATASET_CONFIGS}}
-    #: the CPU row trains as before the release's loader and precision were set (its README numbers unchanged)
-    builtin_rows = (
-        BuiltinRow("tip-adapter-f", _f_recipe(None).but(_CPU, drop_last=True, precision="auto"), default=False),
-    )
+    builtin_rows = (BuiltinRow("tip-adapter-f", _f_recipe(None, as_released=False).but(_CPU), default=False),)
     tiny = Recipe(options={"augment_epoch": 2, "search_step": [20, 5]})
     template_option = "templates"
 

@@ -243,7 +243,8 @@ def check_config_unchanged(
         raise RunDirError(f"cannot resume {run_dir}: {path} does not hold a run config")
     ignore = {"resume", "overwrite", "out"}  # a moved or copied run directory resumes too
     saved = {**{k: v for k, v in (added or {}).items() if k in config}, **saved}
-    saved, config = _old_names_resolved(moved_to_data(command, saved)), _old_names_resolved(config)
+    saved = _absent_as_unset(moved_to_data(command, saved), config)
+    saved, config = _old_names_resolved(saved), _old_names_resolved(config)
     changed = sorted(k for k in set(saved) | set(config) if k not in ignore and saved.get(k) != config.get(k))
     if changed:
         what = "; ".join(_differences(saved, config, changed))
@@ -251,6 +252,18 @@ def check_config_unchanged(
             f"cannot resume {run_dir}: its config differs in {changed} ({what}): resume with the options it was "
             "written with, or start a new --out"
         )
+
+
+def _absent_as_unset(saved: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` with the options it lacks (added since it was written) read as unset where ``given`` leaves them
+    unset (None: a bench's ``--train`` overrides), at any depth."""
+    out = dict(saved)
+    for key, value in given.items():
+        if value is None and key not in out:
+            out[key] = None
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _absent_as_unset(out[key], value)
+    return out
 
 
 def _differences(saved: dict[str, Any], given: dict[str, Any], keys: list[str], prefix: str = "") -> list[str]:

@@ -227,8 +227,8 @@ def _teacher(run: RunConfig, backbone: tuple[str, str | None]) -> str:
     options = run.method_options
     teacher, name = str(options.get("teacher", "")), options.get("teacher_backbone") or None
     pretrained = options.get("teacher_pretrained") or None
-    if teacher == ZEROSHOT_TEACHER:
-        method, name, pretrained = "zeroshot", name or backbone[0], pretrained or backbone[1]
+    if teacher == ZEROSHOT_TEACHER:  # the student's own backbone, whatever teacher_backbone says (load_teacher)
+        method, (name, pretrained) = "zeroshot", backbone
     elif not teacher:
         return "none"
     else:
