@@ -364,9 +364,10 @@ def test_crop_scale_sets_the_smallest_crop_and_keeps_its_views_apart(monkeypatch
     fit(make_coop(bb, data.classnames), bb, data, replace(config, crop_scale=0.5), cache=cache, progress=False)
     assert calls[0] == 2  # the same crop scale again: read back
     assert not torch.equal(dassl.ctx, mmrl.ctx)
-    for bad in (0.0, 1.5):
-        with pytest.raises(OptionError, match=r"--train.crop_scale must be in \(0, 1\]"):
+    for bad, why in ((0.0, "> 0, not 0.0"), (1.5, "<= 1, not 1.5")):
+        with pytest.raises(OptionError, match=f"--train.crop_scale must be {why}"):
             TrainConfig(crop_scale=bad)
+    assert TrainConfig(crop_scale=1.0).crop_scale == 1.0
 
 
 def test_augmented_views_persist_and_are_reused_by_the_next_run(monkeypatch, tmp_path, image_root):

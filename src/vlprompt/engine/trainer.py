@@ -139,6 +139,13 @@ class TrainConfig:
                 raise OptionError(f"--train.{name} must be one of {', '.join(valid)}, not {getattr(self, name)!r}")
         if canonical_schedule(self.schedule) not in SCHEDULES:
             raise OptionError(f"--train.schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
+        self._check_ranges()
+        if self.select == "best" and self.eval_every < 1:
+            raise OptionError("--train.select best compares epochs on validation: set --train.eval_every 1 (or more)")
+        check_loggers(self.loggers)
+
+    def _check_ranges(self) -> None:
+        """The numeric options' bounds."""
         minimum: dict[str, float] = {
             "epochs": 1,
             "max_steps": 0,
@@ -153,18 +160,16 @@ class TrainConfig:
             if getattr(self, name) is not None and getattr(self, name) < low:  # warmup_steps may be None
                 raise OptionError(f"--train.{name} must be >= {low}, not {getattr(self, name)}")
         above: tuple[tuple[str, float, str], ...] = (
-            ("lr", 0, "0"), ("adam_eps", 0, "0"), ("lr", self.min_lr, f"--train.min_lr ({self.min_lr})")
+            ("lr", 0, "0"), ("adam_eps", 0, "0"), ("lr", self.min_lr, f"--train.min_lr ({self.min_lr})"),
+            ("crop_scale", 0, "0"),
         )  # fmt: skip
         for name, low, what in above:
             if not getattr(self, name) > low:
                 raise OptionError(f"--train.{name} must be > {what}, not {getattr(self, name)}")
-        if not 0 < self.crop_scale <= 1:
-            raise OptionError(f"--train.crop_scale must be in (0, 1], not {self.crop_scale}")
-        if self.label_smoothing >= 1:
-            raise OptionError(f"--train.label_smoothing must be < 1, not {self.label_smoothing}")
-        if self.select == "best" and self.eval_every < 1:
-            raise OptionError("--train.select best compares epochs on validation: set --train.eval_every 1 (or more)")
-        check_loggers(self.loggers)
+        for name, bound in (("label_smoothing", "< 1"), ("crop_scale", "<= 1")):
+            value = getattr(self, name)
+            if value > 1 or (value == 1 and bound == "< 1"):
+                raise OptionError(f"--train.{name} must be {bound}, not {value}")
 
 
 @dataclass
