@@ -264,6 +264,15 @@ def test_resume_skips_finished_runs_and_seeds(tmp_path, root, vit_backbone, monk
     (sub / "results.json").unlink()
     shutil.rmtree(sub / "seed2")  # interrupted before seed 2: only seed 2 trains (its 2 epochs)
     assert resume() == scores(first["per_seed"]) and len(epochs) == TRAIN["epochs"]
+    # a sub-run written with another recipe (e.g. its preset changed since) is refused before any training
+    (sub / "results.json").unlink()
+    shutil.rmtree(sub / "seed2")
+    config = yaml.safe_load((sub / "config.yaml").read_text())
+    config["train"]["lr"] = 0.5
+    (sub / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(RunDirError, match=r"train.lr: 0.5 written, .* given\).*coop on dtd; .*move .*shots1 away"):
+        resume()
+    assert len(epochs) == TRAIN["epochs"]  # nothing more trained
 
 
 @pytest.mark.parametrize(

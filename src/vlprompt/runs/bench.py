@@ -43,7 +43,7 @@ from .. import distributed as dist
 from ..backbones import Backbone
 from ..data.benchmarks import get_dataset
 from ..data.images import DataError
-from ..errors import OptionError
+from ..errors import OptionError, RunDirError
 from ..evaluation import harmonic_mean, markdown_table, summarize
 from ..evaluation.reports import AVERAGE, format_cell, mean_std, wide_table, write_results
 from ..features import FeatureCache
@@ -234,13 +234,24 @@ def _resolve_stages(bench: BenchRun, method: str, run: RunConfig, where: Any) ->
         run.method_options = {**run.method_options, key: str(where(name) / f"seed{SEED_FIELD}" / "prompt")}
 
 
+def _check_sub_run(sub: SubRun) -> None:
+    """A resumed sub-run's options must be those it was written with (its preset's recipe may have changed since:
+    the message says how to train it again)."""
+    record = run_record(sub.run, sub.run.train_config(sub.protocol.shots()))
+    try:
+        check_config_unchanged(Path(sub.run.out), record, sub.run.resume, sub.protocol.command)
+    except RunDirError as err:
+        raise RunDirError(
+            f"{err} (a sub-run of this bench: {sub.method} on {sub.dataset}; where its preset's recipe changed since, "
+            f"move {sub.run.out} away to train it again)"
+        ) from err
+
+
 def _finished_rows(sub: SubRun) -> list[dict[str, Any]] | None:
     """The rows of a finished sub-run being resumed (its results.json covers every seed), else None."""
     out = Path(sub.run.out)
     if not (sub.run.resume and (out / "results.json").is_file() and (out / CONFIG_FILE).is_file()):
         return None
-    record = run_record(sub.run, sub.run.train_config(sub.protocol.shots()))
-    check_config_unchanged(out, record, True, sub.protocol.command)
     rows = json.loads((out / "results.json").read_text())["per_seed"]
     return rows if {r.get("seed") for r in rows} == set(sub.run.seeds) else None
 
@@ -263,7 +274,8 @@ def run_bench(
         record.pop("transductive")  # it changes no sub-run: not part of this bench's record
     # before any work; a bench written before --transductive existed trained every method on the base images
     check_config_unchanged(Path(bench.out), record, bench.resume, "bench", added={"transductive": False})
-    for sub in subs:  # every dataset is there before any training starts
+    for sub in subs:  # every resumed sub-run unchanged and every dataset there before any training starts
+        _check_sub_run(sub)
         if _on_registry(sub.run):
             missing = get_dataset(sub.run.data.dataset).missing(sub.run.data.root)
             if missing:
