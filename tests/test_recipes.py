@@ -102,6 +102,8 @@ RELEASED = {
             "warmup_steps": 1000,
             "augment": False,
             "precision": "fp16",
+            "drop_last": False,  # main_clip.py:150-152, plain DataLoaders
+            "select": "best",  # main_clip.py:199-215 (is_best; on the test split there, on validation here)
         },
         {},
     ),
@@ -153,6 +155,27 @@ RELEASED = {
     ),
     # Multi-Modal-Adapter configs/trainers/MultiModalAdapter/vit_b16_ep5.yaml (no warmup; PREC amp)
     ("mma", 16): ({**DASSL, "epochs": 5, "batch_size": 16, "lr": 0.0015, "warmup_epochs": 0}, {"scale": 0.001}),
+    # UPT configs/trainers/Unified/vit_b16_ep{50,100,200}.yaml (crops + flips, PREC fp16), CoOp's shots mapping;
+    # scripts/unified/base2new_train_*.sh: ep200, ImageNet ep50
+    ("upt", 1): ({**DASSL, "epochs": 50, "batch_size": 32, "lr": 0.002}, {}),
+    ("upt", 16): ({"epochs": 200}, {}),
+    ("upt-base-to-new", 16): ({**DASSL, "epochs": 200, "batch_size": 32}, {}),
+    ("upt-base-to-new-imagenet", 16): ({"epochs": 50}, {}),
+    # CLIP-Adapter: CoOp's rn50*.yaml commands (COOP.md:18-22), clip_model.float() (clip_adapter.py:128)
+    ("clip-adapter", 1): ({**DASSL, "epochs": 50, "batch_size": 32, "lr": 0.002, "precision": "fp32"}, {}),
+    ("clip-adapter", 4): ({"epochs": 100}, {}),
+    ("clip-adapter", 16): ({"epochs": 200, "augment": True}, {}),
+    ("clip-adapter-imagenet", 2): ({"epochs": 50, "precision": "fp32"}, {}),
+    # SoftCPT configs/trainers/MTCoOp/vit_b16_ep50.yaml, train.py (PREC fp16)
+    ("softcpt", 16): ({**DASSL, "epochs": 50, "batch_size": 32, "lr": 0.002}, {}),
+    # TPT's CoOp: CoOp's ImageNet config (vit_b16_ep50.yaml); C-TPT's fine-grained script on ImageNet: no AugMix
+    ("tpt-coop", 16): ({**DASSL, "epochs": 50, "batch_size": 32}, {"method": "coop", "options": {"n_ctx": 4}}),
+    ("tpt-ctpt-imagenet", 16): ({}, {"calibration_weight": 50.0, "augmix": False}),
+    # CSP train.py:34-38 (a plain DataLoader: last batch kept), fp16 CLIP, README: evaluates epoch 20 (the last)
+    ("csp-ut-zappos", 16): (
+        {"optimizer": "adam", "lr": 5e-4, "epochs": 20, "drop_last": False, "precision": "fp16", "select": "last"},
+        {"vocab_dropout": 0.2},
+    ),
     # csp README.md: --lr 5e-05 --attr_dropout 0.3 --weight_decay 0.00001, 64 x 2 accumulation, 20 epochs
     ("csp-mit-states", 16): (
         {"optimizer": "adam", "lr": 5e-5, "weight_decay": 1e-5, "epochs": 20, "batch_size": 128},

@@ -21,12 +21,13 @@ from ..backbones import Backbone
 from ..labels import ClassNames
 from .base import Batch, BuiltinRow, MethodConfig, MethodOptionError, PromptMethod, Recipe, cosine_logits, option
 from .prompting import clean_classname
-from .recipes import COOP_REPO, CPU_SGD
+from .recipes import COOP_EPOCHS_BY_SHOTS, COOP_REPO, CPU_SGD, dassl_recipe
 
 CLIP_ADAPTER_REPO = "gaopengcuhk/CLIP-Adapter@08d07f8b2ecafc6f1479fe636b26d464d7a5574e"
 _RECIPE = (
-    f'{CLIP_ADAPTER_REPO}:README.md ("follow CoOp\'s command"), clip_adapter.py; '
-    f"{COOP_REPO}:configs/trainers/CoOp/rn50.yaml (SGD lr 0.002, batch 32, 200 epochs, Dassl's cosine)"
+    f'{CLIP_ADAPTER_REPO}:README.md ("follow CoOp\'s command"), clip_adapter.py:128 (clip_model.float(): fp32); '
+    f"{COOP_REPO}:configs/trainers/CoOp/rn50{{_ep50,_ep100,}}.yaml (SGD lr 0.002, batch 32, Dassl's cosine, crops "
+    "and flips), COOP.md:13-22 (50 / 100 / 200 epochs by shots; ImageNet: the ep50 config at every shot)"
 )
 
 
@@ -73,8 +74,12 @@ class CLIPAdapter(PromptMethod):
     config: CLIPAdapterConfig
     labels: ClassNames
     recipes = {
-        "default": Recipe(train={"epochs": 200}, source=_RECIPE),
-        "imagenet": Recipe(train={"epochs": 50}, source=f"{_RECIPE}; rn50_ep50.yaml for ImageNet"),
+        "default": dassl_recipe(
+            _RECIPE, ("few-shot",), epochs_by_shots=COOP_EPOCHS_BY_SHOTS, batch_size=32, lr=0.002, precision="fp32"
+        ),
+        "imagenet": dassl_recipe(
+            _RECIPE, ("few-shot",), epochs=50, datasets=("imagenet",), batch_size=32, lr=0.002, precision="fp32"
+        ),
     }
     builtin_rows = (BuiltinRow("clip-adapter", CPU_SGD.but(lr=0.02), default=False),)
     tiny = Recipe()

@@ -26,7 +26,7 @@ Where this differs from the reference (trainers/mtcoop.py) on purpose:
   names, and Dassl steps every registered optimizer, so each batch takes 3-4 SGD steps of the same
   gradients (and the schedule advances once per name). Use ``--train.grad_accum`` or a larger lr for a
   comparable effective rate.
-- fp32 throughout (the reference's default is fp16); logits in fp32.
+- fp32 parameters and logits (the reference casts the model to fp16; its preset's ``precision fp16`` autocasts).
 - An init phrase for the meta prompt of a task-specific (TS) variant initialises every task's tokens
   (the reference ignores TS when an init phrase is given).
 - Context length is counted in BPE tokens of an init phrase (as everywhere in vlprompt), not words.
@@ -95,7 +95,26 @@ class SoftCPT(TaskMethod):
     Config = SoftCPTConfig
     config: SoftCPTConfig
     recipes = {
-        "default": Recipe(train={"epochs": 50}, source=f"{SOFTCPT_REPO}:configs/trainers/MTCoOp/vit_b16_ep50.yaml")
+        # the README's commands run rn50_ep50.yaml, the same fields on RN50; SGD's other values from the bundled Dassl
+        "default": Recipe(
+            train={
+                "epochs": 50,
+                "batch_size": 32,
+                "lr": 0.002,
+                "optimizer": "sgd",
+                "momentum": 0.9,
+                "weight_decay": 5e-4,
+                "schedule": "dassl-cosine",
+                "warmup_epochs": 1,
+                "warmup_lr": 1e-5,
+                "augment": True,
+                "precision": "fp16",
+                "select": "last",
+            },
+            source=f"{SOFTCPT_REPO}:configs/trainers/MTCoOp/vit_b16_ep50.yaml (rn50_ep50.yaml in README.md's "
+            "commands: the same but the backbone), train.py:116 (PREC fp16), dist/Dassl.pytorch/dassl/config/"
+            "defaults.py (SGD momentum 0.9, weight decay 5e-4)",
+        )
     }
     builtin_rows = (
         BuiltinRow("softcpt-nata", CPU_MULTITASK.with_options(n_ctx=4)),

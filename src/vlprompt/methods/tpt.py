@@ -39,7 +39,8 @@ from torchvision import transforms as T
 from ..backbones import Backbone
 from ..data.images import SeededViews
 from .base import Batch, BuiltinRow, MethodInputError, MethodOptionError, Recipe, option
-from .recipes import COOP_REPO, CPU_SGD
+from .coop import CoOp
+from .recipes import CPU_SGD
 from .wrapper import MethodWrapper, WrapperConfig
 
 TPT_REPO = "azshue/TPT@63ecbace79694205d7884e63fdc3137a200f0b0e"
@@ -209,15 +210,28 @@ class TPT(MethodWrapper):
     learns = False  # its own tensors: none (the wrapped method's train with ``train``)
     recipes = {
         "default": Recipe(source=f"{_SCRIPT} (ImageNet and its variants: no AugMix)"),
-        "fine-grained": Recipe(options={"augmix": True}, source=f"{_SCRIPT}; data/datautils.py:172 (AugMix)"),
+        "fine-grained": Recipe(
+            options={"augmix": True},
+            source=f"{_SCRIPT}; tpt_classification.py:171-172 (AugMix for a set name longer than one letter), "
+            "data/datautils.py:68-84 (the mixing)",
+        ),
+        # CoOp's own ImageNet recipe (vit_b16_ep50.yaml: crops, flips, fp16) with TPT's 4 tokens
         "coop": Recipe(
-            train={"epochs": 50},
+            train=dict(CoOp.recipes["imagenet"].train),
             options={"train": True, "method": "coop", "options": {"n_ctx": 4}},
             source=f"{TPT_REPO}:scripts/test_tpt_coop.sh (CoOp, 16 shots of ImageNet, 4 tokens); "
-            f"{COOP_REPO}:COOP.md (ImageNet: 50 epochs)",
+            f"{CoOp.recipes['imagenet'].source}",
         ),
         "ctpt": Recipe(options={"calibration_weight": 50.0, "augmix": True}, source=_CTPT.format("fg")),
-        "ctpt-natural-shift": Recipe(options={"calibration_weight": 20.0, "augmix": True}, source=_CTPT.format("ds")),
+        # the fine-grained script on ImageNet: no --I_augmix, so a one-letter set ('I') gets no AugMix
+        "ctpt-imagenet": Recipe(
+            options={"calibration_weight": 50.0, "augmix": False},
+            source=f"{_CTPT.format('fg')}, 266-271 (augmix = len(set_id) > 1 without --I_augmix)",
+        ),
+        "ctpt-natural-shift": Recipe(
+            options={"calibration_weight": 20.0, "augmix": True},
+            source=f"{_CTPT.format('ds')}, 266-268 (--I_augmix: AugMix on the ImageNet variants too)",
+        ),
     }
     builtin_rows = (
         BuiltinRow("tpt", CPU_SGD.with_options(views=8, select=0.25).but("TPT with 8 views"), default=False),

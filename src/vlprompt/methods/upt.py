@@ -26,7 +26,7 @@ from ..backbones import Backbone
 from ..labels import ClassNames
 from .base import Batch, BuiltinRow, MethodConfig, MethodOptionError, PromptMethod, Recipe
 from .prompting import PromptLayout
-from .recipes import COOP_EPOCHS_BY_SHOTS, CPU_TWO_TOWER, UPT_REPO
+from .recipes import COOP_EPOCHS_BY_SHOTS, COOP_REPO, CPU_TWO_TOWER, UPT_REPO, dassl_recipe
 
 
 @dataclass
@@ -55,10 +55,30 @@ class UPT(PromptMethod):
     config: UPTConfig
     labels: ClassNames
     recipes = {
-        "default": Recipe(
+        # the release maps no shots to configs: CoOp's mapping, which its ep50 / ep100 / ep200 configs follow
+        "default": dassl_recipe(
+            f"{UPT_REPO}:configs/trainers/Unified/vit_b16_ep{{50,100,200}}.yaml; {COOP_REPO}:COOP.md:18-22",
+            ("few-shot",),
             epochs_by_shots=COOP_EPOCHS_BY_SHOTS,
-            source=f"{UPT_REPO}:configs/trainers/Unified/vit_b16_ep{{50,100,200}}.yaml",
-        )
+            batch_size=32,
+            lr=0.002,
+        ),
+        "base-to-new": dassl_recipe(
+            f"{UPT_REPO}:configs/trainers/Unified/vit_b16_ep200.yaml, scripts/unified/base2new_train_*.sh (16 shots; "
+            "Caltech-101's names a vit_b16_ep10 config the release does not have)",
+            ("base-to-new",),
+            epochs=200,
+            batch_size=32,
+            lr=0.002,
+        ),
+        "base-to-new-imagenet": dassl_recipe(
+            f"{UPT_REPO}:configs/trainers/Unified/vit_b16_ep50.yaml, scripts/unified/base2new_train_imagenet.sh",
+            ("base-to-new",),
+            epochs=50,
+            datasets=("imagenet",),
+            batch_size=32,
+            lr=0.002,
+        ),
     }
     builtin_rows = (BuiltinRow("upt", CPU_TWO_TOWER, default=False),)
     tiny = Recipe(options={"dropout": 0.0})  # dropout draws from each process's own RNG stream

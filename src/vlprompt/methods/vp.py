@@ -64,9 +64,14 @@ class VP(ZeroShot):
                 "weight_decay": 0.0,
                 "schedule": "cosine",
                 "warmup_steps": 1000,
+                "drop_last": False,
+                "select": "best",
+                "eval_every": 1,
             },
-            source=f"{VP_REPO}:main_clip.py (autocast with a GradScaler, CLIP's preprocess: no augmentation), "
-            "utils.py (cosine_lr)",
+            source=f"{VP_REPO}:main_clip.py (autocast with a GradScaler, CLIP's preprocess: no augmentation; "
+            "plain DataLoaders, lines 150-156: the last partial batch kept; the best epoch, lines 199-215, picked on "
+            "the test split there, on validation here; patience 1000 never stops a 1000-epoch run), utils.py "
+            "(cosine_lr)",
         ).but(precision="fp16"),
         "cpu": Recipe(
             train={
