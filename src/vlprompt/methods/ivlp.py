@@ -29,7 +29,7 @@ from ..backbones import Backbone
 from .base import Batch, BuiltinRow, MethodConfig, MethodOptionError, Recipe
 from .maple import PhraseContextPrompts
 from .prompting import clean_classname
-from .recipes import CPU_TWO_TOWER, MPL_REPO, MPL_VPT_RECIPE, TRANSFER, dassl_recipe
+from .recipes import CPU_TWO_TOWER, MPL_REPO, MPL_VPT_RECIPE, MPL_XD_NOTE, TRANSFER, dassl_recipe
 
 
 @dataclass
@@ -64,7 +64,7 @@ class IVLP(PhraseContextPrompts):
         # the released IVLP config prompts all 12 blocks of each tower (train.py's default is 9)
         "default": dassl_recipe(
             f"{MPL_REPO}:configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml, "
-            "scripts/independent-vlp/base2new_train_ivlp.sh, xd_train_ivlp.sh",
+            f"scripts/independent-vlp/base2new_train_ivlp.sh, xd_train_ivlp.sh; {MPL_XD_NOTE}",
             ("base-to-new", *TRANSFER),
             epochs=5,
             batch_size=4,
@@ -74,7 +74,7 @@ class IVLP(PhraseContextPrompts):
         # PROMPT_DEPTH_VISION 0), all four words of "a photo of a" learned, text depth 12
         "language-only": dassl_recipe(
             f"{MPL_REPO}:configs/trainers/IVLP/vit_b16_c2_ep5_batch4_4ctx_language_only.yaml, "
-            "scripts/language-prompting/base2new_train_lp.sh, xd_train_lp.sh",
+            f"scripts/language-prompting/base2new_train_lp.sh, xd_train_lp.sh; {MPL_XD_NOTE}",
             ("base-to-new", *TRANSFER),
             epochs=5,
             batch_size=4,

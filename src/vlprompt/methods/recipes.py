@@ -153,11 +153,16 @@ def dassl_recipe(
     )
 
 
+#: The MaPLe release's baselines (VPT, IVLP, language prompting) on cross-dataset transfer: what their scripts do.
+MPL_XD_NOTE = (
+    "the xd_test_*.sh scripts load epoch 2 (--load-epoch 2, line 30), which a 5-epoch run never saves (Dassl's "
+    "CHECKPOINT_FREQ 0 saves the last): the 5 trained epochs are kept here"
+)
 #: The MaPLe release's VPT trainer run (deep image prompts on CLIP): the recipe of ``vpt`` and of IVLP's
 #: vision-only variant, which each add their own options.
 MPL_VPT_RECIPE = dassl_recipe(
     f"{MPL_REPO}:configs/trainers/VPT/vit_b16_c2_ep5_batch4_4.yaml, scripts/vpt/base2new_train_vpt.sh, "
-    "xd_train_vpt.sh, trainers/vpt.py",
+    f"xd_train_vpt.sh, trainers/vpt.py; {MPL_XD_NOTE}",
     ("base-to-new", *TRANSFER),
     epochs=5,
     batch_size=4,
