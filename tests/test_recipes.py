@@ -171,11 +171,16 @@ RELEASED = {
     # TPT's CoOp: CoOp's ImageNet config (vit_b16_ep50.yaml); C-TPT's fine-grained script on ImageNet: no AugMix
     ("tpt-coop", 16): ({**DASSL, "epochs": 50, "batch_size": 32}, {"method": "coop", "options": {"n_ctx": 4}}),
     ("tpt-ctpt-imagenet", 16): ({}, {"calibration_weight": 50.0, "augmix": False}),
+    ("tpt-ctpt-baseline-natural-shift", 16): ({}, {"augmix": True}),  # C-TPT scripts/test_tpt_ds.sh: --I_augmix
     # CSP train.py:34-38 (a plain DataLoader: last batch kept), fp16 CLIP, README: evaluates epoch 20 (the last)
     ("csp-ut-zappos", 16): (
         {"optimizer": "adam", "lr": 5e-4, "epochs": 20, "drop_last": False, "precision": "fp16", "select": "last"},
         {"vocab_dropout": 0.2},
     ),
+    # CuPL classify_imagenet.py: its three classifiers (standard, CuPL, both)
+    ("zeroshot-imagenet80", 16): ({}, {"ensemble": "imagenet80"}),
+    ("zeroshot-cupl-sentences-imagenet", 16): ({}, {"description_mode": "cupl"}),
+    ("zeroshot-cupl-imagenet", 16): ({}, {"ensemble": "imagenet80", "description_mode": "cupl+templates"}),
     # csp README.md: --lr 5e-05 --attr_dropout 0.3 --weight_decay 0.00001, 64 x 2 accumulation, 20 epochs
     ("csp-mit-states", 16): (
         {"optimizer": "adam", "lr": 5e-5, "weight_decay": 1e-5, "epochs": 20, "batch_size": 128},

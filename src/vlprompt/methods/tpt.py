@@ -228,6 +228,11 @@ class TPT(MethodWrapper):
             options={"calibration_weight": 50.0, "augmix": False},
             source=f"{_CTPT.format('fg')}, 266-271 (augmix = len(set_id) > 1 without --I_augmix)",
         ),
+        # C-TPT's TPT baseline on the natural shifts: its scripts pass --I_augmix, unlike TPT's own
+        "ctpt-baseline-natural-shift": Recipe(
+            options={"augmix": True},
+            source=f"{_CTPT.format('ds').replace('test_tpt_ctpt_ds', 'test_tpt_ds')}, 266-268 (--I_augmix)",
+        ),
         "ctpt-natural-shift": Recipe(
             options={"calibration_weight": 20.0, "augmix": True},
             source=f"{_CTPT.format('ds')}, 266-268 (--I_augmix: AugMix on the ImageNet variants too)",

@@ -114,10 +114,18 @@ class ZeroShot(PromptMethod):
     Config = ZeroShotConfig
     config: ZeroShotConfig
     labels: ClassNames
-    recipes = {  # nothing to train: options only
+    recipes = {  # nothing to train: options only; CuPL's classify_imagenet.py reports all three classifiers
         "cupl-imagenet": Recipe(
             options={"ensemble": "imagenet80", "description_mode": "cupl+templates"},
-            source=f"{CUPL_REPO}:classify_imagenet.py (use_both: CLIP's 80 templates and the sentences)",
+            source=f"{CUPL_REPO}:classify_imagenet.py:73-75, 121 (use_both: CLIP's 80 templates and the sentences)",
+        ),
+        "cupl-sentences-imagenet": Recipe(
+            options={"description_mode": "cupl"},
+            source=f'{CUPL_REPO}:classify_imagenet.py:69-71, 118 ("CuPL": the sentences only)',
+        ),
+        "imagenet80": Recipe(
+            options={"ensemble": "imagenet80"},
+            source=f'{CUPL_REPO}:classify_imagenet.py:65-67, 115 ("standard": CLIP\'s 80 ImageNet templates)',
         ),
     }
     builtin_rows: ClassVar[tuple[BuiltinRow, ...]] = (
