@@ -46,7 +46,7 @@ from ..labels import LabelSpaceError
 from .base import BuiltinRow, MethodConfig, MethodInputError, MethodOptionError, Recipe, option
 from .multitask import TaskMethod
 from .prompting import PromptLayout, initial_context
-from .recipes import CPU_MULTITASK, SOFTCPT_REPO
+from .recipes import CPU_MULTITASK, SOFTCPT_REPO, dassl_recipe
 
 #: variant -> (class features: "none" | "shared" | "specific", task-specific meta prompt)
 VARIANTS: dict[str, tuple[str, bool]] = {
@@ -95,25 +95,15 @@ class SoftCPT(TaskMethod):
     Config = SoftCPTConfig
     config: SoftCPTConfig
     recipes = {
-        # the README's commands run rn50_ep50.yaml, the same fields on RN50; SGD's other values from the bundled Dassl
-        "default": Recipe(
-            train={
-                "epochs": 50,
-                "batch_size": 32,
-                "lr": 0.002,
-                "optimizer": "sgd",
-                "momentum": 0.9,
-                "weight_decay": 5e-4,
-                "schedule": "dassl-cosine",
-                "warmup_epochs": 1,
-                "warmup_lr": 1e-5,
-                "augment": True,
-                "precision": "fp16",
-                "select": "last",
-            },
-            source=f"{SOFTCPT_REPO}:configs/trainers/MTCoOp/vit_b16_ep50.yaml (rn50_ep50.yaml in README.md's "
-            "commands: the same but the backbone), train.py:116 (PREC fp16), dist/Dassl.pytorch/dassl/config/"
-            "defaults.py (SGD momentum 0.9, weight decay 5e-4)",
+        # the README's commands run rn50_ep50.yaml, the same fields on RN50; the rest from the Dassl it bundles
+        "default": dassl_recipe(
+            f"{SOFTCPT_REPO}:configs/trainers/MTCoOp/vit_b16_ep50.yaml (rn50_ep50.yaml in README.md's commands: the "
+            "same but the backbone), train.py:116 (PREC fp16)",
+            (),
+            epochs=50,
+            batch_size=32,
+            lr=0.002,
+            dassl=f"{SOFTCPT_REPO}:dist/Dassl.pytorch/",
         )
     }
     builtin_rows = (
