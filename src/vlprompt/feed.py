@@ -160,19 +160,7 @@ class Feed:
                 together, and a resumed epoch the whole epoch's, so that its encoder batches are the same.
         """
         index_batches = [torch.as_tensor(idx) for idx in index_batches]
-        views: dict[str, Tensor] = {}
-        drawn = torch.cat(index_batches).unique() if index_batches else torch.zeros(0, dtype=torch.long)
-        if views_of is not None:
-            if not torch.isin(drawn, views_of).all():
-                missing = drawn[~torch.isin(drawn, views_of)].tolist()
-                raise ValueError(f"views_of leaves out images {missing[:10]} that the index batches draw")
-            drawn = views_of.unique()
-        if VIEWS in self.inputs and len(drawn):  # this epoch's views of the images drawn, encoded once, no grad
-            epoch_views = self.dataset.subset(drawn.tolist()).with_transform(self._views(epoch))
-            for key in dict.fromkeys(k for k, i in zip(self.keys, self.inputs) if i == VIEWS and k is not None):
-                encoded = self.cache.features(self.backbone, epoch_views, self.progress, key_extra=key, keep=False)
-                views[key] = encoded.new_full((len(self.dataset), encoded.shape[-1]), float("nan"))  # NaN: not drawn
-                views[key][drawn.to(encoded.device)] = encoded
+        views = self._epoch_views(index_batches, epoch, views_of) if VIEWS in self.inputs else {}
         if not self.reads_images:
             for idx in index_batches:
                 yield self._batches(idx, None, views)
@@ -191,6 +179,25 @@ class Feed:
         )
         for (pixels, _), idx in zip(loader, index_batches):
             yield self._batches(idx, pixels, views)
+
+    def _epoch_views(self, index_batches: list[Tensor], epoch: int, views_of: Tensor | None) -> dict[str, Tensor]:
+        """Frozen features of ``epoch``'s views of the images drawn (see :meth:`batches`), encoded once, no grad,
+        per backbone delta: [N, D] rows by dataset index (NaN for an image not drawn)."""
+        drawn = torch.cat(index_batches).unique() if index_batches else torch.zeros(0, dtype=torch.long)
+        if views_of is not None:
+            missing = drawn[~torch.isin(drawn, views_of)]
+            if len(missing):
+                raise ValueError(f"views_of leaves out images {missing[:10].tolist()} that the index batches draw")
+            drawn = views_of.unique()
+        if not len(drawn):
+            return {}
+        epoch_views = self.dataset.subset(drawn.tolist()).with_transform(self._views(epoch))
+        views = {}
+        for key in dict.fromkeys(k for k, i in zip(self.keys, self.inputs) if i == VIEWS and k is not None):
+            encoded = self.cache.features(self.backbone, epoch_views, self.progress, key_extra=key, keep=False)
+            views[key] = encoded.new_full((len(self.dataset), encoded.shape[-1]), float("nan"))
+            views[key][drawn.to(encoded.device)] = encoded
+        return views
 
     def in_order(self, batch_size: int, shard: bool = False) -> Iterator[list[Batch]]:
         """The whole dataset in order, ``batch_size`` at a time (``shard``: this rank's share only)."""

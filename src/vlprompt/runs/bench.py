@@ -273,7 +273,8 @@ def run_bench(
     if not (protocol == "base-to-new" and any(learns_without_labels(run) for run in classifying)):
         record.pop("transductive")  # it changes no sub-run: not part of this bench's record
     # before any work; a bench written before --transductive existed trained every method on the base images
-    check_config_unchanged(Path(bench.out), record, bench.resume, "bench", added={"transductive": False})
+    added = {"transductive": False}
+    check_config_unchanged(Path(bench.out), record, bench.resume, "bench", added=added)
     for sub in subs:  # every resumed sub-run unchanged and every dataset there before any training starts
         _check_sub_run(sub)
         if _on_registry(sub.run):
@@ -281,7 +282,7 @@ def run_bench(
             if missing:
                 raise DataError(f"{sub.run.data.dataset}: " + "; ".join(missing))
     out = prepare_out_dir(bench.out, bench.resume, bench.overwrite, "bench")
-    write_config(out, record, bench.resume, f"bench {protocol}", added={"transductive": False})
+    write_config(out, record, bench.resume, f"bench {protocol}", added=added)
     backbone = backbone or bench.backbone.load()
     cache = cache or FeatureCache(bench.feature_cache_dir)
     rows: list[dict[str, Any]] = []
