@@ -165,10 +165,14 @@ def test_two_stages_a_student_distils_the_teacher_trained_earlier_in_the_sweep(t
     # default is refused before any work, saying what to pass; with --transductive false it goes on
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config.pop("transductive") is True
-    assert config["train"].pop("crop_scale") is None  # an override added since: absent reads as unset
+    assert config["train"].pop("crop_scale") is None  # overrides added since: absent reads as unset
+    assert config["train"].pop("augmentation") is None
     (out / "config.yaml").write_text(yaml.safe_dump(config))
     for sub_config in (out / "dtd" / "promptkd").rglob("config.yaml"):  # its sub-runs as the old bench wrote them
         text = sub_config.read_text().replace(f"class_split: {TRANSDUCTIVE}", "class_split: base-to-new")
+        text = "".join(
+            line for line in text.splitlines(True) if not line.lstrip().startswith(("crop_scale:", "augmentation:"))
+        )
         sub_config.write_text(text)
     bench.resume = True
     with pytest.raises(RunDirError, match=r"differs in \['transductive'\] \(transductive: False written, True given\)"):

@@ -250,7 +250,9 @@ def test_config_yaml_with_the_old_schedule_name_replays_and_resumes(tmp_path, im
     config = out / "config.yaml"
     text = config.read_text()
     assert text.count("schedule: dassl-cosine") == 1
-    config.write_text(text.replace("schedule: dassl-cosine", "schedule: coop"))  # as an older vlprompt wrote it
+    old = text.replace("schedule: dassl-cosine", "schedule: coop")  # as an older vlprompt wrote it, before
+    old = "".join(line for line in old.splitlines(True) if "crop_scale:" not in line and "augmentation:" not in line)
+    config.write_text(old)  # --train.crop_scale and --train.augmentation existed
     replay = tmp_path / "replay"
     assert main(["train", "--config", str(config), "--out", str(replay)]) == 0
     assert _per_seed_metrics(replay) == _per_seed_metrics(out)
@@ -260,9 +262,12 @@ def test_config_yaml_with_the_old_schedule_name_replays_and_resumes(tmp_path, im
         for run in (out, replay)
     ]
     assert lrs[0] == lrs[1] and len(lrs[0]) == 2
-    # Resuming the old run with today's options (the default is now spelled "dassl-cosine") is allowed.
+    # Resuming the old run with today's options (the default is now spelled "dassl-cosine") is allowed; an
+    # augmentation it did not run with is not.
     args = ["train", *TINY, *_data(image_root, split_file), "--train.epochs", "2", "--train.batch_size", "8"]
-    assert main([*args, "--seeds", "[1, 2]", "--out", str(out), "--resume", "true"]) == 0
+    resume = [*args, "--seeds", "[1, 2]", "--out", str(out), "--resume", "true"]
+    assert main([*resume, "--train.augmentation", "csp"]) == 2
+    assert main(resume) == 0
     assert "schedule: coop" in config.read_text()  # a resumed run's config.yaml is left as it was
 
 

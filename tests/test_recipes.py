@@ -30,6 +30,7 @@ DASSL = {
     "warmup_epochs": 1,
     "warmup_lr": 1e-5,
     "augment": True,
+    "augmentation": "crop-flip",
     "precision": "fp16",
     "select": "last",
 }
@@ -172,11 +173,22 @@ RELEASED = {
     ("tpt-coop", 16): ({**DASSL, "epochs": 50, "batch_size": 32}, {"method": "coop", "options": {"n_ctx": 4}}),
     ("tpt-ctpt-imagenet", 16): ({}, {"calibration_weight": 50.0, "augmix": False}),
     ("tpt-ctpt-baseline-natural-shift", 16): ({}, {"augmix": True}),  # C-TPT scripts/test_tpt_ds.sh: --I_augmix
+    ("tpt-ctpt-baseline-ts", 16): ({}, {"temperature": 1.16}),  # C-TPT tpt_classification.py:447, ViT
     # CSP train.py:34-38 (a plain DataLoader: last batch kept), fp16 CLIP, README: evaluates epoch 20 (the last)
+    # datasets/composition_dataset.py:47-63: flips, RandomPerspective, RandomRotation(5) of the centre crop
     ("csp-ut-zappos", 16): (
-        {"optimizer": "adam", "lr": 5e-4, "epochs": 20, "drop_last": False, "precision": "fp16", "select": "last"},
+        {
+            **{"optimizer": "adam", "lr": 5e-4, "epochs": 20, "drop_last": False, "precision": "fp16"},
+            **{"select": "last", "augment": True, "augmentation": "csp"},
+        },
         {"vocab_dropout": 0.2},
     ),
+    # CoPrompt configs/trainers/coprompt.yaml (two RandAugment views: K_TRANSFORMS 2), trainers/constants.py
+    ("coprompt-dtd", 16): (
+        {**DASSL, "augmentation": "randaugment", "epochs": 8, "batch_size": 4, "lr": 0.0035},
+        {"n_ctx": 2, "depth": 12, "weight": 8.0, "ctx_init": "a photo of a", "frozen_view": "second"},
+    ),
+    ("coprompt-food101", 16): ({"epochs": 5}, {"n_ctx": 4, "depth": 9, "weight": 0.5}),
     # CuPL classify_imagenet.py: its three classifiers (standard, CuPL, both)
     ("zeroshot-imagenet80", 16): ({}, {"ensemble": "imagenet80"}),
     ("zeroshot-cupl-sentences-imagenet", 16): ({}, {"description_mode": "cupl"}),
@@ -225,6 +237,9 @@ def test_protocol_presets_pick_the_authors_recipe_for_the_protocol_and_dataset()
     assert protocol_preset("mmrl", "few-shot", "dtd") == "mmrl-few-shot-dtd"
     assert protocol_preset("mmrl", "base-to-new", "dtd") == "mmrl-dtd"
     assert protocol_preset("mmrl", "domain-generalisation") == "mmrl-cross-dataset"
+    # DePT's templates.py: mode xd trains the same config on all ImageNet classes
+    assert protocol_preset("dept", "cross-dataset", "imagenet") == protocol_preset("dept", "base-to-new") == "dept"
+    assert protocol_presets("dept")["domain-generalisation"] == protocol_presets("dept")["base-to-new"]
     assert protocol_presets("maple") == {
         "base-to-new": ["maple"],
         "cross-dataset": ["maple-cross-dataset"],

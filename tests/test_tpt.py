@@ -88,6 +88,30 @@ def test_each_image_starts_from_the_initial_context(vit_backbone, images):
     assert not torch.allclose(both[1:], predict_logits(untuned, vit_backbone, images.subset([17])), atol=1e-4)
 
 
+def test_the_temperature_scaling_baseline_divides_the_tuned_logits(vit_backbone, images):
+    """C-TPT's run_type tpt_ts: the same tuning, the final logits over 1.16 (accuracy kept, calibration changed)."""
+    torch.manual_seed(0)
+    plain = predict_logits(tpt(vit_backbone), vit_backbone, images.subset([3, 17]))
+    torch.manual_seed(0)
+    scaled = predict_logits(tpt(vit_backbone, temperature=1.16), vit_backbone, images.subset([3, 17]))
+    torch.testing.assert_close(scaled, plain / 1.16, atol=1e-5, rtol=1e-5)
+    with pytest.raises(MethodOptionError, match="temperature"):
+        tpt(vit_backbone, temperature=0.0)
+
+
+def test_expected_calibration_error_by_hand():
+    """C-TPT's metric: top-probability bins of width 0.05; here bins (0.9, 0.95], (0.6, 0.65] and (0.5, 0.55]."""
+    from vlprompt.evaluation.classification import accuracy, expected_calibration_error
+
+    top = torch.tensor([0.91, 0.91, 0.61, 0.53], dtype=torch.float64)
+    logits = torch.stack([top.log(), (1 - top).log()], dim=1)  # class 0 predicted, with probability top
+    labels = torch.tensor([0, 1, 0, 0])
+    expected = 2 / 4 * abs(0.5 - 0.91) + 1 / 4 * abs(1 - 0.61) + 1 / 4 * abs(1 - 0.53)
+    assert expected_calibration_error(logits, labels) == pytest.approx(expected)  # 0.42
+    assert accuracy(logits, labels)["ece"] == pytest.approx(0.42)
+    assert expected_calibration_error(100 * logits, torch.zeros(4, dtype=torch.long)) < 1e-4  # all right, all sure
+
+
 def test_views_are_seeded_per_image(vit_backbone, images):
     method = tpt(vit_backbone)
     feed = Feed(vit_backbone, images.subset([0, 1]), method)

@@ -10,6 +10,10 @@ A method sees one of three inputs (:func:`image_input`):
 - ``views``: frozen features of augmented training views. A view is a pure function of (seed, epoch, image)
   (:class:`~vlprompt.data.images.SeededViews`), so each epoch's views are encoded once, in large no-grad
   batches, and reused by every method and run that draws them; the image tower never runs under autograd.
+
+A method that asks for it (:meth:`~vlprompt.methods.PromptMethod.needs_second_view`, CoPrompt) also gets, in
+training, the frozen features of a second, independent view of each image (``Batch.second_view``: the view
+index 1 of the same seed, epoch and image; the image itself without ``augment``), cached as the views are.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ from .features import FeatureCache
 from .methods import Batch, PromptMethod
 
 PIXELS, FEATURES, VIEWS = "pixels", "features", "views"
+#: The cache key of the second views' frozen features: the frozen tower's, whatever a method's delta.
+SECOND = ""
+#: Views by (cache key, view index): [N, D] frozen features by dataset index.
+Views = dict[tuple[str, int], Tensor]
 
 
 def image_input(
@@ -72,12 +80,13 @@ class Feed:
             encoded per batch).
         methods: the methods fed.
         cache: where frozen features of files come from (a private in-memory one by default).
-        augment: training views (random-resized crops and flips, seeded per ``view_seed``, epoch and image)
-            instead of the evaluation transform.
+        augment: training views (``augmentation``, seeded per ``view_seed``, epoch and image) instead of the
+            evaluation transform.
             Without ``augment`` and ``targets`` the batches are scored: a method that adapts at test time is fed
             pixels, read with its own :meth:`~vlprompt.methods.PromptMethod.test_views` where it has them (such a
             method is then the only one of the feed fed pixels).
         crop_scale: the augmented crops' smallest area, a fraction of the image's (0.08: Dassl's).
+        augmentation: which augmentation, a name of :data:`~vlprompt.data.augment.AUGMENTATIONS`.
         cache_features: see :func:`image_input`.
         view_seed: the seed of the augmented views (a run's seed).
         targets: put the dataset's labels (and task ids) into the batches (training); evaluation leaves them out.
@@ -97,6 +106,7 @@ class Feed:
         *,
         augment: bool = False,
         crop_scale: float = 0.08,
+        augmentation: str = "crop-flip",
         cache_features: bool | None = None,
         view_seed: int = 0,
         targets: bool = False,
@@ -104,7 +114,7 @@ class Feed:
         progress: bool = False,
     ):
         self.backbone, self.dataset, self.augment, self.view_seed = backbone, dataset, augment, view_seed
-        self.crop_scale = crop_scale
+        self.crop_scale, self.augmentation = crop_scale, augmentation
         self.methods = [methods] if isinstance(methods, PromptMethod) else list(methods)
         scoring = not augment and not targets
         self.inputs = [image_input(m, augment, cache_features, scoring) for m in self.methods]
@@ -115,10 +125,13 @@ class Feed:
         self.cache = cache or FeatureCache()
         self.progress = progress
         self.keys = [None if i == PIXELS else m.cache_key() for m, i in zip(self.methods, self.inputs)]
+        self.second_view = [targets and m.needs_second_view() for m in self.methods]
         self.tables: dict[str, Tensor] = {}  # cached frozen features (un-augmented) by backbone delta
         if self.files:
             frozen = self.dataset.with_transform(backbone.image_transform())
-            for key in dict.fromkeys(k for k, i in zip(self.keys, self.inputs) if i == FEATURES):  # no None (PIXELS)
+            table_keys = [k for k, i in zip(self.keys, self.inputs) if i == FEATURES]
+            table_keys += [SECOND] if any(self.second_view) and not augment else []  # the image itself
+            for key in dict.fromkeys(table_keys):  # no None (PIXELS)
                 self.tables[key] = self.cache.features(backbone, frozen, progress, key_extra=key)  # type: ignore[index,arg-type]
         self.reads_images = PIXELS in self.inputs or not self.files
         self.targets = torch.tensor(self.dataset.labels, device=backbone.device) if targets else None
@@ -142,9 +155,9 @@ class Feed:
             raise OptionError(f"{own[0].name} reads its own test views: score it on its own, not with other methods")
         return own[0].test_views(self.backbone) if own else None
 
-    def _views(self, epoch: int) -> SeededViews:
-        transform = self.backbone.image_transform(train=True, crop_scale=self.crop_scale)
-        return SeededViews(transform, self.view_seed, epoch)
+    def _views(self, epoch: int, view: int = 0) -> SeededViews:
+        transform = self.backbone.image_transform(True, self.crop_scale, self.augmentation)
+        return SeededViews(transform, self.view_seed, epoch, view)
 
     def batches(
         self, index_batches: Iterable[Tensor], seed: int = 0, epoch: int = 0, views_of: Tensor | None = None
@@ -160,7 +173,8 @@ class Feed:
                 together, and a resumed epoch the whole epoch's, so that its encoder batches are the same.
         """
         index_batches = [torch.as_tensor(idx) for idx in index_batches]
-        views = self._epoch_views(index_batches, epoch, views_of) if VIEWS in self.inputs else {}
+        encodes_views = VIEWS in self.inputs or (self.augment and any(self.second_view))
+        views = self._epoch_views(index_batches, epoch, views_of) if encodes_views else {}
         if not self.reads_images:
             for idx in index_batches:
                 yield self._batches(idx, None, views)
@@ -180,9 +194,9 @@ class Feed:
         for (pixels, _), idx in zip(loader, index_batches):
             yield self._batches(idx, pixels, views)
 
-    def _epoch_views(self, index_batches: list[Tensor], epoch: int, views_of: Tensor | None) -> dict[str, Tensor]:
+    def _epoch_views(self, index_batches: list[Tensor], epoch: int, views_of: Tensor | None) -> Views:
         """Frozen features of ``epoch``'s views of the images drawn (see :meth:`batches`), encoded once, no grad,
-        per backbone delta: [N, D] rows by dataset index (NaN for an image not drawn)."""
+        per backbone delta and view index: [N, D] rows by dataset index (NaN for an image not drawn)."""
         drawn = torch.cat(index_batches).unique() if index_batches else torch.zeros(0, dtype=torch.long)
         if views_of is not None:
             missing = drawn[~torch.isin(drawn, views_of)]
@@ -191,12 +205,14 @@ class Feed:
             drawn = views_of.unique()
         if not len(drawn):
             return {}
-        epoch_views = self.dataset.subset(drawn.tolist()).with_transform(self._views(epoch))
-        views = {}
-        for key in dict.fromkeys(k for k, i in zip(self.keys, self.inputs) if i == VIEWS and k is not None):
+        keys = [(k, 0) for k, i in zip(self.keys, self.inputs) if i == VIEWS and k is not None]
+        keys += [(SECOND, 1)] if any(self.second_view) else []
+        views: Views = {}
+        for key, view in dict.fromkeys(keys):
+            epoch_views = self.dataset.subset(drawn.tolist()).with_transform(self._views(epoch, view))
             encoded = self.cache.features(self.backbone, epoch_views, self.progress, key_extra=key, keep=False)
-            views[key] = encoded.new_full((len(self.dataset), encoded.shape[-1]), float("nan"))
-            views[key][drawn.to(encoded.device)] = encoded
+            views[key, view] = encoded.new_full((len(self.dataset), encoded.shape[-1]), float("nan"))
+            views[key, view][drawn.to(encoded.device)] = encoded
         return views
 
     def in_order(self, batch_size: int, shard: bool = False) -> Iterator[list[Batch]]:
@@ -204,15 +220,21 @@ class Feed:
         indices = dist.shard(list(range(len(self)))) if shard else list(range(len(self)))
         yield from self.batches(torch.tensor(indices, dtype=torch.long).split(batch_size))
 
-    def _batches(self, idx: Tensor, pixels: Tensor | None, views: dict[str, Tensor]) -> list[Batch]:
+    def _batches(self, idx: Tensor, pixels: Tensor | None, views: Views) -> list[Batch]:
         device_idx = idx.to(self.backbone.device)
         extra: dict[str, Tensor | None] = {"index": device_idx}
         if self.targets is not None:
             extra["targets"] = self.targets[device_idx]
             extra["task"] = self.tasks[device_idx] if self.tasks is not None else None
         features: dict[tuple[str, str | None], Tensor] = {}  # per (input, backbone delta), shared by the methods
+        second = None
+        if any(self.second_view) and self.augment:
+            second = views[SECOND, 1][device_idx]
+        elif any(self.second_view):  # the image itself: the frozen tower's features, shared with other methods
+            second = features[FEATURES, SECOND] = self._frozen_features(FEATURES, SECOND, device_idx, pixels, views, {})
         out = []
-        for key, kind in zip(self.keys, self.inputs):
+        for key, kind, wants_second in zip(self.keys, self.inputs, self.second_view):
+            extra["second_view"] = second if wants_second else None
             if kind == PIXELS:
                 out.append(Batch(pixels=pixels, **extra))
                 continue
@@ -223,7 +245,7 @@ class Feed:
 
     def _frozen_features(self, kind, key, idx, pixels, views, done) -> Tensor:
         if kind == VIEWS:
-            return views[key][idx]
+            return views[key, 0][idx]
         if self.files:
             return self.tables[key][idx]
         if done:  # in-memory images: the frozen tower's features do not depend on a method's delta

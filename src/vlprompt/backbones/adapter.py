@@ -315,24 +315,20 @@ class Backbone(nn.Module):
         return twin
 
     # ------------------------------------------------------------------ image
-    def image_transform(self, train: bool = False, crop_scale: float = 0.08):
+    def image_transform(self, train: bool = False, crop_scale: float = 0.08, augmentation: str = "crop-flip"):
         """The model's own preprocessing (a torchvision transform).
 
-        With ``train``, the prompt-learning references' augmentation (CoOp, CoCoOp, MaPLe, KgCoOp,
-        PromptSRC through Dassl: ``random_resized_crop`` at scale ``crop_scale``-1, 0.08 by default,
-        ``random_flip``, normalise), not open_clip's training transform (scale 0.9-1, no flip).
+        With ``train``, a release's training augmentation at the model's size, normalisation and interpolation
+        (:data:`~vlprompt.data.augment.AUGMENTATIONS`): by default the prompt-learning references' (CoOp, CoCoOp,
+        MaPLe, KgCoOp, PromptSRC through Dassl: ``random_resized_crop`` at scale ``crop_scale``-1, 0.08 by
+        default, ``random_flip``, normalise), not open_clip's training transform (scale 0.9-1, no flip).
         """
         cfg = self.preprocess_cfg
         if train:
-            from torchvision import transforms as T
+            from ..data.augment import train_transform
 
-            interpolation = T.InterpolationMode(cfg.get("interpolation", "bicubic"))
-            return T.Compose([
-                T.RandomResizedCrop(cfg["size"], scale=(crop_scale, 1.0), interpolation=interpolation),
-                T.RandomHorizontalFlip(),
-                T.ToTensor(),
-                T.Normalize(tuple(cfg["mean"]), tuple(cfg["std"])),
-            ])  # fmt: skip
+            interpolation = cfg.get("interpolation", "bicubic")
+            return train_transform(augmentation, cfg["size"], cfg["mean"], cfg["std"], interpolation, crop_scale)
         return open_clip.image_transform(
             cfg["size"],
             is_train=False,

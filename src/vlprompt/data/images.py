@@ -92,22 +92,25 @@ def to_rgb(img: Image.Image, path: str | Path = "image") -> Image.Image:
 class SeededViews:
     """Augmented views as a pure function of (seed, epoch, image): ``transform`` runs under a torch RNG seeded
     from the three, so every run, process and DataLoader worker that draws a view draws the same one (and its
-    features can be cached). A :class:`LabeledImages` calls it with each image's path.
+    features can be cached). A :class:`LabeledImages` calls it with each image's path. ``view`` > 0 draws
+    another, independent view of each image (a second view of the same epoch, as CoPrompt's K_TRANSFORMS 2).
     """
 
     per_image = True
 
-    def __init__(self, transform: Callable, seed: int, epoch: int):
-        self.transform, self.seed, self.epoch = transform, seed, epoch
+    def __init__(self, transform: Callable, seed: int, epoch: int, view: int = 0):
+        self.transform, self.seed, self.epoch, self.view = transform, seed, epoch, view
 
     def __call__(self, image: Image.Image, key: str):
-        digest = hashlib.sha256(f"{self.seed}|{self.epoch}|{key}".encode()).digest()
+        other = f"|view {self.view}" if self.view else ""  # view 0 keeps the draws it always had
+        digest = hashlib.sha256(f"{self.seed}|{self.epoch}|{key}{other}".encode()).digest()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int.from_bytes(digest[:8], "little"))
             return self.transform(image)
 
     def __repr__(self) -> str:
-        return f"SeededViews(seed={self.seed}, epoch={self.epoch}, {self.transform!r})"
+        view = f", view={self.view}" if self.view else ""
+        return f"SeededViews(seed={self.seed}, epoch={self.epoch}{view}, {self.transform!r})"
 
 
 @dataclass(frozen=True)

@@ -44,9 +44,11 @@ on *datasets* (blank: any). Fields a recipe does not set keep `TrainConfig`'s de
 
 Notes that hold for the releases:
 
-- `augment true` is random-resized crops (scale `crop_scale`-1, 0.08 unless set) and horizontal flips, as Dassl's
-  `random_resized_crop` + `random_flip` and CLIP-LoRA's transform; `--train.augment false` is the
-  fast option (cached features of un-augmented images).
+- `augment true` draws `augmentation`: `crop-flip` (the default) is random-resized crops (scale `crop_scale`-1,
+  0.08 unless set) and horizontal flips, as Dassl's `random_resized_crop` + `random_flip` and CLIP-LoRA's
+  transform; `randaugment` is a square resize and Dassl's RandAugment(2, 10) (CoPrompt); `csp` is CSP's flips,
+  perspective and rotation of the centre crop. `--train.augment false` is the fast option (cached features of
+  un-augmented images).
 - `precision fp16` is autocast fp16 with a gradient scaler and fp32 prompts, as the releases with
   `PREC: amp` (MMA, MMRL) run; those with `PREC: fp16` instead cast CLIP *and* the prompts to fp16.
 - The last partial batch is dropped, as Dassl's loader does, unless the recipe sets `drop_last false`

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .. import distributed as dist
 from ..backbones import Backbone
+from ..data.augment import AUGMENTATIONS
 from ..data.images import LabeledImages
 from ..errors import DataError, OptionError
 from ..features import FeatureCache
@@ -74,11 +75,14 @@ class TrainConfig:
             frozen features of the images, or with ``augment`` of each epoch's augmented views, encoded once
             in no-grad batches), True (features of the un-augmented images even with ``augment``: the fast
             option) or False (pixels through the frozen tower every step). See :mod:`vlprompt.feed`.
-        augment: the references' training augmentation: random-resized-crop (scale ``crop_scale``-1) and
-            horizontal flip (:meth:`~vlprompt.backbones.Backbone.image_transform` with ``train``), each view
-            a pure function of (seed, epoch, image) (:class:`~vlprompt.data.images.SeededViews`).
+        augment: train on augmented views (``augmentation``), each view a pure function of (seed, epoch,
+            image) (:class:`~vlprompt.data.images.SeededViews`).
         crop_scale: the smallest area of an augmented crop, as a fraction of the image (Dassl's
             ``INPUT.RRCROP_SCALE`` lower bound: 0.08; MMRL's release 0.5).
+        augmentation: which release's augmentation ``augment`` draws (:data:`~vlprompt.data.augment.AUGMENTATIONS`):
+            "crop-flip" (random-resized crops at scale ``crop_scale``-1 and flips: the Dassl-based releases'),
+            "randaugment" (a square resize, then Dassl's RandAugment(2, 10): CoPrompt's) or "csp" (the centre
+            crop, flip, perspective and 5-degree rotation: CSP's).
         eval_every: evaluate on validation every N epochs (0: only at the end).
         select: "last" epoch or "best" validation score (the metric is recorded).
         checkpoint_every: write the resumable checkpoint every N epochs.
@@ -115,6 +119,7 @@ class TrainConfig:
     cache_features: bool | None = None
     augment: bool = False
     crop_scale: float = 0.08
+    augmentation: str = "crop-flip"
     eval_every: int = 0
     select: str = "last"
     checkpoint_every: int = 1
@@ -133,6 +138,7 @@ class TrainConfig:
             "optimizer": OPTIMIZERS,
             "select": ("last", "best"),
             "precision": ("auto", "fp32", "bf16", "fp16"),
+            "augmentation": tuple(AUGMENTATIONS),
         }
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
@@ -230,6 +236,7 @@ def fit(
         cache,
         augment=config.augment,
         crop_scale=config.crop_scale,
+        augmentation=config.augmentation,
         cache_features=config.cache_features,
         view_seed=config.seed,
         targets=True,

@@ -1,4 +1,5 @@
-"""Classification metrics: accuracy, mean per-class accuracy, base-to-new harmonic mean."""
+"""Classification metrics: accuracy, mean per-class accuracy, expected calibration error, base-to-new harmonic
+mean."""
 
 from __future__ import annotations
 
@@ -47,14 +48,31 @@ def predict_logits(
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> dict[str, float]:
-    """Overall accuracy and mean per-class accuracy (over classes present in ``labels``)."""
+    """Overall accuracy, mean per-class accuracy (over classes present in ``labels``) and the expected calibration
+    error of the logits as the method scores them (:func:`expected_calibration_error`)."""
     labels = labels.to(logits.device)
     correct = (logits.argmax(-1) == labels).float()
     per_class = [correct[labels == c].mean() for c in labels.unique()]
     return {
         "accuracy": float(correct.mean()),
         "mean_per_class_accuracy": float(torch.stack(per_class).mean()),
+        "ece": expected_calibration_error(logits, labels),
     }
+
+
+def expected_calibration_error(logits: Tensor, labels: Tensor, bins: int = 20) -> float:
+    """ECE of the top softmax probability, as C-TPT measures it (C-TPT@085e6c2:tpt_classification.py:43-98): in
+    ``bins`` equal-width bins (lo < confidence <= hi), Σ_b n_b / n · |accuracy_b − mean confidence_b|, a fraction
+    (the tables print it in percent, as accuracy). Meaningful where the logits carry a logit scale."""
+    confidence, predicted = logits.double().softmax(-1).max(-1)
+    correct = (predicted == labels.to(logits.device)).double()
+    edges = torch.linspace(0, 1, bins + 1).double().to(logits.device)  # float32 edges, as the release compares
+    total = 0.0
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (confidence > low) & (confidence <= high)
+        if inside.any():
+            total += float(inside.sum()) / len(labels) * abs(float(correct[inside].mean() - confidence[inside].mean()))
+    return total
 
 
 def evaluate(

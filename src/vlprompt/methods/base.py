@@ -43,6 +43,9 @@ class Batch:
         targets: [B] label indices (task-local where there are tasks); None at inference.
         index: [B] positions of the samples in their dataset.
         task: [B] task ids, where a run has tasks.
+        second_view: [B, D] in training, for a method that asks for it (:meth:`PromptMethod.needs_second_view`):
+            the frozen tower's features of a second, independent view of each image (the image itself when
+            training does not augment).
     """
 
     features: Tensor | None = None
@@ -50,6 +53,7 @@ class Batch:
     targets: Tensor | None = None
     index: Tensor | None = None
     task: Tensor | None = None
+    second_view: Tensor | None = None
 
     def __post_init__(self) -> None:
         if (self.features is None) == (self.pixels is None):
@@ -353,6 +357,10 @@ class PromptMethod(nn.Module):
         return {
             k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.endswith(EXTRA_STATE_KEY)
         }
+
+    def needs_second_view(self) -> bool:
+        """Whether training batches carry ``Batch.second_view`` (CoPrompt's frozen-encoder view)."""
+        return False
 
     def cache_key(self) -> str:
         """What image features depend on besides the backbone: empty unless a backbone delta exists."""

@@ -16,11 +16,14 @@ Where this differs, deliberately: widths come from the model (the release hard-c
 stays fp32 (the release rounds the image and deep prompts to fp16 even in fp32 runs); k is drawn from torch's
 generator (the release: Python's ``random``); descriptions longer than the context are truncated (the
 release's ``clip.tokenize`` raises). The release's views are two independent RandAugment(2, 10) draws of the
-resized image (``K_TRANSFORMS 2``); vlprompt's feed gives one view (``augment``: random-resized crops and
-flips), and ``frozen_view="randaugment"`` (default) draws the frozen encoder's view as RandAugment(2, 10) of it
-(the images de-normalised to 8 bits and normalised again); ``"same"`` gives the frozen encoder the same view
-(no random draw: the tiny tests and DDP checks). Its per-dataset settings (trainers/constants.py: W, N_CTX,
-PROMPT_DEPTH, Food101's 5 epochs) are the recipes ``coprompt-<dataset>``.
+resized image (``K_TRANSFORMS 2``, ``INPUT.TRANSFORMS randaugment``): the recipes train with ``--train.augment
+true --train.augmentation randaugment`` and ``frozen_view="second"`` (default), the frozen encoder's view being
+the feed's second, independent view of each image (``Batch.second_view``, its frozen features cached as the
+views are; the image itself without ``augment``). ``"same"`` gives the frozen encoder the batch's own view (no
+second view: the tiny tests and DDP checks); ``"randaugment"`` draws it at each step as torchvision's
+RandAugment(2, 10) of the batch's view (de-normalised to 8 bits and normalised again: a perturbed view when
+training does not augment; the built-in benchmark's row). Its per-dataset settings (trainers/constants.py: W,
+N_CTX, PROMPT_DEPTH, Food101's 5 epochs) are the recipes ``coprompt-<dataset>``.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from torch import Tensor, nn
 from ..backbones import Backbone
 from ..errors import DataError
 from ..schema import name_key
-from .base import Batch, BuiltinRow, MethodOptionError, Recipe, option
+from .base import Batch, BuiltinRow, MethodInputError, MethodOptionError, Recipe, option
 from .descriptions import check_descriptions, class_sentences, read_descriptions
 from .maple import MaPLe, MaPLeConfig
 from .prompting import RemembersStep
@@ -43,7 +46,7 @@ from .recipes import CPU_TWO_TOWER, dassl_recipe
 
 #: ShuvenduRoy/CoPrompt, pinned.
 COPROMPT_REPO = "ShuvenduRoy/CoPrompt@a2a6c12e3622cfe4b3a127f4ba0c4f3eb841418c"
-FROZEN_VIEWS = ("randaugment", "same")
+FROZEN_VIEWS = ("second", "same", "randaugment")
 
 
 @dataclass
@@ -59,8 +62,9 @@ class CoPromptConfig(MaPLeConfig):
             the release's gpt_file/<dataset>_prompt.json), or "builtin" (the built-in benchmark's); read into
             ``sentences``.
         sentences: class name -> sentences (from ``descriptions``; saved in prompt.json).
-        frozen_view: the frozen image tower's view: "randaugment" (RandAugment(2, 10) of the batch's view) or
-            "same" (the batch's view).
+        frozen_view: the frozen image tower's view: "second" (the feed's second view of each image, as the
+            release's K_TRANSFORMS 2), "same" (the batch's view) or "randaugment" (torchvision's RandAugment(2,
+            10) of the batch's view).
     """
 
     weight: float = option(1.0, low=0.0)
@@ -69,7 +73,7 @@ class CoPromptConfig(MaPLeConfig):
     reduction: int = option(4, low=1)
     descriptions: str = ""
     sentences: dict[str, list[str]] = field(default_factory=dict)
-    frozen_view: str = option("randaugment", choices=FROZEN_VIEWS)
+    frozen_view: str = option("second", choices=FROZEN_VIEWS)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -123,18 +127,20 @@ _DATASETS = {  # trainers/constants.py: dataset -> (W, N_CTX, PROMPT_DEPTH, epoc
 _SOURCE = f"{COPROMPT_REPO}:configs/trainers/coprompt.yaml, scripts/base2new_train_coprompt.sh"
 
 
-#: What the recipes cannot say in TrainConfig's fields.
-_VIEWS = (
-    "augmentation not expressible yet: the release's two views are independent RandAugment(2, 10) draws of the "
-    "resized image (coprompt.yaml INPUT.TRANSFORMS randaugment, K_TRANSFORMS 2), augment true crops and flips one "
-    "view (the frozen encoder's: RandAugment of it, frozen_view)"
-)
+#: The release's views (coprompt.yaml INPUT.TRANSFORMS, DATALOADER.K_TRANSFORMS; Dassl's RandAugment defaults).
+_VIEWS = "two views: INPUT.TRANSFORMS randaugment, K_TRANSFORMS 2 (frozen_view second), RANDAUGMENT_N 2, _M 10"
 
 
 def _recipe(source: str, datasets: tuple[str, ...], epochs: int, **options) -> Recipe:
     return dassl_recipe(
-        f"{source}; {_VIEWS}", ("base-to-new",), datasets=datasets, epochs=epochs, batch_size=4, lr=0.0035
-    ).with_options(ctx_init="a photo of a", **options)
+        f"{source}; {_VIEWS}",
+        ("base-to-new",),
+        datasets=datasets,
+        epochs=epochs,
+        batch_size=4,
+        lr=0.0035,
+        augmentation="randaugment",
+    ).with_options(ctx_init="a photo of a", frozen_view="second", **options)
 
 
 class CoPrompt(RemembersStep, MaPLe):
@@ -150,7 +156,13 @@ class CoPrompt(RemembersStep, MaPLe):
             for dataset, (w, n, d, epochs) in _DATASETS.items()
         },
     }
-    builtin_rows = (BuiltinRow("coprompt", CPU_TWO_TOWER.with_options(depth=3, descriptions="builtin"), default=False),)
+    builtin_rows = (  # the frozen view its numbers were measured with (it trains without augmentation)
+        BuiltinRow(
+            "coprompt",
+            CPU_TWO_TOWER.with_options(depth=3, descriptions="builtin", frozen_view="randaugment"),
+            default=False,
+        ),
+    )
     tiny = Recipe(
         options={
             "depth": 2,
@@ -203,6 +215,18 @@ class CoPrompt(RemembersStep, MaPLe):
             self._descriptions = features.view(len(sentences[0]), len(sentences), -1)
         return self._descriptions
 
+    def needs_second_view(self) -> bool:
+        return self.config.frozen_view == "second"
+
+    def _frozen_view(self, backbone: Backbone, batch: Batch) -> Tensor:
+        """The frozen tower's features of the batch's view, or of its RandAugment (frozen_view randaugment)."""
+        pixels = batch.pixels
+        assert pixels is not None  # it changes the image tower: batches carry pixels
+        if self.config.frozen_view == "randaugment":
+            pixels = randaugment_view(pixels, backbone.preprocess_cfg["mean"], backbone.preprocess_cfg["std"])
+        with torch.no_grad():
+            return backbone.encode_image(pixels)
+
     def image_features(self, backbone: Backbone, batch: Batch) -> Tensor:
         image = super().image_features(backbone, batch)
         ratio = self.config.image_ratio
@@ -217,12 +241,12 @@ class CoPrompt(RemembersStep, MaPLe):
         image, text = self.step_features()
         descriptions = self.description_features(backbone)
         k = int(torch.randint(len(descriptions), ()))
-        pixels = batch.pixels
-        assert pixels is not None  # it changes the image tower: batches carry pixels
-        if self.config.frozen_view == "randaugment":
-            pixels = randaugment_view(pixels, backbone.preprocess_cfg["mean"], backbone.preprocess_cfg["std"])
-        with torch.no_grad():
-            frozen_image = backbone.encode_image(pixels)
+        frozen_image = batch.second_view if self.config.frozen_view == "second" else self._frozen_view(backbone, batch)
+        if frozen_image is None:
+            raise MethodInputError(
+                "coprompt's frozen_view second needs training batches with a second view (vlprompt's feed gives "
+                "them); set frozen_view same to use the batch's own view"
+            )
         text_term = consistency(F.normalize(text.float(), dim=-1), descriptions[k].to(text.device))
         image_term = consistency(F.normalize(image.float(), dim=-1), F.normalize(frozen_image.float(), dim=-1))
         cross_entropy = super().loss(backbone, batch, logits, label_smoothing)

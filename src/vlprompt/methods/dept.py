@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from ..backbones import Backbone
 from ..labels import ClassNames
 from .base import Batch, BuiltinRow, MethodConfig, MethodInputError, MethodOptionError, PromptMethod, Recipe, option
-from .recipes import CPU_SGD, CPU_TWO_TOWER, dassl_recipe
+from .recipes import CPU_SGD, CPU_TWO_TOWER, TRANSFER, dassl_recipe
 from .wrapper import MethodWrapper, WrapperConfig
 
 DEPT_REPO = "Koorye/DePT@d4ff41684bac42da30ebb6898496772dec3157f2"
@@ -98,11 +98,15 @@ def recorded(method: PromptMethod, names: Sequence[str]) -> Iterator[dict[str, T
             method.__dict__.pop(name, None)
 
 
-_SOURCE = f"{DEPT_REPO}:configs/trainers/ExtrasLinearProbe{{}}.yaml, train.py (extend_cfg), configs.py"
+_SOURCE = (
+    f"{DEPT_REPO}:configs/trainers/ExtrasLinearProbe{{}}.yaml, train.py (extend_cfg), configs.py; templates.py "
+    "(mode xd: the same config on all ImageNet classes, evaluated on the others)"
+)
 
 
 def _dept_recipe(config: str, batch_size: int = 4, lr: float = 0.0035) -> Recipe:
-    return dassl_recipe(_SOURCE.format(config), ("base-to-new",), epochs=10, batch_size=batch_size, lr=lr)
+    protocols = ("base-to-new", *TRANSFER)
+    return dassl_recipe(_SOURCE.format(config), protocols, epochs=10, batch_size=batch_size, lr=lr)
 
 
 class DePT(MethodWrapper):

@@ -88,10 +88,11 @@ class PromptKDConfig(MethodConfig):
     kd_weight: float = option(1000.0, low=0.0)
 
 
-#: What the recipes cannot say in TrainConfig's fields.
+#: Where the recipes deliberately differ (METHODS.md: select on the last epoch or a held-out split, and say so).
 _SELECTION = (
-    "model selection not expressible yet: TEST.FINAL_MODEL best_val picks the epoch on the base classes' test "
-    "images (datasets/*.py: val is the test split), select last here"
+    "model selection deliberately not the release's: its TEST.FINAL_MODEL best_val picks the epoch on the base "
+    "classes' test images (datasets/*.py: val is the test split), which would select on the test set; select last "
+    "here"
 )
 
 

@@ -194,7 +194,9 @@ def csp_recipe(lr: float, source: str) -> Recipe:
     """CSP's recipe (shared by its compositional baselines): Adam with L2 decay 1e-5, no schedule, 20 epochs,
     batch 128 (64 x 2 accumulation) with the last partial batch kept (train.py:34-38, a plain DataLoader), fp16 (the
     CLIP model in fp16 on the GPU, clip_modules/interface.py:45-50), the last epoch (README.md: evaluate.py loads
-    soft_embeddings_epoch_20.pt; ``--train.select best --train.eval_every 1`` picks it on validation AUC instead)."""
+    soft_embeddings_epoch_20.pt; ``--train.select best --train.eval_every 1`` picks it on validation AUC instead),
+    and its training augmentation (``augmentation csp``: flips, RandomPerspective and RandomRotation(5) of the
+    centre crop, datasets/composition_dataset.py:47-63; cached features of each epoch's views)."""
     train = {
         "epochs": 20,
         "batch_size": 128,
@@ -205,12 +207,11 @@ def csp_recipe(lr: float, source: str) -> Recipe:
         "warmup_epochs": 0,
         "drop_last": False,
         "precision": "fp16",
+        "augment": True,
+        "augmentation": "csp",
     }
-    views = (
-        "augmentation not expressible yet: the release trains on flips, RandomPerspective and RandomRotation(5) of "
-        "the centre crop (datasets/composition_dataset.py:51-56), here cached un-augmented features"
-    )
-    return Recipe(train=train, source=f"{source}; README.md (evaluation: epoch 20), clip_modules/interface.py; {views}")
+    views = "datasets/composition_dataset.py (transform_image, train)"
+    return Recipe(train=train, source=f"{source}; README.md (evaluation: epoch 20), clip_modules/interface.py, {views}")
 
 
 _CSP = f"{CSP_REPO}:README.md (MIT-States command), train.py; the paper's per-dataset lr"
@@ -235,5 +236,5 @@ CSP_OWN_RECIPES = {
 #: CSP's UT-Zappos recipe sized for the built-in benchmark on a CPU: 150 steps instead of about 3,600, so a 10x
 #: learning rate. CoOp and CSP share it, as in the CSP paper.
 CPU_CZSL = CSP_RECIPES["ut-zappos"].but(
-    _CPU, epochs=10, lr=5e-3, drop_last=True, precision="auto", select="best", eval_every=1
+    _CPU, epochs=10, lr=5e-3, drop_last=True, precision="auto", select="best", eval_every=1, augment=False
 )  # the loader, precision and selection the built-in numbers were measured with

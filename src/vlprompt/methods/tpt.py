@@ -164,6 +164,8 @@ class TPTConfig(WrapperConfig):
         weight_decay: AdamW's decoupled weight decay (torch's default, as the release leaves it).
         augmix: AugMix views (the release's fine-grained sets; C-TPT's --I_augmix for the ImageNet variants).
         calibration_weight: C-TPT's lambda: the loss subtracts lambda x the text features' dispersion (0: TPT).
+        temperature: the tuned prediction's logits are divided by it (C-TPT's temperature-scaling baseline,
+            run_type tpt_ts: 1.16 on ViTs, 1.15 on ResNets, tpt_classification.py:411-418, 447); 1: none.
         seed: seeds every image's views (with its file path).
     """
 
@@ -176,6 +178,7 @@ class TPTConfig(WrapperConfig):
     weight_decay: float = option(0.01, low=0.0)
     augmix: bool = False
     calibration_weight: float = option(0.0, low=0.0)
+    temperature: float = option(1.0, low=1e-3)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -233,6 +236,11 @@ class TPT(MethodWrapper):
             options={"augmix": True},
             source=f"{_CTPT.format('ds').replace('test_tpt_ctpt_ds', 'test_tpt_ds')}, 266-268 (--I_augmix)",
         ),
+        "ctpt-baseline-ts": Recipe(  # TPT with temperature scaling: in the code (run_type tpt_ts), no script runs it
+            options={"temperature": 1.16},
+            source=f"{CTPT_REPO}:tpt_classification.py:411-418, 447 (run_type tpt_ts: the final logits over 1.16 on "
+            "ViT-B/16; set temperature 1.15 on RN50)",
+        ),
         "ctpt-natural-shift": Recipe(
             options={"calibration_weight": 20.0, "augmix": True},
             source=f"{_CTPT.format('ds')}, 266-268 (--I_augmix: AugMix on the ImageNet variants too)",
@@ -276,7 +284,7 @@ class TPT(MethodWrapper):
         rows = []
         for i in range(len(batch)):
             with self._tuned(backbone, self._image_views(batch, i)) as first, torch.no_grad():
-                rows.append(self.inner.logits(backbone, first).float())
+                rows.append(self.inner.logits(backbone, first).float() / self.config.temperature)
         return torch.cat(rows)
 
     @contextmanager

@@ -37,7 +37,7 @@ CONFIG_FILE = "config.yaml"
 #: Every ``TrainConfig`` field's default (a field added later is filled in when an older run resumes).
 TRAIN_DEFAULTS = dataclasses.asdict(TrainConfig())
 #: Metrics the tables know, in column order.
-METRICS = ("accuracy", "mean_per_class_accuracy", "base", "new", "hm", "S", "U", "H", "AUC", "attr", "obj")
+METRICS = ("accuracy", "mean_per_class_accuracy", "ece", "base", "new", "hm", "S", "U", "H", "AUC", "attr", "obj")
 
 
 class Protocol:
