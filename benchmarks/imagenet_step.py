@@ -5,10 +5,11 @@ Each method runs with its authors' ImageNet recipe (the preset ``vlprompt bench`
 cocoop, maple, promptsrc; their options and batch sizes) and its own loss. The reference procedure is the same
 loss with every class prompt encoded at the full 77-token context (padding tokens after end-of-text, as the
 authors' text encoders run), and for CoCoOp one image a step (its authors' batch 1: each image's 1,000 prompts).
-vlprompt cuts prompts after the longest end-of-text position (exact: the mask is causal; the losses of both are
-recorded), batches CoCoOp's images (batch 8 here), and with ``TrainConfig.activation_checkpointing`` recomputes
-each text block in the backward pass. CoOp, KgCoOp and CoCoOp see cached image features in both (the frozen image
-tower runs once per view either way); MaPLe and PromptSRC run their prompted image tower on 224-px pixels.
+vlprompt runs the positions the prompts share (start token, context) once and each prompt up to its own
+end-of-text position (exact: the mask is causal; the losses of both are recorded), batches CoCoOp's images
+(batch 8 here), and with ``TrainConfig.activation_checkpointing`` recomputes each text block in the backward pass.
+CoOp, KgCoOp and CoCoOp see cached image features in both (the frozen image tower runs once per view either way);
+MaPLe and PromptSRC run their prompted image tower on 224-px pixels.
 PromptSRC's frozen class features (a constant of the step, built once) average CoOp's 7 templates here, not 60.
 
 - Memory: the bytes of every tensor the forward pass leaves alive for the backward pass (saved activations and
@@ -23,7 +24,7 @@ PromptSRC's frozen class features (a constant of the step, built once) average C
   takes one image a step).
 
 The class names are ImageNet's (OpenAI's curated names, ``open_clip.zero_shot_metadata``; the first
-``--ref-classes`` of them at the smaller count): the longest sets vlprompt's truncated length (recorded).
+``--ref-classes`` of them at the smaller count): the longest sets the length recorded as ``text_length``.
 
 Run: ``python benchmarks/imagenet_step.py`` (``--smoke``: tiny towers and sizes, seconds; see
 ``benchmarks/common.py``). Results: ``benchmarks/results/imagenet_step.json``.
@@ -65,6 +66,7 @@ def full_context(bb: Backbone, pad: torch.Tensor) -> Iterator[None]:
     token's embedding after end-of-text), the same blocks and prompts otherwise."""
 
     def padded(embeds, eot_index, deep_prompts=None, n_prompts=None, block_residuals=None, **rest):
+        rest = {k: v for k, v in rest.items() if k not in ("shared_prefix", "prefix_groups")}  # nothing shared here
         assert not rest, "the five methods here insert no tokens"
         missing = bb.context_length - embeds.shape[-2]
         embeds = torch.cat([embeds, pad.to(embeds.dtype).expand(embeds.shape[0], missing, -1)], dim=1)

@@ -1,7 +1,9 @@
 """Text-encoding speed on a ViT-B-32-sized random text tower, measured in one run.
 
-a) CoOp's training step (forward + backward through the text encoder for all classes) with exact
-   truncation at the longest end-of-text position vs the same step padded to the full context.
+a) CoOp's training step (forward + backward through the text encoder for all classes) as vlprompt runs it
+   (the shared start token and context once, each prompt up to its own end-of-text position) vs all prompts
+   in one batch cut at the longest end-of-text position (vlprompt's earlier procedure) vs the same step
+   padded to the full context (the reference).
 b) Batched CoCoOp (B images x C classes in one chunked pass) vs the reference per-image Python loop
    (the original code's procedure: per image, all classes at the full context), and vs the same loop
    with truncation (to separate batching from truncation).
@@ -26,6 +28,7 @@ from common import machine_record, paired_ratios, parse_args, run_rounds, text_t
 from common import text_tower_backbone as build_backbone
 
 from vlprompt.backbones import Backbone
+from vlprompt.backbones.adapter import encode_text_tower
 from vlprompt.methods import Batch, CoCoOp, CoCoOpConfig, CoOp, CoOpConfig
 
 _WORD_LIST = """
@@ -82,14 +85,22 @@ def bench_coop(bb: Backbone, args, deadline: float) -> dict:
 
         return run
 
+    def one_length() -> torch.Tensor:
+        eot = coop.layout.eot_index
+        return encode_text_tower(bb.model, coop.layout.assemble(coop.ctx), eot, length=int(eot.max()) + 1)
+
     variants = {
         "truncated": step(lambda: coop.text_features(bb)),
+        "one_length": step(one_length),
         "padded_77": step(lambda: full_context_features(bb, coop.ctx, names)),
     }
     times, out = run_rounds(variants, args.rounds, deadline)
     (t_feat, t_grad), (p_feat, p_grad) = out["truncated"], out["padded_77"]
+    o_feat, o_grad = out["one_length"]
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
+        "shared_prefix": coop.layout.shared_positions,
+        "mean_length": float(coop.layout.eot_index.float().mean()) + 1,
         "classes": len(names),
         "n_ctx": args.n_ctx,
         "image_batch": args.batch,
@@ -100,6 +111,10 @@ def bench_coop(bb: Backbone, args, deadline: float) -> dict:
         "median_s": med,
         "speedup_truncated_vs_padded": med["padded_77"] / med["truncated"],
         "speedup_truncated_vs_padded_paired": paired_ratios(times, "padded_77", "truncated"),
+        "speedup_truncated_vs_one_length": med["one_length"] / med["truncated"],
+        "speedup_truncated_vs_one_length_paired": paired_ratios(times, "one_length", "truncated"),
+        "max_abs_diff_features_one_length": float((t_feat - o_feat).abs().max()),
+        "max_abs_diff_grad_one_length": float((t_grad - o_grad).abs().max()),
         "max_abs_diff_features": float((t_feat - p_feat).abs().max()),
         "max_abs_features": float(p_feat.abs().max()),
         "max_abs_diff_grad": float((t_grad - p_grad).abs().max()),
@@ -210,7 +225,9 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
     rows = [
-        ("CoOp step, truncated", coop["median_s"]["truncated"], 1.0),
+        ("CoOp step, shared prefix, own lengths", coop["median_s"]["truncated"], 1.0),
+        ("CoOp step, one batch at the longest length", coop["median_s"]["one_length"],
+         coop["speedup_truncated_vs_one_length"]),
         ("CoOp step, padded to 77", coop["median_s"]["padded_77"], coop["speedup_truncated_vs_padded"]),
         ("CoCoOp step, batched", cocoop["median_s"]["batched"], 1.0),
         ("CoCoOp step, per-image loop (truncated)", cocoop["median_s"]["loop_truncated"],
@@ -220,6 +237,7 @@ def main() -> None:
     ]  # fmt: skip
     paired = [
         1.0,
+        coop["speedup_truncated_vs_one_length_paired"]["median"],
         coop["speedup_truncated_vs_padded_paired"]["median"],
         1.0,
         cocoop["speedup_batched_vs_truncated_loop_paired"]["median"],

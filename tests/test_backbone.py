@@ -63,6 +63,73 @@ def test_truncation_on_spliced_embeddings_equals_full_context(backbone):
     assert (padded_reference(backbone, embeds, eot - 1) - full).abs().max() > 1e-3
 
 
+def shared_context_prompts(backbone: Backbone, images: int = 1):
+    """CoOp's prompts of MIXED's lengths: [SOS] ctx x4 (one context a group, the same tensor for its classes) then
+    each text's tokens; and the context, a leaf requiring gradients."""
+    ids = backbone.tokenize(MIXED)
+    eot = backbone.eot_index(ids)
+    gen = torch.Generator().manual_seed(0)
+    ctx = torch.randn(images, 1, 4, backbone.text_width, generator=gen).requires_grad_()
+    fixed = backbone.token_embedding(ids)
+    embeds = torch.cat([fixed[:, :1].expand(images, -1, -1, -1), ctx.expand(-1, 5, -1, -1),
+                        fixed[:, 1:-4].expand(images, -1, -1, -1)], dim=2)  # fmt: skip
+    return embeds.reshape(images * 5, *embeds.shape[2:]), (eot + 4).repeat(images), ctx
+
+
+@pytest.mark.parametrize("images", [1, 3])
+@pytest.mark.parametrize("deep", [False, True], ids=["shallow", "deep"])
+@pytest.mark.parametrize("checkpoint", [False, True], ids=["stored", "checkpointed"])
+def test_shared_prefix_and_length_groups_equal_the_full_context(backbone, images, deep, checkpoint):
+    """The first positions run once a group and each length apart: the features and the gradients of the full
+    77-position computation (its authors' procedure), deep prompts at the context's positions included."""
+    from vlprompt.backbones.adapter import encode_text_tower
+
+    embeds, eot, ctx = shared_context_prompts(backbone, images)
+    gen = torch.Generator().manual_seed(1)
+    layers = len(backbone.model.transformer.resblocks)
+    prompts = [torch.randn(4, backbone.text_width, generator=gen) for _ in range(layers - 1)] if deep else None
+    text = backbone.model
+
+    def features(**how):
+        return encode_text_tower(text, embeds, eot, prompts, checkpoint=checkpoint, **how)
+
+    full = features(length=77)  # every sequence over every position, as one batch (the reference procedure)
+    ours = features(shared_prefix=5, prefix_groups=images)
+    torch.testing.assert_close(ours, full, atol=2e-5, rtol=0)
+    (full_grad,) = torch.autograd.grad(full.square().sum(), ctx)
+    (our_grad,) = torch.autograd.grad(ours.square().sum(), ctx)
+    torch.testing.assert_close(our_grad, full_grad, atol=1e-4 * float(full_grad.abs().max()), rtol=0)
+    assert full_grad.abs().max() > 0
+    wrong = 6 if images == 1 else 5  # the texts' first words differ; or the images' contexts, in one group
+    with pytest.raises(BackboneError, match=f"the first {wrong} positions differ within a group"):
+        encode_text_tower(text, embeds, eot, shared_prefix=wrong, prefix_groups=1)
+
+
+def test_what_cannot_share_positions_runs_as_one_batch(vit_backbone, monkeypatch):
+    """Residuals, inserted tokens, per-sequence deep prompts and dropout at work run every sequence in one batch."""
+    import vlprompt.backbones.adapter as adapter
+
+    embeds, eot, _ = shared_context_prompts(vit_backbone)
+    text = vit_backbone.model
+    calls = []
+    monkeypatch.setattr(adapter, "_encode_by_length", lambda *a, **k: calls.append(1) or torch.zeros(5, 32))
+    adapter.encode_text_tower(text, embeds, eot, shared_prefix=5)
+    assert calls == [1]
+    per_sequence = [torch.zeros(5, 4, vit_backbone.text_width)]
+    adapter.encode_text_tower(text, embeds, eot, per_sequence, shared_prefix=5)
+    adapter.encode_text_tower(text, embeds, eot, shared_prefix=5, block_residuals={0: lambda x: x})
+    adapter.encode_text_tower(text, embeds, eot, inserted=torch.zeros(2, vit_backbone.text_width), insert_at=1)
+    adapter.encode_text_tower(text, embeds[:1], eot[:1], shared_prefix=5)
+    block = text.transformer.resblocks[0]
+    monkeypatch.setattr(block.attn, "dropout", 0.1)
+    block.train()
+    try:
+        adapter.encode_text_tower(text, embeds, eot, shared_prefix=5)
+    finally:
+        block.eval()
+    assert calls == [1]
+
+
 def test_encode_text_is_batched_consistently(vit_backbone):
     texts = [f"a photo of a thing number {i}." for i in range(7)]
     whole = vit_backbone.encode_text(texts)

@@ -303,6 +303,19 @@ def test_data_options_moved_under_data_name_their_new_place_and_old_configs_repl
     assert _per_seed_metrics(out) == _per_seed_metrics(tmp_path / "again")
 
 
+def test_list_options_of_bench_and_demo_take_plain_values():
+    """The README's commands: ``vlprompt demo --methods all``, ``vlprompt bench few-shot --methods coop cocoop``."""
+    from vlprompt.cli.parser import expand_list_values
+
+    assert expand_list_values(["demo", "--methods", "all"]) == ["demo", "--methods", "[all]"]
+    assert expand_list_values(["demo", "--methods", "vp", "maple", "--seeds", "[1]"]) == [
+        "demo", "--methods", "[vp, maple]", "--seeds", "[1]"
+    ]  # fmt: skip
+    bench = ["bench", "--methods", "coop", "cocoop", "few-shot"]
+    assert expand_list_values(bench) == ["bench", "--methods", "[coop, cocoop]", "few-shot"]
+    assert expand_list_values(["train", "--seeds", "1"]) == ["train", "--seeds", "1"]
+
+
 def test_boolean_options_work_as_bare_flags(image_root, capsys):
     from vlprompt.cli import expand_bare_flags
 

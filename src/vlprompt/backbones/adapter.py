@@ -4,9 +4,9 @@
 here, so that no other module needs to know them.)
 
 A :class:`Backbone` wraps a frozen open_clip ``CLIP`` model and exposes what prompt methods need:
-tokenization, token embeddings, a text encoder that runs on spliced embeddings (with exact
-truncation at the longest end-of-text position), an image encoder with optional pixel-space and
-token prompts, the logit scale, the eval preprocessing, and a stable identity that saved prompts
+tokenization, token embeddings, a text encoder that runs on spliced embeddings (exact: each prompt up to
+its own end-of-text position, the positions all prompts share once), an image encoder with optional pixel-space
+and token prompts, the logit scale, the eval preprocessing, and a stable identity that saved prompts
 record.
 """
 
@@ -230,12 +230,15 @@ class Backbone(nn.Module):
         block_residuals: BlockResiduals | None = None,
         inserted: Tensor | None = None,
         insert_at: int = 0,
+        shared_prefix: int = 0,
+        prefix_groups: int = 1,
     ) -> Tensor:
         """Run the text tower on token embeddings and read features at ``eot_index``.
 
-        The transformer is causal and the feature is read at the end-of-text position, so the
-        sequence is cut after the longest end-of-text position in the batch: exact, and far cheaper
-        than the full context.
+        The transformer is causal and the feature is read at the end-of-text position, so each sequence
+        is cut after its own end-of-text position (sequences of one length run together), and positions the
+        sequences share (``shared_prefix``) run once: exact, and far cheaper than the full context (see
+        :func:`encode_text_tower`).
 
         Args:
             embeds: [N, L, width] token embeddings (start token, prompt, end token, padding). Shallow
@@ -250,13 +253,17 @@ class Backbone(nn.Module):
                 (> 0; no positional embedding; the causal mask grows with them, the feature is read at
                 ``eot_index + n``); deep prompts then replace them before later blocks.
             insert_at: the block that first sees ``inserted``.
+            shared_prefix: the first positions are the same tensors in every sequence of a group (e.g. the
+                start token and a context expanded over the classes): they run once per group.
+            prefix_groups: the sequences form this many groups of consecutive rows, one shared prefix each (one
+                context per image: B groups of C classes).
 
         Returns:
             [N, embed_dim] text features (not normalized).
         """
         return encode_text_tower(
             self._text, embeds, eot_index, deep_prompts, n_prompts, None, block_residuals, inserted, insert_at,
-            checkpoint=self.activation_checkpointing,
+            checkpoint=self.activation_checkpointing, shared_prefix=shared_prefix, prefix_groups=prefix_groups,
         )  # fmt: skip
 
     @torch.no_grad()
@@ -268,9 +275,12 @@ class Backbone(nn.Module):
         return torch.cat(out).float()
 
     def encode_token_ids(self, ids: Tensor) -> Tensor:
-        """Features of tokenized texts [N, L] (not normalized, with gradients: for methods that tune the tower)."""
+        """Features of tokenized texts [N, L] (not normalized, with gradients: for methods that tune the tower).
+        The leading tokens every text shares (a template's words) run once."""
         ids = ids.to(self.device)
-        return self.encode_text_embeddings(self._text.token_embedding(ids), self.eot_index(ids))
+        differs = (ids != ids[:1]).any(0)
+        shared = int(differs.int().argmax()) if bool(differs.any()) else ids.shape[1]
+        return self.encode_text_embeddings(self._text.token_embedding(ids), self.eot_index(ids), shared_prefix=shared)
 
     # ------------------------------------------------------------------ backbone deltas
     def tower_parameters(self, tower: str) -> dict[str, nn.Parameter]:
@@ -537,19 +547,35 @@ def encode_text_tower(
     inserted: Tensor | None = None,
     insert_at: int = 0,
     checkpoint: bool = False,
+    shared_prefix: int = 0,
+    prefix_groups: int = 1,
 ) -> Tensor:
     """An open_clip causal text tower (``CLIP`` or its ``text`` module) on token embeddings, read at ``eot_index``.
 
     What :meth:`Backbone.encode_text_embeddings` runs, for code that trains the tower itself (the
-    bundled model's pretraining script). Sequences are cut after ``length`` positions, by default
-    after the longest end-of-text position of the batch: exact either way, the mask being causal. With
-    ``checkpoint`` (and gradients on) each block is recomputed in the backward pass instead of storing its
-    activations: the same numbers, the memory of one block's input per block (e.g. CoCoOp's B x C prompts).
+    bundled model's pretraining script). The mask being causal, a sequence's feature depends on nothing after
+    its end-of-text position: with ``length`` every sequence runs over that many positions (the reference
+    procedure at the full context); by default each runs up to its own end-of-text position, the sequences of
+    one length together, and the first ``shared_prefix`` positions, the same tensors in every sequence of each of
+    ``prefix_groups`` groups of consecutive rows, run once per group, the other positions attending to them
+    (:func:`_encode_by_length`; where blocks add residuals, insert tokens or take per-sequence deep prompts,
+    all sequences run together up to the longest end-of-text position). Exact every way, up to the rounding
+    of the matrix products' shapes. With ``checkpoint`` (and gradients on) each block is recomputed in the
+    backward pass instead of storing its activations: the same numbers, the memory of one block's input per
+    block (e.g. CoCoOp's B x C prompts).
     """
+    grouped = length is None and _runs_by_length(text.transformer, embeds, deep_prompts, block_residuals, inserted)
     length = int(eot_index.max()) + 1 if length is None else length
     dtype = text.transformer.get_cast_dtype()
     x = embeds[:, :length].to(dtype) + text.positional_embedding[:length].to(dtype)
     mask = text.attn_mask[:length, :length]
+    n = _prompt_count(deep_prompts, n_prompts) if grouped and deep_prompts is not None else 0
+    if grouped and (deep_prompts is None or min(shared_prefix, int(eot_index.min())) >= n + 1):
+        assert not callable(deep_prompts)  # _runs_by_length: one tensor (or None) a layer
+        x = _encode_by_length(text.transformer, x, eot_index, shared_prefix, prefix_groups, deep_prompts, n, checkpoint)
+        proj = text.text_projection
+        x = text.ln_final(x)
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
     if deep_prompts is None and block_residuals is None and inserted is None and not checkpoint:
         x = text.transformer(x, attn_mask=mask)
     elif inserted is not None:
@@ -570,6 +596,95 @@ def encode_text_tower(
 def _per_sample(prompts: Tensor, batch: int) -> Tensor:
     """[n, width] shared by the batch, or [batch, n, width] already per sample."""
     return prompts.expand(batch, -1, -1) if prompts.dim() == 2 else prompts
+
+
+def _runs_by_length(
+    transformer: Any,
+    embeds: Tensor,
+    deep_prompts: DeepPrompts | None,
+    block_residuals: BlockResiduals | None,
+    inserted: Tensor | None,
+) -> bool:
+    """Whether :func:`_encode_by_length` can run these sequences: plain open_clip blocks without dropout at work,
+    deep prompts shared by every sequence (one [n, width] tensor a layer), no residuals or inserted tokens."""
+    if inserted is not None or block_residuals is not None or embeds.shape[0] < 2 or not transformer.batch_first:
+        return False
+    if deep_prompts is not None and (
+        callable(deep_prompts) or any(p is not None and p.dim() != 2 for p in deep_prompts)
+    ):
+        return False
+    for block in transformer.resblocks:
+        attention = getattr(block, "attn", None)
+        if not isinstance(attention, nn.MultiheadAttention) or not attention.batch_first or hasattr(block, "ln_1_kv"):
+            return False
+        dropping = (attention.dropout > 0 and block.training) or any(
+            isinstance(m, nn.Dropout) and m.p > 0 and m.training for m in block.modules()
+        )
+        if dropping:  # every sequence draws its own dropout: no two share their first positions
+            return False
+    return True
+
+
+def _encode_by_length(
+    transformer: Any,
+    x: Tensor,
+    eot_index: Tensor,
+    shared: int,
+    groups: int,
+    deep_prompts: Sequence[Tensor | None] | None,
+    n: int,
+    checkpoint: bool,
+) -> Tensor:
+    """[N, width] the blocks' outputs at each end-of-text position of ``x`` ([N, L, width], batch-first).
+
+    The first ``shared`` positions (at most the shortest sequence's end-of-text position) run once per group of
+    N / ``groups`` consecutive rows, deep prompts refreshing positions 1..n among them; the other positions run
+    per sequence, the sequences of one end-of-text position together, attending to their group's prefix.
+    """
+    rows, blocks = x.shape[0], transformer.resblocks
+    if rows % groups:
+        raise BackboneError(f"{rows} sequences do not form {groups} groups of consecutive rows")
+    per_group, shared = rows // groups, min(shared, int(eot_index.min()))
+    prefix = x[::per_group, :shared]
+    grouped = x[:, :shared].unflatten(0, (groups, per_group))
+    if x.device.type != "meta" and not torch.equal(grouped, prefix[:, None].expand_as(grouped)):
+        raise BackboneError(f"the first {shared} positions differ within a group: they are not a shared prefix")
+    prefix_normed = []  # each block's ln_1 of the prefix: what the other positions attend to
+    prefix_mask = torch.full((shared, shared), float("-inf"), device=x.device).triu(1)
+    for i, block in enumerate(blocks):
+        fresh = _layer(deep_prompts, i) if deep_prompts is not None and i > 0 else None
+        if fresh is not None:
+            prefix = torch.cat([prefix[:, :1], fresh.to(prefix.dtype).expand(groups, -1, -1), prefix[:, 1 + n :]], 1)
+        prefix_normed.append(block.ln_1(prefix))
+        prefix = _run_block(transformer, block, prefix, prefix_mask, checkpoint) if shared else prefix
+    order = torch.argsort(eot_index, stable=True)
+    ends, counts = torch.unique_consecutive(eot_index[order], return_counts=True)
+    out, start = [], 0
+    for end, count in zip(ends.tolist(), counts.tolist()):
+        members = order[start : start + count]
+        start += count
+        owner = members // per_group if groups > 1 else None
+        rest = x[members, shared : end + 1]
+        mask = torch.full((end + 1 - shared, end + 1), float("-inf"), device=x.device).triu(shared + 1)
+        for block, normed in zip(blocks, prefix_normed):
+            args = (block, normed, owner, rest, mask)
+            if checkpoint and torch.is_grad_enabled():
+                rest = torch.utils.checkpoint.checkpoint(_after_prefix, *args, use_reentrant=False)
+            else:
+                rest = _after_prefix(*args)
+        out.append(rest[:, -1])
+    return torch.cat(out)[torch.argsort(order)]
+
+
+def _after_prefix(block: Any, prefix_normed: Tensor, owner: Tensor | None, x: Tensor, mask: Tensor) -> Tensor:
+    """One open_clip block on the positions ``x`` ([N, S, width]) after a prefix, their attention reading the
+    prefix's normalised positions (``prefix_normed[owner]``, or its one row for all) and their own, causally."""
+    query = block.ln_1(x)
+    before = prefix_normed[owner] if owner is not None else prefix_normed.expand(len(x), -1, -1)
+    keys = torch.cat([before, query], dim=1)
+    attended = block.attn(query, keys, keys, need_weights=False, attn_mask=mask.to(query.dtype))[0]
+    x = x + block.ls_1(attended)
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 def _prompt_count(deep_prompts: DeepPrompts, n_prompts: int | None) -> int:

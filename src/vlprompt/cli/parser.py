@@ -160,11 +160,12 @@ def _list_flags(cls: type, prefix: str = "--") -> set[str]:
 
 
 #: Commands whose list options take plain values, and the positional words those values stop at.
-_PLAIN_LISTS = {"bench": set(PROTOCOLS)}
+_PLAIN_LISTS: dict[str, set[str]] = {"bench": set(PROTOCOLS), "demo": set()}
 
 
 def expand_list_values(argv: list[str]) -> list[str]:
-    """``vlprompt bench --methods coop cocoop`` (plain values after a list option): ``--methods [coop, cocoop]``."""
+    """``vlprompt bench --methods coop cocoop`` or ``vlprompt demo --methods all`` (plain values after a list
+    option): ``--methods [coop, cocoop]``, ``--methods [all]``."""
     command = next((a for a in argv if a in COMMAND_CONFIGS), None)
     if command not in _PLAIN_LISTS:
         return argv

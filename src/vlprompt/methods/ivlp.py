@@ -150,7 +150,7 @@ class IVLP(PhraseContextPrompts):
         if self.config.depth_text == 0:
             return self.hand_text  # frozen CLIP on the hand-written prompt
         deep = list(self.deep_text) or None  # depth 1: the input prompts only (an empty list would count no prompts)
-        return backbone.encode_text_embeddings(self.layout.assemble(self.ctx), self.layout.eot_index, deep_prompts=deep)
+        return self.layout.encode(backbone, self.ctx, deep_prompts=deep)
 
     def image_features(self, backbone: Backbone, batch: Batch) -> Tensor:
         if self.config.depth_vision == 0:

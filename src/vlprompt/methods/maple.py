@@ -76,8 +76,7 @@ class PhraseContextPrompts(PromptMethod):
         self.layout = layout.to(self.ctx.device)
 
     def text_features(self, backbone: Backbone, image_features: Tensor | None = None) -> Tensor:
-        embeds = self.layout.assemble(self.ctx)
-        return backbone.encode_text_embeddings(embeds, self.layout.eot_index, deep_prompts=list(self.deep_text) or None)
+        return self.layout.encode(backbone, self.ctx, deep_prompts=list(self.deep_text) or None)
 
     @torch.no_grad()
     def nearest_words(self, backbone: Backbone, k: int = 3) -> list[list[tuple[str, float]]]:

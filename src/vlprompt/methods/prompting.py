@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -23,7 +24,9 @@ class PromptLayout(nn.Module):
 
     Prompts are ``[SOT] [ctx_1..ctx_n] [class words] [.] [EOT]`` (class at the end), or with the class
     words in the middle of the context or in front of it. The fixed parts are non-persistent buffers,
-    already cut after the longest end-of-text position (the rest can never change a feature).
+    already cut after the longest end-of-text position (the rest can never change a feature). The prompts share
+    their first :attr:`shared_positions` positions when the context is shared (:meth:`shared_prefix`), which the
+    text tower then runs once.
 
     Args:
         backbone: supplies the tokenizer and the word embeddings.
@@ -80,6 +83,10 @@ class PromptLayout(nn.Module):
         name_lens = [backbone.bpe_length(name) for name in names]  # class words between context and "."
         order = _class_position_order(name_lens, n_ctx, length, position).to(backbone.device)
         self.register_buffer("order", order, persistent=False)
+        # positions every class's prompt shares when the context is shared: the start token, the context slots
+        # before the class words, and (class at the end) the fixed words all prompts continue with
+        same = (self.suffix == self.suffix[:1]).all(-1).all(0).tolist() + [False]
+        self.shared_positions = {"end": 1 + n_ctx + same.index(False), "middle": 1 + n_ctx // 2, "front": 1}[position]
 
     @property
     def num_classes(self) -> int:
@@ -105,23 +112,37 @@ class PromptLayout(nn.Module):
             embeds = embeds.gather(-2, index)
         return embeds
 
-    def encode(self, backbone: Backbone, ctx: Tensor, chunk_size: int = 0) -> Tensor:
+    def encode(
+        self, backbone: Backbone, ctx: Tensor, chunk_size: int = 0, deep_prompts: list[Tensor | None] | None = None
+    ) -> Tensor:
         """Text features of the prompts built from ``ctx``: [C, D], or [B, C, D] for per-image contexts.
 
         Per-image contexts ([B, 1 or C, n, d]) are assembled and encoded a few images at a time, so
-        that at most ``chunk_size`` prompts exist at once (0: all at once).
+        that at most ``chunk_size`` prompts exist at once (0: all at once). ``deep_prompts``: the text tower's
+        deep prompts at the context's positions (:meth:`Backbone.encode_text_embeddings`).
         """
         if ctx.dim() <= 3:
-            return self._encode(backbone, ctx)
+            return self._encode(backbone, ctx, deep_prompts)
         step = max(1, chunk_size // self.num_classes) if chunk_size > 0 else ctx.shape[0]
-        return torch.cat([self._encode(backbone, ctx[i : i + step]) for i in range(0, ctx.shape[0], step)])
+        chunks = [ctx[i : i + step] for i in range(0, ctx.shape[0], step)]
+        return torch.cat([self._encode(backbone, chunk, deep_prompts) for chunk in chunks])
 
-    def _encode(self, backbone: Backbone, ctx: Tensor) -> Tensor:
+    def shared_prefix(self, ctx: Tensor) -> tuple[int, int]:
+        """(positions, groups): the prompts from ``ctx`` (see :meth:`assemble`) share their first ``positions`` within
+        each of ``groups`` groups of consecutive prompts (a context shared by the classes: one group, or one per
+        image; one per class: the start token only)."""
+        lead = ctx.shape[:-3] if ctx.dim() > 2 else ()
+        per_class = ctx.dim() > 2 and ctx.shape[-3] > 1
+        return (1, 1) if per_class else (self.shared_positions, math.prod(lead))
+
+    def _encode(self, backbone: Backbone, ctx: Tensor, deep_prompts: list[Tensor | None] | None = None) -> Tensor:
         embeds = self.assemble(ctx)
         lead = embeds.shape[:-3]
         flat = embeds.reshape(-1, *embeds.shape[-2:])
         eot = self.eot_index.expand(*lead, -1).reshape(-1)
-        return backbone.encode_text_embeddings(flat, eot).reshape(*lead, self.num_classes, -1)
+        shared, groups = self.shared_prefix(ctx)
+        features = backbone.encode_text_embeddings(flat, eot, deep_prompts, shared_prefix=shared, prefix_groups=groups)
+        return features.reshape(*lead, self.num_classes, -1)
 
 
 def _class_position_order(name_lens: Sequence[int], n_ctx: int, length: int, position: str) -> Tensor:
