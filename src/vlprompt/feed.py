@@ -126,11 +126,12 @@ class Feed:
         self.progress = progress
         self.keys = [None if i == PIXELS else m.cache_key() for m, i in zip(self.methods, self.inputs)]
         self.second_view = [targets and m.needs_second_view() for m in self.methods]
+        self.gives_second_view = any(self.second_view)
         self.tables: dict[str, Tensor] = {}  # cached frozen features (un-augmented) by backbone delta
         if self.files:
             frozen = self.dataset.with_transform(backbone.image_transform())
             table_keys = [k for k, i in zip(self.keys, self.inputs) if i == FEATURES]
-            table_keys += [SECOND] if any(self.second_view) and not augment else []  # the image itself
+            table_keys += [SECOND] if self.gives_second_view and not augment else []  # the image itself
             for key in dict.fromkeys(table_keys):  # no None (PIXELS)
                 self.tables[key] = self.cache.features(backbone, frozen, progress, key_extra=key)  # type: ignore[index,arg-type]
         self.reads_images = PIXELS in self.inputs or not self.files
@@ -173,7 +174,7 @@ class Feed:
                 together, and a resumed epoch the whole epoch's, so that its encoder batches are the same.
         """
         index_batches = [torch.as_tensor(idx) for idx in index_batches]
-        encodes_views = VIEWS in self.inputs or (self.augment and any(self.second_view))
+        encodes_views = VIEWS in self.inputs or (self.augment and self.gives_second_view)
         views = self._epoch_views(index_batches, epoch, views_of) if encodes_views else {}
         if not self.reads_images:
             for idx in index_batches:
@@ -206,7 +207,7 @@ class Feed:
         if not len(drawn):
             return {}
         keys = [(k, 0) for k, i in zip(self.keys, self.inputs) if i == VIEWS and k is not None]
-        keys += [(SECOND, 1)] if any(self.second_view) else []
+        keys += [(SECOND, 1)] if self.gives_second_view else []
         views: Views = {}
         for key, view in dict.fromkeys(keys):
             epoch_views = self.dataset.subset(drawn.tolist()).with_transform(self._views(epoch, view))
@@ -228,9 +229,9 @@ class Feed:
             extra["task"] = self.tasks[device_idx] if self.tasks is not None else None
         features: dict[tuple[str, str | None], Tensor] = {}  # per (input, backbone delta), shared by the methods
         second = None
-        if any(self.second_view) and self.augment:
+        if self.gives_second_view and self.augment:
             second = views[SECOND, 1][device_idx]
-        elif any(self.second_view):  # the image itself: the frozen tower's features, shared with other methods
+        elif self.gives_second_view:  # the image itself: the frozen tower's features, shared with other methods
             second = features[FEATURES, SECOND] = self._frozen_features(FEATURES, SECOND, device_idx, pixels, views, {})
         out = []
         for key, kind, wants_second in zip(self.keys, self.inputs, self.second_view):

@@ -569,26 +569,23 @@ def encode_text_tower(
     dtype = text.transformer.get_cast_dtype()
     x = embeds[:, :length].to(dtype) + text.positional_embedding[:length].to(dtype)
     mask = text.attn_mask[:length, :length]
-    n = _prompt_count(deep_prompts, n_prompts) if grouped and deep_prompts is not None else 0
-    if grouped and (deep_prompts is None or min(shared_prefix, int(eot_index.min())) >= n + 1):
+    n = _prompt_count(deep_prompts, n_prompts) if deep_prompts is not None and inserted is None else 0
+    if n and n + 1 > int(eot_index.min()):
+        raise BackboneError(f"{n} deep text prompts do not fit before the end-of-text token")
+    if grouped and (deep_prompts is None or shared_prefix >= n + 1):
         assert not callable(deep_prompts)  # _runs_by_length: one tensor (or None) a layer
         x = _encode_by_length(text.transformer, x, eot_index, shared_prefix, prefix_groups, deep_prompts, n, checkpoint)
-        proj = text.text_projection
-        x = text.ln_final(x)
-        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
-    if deep_prompts is None and block_residuals is None and inserted is None and not checkpoint:
-        x = text.transformer(x, attn_mask=mask)
-    elif inserted is not None:
-        x = _run_blocks(text.transformer, x, deep_prompts, inserted.shape[-2], mask, checkpoint, block_residuals,
-                        inserted=inserted, insert_at=insert_at)  # fmt: skip
-        eot_index = eot_index + inserted.shape[-2]
+        x = text.ln_final(x)  # [N, width]: already each sequence's end-of-text position
     else:
-        n = _prompt_count(deep_prompts, n_prompts) if deep_prompts is not None else 0
-        if n + 1 > int(eot_index.min()):
-            raise BackboneError(f"{n} deep text prompts do not fit before the end-of-text token")
-        x = _run_blocks(text.transformer, x, deep_prompts, n, mask, checkpoint, block_residuals)
-    x = text.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), eot_index]
+        if deep_prompts is None and block_residuals is None and inserted is None and not checkpoint:
+            x = text.transformer(x, attn_mask=mask)
+        elif inserted is not None:
+            x = _run_blocks(text.transformer, x, deep_prompts, inserted.shape[-2], mask, checkpoint, block_residuals,
+                            inserted=inserted, insert_at=insert_at)  # fmt: skip
+            eot_index = eot_index + inserted.shape[-2]
+        else:
+            x = _run_blocks(text.transformer, x, deep_prompts, n, mask, checkpoint, block_residuals)
+        x = text.ln_final(x)[torch.arange(x.shape[0], device=x.device), eot_index]
     proj = text.text_projection
     return proj(x) if isinstance(proj, nn.Linear) else x @ proj
 
@@ -646,8 +643,8 @@ def _encode_by_length(
         raise BackboneError(f"{rows} sequences do not form {groups} groups of consecutive rows")
     per_group, shared = rows // groups, min(shared, int(eot_index.min()))
     prefix = x[::per_group, :shared]
-    grouped = x[:, :shared].unflatten(0, (groups, per_group))
-    if x.device.type != "meta" and not torch.equal(grouped, prefix[:, None].expand_as(grouped)):
+    claimed = x[:, :shared].unflatten(0, (groups, per_group))
+    if x.device.type != "meta" and not torch.equal(claimed, prefix[:, None].expand_as(claimed)):
         raise BackboneError(f"the first {shared} positions differ within a group: they are not a shared prefix")
     prefix_normed = []  # each block's ln_1 of the prefix: what the other positions attend to
     prefix_mask = torch.full((shared, shared), float("-inf"), device=x.device).triu(1)

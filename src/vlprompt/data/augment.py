@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 from torchvision import transforms as T
 
-from .. import errors
+from ..errors import OptionError
 
 #: name -> what it is (recipes that use one cite its release).
 AUGMENTATIONS = {
@@ -84,7 +84,7 @@ class RandAugment:
 
     def __init__(self, n: int = 2, m: int = 10):
         if not 0 <= m <= 30:
-            raise errors.OptionError(f"RandAugment's magnitude must be in 0..30, not {m}")
+            raise OptionError(f"RandAugment's magnitude must be in 0..30, not {m}")
         self.n, self.m = n, m
 
     def __call__(self, image: Image.Image) -> Image.Image:
@@ -121,5 +121,5 @@ def train_transform(
         ]
     else:
         names = ", ".join(AUGMENTATIONS)
-        raise errors.OptionError(f"--train.augmentation must be one of {names}, not {augmentation!r}")
+        raise OptionError(f"--train.augmentation must be one of {names}, not {augmentation!r}")
     return T.Compose([*steps, T.ToTensor(), T.Normalize(tuple(mean), tuple(std))])
