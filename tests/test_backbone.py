@@ -105,6 +105,32 @@ def test_shared_prefix_and_length_groups_equal_the_full_context(backbone, images
         encode_text_tower(text, embeds, eot, shared_prefix=wrong, prefix_groups=1)
 
 
+@pytest.mark.parametrize("deep", [False, True], ids=["shallow", "deep"])
+def test_prefix_groups_given_row_by_row_equal_the_full_context(backbone, deep):
+    """Groups as each row's group id (rows of a group need not be consecutive, e.g. a task's classes): the features
+    and gradients of the full 77 positions; a group id that leaves a group empty, or a row not in its group's
+    prefix, is refused."""
+    from vlprompt.backbones.adapter import encode_text_tower
+
+    embeds, eot, ctx = shared_context_prompts(backbone, 3)
+    order = torch.randperm(15, generator=torch.Generator().manual_seed(2))
+    embeds, eot, group = embeds[order], eot[order], (torch.arange(15) // 5)[order]
+    gen = torch.Generator().manual_seed(1)
+    layers = len(backbone.model.transformer.resblocks)
+    prompts = [torch.randn(4, backbone.text_width, generator=gen) for _ in range(layers - 1)] if deep else None
+    full = encode_text_tower(backbone.model, embeds, eot, prompts, length=77)
+    ours = encode_text_tower(backbone.model, embeds, eot, prompts, shared_prefix=5, prefix_groups=group)
+    torch.testing.assert_close(ours, full, atol=2e-5, rtol=0)
+    (full_grad,) = torch.autograd.grad(full.square().sum(), ctx, retain_graph=True)  # the row order's graph
+    (our_grad,) = torch.autograd.grad(ours.square().sum(), ctx)
+    torch.testing.assert_close(our_grad, full_grad, atol=1e-4 * float(full_grad.abs().max()), rtol=0)
+    with torch.no_grad():
+        with pytest.raises(BackboneError, match="leave a group without a sequence"):
+            encode_text_tower(backbone.model, embeds, eot, shared_prefix=5, prefix_groups=group * 2)
+        with pytest.raises(BackboneError, match="the first 5 positions differ within a group"):
+            encode_text_tower(backbone.model, embeds, eot, shared_prefix=5, prefix_groups=group.roll(1))
+
+
 def test_what_cannot_share_positions_runs_as_one_batch(vit_backbone, monkeypatch):
     """Residuals, inserted tokens, per-sequence deep prompts and dropout at work run every sequence in one batch."""
     import vlprompt.backbones.adapter as adapter

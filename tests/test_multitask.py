@@ -320,3 +320,49 @@ def test_separately_trained_prompts_make_a_bank(vit_backbone, tmp_path, capsys):
     (tmp_path / "b" / "prompt.json").write_text(json.dumps(other))
     with pytest.raises(PromptFileError, match="a bank holds prompts of one backbone"):
         PromptBank.from_prompts({"colour": tmp_path / "a", "shape": tmp_path / "b"}, vit_backbone)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
+@pytest.mark.parametrize("variant,frozen,steps", [("NATA", False, 3), ("CATA", False, 4), ("CATA", True, 3)])
+def test_softcpt_reference_steps_step_the_optimizer_and_schedule_as_the_reference(vit_backbone, variant, frozen, steps):
+    """mtcoop.py registers one optimizer under 3-4 names and Dassl steps each: 3-4 SGD steps of one batch's gradients,
+    and the per-epoch cosine ticking 3-4 times an epoch (periodic: it rises again after its period)."""
+    from vlprompt.engine.trainer import StepPlan, TrainingState
+
+    config = TrainConfig(epochs=50, lr=0.002, schedule="dassl-cosine", warmup_epochs=1, warmup_lr=1e-5,
+                         momentum=0.9, weight_decay=5e-4, optimizer="sgd")  # fmt: skip
+    options = SoftCPTConfig(variant=variant, n_ctx=2, train_class_prompt=not frozen, reference_steps=True)
+    assert SoftCPT(vit_backbone, TASKS, SoftCPTConfig(variant=variant, n_ctx=2)).optimizer_steps() == 1
+    torch.manual_seed(0)
+    method = SoftCPT(vit_backbone, TASKS, options)
+    assert method.optimizer_steps() == steps
+    state = TrainingState.build(method, config, StepPlan.build(64, config), torch.device("cpu"))
+    for _ in range(3):  # past the warmup epoch, into the cosine
+        state.end_epoch()
+    params = [p for g in state.optimizer.param_groups for p in g["params"]]
+    before = [p.detach().clone() for p in params]
+    grads = [torch.randn_like(p) for p in params]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    lr = state.optimizer.param_groups[0]["lr"]
+    state.step()
+    for p, p0, g in zip(params, before, grads):  # SGD(momentum 0.9, weight decay 5e-4) by hand, `steps` times
+        buf, expected = None, p0.clone()
+        for _ in range(steps):
+            d = g + 5e-4 * expected
+            buf = d if buf is None else 0.9 * buf + d
+            expected = expected - lr * buf
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-7)  # one step: 4e-3 off
+    # the schedule: the reference's lr is torch's CosineAnnealingLR(T_max=50) after its warmup tick, ticked `steps`
+    # times an epoch; ours after 3 epochs and then each epoch to the 50th
+    cosine_params = [torch.nn.Parameter(torch.zeros(1))]
+    reference = torch.optim.lr_scheduler.CosineAnnealingLR(torch.optim.SGD(cosine_params, lr=0.002), 50)
+    lrs, expected_lrs = [], []
+    for epoch in range(3, 50):
+        lrs.append(state.optimizer.param_groups[0]["lr"])
+        while reference.last_epoch < epoch * steps - 1:  # Dassl's first tick ends the warmup at the base lr
+            reference.step()
+        expected_lrs.append(reference.get_last_lr()[0])
+        state.end_epoch()
+    assert lrs == pytest.approx(expected_lrs, rel=1e-9, abs=1e-12)
+    assert min(lrs) < 1e-5 and lrs[-1] > 10 * min(lrs)  # through the cosine's minimum and up again

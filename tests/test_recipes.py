@@ -168,12 +168,18 @@ RELEASED = {
     ("clip-adapter", 16): ({"epochs": 200, "augment": True}, {}),
     ("clip-adapter-imagenet", 2): ({"epochs": 50, "precision": "fp32"}, {}),
     # SoftCPT configs/trainers/MTCoOp/vit_b16_ep50.yaml, train.py (PREC fp16)
-    ("softcpt", 16): ({**DASSL, "epochs": 50, "batch_size": 32, "lr": 0.002}, {}),
+    ("softcpt", 16): ({**DASSL, "epochs": 50, "batch_size": 32, "lr": 0.002}, {"reference_steps": True}),
     # TPT's CoOp: CoOp's ImageNet config (vit_b16_ep50.yaml); C-TPT's fine-grained script on ImageNet: no AugMix
-    ("tpt-coop", 16): ({**DASSL, "epochs": 50, "batch_size": 32}, {"method": "coop", "options": {"n_ctx": 4}}),
-    ("tpt-ctpt-imagenet", 16): ({}, {"calibration_weight": 50.0, "augmix": False}),
-    ("tpt-ctpt-baseline-natural-shift", 16): ({}, {"augmix": True}),  # C-TPT scripts/test_tpt_ds.sh: --I_augmix
-    ("tpt-ctpt-baseline-ts", 16): ({}, {"temperature": 1.16}),  # C-TPT tpt_classification.py:447, ViT
+    # (every TPT recipe: fp16 autocast and a GradScaler(init_scale=1000), tpt_classification.py:62, 149, 290)
+    ("tpt", 16): ({}, {"precision": "fp16"}),
+    ("tpt-coop", 16): (
+        {**DASSL, "epochs": 50, "batch_size": 32},
+        {"method": "coop", "options": {"n_ctx": 4}, "precision": "fp16"},
+    ),
+    ("tpt-ctpt-imagenet", 16): ({}, {"calibration_weight": 50.0, "augmix": False, "precision": "fp16"}),
+    # C-TPT scripts/test_tpt_ds.sh: --I_augmix
+    ("tpt-ctpt-baseline-natural-shift", 16): ({}, {"augmix": True, "precision": "fp16"}),
+    ("tpt-ctpt-baseline-ts", 16): ({}, {"temperature": 1.16, "precision": "fp16"}),  # C-TPT :447, ViT
     # CSP train.py:34-38 (a plain DataLoader: last batch kept), fp16 CLIP, README: evaluates epoch 20 (the last)
     # datasets/composition_dataset.py:47-63: flips, RandomPerspective, RandomRotation(5) of the centre crop
     ("csp-ut-zappos", 16): (

@@ -99,6 +99,28 @@ def test_the_temperature_scaling_baseline_divides_the_tuned_logits(vit_backbone,
         tpt(vit_backbone, temperature=0.0)
 
 
+def test_the_releases_mixed_precision(vit_backbone, images, monkeypatch):
+    """precision fp16: views encoded, steps taken and view 0 predicted under fp16 autocast (close to fp32, not
+    equal); one GradScaler at 1000 for the whole test set; an overflowing step is skipped and the scale halved."""
+    import vlprompt.methods.tpt as tpt_module
+
+    subset = images.subset([3, 17])
+    full = predict_logits(tpt(vit_backbone), vit_backbone, subset)
+    method = tpt(vit_backbone, precision="fp16")
+    half = predict_logits(method, vit_backbone, subset)
+    assert not torch.equal(half, full)
+    torch.testing.assert_close(half, full, atol=0.02 * float(full.abs().max()), rtol=0)
+    untuned = predict_logits(tpt(vit_backbone, precision="fp16", steps=0), vit_backbone, subset)
+    assert not torch.allclose(half, untuned, atol=1e-3)  # the steps were taken
+    scaler = method.scaler
+    assert scaler.is_enabled() and scaler.get_scale() == 1000.0  # two good steps: no growth before 2000
+    assert tpt(vit_backbone).scaler.is_enabled() is False  # fp32: no scaling, steps as before
+    monkeypatch.setattr(tpt_module, "avg_entropy", lambda logits: avg_entropy(logits) * math.inf)
+    skipped = predict_logits(method, vit_backbone, images.subset([3]))
+    torch.testing.assert_close(skipped, untuned[:1], atol=0, rtol=0)  # the overflowing step moved nothing
+    assert method.scaler is scaler and scaler.get_scale() == 500.0
+
+
 def test_expected_calibration_error_by_hand():
     """C-TPT's metric: top-probability bins of width 0.05; here bins (0.9, 0.95], (0.6, 0.65] and (0.5, 0.55]."""
     from vlprompt.evaluation.classification import accuracy, expected_calibration_error

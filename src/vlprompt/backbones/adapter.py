@@ -231,7 +231,7 @@ class Backbone(nn.Module):
         inserted: Tensor | None = None,
         insert_at: int = 0,
         shared_prefix: int = 0,
-        prefix_groups: int = 1,
+        prefix_groups: int | Tensor = 1,
     ) -> Tensor:
         """Run the text tower on token embeddings and read features at ``eot_index``.
 
@@ -256,7 +256,8 @@ class Backbone(nn.Module):
             shared_prefix: the first positions are the same tensors in every sequence of a group (e.g. the
                 start token and a context expanded over the classes): they run once per group.
             prefix_groups: the sequences form this many groups of consecutive rows, one shared prefix each (one
-                context per image: B groups of C classes).
+                context per image: B groups of C classes); or [N] each sequence's group, 0 .. G-1 (one context per
+                task: each task's classes).
 
         Returns:
             [N, embed_dim] text features (not normalized).
@@ -548,7 +549,7 @@ def encode_text_tower(
     insert_at: int = 0,
     checkpoint: bool = False,
     shared_prefix: int = 0,
-    prefix_groups: int = 1,
+    prefix_groups: int | Tensor = 1,
 ) -> Tensor:
     """An open_clip causal text tower (``CLIP`` or its ``text`` module) on token embeddings, read at ``eot_index``.
 
@@ -557,12 +558,12 @@ def encode_text_tower(
     its end-of-text position: with ``length`` every sequence runs over that many positions (the reference
     procedure at the full context); by default each runs up to its own end-of-text position, the sequences of
     one length together, and the first ``shared_prefix`` positions, the same tensors in every sequence of each of
-    ``prefix_groups`` groups of consecutive rows, run once per group, the other positions attending to them
-    (:func:`_encode_by_length`; where blocks add residuals, insert tokens or take per-sequence deep prompts,
-    all sequences run together up to the longest end-of-text position). Exact every way, up to the rounding
-    of the matrix products' shapes. With ``checkpoint`` (and gradients on) each block is recomputed in the
-    backward pass instead of storing its activations: the same numbers, the memory of one block's input per
-    block (e.g. CoCoOp's B x C prompts).
+    ``prefix_groups`` groups of consecutive rows (or of the groups a tensor gives each row), run once per group,
+    the other positions attending to them (:func:`_encode_by_length`; where blocks add residuals, insert tokens
+    or take per-sequence deep prompts, all sequences run together up to the longest end-of-text position).
+    Exact every way, up to the rounding of the matrix products' shapes. With ``checkpoint`` (and gradients on)
+    each block is recomputed in the backward pass instead of storing its activations: the same numbers, the
+    memory of one block's input per block (e.g. CoCoOp's B x C prompts).
     """
     grouped = length is None and _runs_by_length(text.transformer, embeds, deep_prompts, block_residuals, inserted)
     length = int(eot_index.max()) + 1 if length is None else length
@@ -627,31 +628,31 @@ def _encode_by_length(
     x: Tensor,
     eot_index: Tensor,
     shared: int,
-    groups: int,
+    groups: int | Tensor,
     deep_prompts: Sequence[Tensor | None] | None,
     n: int,
     checkpoint: bool,
 ) -> Tensor:
     """[N, width] the blocks' outputs at each end-of-text position of ``x`` ([N, L, width], batch-first).
 
-    The first ``shared`` positions (at most the shortest sequence's end-of-text position) run once per group of
-    N / ``groups`` consecutive rows, deep prompts refreshing positions 1..n among them; the other positions run
-    per sequence, the sequences of one end-of-text position together, attending to their group's prefix.
+    The first ``shared`` positions (at most the shortest sequence's end-of-text position) run once per group
+    (``groups`` groups of consecutive rows, or [N] each row's group), deep prompts refreshing positions 1..n among
+    them; the other positions run per sequence, the sequences of one end-of-text position together, attending to
+    their group's prefix.
     """
-    rows, blocks = x.shape[0], transformer.resblocks
-    if rows % groups:
-        raise BackboneError(f"{rows} sequences do not form {groups} groups of consecutive rows")
-    per_group, shared = rows // groups, min(shared, int(eot_index.min()))
-    prefix = x[::per_group, :shared]
-    claimed = x[:, :shared].unflatten(0, (groups, per_group))
-    if x.device.type != "meta" and not torch.equal(claimed, prefix[:, None].expand_as(claimed)):
+    blocks = transformer.resblocks
+    shared = min(shared, int(eot_index.min()))
+    group_of, first = _prefix_rows(groups, x.shape[0], x.device)
+    prefix = x[first, :shared]
+    if x.device.type != "meta" and not _shares_prefix(x[:, :shared], prefix, groups):
         raise BackboneError(f"the first {shared} positions differ within a group: they are not a shared prefix")
+    n_groups = len(first)
     prefix_normed = []  # each block's ln_1 of the prefix: what the other positions attend to
     prefix_mask = torch.full((shared, shared), float("-inf"), device=x.device).triu(1)
     for i, block in enumerate(blocks):
         fresh = _layer(deep_prompts, i) if deep_prompts is not None and i > 0 else None
         if fresh is not None:
-            prefix = torch.cat([prefix[:, :1], fresh.to(prefix.dtype).expand(groups, -1, -1), prefix[:, 1 + n :]], 1)
+            prefix = torch.cat([prefix[:, :1], fresh.to(prefix.dtype).expand(n_groups, -1, -1), prefix[:, 1 + n :]], 1)
         prefix_normed.append(block.ln_1(prefix))
         prefix = _run_block(transformer, block, prefix, prefix_mask, checkpoint) if shared else prefix
     order = torch.argsort(eot_index, stable=True)
@@ -660,7 +661,7 @@ def _encode_by_length(
     for end, count in zip(ends.tolist(), counts.tolist()):
         members = order[start : start + count]
         start += count
-        owner = members // per_group if groups > 1 else None
+        owner = group_of[members] if group_of is not None else None
         rest = x[members, shared : end + 1]
         mask = torch.full((end + 1 - shared, end + 1), float("-inf"), device=x.device).triu(shared + 1)
         for block, normed in zip(blocks, prefix_normed):
@@ -671,6 +672,34 @@ def _encode_by_length(
                 rest = _after_prefix(*args)
         out.append(rest[:, -1])
     return torch.cat(out)[torch.argsort(order)]
+
+
+def _prefix_rows(groups: int | Tensor, rows: int, device: torch.device) -> tuple[Tensor | None, Tensor]:
+    """(each row's group, or None for one group; each group's first row) of ``groups`` consecutive groups or of
+    the [rows] group ids 0 .. G-1 a tensor gives."""
+    if isinstance(groups, Tensor):
+        group_of = groups.to(device=device, dtype=torch.long)
+        if group_of.shape != (rows,) or rows == 0 or int(group_of.min()) < 0:
+            raise BackboneError(f"prefix groups must give each of the {rows} sequences a group 0, 1, ..: got {groups}")
+        n_groups = int(group_of.max()) + 1
+        first = torch.full((n_groups,), rows, device=device).scatter_reduce(
+            0, group_of, torch.arange(rows, device=device), "amin"
+        )
+        if bool((first == rows).any()):
+            raise BackboneError(f"prefix groups 0 .. {n_groups - 1} leave a group without a sequence")
+        return group_of, first
+    if groups < 1 or rows % groups:
+        raise BackboneError(f"{rows} sequences do not form {groups} groups of consecutive rows")
+    first = torch.arange(0, rows, rows // groups, device=device)
+    return (torch.arange(rows, device=device) // (rows // groups) if groups > 1 else None), first
+
+
+def _shares_prefix(claimed: Tensor, prefix: Tensor, groups: int | Tensor) -> bool:
+    """Whether every row's first positions (``claimed``) are its group's ``prefix`` (consecutive groups: no copy)."""
+    if isinstance(groups, Tensor):
+        return torch.equal(claimed, prefix[groups.to(claimed.device)])
+    per_group = len(claimed) // len(prefix)
+    return torch.equal(claimed.unflatten(0, (len(prefix), per_group)), prefix[:, None].expand(-1, per_group, -1, -1))
 
 
 def _after_prefix(block: Any, prefix_normed: Tensor, owner: Tensor | None, x: Tensor, mask: Tensor) -> Tensor:

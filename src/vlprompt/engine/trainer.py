@@ -381,8 +381,9 @@ class EpochProgress:
 class TrainingState:
     """Optimizer, schedule, loss scaler, the epoch and step reached and the best state so far; checkpointed."""
 
-    def __init__(self, optimizer, scheduler, scaler, amp_dtype, per_epoch_schedule: bool):
+    def __init__(self, optimizer, scheduler, scaler, amp_dtype, per_epoch_schedule: bool, repeats: int = 1):
         self.optimizer = optimizer
+        self.repeats = repeats  # PromptMethod.optimizer_steps
         self.scheduler = scheduler
         self.scaler = scaler
         self.amp_dtype = amp_dtype
@@ -410,11 +411,18 @@ class TrainingState:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
         amp_dtype = _amp_dtype(config.precision, device)
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-        return cls(optimizer, scheduler, scaler, amp_dtype, per_epoch)
+        repeats = method.optimizer_steps()
+        if repeats < 1:
+            raise OptionError(f"method {method.name} asks for {repeats} optimizer steps a batch: at least 1")
+        return cls(optimizer, scheduler, scaler, amp_dtype, per_epoch, repeats)
 
     def step(self) -> None:
-        """One optimizer step on the accumulated gradients (and a per-step schedule tick)."""
+        """One optimizer step on the accumulated gradients (and a per-step schedule tick); ``repeats`` steps on the
+        same gradients where the method asks for them (a skipped fp16 step, on overflowing gradients, skips all)."""
         self.scaler.step(self.optimizer)
+        if self.repeats > 1 and self._finite_gradients():
+            for _ in range(self.repeats - 1):
+                self.optimizer.step()
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         if not self.per_epoch_schedule:
@@ -422,7 +430,13 @@ class TrainingState:
 
     def end_epoch(self) -> None:
         if self.per_epoch_schedule:
-            self.scheduler.step()
+            for _ in range(self.repeats):  # a reference stepping one optimizer n times steps its schedule n times
+                self.scheduler.step()
+
+    def _finite_gradients(self) -> bool:
+        """Whether the scaler's step was taken: its gradients (unscaled by then) are finite."""
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        return not self.scaler.is_enabled() or all(bool(torch.isfinite(g).all()) for g in grads)
 
     def save(self, path: Path, method: PromptMethod, result: FitResult) -> None:
         """Every rank calls this (to gather RNG states); rank 0 writes atomically."""

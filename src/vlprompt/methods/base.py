@@ -362,6 +362,11 @@ class PromptMethod(nn.Module):
         """Whether training batches carry ``Batch.second_view`` (CoPrompt's frozen-encoder view)."""
         return False
 
+    def optimizer_steps(self) -> int:
+        """How many optimizer steps each batch's gradients take, and per-epoch schedules' ticks per epoch: 1, or a
+        reference's count where it steps one optimizer several times (SoftCPT's ``reference_steps``)."""
+        return 1
+
     def cache_key(self) -> str:
         """What image features depend on besides the backbone: empty unless a backbone delta exists."""
         return ""

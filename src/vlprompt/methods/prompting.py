@@ -113,14 +113,25 @@ class PromptLayout(nn.Module):
         return embeds
 
     def encode(
-        self, backbone: Backbone, ctx: Tensor, chunk_size: int = 0, deep_prompts: list[Tensor | None] | None = None
+        self,
+        backbone: Backbone,
+        ctx: Tensor,
+        chunk_size: int = 0,
+        deep_prompts: list[Tensor | None] | None = None,
+        class_context: Tensor | None = None,
     ) -> Tensor:
         """Text features of the prompts built from ``ctx``: [C, D], or [B, C, D] for per-image contexts.
 
         Per-image contexts ([B, 1 or C, n, d]) are assembled and encoded a few images at a time, so
         that at most ``chunk_size`` prompts exist at once (0: all at once). ``deep_prompts``: the text tower's
-        deep prompts at the context's positions (:meth:`Backbone.encode_text_embeddings`).
+        deep prompts at the context's positions (:meth:`Backbone.encode_text_embeddings`). ``class_context``: [C]
+        which of K contexts ``ctx`` ([K, n, d]) each class reads; the classes reading one (e.g. a task's) share
+        their first :attr:`shared_positions`, run once for them.
         """
+        if class_context is not None:
+            if ctx.dim() != 3 or class_context.shape != (self.num_classes,):
+                raise ValueError(f"class_context gives each of {self.num_classes} classes one of K contexts [K, n, d]")
+            return self._encode(backbone, ctx[class_context], deep_prompts, (self.shared_positions, class_context))
         if ctx.dim() <= 3:
             return self._encode(backbone, ctx, deep_prompts)
         step = max(1, chunk_size // self.num_classes) if chunk_size > 0 else ctx.shape[0]
@@ -135,12 +146,18 @@ class PromptLayout(nn.Module):
         per_class = ctx.dim() > 2 and ctx.shape[-3] > 1
         return (1, 1) if per_class else (self.shared_positions, math.prod(lead))
 
-    def _encode(self, backbone: Backbone, ctx: Tensor, deep_prompts: list[Tensor | None] | None = None) -> Tensor:
+    def _encode(
+        self,
+        backbone: Backbone,
+        ctx: Tensor,
+        deep_prompts: list[Tensor | None] | None = None,
+        prefix: tuple[int, int | Tensor] | None = None,
+    ) -> Tensor:
         embeds = self.assemble(ctx)
         lead = embeds.shape[:-3]
         flat = embeds.reshape(-1, *embeds.shape[-2:])
         eot = self.eot_index.expand(*lead, -1).reshape(-1)
-        shared, groups = self.shared_prefix(ctx)
+        shared, groups = prefix if prefix is not None else self.shared_prefix(ctx)
         features = backbone.encode_text_embeddings(flat, eot, deep_prompts, shared_prefix=shared, prefix_groups=groups)
         return features.reshape(*lead, self.num_classes, -1)
 

@@ -22,10 +22,11 @@ CSTS     class-specific class tokens     one per task
 
 Where this differs from the reference (trainers/mtcoop.py) on purpose:
 
-- One optimizer step per batch. The reference registers its one optimizer under three or four model
-  names, and Dassl steps every registered optimizer, so each batch takes 3-4 SGD steps of the same
-  gradients (and the schedule advances once per name). Use ``--train.grad_accum`` or a larger lr for a
-  comparable effective rate.
+- ``reference_steps`` (on in the ``default`` recipe, off in the built-in CPU rows): the reference registers
+  its one optimizer under three model names (four with trained class tokens, mtcoop.py:729-736) and Dassl
+  steps every registered name's optimizer and schedule (trainer.py:216-221, 299-308), so each batch takes
+  3-4 SGD steps of the same gradients and the per-epoch cosine ticks 3-4 times an epoch (a whole period
+  and more in 50 epochs). ``reference_steps`` does the same (:meth:`optimizer_steps`); off, one step a batch.
 - fp32 parameters and logits (the reference casts the model to fp16; its preset's ``precision fp16`` autocasts).
 - An init phrase for the meta prompt of a task-specific (TS) variant initialises every task's tokens
   (the reference ignores TS when an init phrase is given).
@@ -75,6 +76,8 @@ class SoftCPTConfig(MethodConfig):
         generator: "lin", "linmean" or "lincls" (PG_TYPE); the last two need class features.
         init_std: standard deviation of the N(0, std) initialisations.
         train_class_prompt: learn the class tokens (False: the reference's FREEZE_CLS_PROMPT).
+        reference_steps: step the optimizer and the per-epoch schedule as often as the reference does, 3 times
+            (4 for a class-aware variant learning its class tokens) for each one of a plain loop.
     """
 
     variant: str = option("NATA", choices=tuple(VARIANTS))
@@ -86,6 +89,7 @@ class SoftCPTConfig(MethodConfig):
     generator: str = option("lin", choices=GENERATORS)
     init_std: float = option(0.02, low=0.0)
     train_class_prompt: bool = True
+    reference_steps: bool = False
 
 
 class SoftCPT(TaskMethod):
@@ -98,13 +102,14 @@ class SoftCPT(TaskMethod):
         # the README's commands run rn50_ep50.yaml, the same fields on RN50; the rest from the Dassl it bundles
         "default": dassl_recipe(
             f"{SOFTCPT_REPO}:configs/trainers/MTCoOp/vit_b16_ep50.yaml (rn50_ep50.yaml in README.md's commands: the "
-            "same but the backbone), train.py:116 (PREC fp16)",
+            "same but the backbone), train.py:116 (PREC fp16), trainers/mtcoop.py:726-736 (one optimizer under 3-4 "
+            "names: reference_steps)",
             (),
             epochs=50,
             batch_size=32,
             lr=0.002,
             dassl=f"{SOFTCPT_REPO}:dist/Dassl.pytorch/",
-        )
+        ).with_options(reference_steps=True)
     }
     builtin_rows = (
         BuiltinRow("softcpt-nata", CPU_MULTITASK.with_options(n_ctx=4)),
@@ -189,6 +194,13 @@ class SoftCPT(TaskMethod):
         class_task = torch.tensor(self.labels.class_tasks(), dtype=torch.long, device=device)
         self.register_buffer("class_task", class_task, persistent=False)
 
+    def optimizer_steps(self) -> int:
+        """3 (the reference's prompt_learner, task_prompt_learner and prompt_gen) or 4 (class_prompt_learner when
+        class-aware and not frozen; registered even with no class tokens) with ``reference_steps``; else 1."""
+        if not self.config.reference_steps:
+            return 1
+        return 3 + int(self.class_aware and self.config.train_class_prompt)
+
     # ---------------------------------------------------------------- scoring
     def task_features(self, backbone: Backbone) -> Tensor:
         """[T, D] unnormalised text features of "[meta prompt] <task name>."."""
@@ -211,13 +223,20 @@ class SoftCPT(TaskMethod):
             features = features[..., :half]
         return (features @ self.proj).reshape(len(features), self.n_ctx, -1)
 
+    def task_contexts(self, backbone: Backbone) -> Tensor:
+        """[T, n_ctx, d]: each task's generated context (task-only variants, NA)."""
+        return self.generate_context(self.task_features(backbone))
+
     def contexts(self, backbone: Backbone) -> Tensor:
         """[C, n_ctx, d]: the generated context in front of every class name, in logit order."""
-        tasks = self.task_features(backbone)
         if not self.class_aware:
-            return self.generate_context(tasks)[self.class_task]
+            return self.task_contexts(backbone)[self.class_task]
+        tasks = self.task_features(backbone)
         joint = torch.cat([self.class_name_features(backbone), tasks[self.class_task]], dim=-1)
         return self.generate_context(joint)
 
     def text_features(self, backbone: Backbone, image_features: Tensor | None = None) -> Tensor:
-        return self.class_layout.encode(backbone, self.contexts(backbone))
+        if self.class_aware:
+            return self.class_layout.encode(backbone, self.contexts(backbone))
+        # one context per task: each task's classes share it, and its positions run once for them
+        return self.class_layout.encode(backbone, self.task_contexts(backbone), class_context=self.class_task)

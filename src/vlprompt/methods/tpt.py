@@ -18,12 +18,19 @@ method first (TPT+CoOp), then every evaluation tunes per test image; without ``t
 the feed under a torch RNG seeded from (``seed``, the file's path) (:meth:`TPT.test_views`), so they do not depend
 on batching or ranks; in-memory images are augmented from their preprocessed pixels (seeded per (seed, index)).
 
-Deliberate differences: fp32 throughout (the release runs fp16 autocast with a GradScaler); ties in the
-entropy ranking keep the earlier view (a stable sort); N·select < 1 is an error (the release's NaN).
+Precision: ``precision="fp16"`` (every recipe, as the releases run) encodes the views, takes the steps and predicts
+under fp16 autocast, the loss scaled by one GradScaler (init_scale 1000) kept over the whole test set
+(tpt_classification.py:125, 149, 241, 392, 404; an overflowing step is skipped and the scale halved, as there);
+the context stays fp32. ``"fp32"`` (the option's default, the built-in CPU row): fp32 throughout.
+
+Deliberate differences: ties in the entropy ranking keep the earlier view (a stable sort); N·select < 1 is an
+error (the release's NaN); the release shuffles the test set (so its scaler meets the images in a random order),
+vlprompt keeps the data's order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -166,6 +173,7 @@ class TPTConfig(WrapperConfig):
         calibration_weight: C-TPT's lambda: the loss subtracts lambda x the text features' dispersion (0: TPT).
         temperature: the tuned prediction's logits are divided by it (C-TPT's temperature-scaling baseline,
             run_type tpt_ts: 1.16 on ViTs, 1.15 on ResNets, tpt_classification.py:411-418, 447); 1: none.
+        precision: "fp16", the releases' mixed precision (see the module docstring), or "fp32".
         seed: seeds every image's views (with its file path).
     """
 
@@ -179,6 +187,7 @@ class TPTConfig(WrapperConfig):
     augmix: bool = False
     calibration_weight: float = option(0.0, low=0.0)
     temperature: float = option(1.0, low=1e-3)
+    precision: str = option("fp32", choices=("fp32", "fp16"))
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -201,6 +210,56 @@ class TPTConfig(WrapperConfig):
 
 _SCRIPT = f"{TPT_REPO}:scripts/test_tpt.sh, tpt_classification.py:319-336"
 _CTPT = f"{CTPT_REPO}:scripts/test_tpt_ctpt_{{}}.sh, tpt_classification.py:155-160"
+#: Both releases tune and predict under fp16 autocast with one GradScaler(init_scale=1000) for the test set.
+_AMP_SOURCE = (
+    f"{TPT_REPO}:tpt_classification.py:62, 290 (autocast), 149 (GradScaler init_scale 1000); "
+    f"{CTPT_REPO}:tpt_classification.py:125, 149, 404 (autocast), 241 (the scaler)"
+)
+
+
+def _mixed_precision(recipe: Recipe) -> Recipe:
+    """A release's recipe: fp16 autocast and the scaler (``precision="fp16"``), as both releases run."""
+    return dataclasses.replace(
+        recipe, options={**recipe.options, "precision": "fp16"}, source=f"{recipe.source}; {_AMP_SOURCE}"
+    )
+
+
+#: The releases' recipes (each run under fp16 autocast: :func:`_mixed_precision`).
+_RELEASES = {
+    "default": Recipe(source=f"{_SCRIPT} (ImageNet and its variants: no AugMix)"),
+    "fine-grained": Recipe(
+        options={"augmix": True},
+        source=f"{_SCRIPT}; tpt_classification.py:171-172 (AugMix for a set name longer than one letter), "
+        "data/datautils.py:68-84 (the mixing)",
+    ),
+    # CoOp's own ImageNet recipe (vit_b16_ep50.yaml: crops, flips, fp16) with TPT's 4 tokens
+    "coop": Recipe(
+        train=dict(CoOp.recipes["imagenet"].train),
+        options={"train": True, "method": "coop", "options": {"n_ctx": 4}},
+        source=f"{TPT_REPO}:scripts/test_tpt_coop.sh (CoOp, 16 shots of ImageNet, 4 tokens); "
+        f"{CoOp.recipes['imagenet'].source}",
+    ),
+    "ctpt": Recipe(options={"calibration_weight": 50.0, "augmix": True}, source=_CTPT.format("fg")),
+    # the fine-grained script on ImageNet: no --I_augmix, so a one-letter set ('I') gets no AugMix
+    "ctpt-imagenet": Recipe(
+        options={"calibration_weight": 50.0, "augmix": False},
+        source=f"{_CTPT.format('fg')}, 266-271 (augmix = len(set_id) > 1 without --I_augmix)",
+    ),
+    # C-TPT's TPT baseline on the natural shifts: its scripts pass --I_augmix, unlike TPT's own
+    "ctpt-baseline-natural-shift": Recipe(
+        options={"augmix": True},
+        source=f"{_CTPT.format('ds').replace('test_tpt_ctpt_ds', 'test_tpt_ds')}, 266-268 (--I_augmix)",
+    ),
+    "ctpt-baseline-ts": Recipe(  # TPT with temperature scaling: in the code (run_type tpt_ts), no script runs it
+        options={"temperature": 1.16},
+        source=f"{CTPT_REPO}:tpt_classification.py:411-418, 447 (run_type tpt_ts: the final logits over 1.16 on "
+        "ViT-B/16; set temperature 1.15 on RN50)",
+    ),
+    "ctpt-natural-shift": Recipe(
+        options={"calibration_weight": 20.0, "augmix": True},
+        source=f"{_CTPT.format('ds')}, 266-268 (--I_augmix: AugMix on the ImageNet variants too)",
+    ),
+}
 
 
 class TPT(MethodWrapper):
@@ -211,41 +270,7 @@ class TPT(MethodWrapper):
     config: TPTConfig
     adapts_at_test_time = True
     learns = False  # its own tensors: none (the wrapped method's train with ``train``)
-    recipes = {
-        "default": Recipe(source=f"{_SCRIPT} (ImageNet and its variants: no AugMix)"),
-        "fine-grained": Recipe(
-            options={"augmix": True},
-            source=f"{_SCRIPT}; tpt_classification.py:171-172 (AugMix for a set name longer than one letter), "
-            "data/datautils.py:68-84 (the mixing)",
-        ),
-        # CoOp's own ImageNet recipe (vit_b16_ep50.yaml: crops, flips, fp16) with TPT's 4 tokens
-        "coop": Recipe(
-            train=dict(CoOp.recipes["imagenet"].train),
-            options={"train": True, "method": "coop", "options": {"n_ctx": 4}},
-            source=f"{TPT_REPO}:scripts/test_tpt_coop.sh (CoOp, 16 shots of ImageNet, 4 tokens); "
-            f"{CoOp.recipes['imagenet'].source}",
-        ),
-        "ctpt": Recipe(options={"calibration_weight": 50.0, "augmix": True}, source=_CTPT.format("fg")),
-        # the fine-grained script on ImageNet: no --I_augmix, so a one-letter set ('I') gets no AugMix
-        "ctpt-imagenet": Recipe(
-            options={"calibration_weight": 50.0, "augmix": False},
-            source=f"{_CTPT.format('fg')}, 266-271 (augmix = len(set_id) > 1 without --I_augmix)",
-        ),
-        # C-TPT's TPT baseline on the natural shifts: its scripts pass --I_augmix, unlike TPT's own
-        "ctpt-baseline-natural-shift": Recipe(
-            options={"augmix": True},
-            source=f"{_CTPT.format('ds').replace('test_tpt_ctpt_ds', 'test_tpt_ds')}, 266-268 (--I_augmix)",
-        ),
-        "ctpt-baseline-ts": Recipe(  # TPT with temperature scaling: in the code (run_type tpt_ts), no script runs it
-            options={"temperature": 1.16},
-            source=f"{CTPT_REPO}:tpt_classification.py:411-418, 447 (run_type tpt_ts: the final logits over 1.16 on "
-            "ViT-B/16; set temperature 1.15 on RN50)",
-        ),
-        "ctpt-natural-shift": Recipe(
-            options={"calibration_weight": 20.0, "augmix": True},
-            source=f"{_CTPT.format('ds')}, 266-268 (--I_augmix: AugMix on the ImageNet variants too)",
-        ),
-    }
+    recipes = {name: _mixed_precision(recipe) for name, recipe in _RELEASES.items()}
     builtin_rows = (
         BuiltinRow("tpt", CPU_SGD.with_options(views=8, select=0.25).but("TPT with 8 views"), default=False),
     )
@@ -283,9 +308,22 @@ class TPT(MethodWrapper):
         """Each image tuned on its own views, then its view 0 scored; the context is restored after each."""
         rows = []
         for i in range(len(batch)):
-            with self._tuned(backbone, self._image_views(batch, i)) as first, torch.no_grad():
+            with self._tuned(backbone, self._image_views(batch, i)) as first, torch.no_grad(), self._autocast():
                 rows.append(self.inner.logits(backbone, first).float() / self.config.temperature)
         return torch.cat(rows)
+
+    def _autocast(self) -> torch.autocast:
+        """fp16 autocast with ``precision="fp16"`` (the releases'), else a no-op."""
+        fp16 = self.config.precision == "fp16"
+        return torch.autocast(self.inner_device.type, dtype=torch.float16, enabled=fp16)
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler:
+        """The releases' one loss scaler for the whole test set (init_scale 1000), made on first use."""
+        if getattr(self, "_scaler", None) is None:
+            fp16 = self.config.precision == "fp16"
+            self._scaler = torch.amp.GradScaler(self.inner_device.type, init_scale=1000.0, enabled=fp16)
+        return self._scaler
 
     @contextmanager
     def adapted(self, backbone: Backbone, batch: Batch) -> Iterator[None]:
@@ -315,7 +353,7 @@ class TPT(MethodWrapper):
     def _tuned(self, backbone: Backbone, views: Tensor) -> Iterator[Batch]:
         """Tune ``ctx`` on ``views`` (a fresh AdamW: empty state); yield view 0's batch; restore ``ctx``."""
         inner, cfg = self.inner, self.config
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             if inner.changes_image_tower:
                 inputs = Batch(pixels=views)
             else:
@@ -340,13 +378,15 @@ class TPT(MethodWrapper):
         inner, cfg = self.inner, self.config
         keep = None
         for _ in range(cfg.steps):
-            text = None if inner.conditions_on_image else inner.text_features(backbone)
-            logits = inner.logits(backbone, inputs, text).float()
+            with self._autocast():
+                text = None if inner.conditions_on_image else inner.text_features(backbone)
+                logits = inner.logits(backbone, inputs, text).float()
             keep = confident_views(logits, cfg.select) if keep is None else keep  # step 1's views, then reused
             loss = avg_entropy(logits[keep])
             if cfg.calibration_weight:
                 assert text is not None  # as text_dispersion needs
-                loss = loss - cfg.calibration_weight * text_dispersion(text)
+                loss = loss - cfg.calibration_weight * text_dispersion(text.float())
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
