@@ -245,6 +245,42 @@ def test_transfer_protocols_reproduce_a_hand_written_loop(tmp_path, root, vit_ba
     assert average["accuracy"] == pytest.approx(sum(per_seed) / 2)  # the targets only, not ImageNet
 
 
+def test_cross_dataset_distils_a_student_per_target_from_the_imagenet_teacher(tmp_path, root, vit_backbone):
+    """PromptKD's MODAL cross: the teacher (coop here) trains on ImageNet and transfers as usual; the student trains
+    once per target, on all of its training images (shots 0), unlabeled, from the ImageNet teacher of its seed: its
+    rows equal hand runs on each target; ``--transductive false``: one student on ImageNet, transferred."""
+    student = {"teacher": "bench:coop", "depth_vision": 2, "kd_weight": 1.0}
+    options = {**OPTIONS, "promptkd": student}
+    out = tmp_path / "bench"
+    bench = _bench(root, out, datasets=["dtd", "eurosat"], methods=["coop", "promptkd"], shots=[2],
+                   method_options=options)  # fmt: skip
+    report = run_bench("cross-dataset", bench, vit_backbone)
+    teachers = out / "imagenet" / "coop" / "shots2"
+    kd_rows = {(r["dataset"], r["seed"]): r for r in report["per_seed"] if r["method"] == "promptkd"}
+    assert sorted(kd_rows) == [("dtd", 1), ("dtd", 2), ("eurosat", 1), ("eurosat", 2)]  # no ImageNet student
+    for target in ("dtd", "eurosat"):
+        hand = _hand_run(root, tmp_path / f"hand-{target}", target, "promptkd", 0, protocol="cross-dataset")
+        assert hand.preset == "promptkd-cross-dataset"
+        hand.method_options = {**student, "teacher": str(teachers / "seed{seed}" / "prompt")}
+        for row in run_classification(hand, vit_backbone, FeatureCache(), progress=False):
+            assert kd_rows[(target, row["seed"])]["accuracy"] == row["accuracy"]
+            assert kd_rows[(target, row["seed"])]["shots"] == 0
+        data = yaml.safe_load((out / target / "promptkd" / "shots0" / "config.yaml").read_text())["data"]
+        assert (data["dataset"], data["shots"], data["class_split"]) == (target, 0, "all")  # every training image
+        seed1 = out / target / "promptkd" / "shots0" / "seed1"
+        assert not (seed1 / "train_subset.json").exists()  # no subset drawn
+        saved = json.loads((seed1 / "prompt" / "prompt.json").read_text())
+        assert saved["extra"]["teacher"]["prompt"] == str(teachers / "seed1" / "prompt")
+    averages = {(c["method"], c["shots"]) for c in report["summary"] if c["dataset"] == "Average"}
+    assert averages == {("coop", 2), ("promptkd", 0)}
+    assert "### all images" in report["table"] and "one student per target" in report["table"]
+    assert yaml.safe_load((out / "config.yaml").read_text())["transductive"] is True
+    inductive = _bench(root, tmp_path / "inductive", datasets=["dtd"], methods=["coop", "promptkd"], shots=[2],
+                       method_options=options, transductive=False)  # fmt: skip
+    rows = run_bench("cross-dataset", inductive, vit_backbone)["per_seed"]
+    assert {(r["dataset"], r["shots"]) for r in rows if r["method"] == "promptkd"} == {("imagenet", 2), ("dtd", 2)}
+
+
 def test_resume_skips_finished_runs_and_seeds(tmp_path, root, vit_backbone, monkeypatch):
     out = tmp_path / "bench"
     first = run_bench("few-shot", _bench(root, out, datasets=["dtd"], methods=["coop"], shots=[1]), vit_backbone)

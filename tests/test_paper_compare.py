@@ -179,6 +179,41 @@ def test_every_complete_base_to_new_table_averages_to_its_average_row():
             assert mean == pytest.approx(table["average"][metric], abs=0.01), (method, backbone, metric)
 
 
+def test_every_complete_transfer_table_averages_to_its_average_row():
+    """Cross-dataset tables (PromptKD's, DePT's seven): the mean of the 10 targets is the Average read; DePT's
+    domain-generalisation rows give the source and the 4 variants. A cross-dataset cell of DePT over CoOp (its
+    preset) and of PromptKD's per-target student (shots 0) are compared to them."""
+    from collections import defaultdict
+
+    from vlprompt.data.benchmarks import IMAGENET_VARIANTS
+    from vlprompt.data.papers import paper_results
+
+    tables: dict[tuple[str, str], dict] = defaultdict(dict)
+    for r in paper_results():
+        if r.protocol in ("cross-dataset", "domain-generalisation"):
+            tables[(r.method, r.protocol)][r.dataset] = r.metrics["accuracy"]
+    targets = [d for d in FEW_SHOT_DATASETS if d != "imagenet"]
+    cross = {m for (m, p), t in tables.items() if p == "cross-dataset" and set(targets) <= set(t)}
+    assert cross == {"promptkd", "dept-coop", "dept-cocoop", "dept-kgcoop", "dept-maple", "dept-clip-adapter",
+                     "dept-vpt", "dept-promptsrc"}  # fmt: skip
+    for method in cross:
+        table = tables[(method, "cross-dataset")]
+        assert sum(table[d] for d in targets) / 10 == pytest.approx(table["average"], abs=0.01), method
+    for method in ("dept-coop", "dept-cocoop", "dept-kgcoop", "dept-maple"):
+        assert set(tables[(method, "domain-generalisation")]) == {"imagenet", *IMAGENET_VARIANTS}
+    run = _run("dtd", "dept", 16, "cross-dataset", preset="dept-coop")
+    cell = {"dataset": "dtd", "method": "dept", "shots": 16, "accuracy": 0.5}
+    [note] = paper_notes("cross-dataset", [cell], {("imagenet", "dept", 16): run}, B16)  # the prompt trained there
+    assert note["paper"]["metrics"]["accuracy"] == 43.17
+    assert note["vs_paper"]["delta"]["accuracy"] == pytest.approx(50 - 43.17)
+    student = _run("dtd", "promptkd", 0, "cross-dataset", method_options={"teacher": "zeroshot"})
+    assert student.preset == "promptkd-cross-dataset"
+    cell = {"dataset": "dtd", "method": "promptkd", "shots": 0, "accuracy": 0.5}
+    [note] = paper_notes("cross-dataset", [cell], {("dtd", "promptkd", 0): student}, B16)
+    assert note["paper"]["metrics"]["accuracy"] == 55.08 and not note["vs_paper"]["matches"]
+    assert "teacher" in note["vs_paper"]["reason"] and "promptsrc on ViT-L/14" in note["vs_paper"]["reason"]
+
+
 def _teacher_prompt(directory, method: str, model: str, pretrained: str):
     """A prompt directory's prompt.json as a trained teacher's records it (what the comparison reads)."""
     directory.mkdir(parents=True)

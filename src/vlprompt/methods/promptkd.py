@@ -32,6 +32,9 @@ the student's backbone with its hand template, un-prompted, as teacher (the tiny
 Both stages in one command: ``vlprompt bench ... --methods promptsrc promptkd`` with ``teacher: "bench:promptsrc"``
 distils, seed by seed, the PromptSRC prompt trained just before on the same dataset and shots (the built-in
 row ``promptkd`` does this; teacher and student are both the bundled model, as no smaller tiny CLIP exists).
+``vlprompt bench cross-dataset`` runs the release's cross protocol (``MODAL cross``): the teacher trained on
+ImageNet, then one student per target dataset, on every one of its training images, unlabeled, over its classes
+(``--transductive false``: one student on ImageNet's images, transferred like the other methods).
 Outside bench, ``teacher: "runs/t/seed{seed}/prompt"`` names each seed's teacher.
 """
 
@@ -214,6 +217,18 @@ class PromptKD(PromptMethod):
             batch_size=8,
             lr=0.005,
         ).with_options(n_ctx_vision=4, depth_vision=9, temperature=1.0, kd_weight=200.0),
+        # MODAL cross: a student per target dataset, on all its training images, unlabeled, from the teacher trained
+        # on ImageNet (vlprompt bench cross-dataset: teacher "bench:promptsrc", every target's images)
+        "cross-dataset": dassl_recipe(
+            f"{PROMPTKD_REPO}:configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx_cross_datasets.yaml, "
+            "scripts/promptkd/xd_train.sh (SHOTS 0, SUBSAMPLE_CLASSES all, KD_WEIGHT 1000, TEMPERATURE 1, MODAL "
+            "cross), trainers/promptkd.py:316-317 (the ImageNet teacher); datasets/*.py (MODAL cross: the target's "
+            f"train split); {_SELECTION}",
+            ("cross-dataset",),
+            epochs=20,
+            batch_size=8,
+            lr=0.005,
+        ).with_options(n_ctx_vision=4, depth_vision=3, temperature=1.0, kd_weight=1000.0),
     }
     # the student distils the PromptSRC row that the same bench trains first (two stages, teacher and student on
     # the bundled model: there is no smaller tiny CLIP), and a one-stage row with the un-prompted model as teacher

@@ -134,6 +134,9 @@ class BenchRun:
         transductive: base-to-new: a method that learns without labels (PromptKD) trains on every class's
             training images over every class name, labels unused, as its release does (``class_split``
             "base-to-new-transductive"); false: on the base classes' images, as every other method.
+            Cross-dataset: such a method trains once per target, on all of the target's training images,
+            unlabeled (shots 0), its ``bench:<name>`` teacher the prompt trained on ImageNet, as its release does;
+            false: once on ImageNet, transferred as every other method.
     """
 
     datasets: list[str] = field(default_factory=lambda: ["all"])
@@ -204,12 +207,17 @@ def plan(protocol: str, bench: BenchRun, out: Path) -> list[SubRun]:
     check_unique(shots, "--data.shots", OptionError, key=lambda k: k, what="shots")
     class_split = "base-to-new" if protocol == "base-to-new" else "all"
     subs = []
+
+    def shots_dir(k: int) -> str:
+        return "" if protocol == COMPOSITIONAL else f"shots{k}"
+
     for source in make_sources(protocol, bench):
-        for method in bench.methods:
+        for method in filter(source.takes, bench.methods):
             for k in shots:
-                where = partial(_sub_run_dir, out / source.name, "" if protocol == COMPOSITIONAL else f"shots{k}")
-                run, proto = source.sub_run(bench, method, k, class_split, where(method))
-                _resolve_stages(bench, method, run, where)
+                trains_on = source.run_shots(k)  # a per-target student: every image; its teacher: k shots
+                where = _sub_run_dir(out / source.name, shots_dir(trains_on), method)
+                run, proto = source.sub_run(bench, method, trains_on, class_split, where)
+                _resolve_stages(bench, method, run, partial(_sub_run_dir, out / source.stage_source, shots_dir(k)))
                 validate_run(run, proto)
                 subs.append(SubRun(source.name, method, run, proto))
     return subs
@@ -270,7 +278,7 @@ def run_bench(
     subs = plan(protocol, bench, Path(bench.out))
     record = {"protocol": protocol, **dataclasses.asdict(bench)}
     classifying = [s.run for s in subs if isinstance(s.run, ClassificationRun)]
-    if not (protocol == "base-to-new" and any(learns_without_labels(run) for run in classifying)):
+    if not (protocol in ("base-to-new", "cross-dataset") and any(learns_without_labels(run) for run in classifying)):
         record.pop("transductive")  # it changes no sub-run: not part of this bench's record
     # before any work; a bench written before --transductive existed trained every method on the base images
     added = {"transductive": False}
@@ -385,7 +393,9 @@ def bench_tables(protocol: str, summary: list[dict[str, Any]]) -> str:
         "few-shot": "Average: over the datasets.",
         "base-to-new": "HM: harmonic mean of the mean base and new accuracies; Average: over the datasets (its HM "
         "is the HM of the averaged base and new).",
-        "cross-dataset": f"Trained on {SOURCE_DATASET}; Average: over the targets.",
+        "cross-dataset": f"Trained on {SOURCE_DATASET}; Average: over the targets. A method that learns without "
+        f"labels (PromptKD) distils one student per target from its teacher trained on {SOURCE_DATASET}, on all of "
+        "the target's training images, unlabeled (its release's protocol): the 'all images' table.",
         "domain-generalisation": f"Trained on {SOURCE_DATASET}; Average: over the ImageNet variants.",
         COMPOSITIONAL: "S, U: best seen and unseen accuracy; H: their best harmonic mean; AUC: area under the "
         "seen-unseen curve; attr, obj: attribute and object accuracy; open+calibrated: infeasible pairs removed at "

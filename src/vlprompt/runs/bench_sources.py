@@ -60,6 +60,19 @@ class BenchSource:
     ) -> tuple[RunConfig, Protocol]:
         raise NotImplementedError
 
+    def takes(self, method: str) -> bool:
+        """Whether ``--methods``' ``method`` runs on this source (every method, but where a protocol splits them)."""
+        return True
+
+    def run_shots(self, shots: int) -> int:
+        """The shots a sub-run of the sweep's ``shots`` trains on here."""
+        return shots
+
+    @property
+    def stage_source(self) -> str:
+        """Where an option ``bench:<name>`` finds ``<name>``'s prompts: this source's folder of the sweep."""
+        return self.name
+
 
 def _user_overrides(bench: BenchRun) -> dict[str, Any]:
     train: dict[str, Any] = bench.train if isinstance(bench.train, dict) else dataclasses.asdict(bench.train)
@@ -309,18 +322,51 @@ class Transfer(Classification):
 
 @dataclass
 class TransferSource(BenchSource):
-    """Cross-dataset / domain generalisation: one sub-run per method trained on ``source``, tested on ``targets``."""
+    """Cross-dataset / domain generalisation: one sub-run per method trained on ``source``, tested on ``targets``
+    (but the ``distilled`` methods: :class:`DistilledTarget`)."""
 
     source: DatasetSource
     targets: list[DatasetSource]
+    distilled: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:  # type: ignore[override]
         return self.source.name
 
+    def takes(self, method: str) -> bool:
+        return method not in self.distilled
+
     def sub_run(self, bench, method, shots, class_split, out):
         run = self.source.run_config(bench, method, shots, class_split, out)
         return run, Transfer(run, self.source.name, self.targets)
+
+
+@dataclass
+class DistilledTarget(BenchSource):
+    """Cross-dataset for a method that learns without labels (PromptKD's ``MODAL cross``): a student per target,
+    trained on every one of the target's training images, unlabeled, over its classes, its teacher (``bench:<name>``)
+    the prompt trained on the source; tested on the target."""
+
+    target: DatasetSource
+    methods: tuple[str, ...]
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.target.name
+
+    def takes(self, method: str) -> bool:
+        return method in self.methods
+
+    def run_shots(self, shots: int) -> int:
+        return 0  # every training image (the release's SHOTS 0); the teacher's shots name its folder
+
+    @property
+    def stage_source(self) -> str:
+        return SOURCE_DATASET
+
+    def sub_run(self, bench, method, shots, class_split, out):
+        run = self.target.run_config(bench, method, shots, "all", out)
+        return run, Classification(run)
 
 
 def make_sources(protocol: str, bench: BenchRun) -> list[BenchSource]:
@@ -366,7 +412,17 @@ def _transfer_sources(protocol: str, bench: BenchRun) -> list[BenchSource]:
         raise OptionError("cross-dataset targets are the 10 few-shot datasets besides ImageNet (variants: DG)")
     root = _root(bench)
     source = registry_source(SOURCE_DATASET, root, protocol)
-    return [TransferSource(source, [registry_source(n, root, protocol) for n in names])]
+    targets = [registry_source(n, root, protocol) for n in names]
+    distilled = tuple(m for m in bench.methods if distils_per_target(protocol, bench, source, m))
+    return [TransferSource(source, targets, distilled)] + [DistilledTarget(t, distilled) for t in targets if distilled]
+
+
+def distils_per_target(protocol: str, bench: BenchRun, source: DatasetSource, method: str) -> bool:
+    """Whether cross-dataset trains ``method`` once per target on the target's unlabeled images: a method that
+    learns without labels (PromptKD), with ``--transductive`` (the default), as its release does."""
+    if protocol != "cross-dataset" or not bench.transductive:
+        return False
+    return learns_without_labels(source.run_config(bench, method, 0, "all", Path(bench.out)))
 
 
 def _root(bench: BenchRun) -> str:

@@ -84,7 +84,8 @@ def paper_notes(
         summary: the bench's cells (``dataset``, ``method`` as ``--methods`` names it, ``shots``, the metrics as
             fractions).
         runs: what each registry-dataset sub-run ran, by (dataset, method, shots); cross-dataset and domain
-            generalisation: the ImageNet sub-run, whose prompt every target scores. Cells of other sources
+            generalisation: the ImageNet sub-run, whose prompt every target scores (or each target's own, for a
+            student distilled per target). Cells of other sources
             (the built-in benchmark, a multi-task collection) get nothing.
         backbone: (open_clip name, pretrained tag) of the bench's backbone, as its identity records them.
 
@@ -102,6 +103,8 @@ def paper_notes(
         datasets = averaged if cell["dataset"] == AVERAGE else [cell["dataset"]]
         trained_on = [SOURCE_DATASET] if transfer else datasets
         ran = {d: runs.get((d, method, shots)) for d in trained_on}
+        if transfer and ran[SOURCE_DATASET] is None:  # a student per target (PromptKD's cross-dataset): their runs
+            ran = {d: runs.get((d, method, shots)) for d in datasets}
         if any(run is None for run in ran.values()):
             notes.append(None)  # not a registry dataset's cell
             continue
