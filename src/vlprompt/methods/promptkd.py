@@ -99,6 +99,21 @@ _SELECTION = (
 )
 
 
+def _release(
+    config: str, source: str, protocols: tuple[str, ...], *, depth: int, kd_weight: float, datasets: tuple = ()
+) -> Recipe:
+    """A recipe of the release: ``configs/trainers/PromptKD/<config>.yaml`` (20 epochs, batch 8, lr 0.005, 4 image
+    prompt tokens, T 1) with its depth and the scripts' KD_WEIGHT."""
+    return dassl_recipe(
+        f"{PROMPTKD_REPO}:configs/trainers/PromptKD/{config}.yaml, {source}; {_SELECTION}",
+        protocols,
+        datasets=datasets,
+        epochs=20,
+        batch_size=8,
+        lr=0.005,
+    ).with_options(n_ctx_vision=4, depth_vision=depth, temperature=1.0, kd_weight=kd_weight)
+
+
 class _SumOverProcesses(torch.autograd.Function):
     """All-reduce (sum) over the processes, whose gradient is the all-reduced gradient."""
 
@@ -199,36 +214,33 @@ class PromptKD(PromptMethod):
     changes_image_tower = True
     learns_without_labels = True
     recipes = {
-        "default": dassl_recipe(
-            f"{PROMPTKD_REPO}:configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx.yaml, "
-            f"scripts/promptkd/base2new_train.sh (SHOTS 0: every training image); {_SELECTION}",
+        "default": _release(
+            "vit_b16_c2_ep20_batch8_4+4ctx",
+            "scripts/promptkd/base2new_train.sh (SHOTS 0: every training image)",
             ("base-to-new",),
-            epochs=20,
-            batch_size=8,
-            lr=0.005,
-        ).with_options(n_ctx_vision=4, depth_vision=9, temperature=1.0, kd_weight=1000.0),
+            depth=9,
+            kd_weight=1000.0,
+        ),
         # base2new_train.sh's comment: KD_WEIGHT 200 on these three, 1000 on the other eight
-        "kd200": dassl_recipe(
-            f"{PROMPTKD_REPO}:configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx.yaml, "
-            f"scripts/promptkd/base2new_train.sh (comment: KD_WEIGHT 200); {_SELECTION}",
+        "kd200": _release(
+            "vit_b16_c2_ep20_batch8_4+4ctx",
+            "scripts/promptkd/base2new_train.sh (comment: KD_WEIGHT 200)",
             ("base-to-new",),
+            depth=9,
+            kd_weight=200.0,
             datasets=("fgvc_aircraft", "oxford_flowers", "dtd"),
-            epochs=20,
-            batch_size=8,
-            lr=0.005,
-        ).with_options(n_ctx_vision=4, depth_vision=9, temperature=1.0, kd_weight=200.0),
+        ),
         # MODAL cross: a student per target dataset, on all its training images, unlabeled, from the teacher trained
         # on ImageNet (vlprompt bench cross-dataset: teacher "bench:promptsrc", every target's images)
-        "cross-dataset": dassl_recipe(
-            f"{PROMPTKD_REPO}:configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx_cross_datasets.yaml, "
+        "cross-dataset": _release(
+            "vit_b16_c2_ep20_batch8_4+4ctx_cross_datasets",
             "scripts/promptkd/xd_train.sh (SHOTS 0, SUBSAMPLE_CLASSES all, KD_WEIGHT 1000, TEMPERATURE 1, MODAL "
             "cross), trainers/promptkd.py:316-317 (the ImageNet teacher); datasets/*.py (MODAL cross: the target's "
-            f"train split); {_SELECTION}",
+            "train split)",
             ("cross-dataset",),
-            epochs=20,
-            batch_size=8,
-            lr=0.005,
-        ).with_options(n_ctx_vision=4, depth_vision=3, temperature=1.0, kd_weight=1000.0),
+            depth=3,
+            kd_weight=1000.0,
+        ),
     }
     # the student distils the PromptSRC row that the same bench trains first (two stages, teacher and student on
     # the bundled model: there is no smaller tiny CLIP), and a one-stage row with the un-prompted model as teacher
