@@ -121,6 +121,7 @@ def test_softcpt_and_per_task_coop_beat_zero_shot_on_the_multitask_collection(be
     """The demo's multi-task rows (4 shots, one seed) on the built-in collection's held-out images, averaged."""
     from vlprompt.data.synthetic import build_multitask_collection
     from vlprompt.demo import MULTITASK_SHOTS
+    from vlprompt.engine.presets import NO_PRESET
     from vlprompt.runs import MultiTaskData, MultiTaskRun, TaskData, run_multitask
 
     tasks = [TaskData(name=t.name, root=str(t.root), split_file=str(t.split_file))
@@ -130,7 +131,7 @@ def test_softcpt_and_per_task_coop_beat_zero_shot_on_the_multitask_collection(be
     for entry in builtin_entries("multitask"):
         if entry.label == "softcpt-cata":
             continue  # the slowest row; NATA stands for SoftCPT here
-        run = MultiTaskRun(method=entry.method, method_options=entry.options,
+        run = MultiTaskRun(method=entry.method, method_options=entry.options, preset=NO_PRESET,  # the row is its recipe
                            data=MultiTaskData(tasks=tasks, shots=MULTITASK_SHOTS), train=train_overrides(entry.train),
                            seeds=[1], out=str(tmp_path / entry.label))  # fmt: skip
         rows = run_multitask(run, shapes, cache, progress=False)
