@@ -114,7 +114,8 @@ def test_the_releases_mixed_precision(vit_backbone, images, monkeypatch):
     assert not torch.allclose(half, untuned, atol=1e-3)  # the steps were taken
     scaler = method.scaler
     assert scaler.is_enabled() and scaler.get_scale() == 1000.0  # two good steps: no growth before 2000
-    assert tpt(vit_backbone).scaler.is_enabled() is False  # fp32: no scaling, steps as before
+    default = tpt(vit_backbone)  # precision "auto": fp16 on CUDA (the releases'), fp32 on this CPU
+    assert default.config.precision == "auto" and not default.mixed_precision and not default.scaler.is_enabled()
     monkeypatch.setattr(tpt_module, "avg_entropy", lambda logits: avg_entropy(logits) * math.inf)
     skipped = predict_logits(method, vit_backbone, images.subset([3]))
     torch.testing.assert_close(skipped, untuned[:1], atol=0, rtol=0)  # the overflowing step moved nothing

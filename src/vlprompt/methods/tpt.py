@@ -21,7 +21,8 @@ on batching or ranks; in-memory images are augmented from their preprocessed pix
 Precision: ``precision="fp16"`` (every recipe, as the releases run) encodes the views, takes the steps and predicts
 under fp16 autocast, the loss scaled by one GradScaler (init_scale 1000) kept over the whole test set
 (tpt_classification.py:125, 149, 241, 392, 404; an overflowing step is skipped and the scale halved, as there);
-the context stays fp32. ``"fp32"`` (the option's default, the built-in CPU row): fp32 throughout.
+the context stays fp32. ``"fp32"`` (the built-in CPU row): fp32 throughout; ``"auto"`` (the option's default):
+fp16 on CUDA, fp32 elsewhere.
 
 Deliberate differences: ties in the entropy ranking keep the earlier view (a stable sort); N·select < 1 is an
 error (the release's NaN); the release shuffles the test set (so its scaler meets the images in a random order),
@@ -173,7 +174,9 @@ class TPTConfig(WrapperConfig):
         calibration_weight: C-TPT's lambda: the loss subtracts lambda x the text features' dispersion (0: TPT).
         temperature: the tuned prediction's logits are divided by it (C-TPT's temperature-scaling baseline,
             run_type tpt_ts: 1.16 on ViTs, 1.15 on ResNets, tpt_classification.py:411-418, 447); 1: none.
-        precision: "fp16", the releases' mixed precision (see the module docstring), or "fp32".
+        precision: "fp16", the releases' mixed precision (see the module docstring); "fp32"; or "auto" (the
+            default): fp16 on a CUDA device, as the releases run, fp32 elsewhere (fp16 matrix products are slow on
+            most CPUs).
         seed: seeds every image's views (with its file path).
     """
 
@@ -187,7 +190,7 @@ class TPTConfig(WrapperConfig):
     augmix: bool = False
     calibration_weight: float = option(0.0, low=0.0)
     temperature: float = option(1.0, low=1e-3)
-    precision: str = option("fp32", choices=("fp32", "fp16"))
+    precision: str = option("auto", choices=("auto", "fp16", "fp32"))
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -272,7 +275,9 @@ class TPT(MethodWrapper):
     learns = False  # its own tensors: none (the wrapped method's train with ``train``)
     recipes = {name: _mixed_precision(recipe) for name, recipe in _RELEASES.items()}
     builtin_rows = (
-        BuiltinRow("tpt", CPU_SGD.with_options(views=8, select=0.25).but("TPT with 8 views"), default=False),
+        BuiltinRow(
+            "tpt", CPU_SGD.with_options(views=8, select=0.25, precision="fp32").but("TPT with 8 views"), default=False
+        ),
     )
     tiny = Recipe(options={"views": 8, "select": 0.25})
     template_option = None
@@ -312,17 +317,22 @@ class TPT(MethodWrapper):
                 rows.append(self.inner.logits(backbone, first).float() / self.config.temperature)
         return torch.cat(rows)
 
+    @property
+    def mixed_precision(self) -> bool:
+        """Whether tuning and prediction run under fp16 autocast (``precision``; "auto": on CUDA)."""
+        precision = self.config.precision
+        return precision == "fp16" or (precision == "auto" and self.inner_device.type == "cuda")
+
     def _autocast(self) -> torch.autocast:
-        """fp16 autocast with ``precision="fp16"`` (the releases'), else a no-op."""
-        fp16 = self.config.precision == "fp16"
-        return torch.autocast(self.inner_device.type, dtype=torch.float16, enabled=fp16)
+        """fp16 autocast where :attr:`mixed_precision` (the releases'), else a no-op."""
+        return torch.autocast(self.inner_device.type, dtype=torch.float16, enabled=self.mixed_precision)
 
     @property
     def scaler(self) -> torch.amp.GradScaler:
         """The releases' one loss scaler for the whole test set (init_scale 1000), made on first use."""
         if getattr(self, "_scaler", None) is None:
-            fp16 = self.config.precision == "fp16"
-            self._scaler = torch.amp.GradScaler(self.inner_device.type, init_scale=1000.0, enabled=fp16)
+            device = self.inner_device.type
+            self._scaler = torch.amp.GradScaler(device, init_scale=1000.0, enabled=self.mixed_precision)
         return self._scaler
 
     @contextmanager

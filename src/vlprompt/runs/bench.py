@@ -229,7 +229,8 @@ def _sub_run_dir(dataset_dir: Path, shots_dir: str, method: str) -> Path:
 
 def _resolve_stages(bench: BenchRun, method: str, run: RunConfig, where: Any) -> None:
     """Point each option ``bench:<name>`` of ``method`` at the prompts that ``--methods``' ``<name>`` trains earlier
-    in the sweep on the same dataset and shots, seed by seed (``where(name)``: that sub-run's folder)."""
+    in the sweep on the same dataset and shots (cross-dataset: on ImageNet), seed by seed (``where(name)``: that
+    sub-run's folder)."""
     for key, value in run.resolved_options().items():
         if not (isinstance(value, str) and value.startswith(STAGE_PREFIX)):
             continue
@@ -237,7 +238,7 @@ def _resolve_stages(bench: BenchRun, method: str, run: RunConfig, where: Any) ->
         if name not in bench.methods[: bench.methods.index(method)]:
             raise OptionError(
                 f"{method} option {key}: {value!r} needs {name!r} before {method} in --methods (it is trained "
-                f"first, on the same dataset, shots and seed); --methods is {bench.methods}"
+                f"first, into {where(name)}, with the same seed); --methods is {bench.methods}"
             )
         run.method_options = {**run.method_options, key: str(where(name) / f"seed{SEED_FIELD}" / "prompt")}
 
