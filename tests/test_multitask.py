@@ -366,3 +366,55 @@ def test_softcpt_reference_steps_step_the_optimizer_and_schedule_as_the_referenc
         state.end_epoch()
     assert lrs == pytest.approx(expected_lrs, rel=1e-9, abs=1e-12)
     assert min(lrs) < 1e-5 and lrs[-1] > 10 * min(lrs)  # through the cosine's minimum and up again
+
+
+def test_softcpt_class_sampling_follows_the_reference(vit_backbone):
+    """CLS_SAMPLE_RATE: the batch's classes and ceil(rate x the others) per task (torch.randperm from the same RNG
+    state, every task drawing), 1e-6 features elsewhere, the loss over the drawn columns only; eval and rate 1 score
+    every class; a task-only variant refuses it."""
+    import math
+
+    from vlprompt.methods import cosine_logits
+    from vlprompt.methods.base import MethodOptionError
+
+    space = TaskSpace((Task("colour", ("red", "green", "blue", "gold", "white")), Task("shape", ("square", "circle",
+                       "star", "ring"))))  # fmt: skip
+    torch.manual_seed(0)
+    method = SoftCPT(vit_backbone, space, SoftCPTConfig(variant="CATA", n_ctx=2, class_sample_rate=0.5)).train()
+    features = torch.randn(4, vit_backbone.embed_dim)
+    batch = Batch(features=features, targets=torch.tensor([3, 1, 3, 2]), task=torch.tensor([0, 1, 0, 0]))
+    state = torch.get_rng_state()
+    logits = method(vit_backbone, batch)
+    loss = method.loss(vit_backbone, batch, logits)
+    torch.set_rng_state(state)
+    drawn = []  # by hand, as mtcoop.py: per task, its present classes, then the drawn others
+    for start, size, present in ((0, 5, [2, 3]), (5, 4, [1])):
+        others = torch.tensor([c for c in range(size) if c not in present])
+        kept = others[torch.randperm(len(others))[: math.ceil(len(others) * 0.5)]]
+        drawn += [start + c for c in present] + [start + int(c) for c in kept]
+    assert method._sampled.tolist() == drawn and len(drawn) == 2 + 2 + 1 + 2
+    with torch.no_grad():
+        full = method.class_layout.encode(vit_backbone, method.contexts(vit_backbone))
+    text = torch.full_like(full, 1e-6)
+    text[drawn] += full[drawn]
+    torch.testing.assert_close(logits, cosine_logits(features, text, vit_backbone.logit_scale), atol=1e-4, rtol=0)
+    expected = 0.0
+    for i, (t, y) in enumerate(zip(batch.task.tolist(), batch.targets.tolist())):
+        start = 5 * t
+        columns = sorted(c for c in drawn if start <= c < start + (5 if t == 0 else 4))
+        expected += F.cross_entropy(logits[i, columns][None], torch.tensor([columns.index(start + y)]))
+    torch.testing.assert_close(loss, expected / 4)
+    loss.backward()
+    assert method.proj.grad.abs().max() > 0
+    method.eval()
+    every = method(vit_backbone, batch)
+    torch.testing.assert_close(every, cosine_logits(features, full, vit_backbone.logit_scale), atol=1e-4, rtol=0)
+    method.train()
+    method.config.class_sample_rate = 1.0  # every class drawn: the full loss, up to the 1e-6
+    loss_all = method.loss(vit_backbone, batch, method(vit_backbone, batch))
+    method.config.class_sample_rate = 0.0
+    torch.testing.assert_close(
+        loss_all, method.loss(vit_backbone, batch, method(vit_backbone, batch)), atol=1e-4, rtol=0
+    )
+    with pytest.raises(MethodOptionError, match="class_sample_rate samples the classes of a class-aware variant"):
+        SoftCPT(vit_backbone, space, SoftCPTConfig(variant="NATA", class_sample_rate=0.5))

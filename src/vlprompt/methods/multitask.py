@@ -22,15 +22,24 @@ from .base import Batch, MethodConfig, MethodOptionError, PromptMethod
 
 
 def task_cross_entropy(
-    logits: Tensor, targets: Tensor, task: Tensor, blocks: list[slice], label_smoothing: float = 0.0
+    logits: Tensor,
+    targets: Tensor,
+    task: Tensor,
+    blocks: list[slice],
+    label_smoothing: float = 0.0,
+    kept: Tensor | None = None,
 ) -> Tensor:
-    """Σ over samples of the cross-entropy within the sample's own task's columns, / batch size."""
+    """Σ over samples of the cross-entropy within the sample's own task's columns, / batch size; with ``kept`` ([C]
+    bool, every sample's target among them), within the kept columns of the task only."""
     total = logits.new_zeros((), dtype=torch.float32)
     for t, cols in enumerate(blocks):
         rows = (task == t).nonzero().flatten()
         if len(rows):
-            block = logits[rows, cols].float()
-            total = total + F.cross_entropy(block, targets[rows], reduction="sum", label_smoothing=label_smoothing)
+            block, target = logits[rows, cols].float(), targets[rows]
+            if kept is not None:
+                keep = kept[cols]
+                block, target = block[:, keep], (keep.cumsum(0) - 1)[target]  # the target among the kept columns
+            total = total + F.cross_entropy(block, target, reduction="sum", label_smoothing=label_smoothing)
     return total / len(targets)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
@@ -12,6 +13,8 @@ from ..backbones import Backbone
 from .base import MethodOptionError, cosine_logits
 
 CLASS_POSITIONS = ("end", "middle", "front")
+#: PromptLayout's buffers with one row per class.
+_PER_CLASS = ("prefix", "suffix", "eot_index", "order")
 
 
 def clean_classname(name: str) -> str:
@@ -91,6 +94,13 @@ class PromptLayout(nn.Module):
     @property
     def num_classes(self) -> int:
         return self.prefix.shape[0]
+
+    def subset(self, rows: Tensor) -> PromptLayout:
+        """This layout over the classes ``rows`` only, in that order (e.g. a sample of the classes)."""
+        part = copy.copy(self)
+        buffers = self._buffers.items()
+        part._buffers = {name: (b[rows] if name in _PER_CLASS and b is not None else b) for name, b in buffers}
+        return part
 
     def assemble(self, ctx: Tensor) -> Tensor:
         """Prompt embeddings [*lead, C, L, d] from context ``ctx``.

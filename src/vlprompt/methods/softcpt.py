@@ -31,11 +31,16 @@ Where this differs from the reference (trainers/mtcoop.py) on purpose:
 - An init phrase for the meta prompt of a task-specific (TS) variant initialises every task's tokens
   (the reference ignores TS when an init phrase is given).
 - Context length is counted in BPE tokens of an init phrase (as everywhere in vlprompt), not words.
-- Class subsampling (the reference's CLS_SAMPLE_RATE) is not offered: the logits always cover every class.
+
+``class_sample_rate`` (the reference's CLS_SAMPLE_RATE, scripts/main_mtcoop_cls_sample.sh; class-aware variants, as
+mtcoop.py:533-534 asserts): in training, each task's prompts are encoded only for the classes of the batch's
+samples and ceil(rate x the others) drawn by ``torch.randperm``; the rest get the reference's 1e-6 features, and
+the loss covers the drawn classes only (mtcoop.py:599-631, 818-855). 0 (the default): every class.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,8 +49,8 @@ from torch import Tensor, nn
 
 from ..backbones import Backbone
 from ..labels import LabelSpaceError
-from .base import BuiltinRow, MethodConfig, MethodInputError, MethodOptionError, Recipe, option
-from .multitask import TaskMethod
+from .base import Batch, BuiltinRow, MethodConfig, MethodInputError, MethodOptionError, Recipe, option
+from .multitask import TaskMethod, task_cross_entropy
 from .prompting import PromptLayout, initial_context
 from .recipes import CPU_MULTITASK, SOFTCPT_REPO, dassl_recipe
 
@@ -78,6 +83,8 @@ class SoftCPTConfig(MethodConfig):
         train_class_prompt: learn the class tokens (False: the reference's FREEZE_CLS_PROMPT).
         reference_steps: step the optimizer and the per-epoch schedule as often as the reference does, 3 times
             (4 for a class-aware variant learning its class tokens) for each one of a plain loop.
+        class_sample_rate: in training, encode each task's batch classes and this fraction of its other classes
+            (CLS_SAMPLE_RATE; class-aware variants); 0: every class.
     """
 
     variant: str = option("NATA", choices=tuple(VARIANTS))
@@ -90,6 +97,7 @@ class SoftCPTConfig(MethodConfig):
     init_std: float = option(0.02, low=0.0)
     train_class_prompt: bool = True
     reference_steps: bool = False
+    class_sample_rate: float = option(0.0, low=0.0, high=1.0)
 
 
 class SoftCPT(TaskMethod):
@@ -134,6 +142,12 @@ class SoftCPT(TaskMethod):
                 f"softcpt generator {cfg.generator!r} reads class features: use a class-aware variant "
                 f"(CATA, CATS, CSTA, CSTS) or generator 'lin', not variant {cfg.variant}"
             )
+        if cfg.class_sample_rate and not self.class_aware:
+            raise MethodOptionError(
+                f"softcpt class_sample_rate samples the classes of a class-aware variant (CATA, CATS, CSTA, CSTS), "
+                f"not of {cfg.variant}: the reference allows it only there"
+            )
+        self._sampled: Tensor | None = None  # the classes the last training forward encoded (class_sample_rate)
         self.trained_tasks = tuple(self.labels.names)
         self.trained_classes = tuple(self.labels.tasks)
         self.n_ctx = cfg.n_ctx
@@ -234,6 +248,41 @@ class SoftCPT(TaskMethod):
         tasks = self.task_features(backbone)
         joint = torch.cat([self.class_name_features(backbone), tasks[self.class_task]], dim=-1)
         return self.generate_context(joint)
+
+    def logits(self, backbone: Backbone, batch: Batch, text: Tensor | None = None) -> Tensor:
+        self._sampled = None
+        if text is None and self.training and self.config.class_sample_rate and batch.targets is not None:
+            self._sampled = self.sample_classes(batch)
+            text = self.sampled_text_features(backbone, self._sampled)
+        return super().logits(backbone, batch, text)
+
+    def loss(self, backbone: Backbone, batch: Batch, logits: Tensor, label_smoothing: float = 0.0) -> Tensor:
+        if self._sampled is None:
+            return super().loss(backbone, batch, logits, label_smoothing)
+        assert batch.targets is not None  # a training batch
+        kept = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        kept[self._sampled] = True
+        blocks = self.labels.blocks()
+        return task_cross_entropy(logits, batch.targets, self._tasks_of(batch), blocks, label_smoothing, kept)
+
+    def sample_classes(self, batch: Batch) -> Tensor:
+        """Column indices, task by task: the classes of the batch's samples of the task, then ceil(rate x its other
+        classes) in ``torch.randperm``'s order (mtcoop.py:605-622, every task drawing even without samples)."""
+        assert batch.targets is not None
+        tasks, chosen = self._tasks_of(batch).cpu(), []
+        for t, cols in enumerate(self.labels.blocks()):
+            present = torch.zeros(cols.stop - cols.start, dtype=torch.bool)
+            present[batch.targets.cpu()[tasks == t]] = True
+            others = (~present).nonzero().flatten()
+            drawn = others[torch.randperm(len(others))[: math.ceil(len(others) * self.config.class_sample_rate)]]
+            chosen += [present.nonzero().flatten() + cols.start, drawn + cols.start]
+        return torch.cat(chosen).to(self.proj.device)
+
+    def sampled_text_features(self, backbone: Backbone, classes: Tensor) -> Tensor:
+        """[C, D]: the prompts of ``classes`` encoded (their contexts generated from every class's features, as the
+        reference's), plus 1e-6; every other class 1e-6 (mtcoop.py:625-628)."""
+        encoded = self.class_layout.subset(classes).encode(backbone, self.contexts(backbone)[classes])
+        return encoded.new_full((self.class_layout.num_classes, encoded.shape[-1]), 1e-6).index_add(0, classes, encoded)
 
     def text_features(self, backbone: Backbone, image_features: Tensor | None = None) -> Tensor:
         if self.class_aware:
