@@ -124,6 +124,10 @@ def test_prefix_groups_given_row_by_row_equal_the_full_context(backbone, deep):
     (full_grad,) = torch.autograd.grad(full.square().sum(), ctx, retain_graph=True)  # the row order's graph
     (our_grad,) = torch.autograd.grad(ours.square().sum(), ctx)
     torch.testing.assert_close(our_grad, full_grad, atol=1e-4 * float(full_grad.abs().max()), rtol=0)
+    from vlprompt.backbones.adapter import _prefix_rows
+
+    on_meta, first = _prefix_rows(group, 15, torch.device("meta"))  # read on the host: memory is counted on meta
+    assert on_meta.device.type == "meta" and first.shape == (3,)
     with torch.no_grad():
         with pytest.raises(BackboneError, match="leave a group without a sequence"):
             encode_text_tower(backbone.model, embeds, eot, shared_prefix=5, prefix_groups=group * 2)

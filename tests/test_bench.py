@@ -252,6 +252,10 @@ def test_cross_dataset_distils_a_student_per_target_from_the_imagenet_teacher(tm
     student = {"teacher": "bench:coop", "depth_vision": 2, "kd_weight": 1.0}
     options = {**OPTIONS, "promptkd": student}
     out = tmp_path / "bench"
+    two = _bench(root, out, datasets=["dtd"], methods=["coop", "promptkd"], shots=[1, 2], method_options=options)
+    with pytest.raises(bench_module.OptionError, match=r"promptkd trains on every image of dtd whatever --data.shots"):
+        run_bench("cross-dataset", two, vit_backbone)  # one student folder, two teachers: refused before any work
+    assert not out.exists()
     bench = _bench(root, out, datasets=["dtd", "eurosat"], methods=["coop", "promptkd"], shots=[2],
                    method_options=options)  # fmt: skip
     report = run_bench("cross-dataset", bench, vit_backbone)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -366,6 +367,38 @@ def test_softcpt_reference_steps_step_the_optimizer_and_schedule_as_the_referenc
         state.end_epoch()
     assert lrs == pytest.approx(expected_lrs, rel=1e-9, abs=1e-12)
     assert min(lrs) < 1e-5 and lrs[-1] > 10 * min(lrs)  # through the cosine's minimum and up again
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
+def test_reference_steps_under_fp16_scaling_skip_together_and_refuse_a_per_step_schedule(vit_backbone):
+    """With the fp16 loss scaler: an overflowing batch takes none of the 3 steps (the scale halves); a finite one
+    takes all 3 on the unscaled gradients. A per-step schedule cannot tick as the reference's per-epoch one."""
+    from vlprompt.engine.trainer import StepPlan, TrainingState
+    from vlprompt.errors import OptionError
+
+    config = TrainConfig(epochs=5, lr=0.002, momentum=0.0, weight_decay=0.0, optimizer="sgd", precision="fp16",
+                         warmup_epochs=0)  # fmt: skip
+    method = SoftCPT(vit_backbone, TASKS, SoftCPTConfig(n_ctx=2, reference_steps=True))
+    state = TrainingState.build(method, config, StepPlan.build(64, config), torch.device("cpu"))
+    assert state.scaler.is_enabled() and state.repeats == 3
+    params = [p for g in state.optimizer.param_groups for p in g["params"]]
+    before = [p.detach().clone() for p in params]
+    state.scaler.scale(torch.ones(()))  # as the engine's scaler.scale(loss).backward() starts each step
+    scale = state.scaler.get_scale()
+    for p in params:
+        p.grad = torch.full_like(p, math.inf)
+    state.step()
+    assert all(torch.equal(p, p0) for p, p0 in zip(params, before)) and state.scaler.get_scale() == scale / 2
+    grads = [torch.randn_like(p) for p in params]
+    for p, g in zip(params, grads):
+        p.grad = g * float(state.scaler.scale(torch.ones(())))  # as scaler.scale(loss).backward() leaves them
+    lr = state.optimizer.param_groups[0]["lr"]
+    state.step()
+    for p, p0, g in zip(params, before, grads):
+        torch.testing.assert_close(p.detach(), p0 - 3 * lr * g, rtol=1e-5, atol=1e-7)
+    per_step = TrainConfig(epochs=5, schedule="cosine")
+    with pytest.raises(OptionError, match="--train.schedule cosine ticks per step"):
+        TrainingState.build(method, per_step, StepPlan.build(64, per_step), torch.device("cpu"))
 
 
 def test_softcpt_class_sampling_follows_the_reference(vit_backbone):

@@ -678,16 +678,14 @@ def _prefix_rows(groups: int | Tensor, rows: int, device: torch.device) -> tuple
     """(each row's group, or None for one group; each group's first row) of ``groups`` consecutive groups or of
     the [rows] group ids 0 .. G-1 a tensor gives."""
     if isinstance(groups, Tensor):
-        group_of = groups.to(device=device, dtype=torch.long)
-        if group_of.shape != (rows,) or rows == 0 or int(group_of.min()) < 0:
+        ids = groups.detach().to("cpu", torch.long)  # read on the host (also when the sequences are on meta)
+        if ids.shape != (rows,) or rows == 0 or int(ids.min()) < 0:
             raise BackboneError(f"prefix groups must give each of the {rows} sequences a group 0, 1, ..: got {groups}")
-        n_groups = int(group_of.max()) + 1
-        first = torch.full((n_groups,), rows, device=device).scatter_reduce(
-            0, group_of, torch.arange(rows, device=device), "amin"
-        )
+        n_groups = int(ids.max()) + 1
+        first = torch.full((n_groups,), rows).scatter_reduce(0, ids, torch.arange(rows), "amin")
         if bool((first == rows).any()):
             raise BackboneError(f"prefix groups 0 .. {n_groups - 1} leave a group without a sequence")
-        return group_of, first
+        return ids.to(device), first.to(device)
     if groups < 1 or rows % groups:
         raise BackboneError(f"{rows} sequences do not form {groups} groups of consecutive rows")
     first = torch.arange(0, rows, rows // groups, device=device)

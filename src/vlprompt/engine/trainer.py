@@ -414,16 +414,28 @@ class TrainingState:
         repeats = method.optimizer_steps()
         if repeats < 1:
             raise OptionError(f"method {method.name} asks for {repeats} optimizer steps a batch: at least 1")
+        if repeats > 1 and not per_epoch:
+            raise OptionError(
+                f"method {method.name} steps the optimizer {repeats} times a batch and a per-epoch schedule {repeats} "
+                f"times an epoch, as its reference: --train.schedule {config.schedule} ticks per step (use one of "
+                f"{list(PER_EPOCH_SCHEDULES)})"
+            )
         return cls(optimizer, scheduler, scaler, amp_dtype, per_epoch, repeats)
 
     def step(self) -> None:
         """One optimizer step on the accumulated gradients (and a per-step schedule tick); ``repeats`` steps on the
         same gradients where the method asks for them (a skipped fp16 step, on overflowing gradients, skips all)."""
-        self.scaler.step(self.optimizer)
-        if self.repeats > 1 and self._finite_gradients():
-            for _ in range(self.repeats - 1):
-                self.optimizer.step()
-        self.scaler.update()
+        if self.repeats == 1:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.scaler.unscale_(self.optimizer)  # the repeated steps read the true gradients, whatever the optimizer
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.scaler.get_scale() >= scale:  # taken (an overflow skips the step and lowers the scale)
+                for _ in range(self.repeats - 1):
+                    self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if not self.per_epoch_schedule:
             self.scheduler.step()
@@ -432,11 +444,6 @@ class TrainingState:
         if self.per_epoch_schedule:
             for _ in range(self.repeats):  # a reference stepping one optimizer n times steps its schedule n times
                 self.scheduler.step()
-
-    def _finite_gradients(self) -> bool:
-        """Whether the scaler's step was taken: its gradients (unscaled by then) are finite."""
-        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-        return not self.scaler.is_enabled() or all(bool(torch.isfinite(g).all()) for g in grads)
 
     def save(self, path: Path, method: PromptMethod, result: FitResult) -> None:
         """Every rank calls this (to gather RNG states); rank 0 writes atomically."""

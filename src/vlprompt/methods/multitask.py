@@ -66,7 +66,12 @@ class TaskMethod(PromptMethod):
 
     def loss(self, backbone: Backbone, batch: Batch, logits: Tensor, label_smoothing: float = 0.0) -> Tensor:
         assert batch.targets is not None  # a training batch
-        return task_cross_entropy(logits, batch.targets, self._tasks_of(batch), self.labels.blocks(), label_smoothing)
+        tasks, blocks = self._tasks_of(batch), self.labels.blocks()
+        return task_cross_entropy(logits, batch.targets, tasks, blocks, label_smoothing, self.loss_columns())
+
+    def loss_columns(self) -> Tensor | None:
+        """[C] bool: the columns the loss covers (the classes the last training forward scored), or None: all."""
+        return None
 
     def predicted_labels(self, batch: Batch, logits: Tensor) -> Tensor:
         return task_predictions(logits, self._tasks_of(batch), self.labels.blocks())

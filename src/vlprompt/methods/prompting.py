@@ -13,7 +13,7 @@ from ..backbones import Backbone
 from .base import MethodOptionError, cosine_logits
 
 CLASS_POSITIONS = ("end", "middle", "front")
-#: PromptLayout's buffers with one row per class.
+#: PromptLayout's buffers with one row per class (what :meth:`PromptLayout.subset` selects: keep it in step).
 _PER_CLASS = ("prefix", "suffix", "eot_index", "order")
 
 
@@ -80,6 +80,7 @@ class PromptLayout(nn.Module):
         eot = backbone.eot_index(ids)
         length = int(eot.max()) + 1
         embeds = backbone.token_embedding(ids[:, :length])
+        # one row per class each (_PER_CLASS)
         self.register_buffer("prefix", embeds[:, :1].clone(), persistent=False)
         self.register_buffer("suffix", embeds[:, 1 + n_ctx :].clone(), persistent=False)
         self.register_buffer("eot_index", eot, persistent=False)

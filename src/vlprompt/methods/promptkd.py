@@ -93,9 +93,9 @@ class PromptKDConfig(MethodConfig):
 
 #: Where the recipes deliberately differ (METHODS.md: select on the last epoch or a held-out split, and say so).
 _SELECTION = (
-    "model selection deliberately not the release's: its TEST.FINAL_MODEL best_val picks the epoch on the base "
-    "classes' test images (datasets/*.py: val is the test split), which would select on the test set; select last "
-    "here"
+    "model selection deliberately not the release's: its TEST.FINAL_MODEL best_val picks the epoch on test images "
+    "(datasets/*.py: val is the test split, the base classes' in base2novel, the target's in cross), which would "
+    "select on the test set; select last here"
 )
 
 

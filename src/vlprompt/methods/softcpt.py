@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from ..backbones import Backbone
 from ..labels import LabelSpaceError
 from .base import Batch, BuiltinRow, MethodConfig, MethodInputError, MethodOptionError, Recipe, option
-from .multitask import TaskMethod, task_cross_entropy
+from .multitask import TaskMethod
 from .prompting import PromptLayout, initial_context
 from .recipes import CPU_MULTITASK, SOFTCPT_REPO, dassl_recipe
 
@@ -82,7 +82,8 @@ class SoftCPTConfig(MethodConfig):
         init_std: standard deviation of the N(0, std) initialisations.
         train_class_prompt: learn the class tokens (False: the reference's FREEZE_CLS_PROMPT).
         reference_steps: step the optimizer and the per-epoch schedule as often as the reference does, 3 times
-            (4 for a class-aware variant learning its class tokens) for each one of a plain loop.
+            (4 for a class-aware variant learning its class tokens) for each one of a plain loop (a per-step
+            schedule is refused with it).
         class_sample_rate: in training, encode each task's batch classes and this fraction of its other classes
             (CLS_SAMPLE_RATE; class-aware variants); 0: every class.
     """
@@ -209,8 +210,9 @@ class SoftCPT(TaskMethod):
         self.register_buffer("class_task", class_task, persistent=False)
 
     def optimizer_steps(self) -> int:
-        """3 (the reference's prompt_learner, task_prompt_learner and prompt_gen) or 4 (class_prompt_learner when
-        class-aware and not frozen; registered even with no class tokens) with ``reference_steps``; else 1."""
+        """With ``reference_steps``, the reference's registered names: prompt_learner, task_prompt_learner and
+        prompt_gen, and class_prompt_learner where CSC is set (a class-aware variant) and FREEZE_CLS_PROMPT is not
+        (``train_class_prompt``), whether or not it has class tokens (mtcoop.py:729-736); else 1."""
         if not self.config.reference_steps:
             return 1
         return 3 + int(self.class_aware and self.config.train_class_prompt)
@@ -256,14 +258,14 @@ class SoftCPT(TaskMethod):
             text = self.sampled_text_features(backbone, self._sampled)
         return super().logits(backbone, batch, text)
 
-    def loss(self, backbone: Backbone, batch: Batch, logits: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    def loss_columns(self) -> Tensor | None:
+        """The classes the last training forward drew (``class_sample_rate``; the engine computes each micro-batch's
+        loss right after its forward), else None: every class."""
         if self._sampled is None:
-            return super().loss(backbone, batch, logits, label_smoothing)
-        assert batch.targets is not None  # a training batch
-        kept = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+            return None
+        kept = torch.zeros(len(self.labels), dtype=torch.bool, device=self._sampled.device)
         kept[self._sampled] = True
-        blocks = self.labels.blocks()
-        return task_cross_entropy(logits, batch.targets, self._tasks_of(batch), blocks, label_smoothing, kept)
+        return kept
 
     def sample_classes(self, batch: Batch) -> Tensor:
         """Column indices, task by task: the classes of the batch's samples of the task, then ceil(rate x its other

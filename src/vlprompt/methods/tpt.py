@@ -19,9 +19,12 @@ the feed under a torch RNG seeded from (``seed``, the file's path) (:meth:`TPT.t
 on batching or ranks; in-memory images are augmented from their preprocessed pixels (seeded per (seed, index)).
 
 Precision: ``precision="fp16"`` (every recipe, as the releases run) encodes the views, takes the steps and predicts
-under fp16 autocast, the loss scaled by one GradScaler (init_scale 1000) kept over the whole test set
-(tpt_classification.py:125, 149, 241, 392, 404; an overflowing step is skipped and the scale halved, as there);
-the context stays fp32. ``"fp32"`` (the built-in CPU row): fp32 throughout; ``"auto"`` (the option's default):
+under fp16 autocast, the loss scaled by one GradScaler (init_scale 1000) that the method keeps over every image it
+scores (the release: one for the whole run, tpt_classification.py:62, 149, 290); an overflowing step is skipped
+and the scale halved, as there. The scale moves by powers of two, which leave fp16 rounding unchanged, so a result
+depends on the images scored before it (their order, the process's shard) only through such skips and the
+underflow of the smallest gradients. The context
+stays fp32. ``"fp32"`` (the built-in CPU row): fp32 throughout; ``"auto"`` (the option's default):
 fp16 on CUDA, fp32 elsewhere.
 
 Deliberate differences: ties in the entropy ranking keep the earlier view (a stable sort); N·select < 1 is an

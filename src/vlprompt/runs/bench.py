@@ -213,6 +213,11 @@ def plan(protocol: str, bench: BenchRun, out: Path) -> list[SubRun]:
 
     for source in make_sources(protocol, bench):
         for method in filter(source.takes, bench.methods):
+            if len({source.run_shots(k) for k in shots}) < len(shots):
+                raise OptionError(
+                    f"{method} trains on every image of {source.name} whatever --data.shots {shots} (a student per "
+                    f"target, from its teacher trained on {source.stage_source}): give one shots value, its teacher's"
+                )
             for k in shots:
                 trains_on = source.run_shots(k)  # a per-target student: every image; its teacher: k shots
                 where = _sub_run_dir(out / source.name, shots_dir(trains_on), method)
