@@ -370,11 +370,10 @@ def test_softcpt_reference_steps_step_the_optimizer_and_schedule_as_the_referenc
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
-def test_reference_steps_under_fp16_scaling_skip_together_and_refuse_a_per_step_schedule(vit_backbone):
+def test_reference_steps_under_fp16_scaling_skip_together(vit_backbone):
     """With the fp16 loss scaler: an overflowing batch takes none of the 3 steps (the scale halves); a finite one
-    takes all 3 on the unscaled gradients. A per-step schedule cannot tick as the reference's per-epoch one."""
+    takes all 3 on the unscaled gradients. A per-step schedule (the reference has none) ticks once a batch."""
     from vlprompt.engine.trainer import StepPlan, TrainingState
-    from vlprompt.errors import OptionError
 
     config = TrainConfig(epochs=5, lr=0.002, momentum=0.0, weight_decay=0.0, optimizer="sgd", precision="fp16",
                          warmup_epochs=0)  # fmt: skip
@@ -396,9 +395,13 @@ def test_reference_steps_under_fp16_scaling_skip_together_and_refuse_a_per_step_
     state.step()
     for p, p0, g in zip(params, before, grads):
         torch.testing.assert_close(p.detach(), p0 - 3 * lr * g, rtol=1e-5, atol=1e-7)
-    per_step = TrainConfig(epochs=5, schedule="cosine")
-    with pytest.raises(OptionError, match="--train.schedule cosine ticks per step"):
-        TrainingState.build(method, per_step, StepPlan.build(64, per_step), torch.device("cpu"))
+    per_step = TrainConfig(epochs=5, schedule="cosine", warmup_epochs=0)  # no reference: it ticks once a batch
+    state = TrainingState.build(method, per_step, StepPlan.build(64, per_step), torch.device("cpu"))
+    state.scaler.scale(torch.ones(()))
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    state.step()
+    assert state.scheduler.last_epoch == 1
 
 
 def test_softcpt_class_sampling_follows_the_reference(vit_backbone):

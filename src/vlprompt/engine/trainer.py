@@ -414,12 +414,6 @@ class TrainingState:
         repeats = method.optimizer_steps()
         if repeats < 1:
             raise OptionError(f"method {method.name} asks for {repeats} optimizer steps a batch: at least 1")
-        if repeats > 1 and not per_epoch:
-            raise OptionError(
-                f"method {method.name} steps the optimizer {repeats} times a batch and a per-epoch schedule {repeats} "
-                f"times an epoch, as its reference: --train.schedule {config.schedule} ticks per step (use one of "
-                f"{list(PER_EPOCH_SCHEDULES)})"
-            )
         return cls(optimizer, scheduler, scaler, amp_dtype, per_epoch, repeats)
 
     def step(self) -> None:

@@ -364,7 +364,8 @@ class PromptMethod(nn.Module):
 
     def optimizer_steps(self) -> int:
         """How many optimizer steps each batch's gradients take, and per-epoch schedules' ticks per epoch: 1, or a
-        reference's count where it steps one optimizer several times (SoftCPT's ``reference_steps``)."""
+        reference's count where it steps one optimizer several times (SoftCPT's ``reference_steps``). A per-step
+        schedule still ticks once a batch (no reference steps one)."""
         return 1
 
     def cache_key(self) -> str:

@@ -83,7 +83,7 @@ class SoftCPTConfig(MethodConfig):
         train_class_prompt: learn the class tokens (False: the reference's FREEZE_CLS_PROMPT).
         reference_steps: step the optimizer and the per-epoch schedule as often as the reference does, 3 times
             (4 for a class-aware variant learning its class tokens) for each one of a plain loop (a per-step
-            schedule is refused with it).
+            schedule, which the reference has not, still ticks once a batch).
         class_sample_rate: in training, encode each task's batch classes and this fraction of its other classes
             (CLS_SAMPLE_RATE; class-aware variants); 0: every class.
     """
@@ -99,6 +99,21 @@ class SoftCPTConfig(MethodConfig):
     train_class_prompt: bool = True
     reference_steps: bool = False
     class_sample_rate: float = option(0.0, low=0.0, high=1.0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if VARIANTS[self.variant][0] != "none":
+            return
+        if self.generator != "lin":
+            raise MethodOptionError(
+                f"softcpt generator {self.generator!r} reads class features: use a class-aware variant "
+                f"(CATA, CATS, CSTA, CSTS) or generator 'lin', not variant {self.variant}"
+            )
+        if self.class_sample_rate:
+            raise MethodOptionError(
+                f"softcpt class_sample_rate samples the classes of a class-aware variant (CATA, CATS, CSTA, CSTS), "
+                f"not of {self.variant}: the reference allows it only there"
+            )
 
 
 class SoftCPT(TaskMethod):
@@ -138,16 +153,6 @@ class SoftCPT(TaskMethod):
         class_features, task_specific = VARIANTS[cfg.variant]
         self.class_features, self.task_specific = class_features, task_specific
         self.class_aware = class_features != "none"
-        if not self.class_aware and cfg.generator != "lin":
-            raise MethodOptionError(
-                f"softcpt generator {cfg.generator!r} reads class features: use a class-aware variant "
-                f"(CATA, CATS, CSTA, CSTS) or generator 'lin', not variant {cfg.variant}"
-            )
-        if cfg.class_sample_rate and not self.class_aware:
-            raise MethodOptionError(
-                f"softcpt class_sample_rate samples the classes of a class-aware variant (CATA, CATS, CSTA, CSTS), "
-                f"not of {cfg.variant}: the reference allows it only there"
-            )
         self._sampled: Tensor | None = None  # the classes the last training forward encoded (class_sample_rate)
         self.trained_tasks = tuple(self.labels.names)
         self.trained_classes = tuple(self.labels.tasks)
