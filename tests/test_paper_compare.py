@@ -195,7 +195,7 @@ def test_every_complete_transfer_table_averages_to_its_average_row():
     targets = [d for d in FEW_SHOT_DATASETS if d != "imagenet"]
     cross = {m for (m, p), t in tables.items() if p == "cross-dataset" and set(targets) <= set(t)}
     assert cross == {"promptkd", "dept-coop", "dept-cocoop", "dept-kgcoop", "dept-maple", "dept-clip-adapter",
-                     "dept-vpt", "dept-promptsrc"}  # fmt: skip
+                     "dept-vpt", "dept-promptsrc", "coop", "cocoop", "maple", "promptsrc"}  # fmt: skip
     for method in cross:
         table = tables[(method, "cross-dataset")]
         assert sum(table[d] for d in targets) / 10 == pytest.approx(table["average"], abs=0.01), method
@@ -206,6 +206,11 @@ def test_every_complete_transfer_table_averages_to_its_average_row():
     [note] = paper_notes("cross-dataset", [cell], {("imagenet", "dept", 16): run}, B16)  # the prompt trained there
     assert note["paper"]["metrics"]["accuracy"] == 43.17
     assert note["vs_paper"]["delta"]["accuracy"] == pytest.approx(50 - 43.17)
+    maple = _run("imagenet", "maple", 16, "cross-dataset")  # its authors' cross-dataset recipe, trained on ImageNet
+    assert maple.preset == "maple-cross-dataset"
+    cell = {"dataset": "eurosat", "method": "maple", "shots": 16, "accuracy": 0.5}
+    [note] = paper_notes("cross-dataset", [cell], {("imagenet", "maple", 16): maple}, B16)
+    assert note["paper"]["metrics"]["accuracy"] == 48.06 and note["vs_paper"]["matches"]
     student = _run("dtd", "promptkd", 0, "cross-dataset", method_options={"teacher": "zeroshot"})
     assert student.preset == "promptkd-cross-dataset"
     cell = {"dataset": "dtd", "method": "promptkd", "shots": 0, "accuracy": 0.5}
