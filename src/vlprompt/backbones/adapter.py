@@ -644,7 +644,8 @@ def _encode_by_length(
     shared = min(shared, int(eot_index.min()))
     group_of, first = _prefix_rows(groups, x.shape[0], x.device)
     prefix = x[first, :shared]
-    if x.device.type != "meta" and not _shares_prefix(x[:, :shared], prefix, groups):
+    ids = group_of if isinstance(groups, Tensor) else None
+    if x.device.type != "meta" and not _shares_prefix(x[:, :shared], prefix, ids):
         raise BackboneError(f"the first {shared} positions differ within a group: they are not a shared prefix")
     n_groups = len(first)
     prefix_normed = []  # each block's ln_1 of the prefix: what the other positions attend to
@@ -692,10 +693,11 @@ def _prefix_rows(groups: int | Tensor, rows: int, device: torch.device) -> tuple
     return (torch.arange(rows, device=device) // (rows // groups) if groups > 1 else None), first
 
 
-def _shares_prefix(claimed: Tensor, prefix: Tensor, groups: int | Tensor) -> bool:
-    """Whether every row's first positions (``claimed``) are its group's ``prefix`` (consecutive groups: no copy)."""
-    if isinstance(groups, Tensor):
-        return torch.equal(claimed, prefix[groups.to(claimed.device)])
+def _shares_prefix(claimed: Tensor, prefix: Tensor, ids: Tensor | None) -> bool:
+    """Whether every row's first positions (``claimed``) are its group's ``prefix``: the group ``ids`` give each row,
+    or (None) consecutive groups of equal size, compared without a copy."""
+    if ids is not None:
+        return torch.equal(claimed, prefix[ids])
     per_group = len(claimed) // len(prefix)
     return torch.equal(claimed.unflatten(0, (len(prefix), per_group)), prefix[:, None].expand(-1, per_group, -1, -1))
 

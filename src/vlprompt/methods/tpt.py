@@ -23,9 +23,8 @@ under fp16 autocast, the loss scaled by one GradScaler (init_scale 1000) that th
 scores (the release: one for the whole run, tpt_classification.py:62, 149, 290); an overflowing step is skipped
 and the scale halved, as there. The scale moves by powers of two, which leave fp16 rounding unchanged, so a result
 depends on the images scored before it (their order, the process's shard) only through such skips and the
-underflow of the smallest gradients. The context
-stays fp32. ``"fp32"`` (the built-in CPU row): fp32 throughout; ``"auto"`` (the option's default):
-fp16 on CUDA, fp32 elsewhere.
+underflow of the smallest gradients. The context stays fp32. ``"fp32"`` (the built-in CPU row): fp32 throughout;
+``"auto"`` (the option's default): fp16 on CUDA, fp32 elsewhere.
 
 Deliberate differences: ties in the entropy ranking keep the earlier view (a stable sort); N·select < 1 is an
 error (the release's NaN); the release shuffles the test set (so its scaler meets the images in a random order),
@@ -290,6 +289,7 @@ class TPT(MethodWrapper):
         if not self.config.train:
             self.inner.requires_grad_(False)
         self.views = TPTViews(backbone, self.config.views, self.config.augmix)
+        self._scaler: torch.amp.GradScaler | None = None  # made on first use, on the wrapped method's device
 
     @classmethod
     def capabilities(cls, config: TPTConfig | None = None) -> dict[str, bool]:  # type: ignore[override]
@@ -333,7 +333,7 @@ class TPT(MethodWrapper):
     @property
     def scaler(self) -> torch.amp.GradScaler:
         """The releases' one loss scaler for the whole test set (init_scale 1000), made on first use."""
-        if getattr(self, "_scaler", None) is None:
+        if self._scaler is None:
             device = self.inner_device.type
             self._scaler = torch.amp.GradScaler(device, init_scale=1000.0, enabled=self.mixed_precision)
         return self._scaler

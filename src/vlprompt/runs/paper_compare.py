@@ -85,8 +85,8 @@ def paper_notes(
             fractions).
         runs: what each registry-dataset sub-run ran, by (dataset, method, shots); cross-dataset and domain
             generalisation: the ImageNet sub-run, whose prompt every target scores (or each target's own, for a
-            student distilled per target). Cells of other sources
-            (the built-in benchmark, a multi-task collection) get nothing.
+            student distilled per target). Cells of other sources (the built-in benchmark, a multi-task
+            collection) get nothing.
         backbone: (open_clip name, pretrained tag) of the bench's backbone, as its identity records them.
 
     ``vs_paper`` is ``{"matches": True, "delta": {metric: ours − paper, in points}}`` when backbone, shots and
